@@ -1,0 +1,28 @@
+//! Every map of the eBPF object, one line of purpose each. Userspace finds them by the
+//! names in `ftp_guard_common::names`; sizes given here are defaults it may override.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use ftp_guard_common::{COUNTER_COUNT, Counter, DEFAULT_MAX_LEASES, FilterConfig, LeaseKey, LeaseValue};
+
+/// What the guard protects: the public addresses and their data-port ranges (one entry).
+#[map(name = "FILTER_CONFIG")]
+pub static FILTER_CONFIG: Array<FilterConfig> = Array::with_max_entries(1, 0);
+
+/// Leases written by the control proxy: (client, public address, public port) → origin.
+#[map(name = "LEASES")]
+pub static LEASES: HashMap<LeaseKey, LeaseValue> = HashMap::with_max_entries(DEFAULT_MAX_LEASES, 0);
+
+/// Packets seen per verdict reason, per CPU (no atomics needed on the hot path).
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Adds one to `counter` on this CPU.
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this program on this CPU writes it while it runs.
+        unsafe { *slot += 1 };
+    }
+}
