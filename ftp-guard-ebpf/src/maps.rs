@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use ftp_guard_common::{COUNTER_COUNT, Counter, DEFAULT_MAX_LEASES, FilterConfig, LeaseKey, LeaseValue};
+use ftp_guard_common::{
+    COUNTER_COUNT, Counter, DEFAULT_MAX_LEASES, FilterConfig, LeaseKey, LeaseValue,
+};
 
 /// What the guard protects: the public addresses and their data-port ranges (one entry).
 #[map(name = "FILTER_CONFIG")]

@@ -22,7 +22,10 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 /// Outcome of looking for an IPv4 header behind the link layer.
 pub enum L3 {
     /// An IPv4 header with a sane version and IHL, and the offset of the L4 header.
-    Ipv4 { ip: *const Ipv4Hdr, l4_offset: usize },
+    Ipv4 {
+        ip: *const Ipv4Hdr,
+        l4_offset: usize,
+    },
     /// Some other ethertype.
     NotIpv4,
     /// Too short or inconsistent to parse.

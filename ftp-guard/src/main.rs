@@ -1,1 +1,56 @@
-fn main(){}
+use clap::{Parser, Subcommand};
+use ftp_guard::guard_cmd;
+use tracing_subscriber::EnvFilter;
+
+/// ftp-guard: transparent FTP protector (userspace control proxy, eBPF/XDP data path).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax); overrides FTP_GUARD_LOG.
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the XDP data-port guard alone, with static leases (diagnostics, demo).
+    Guard(guard_cmd::GuardArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("FTP_GUARD_LOG").ok())
+        .unwrap_or_else(|| "info".to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ftp-guard: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Guard(args) => guard_cmd::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("ftp-guard: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
