@@ -1,1 +1,23 @@
+//! Shared scaffolding for ftp-guard's integration tests.
+//!
+//! - [`packet`]: builds Ethernet/IPv4/TCP frames with correct checksums for
+//!   `BPF_PROG_TEST_RUN` fixtures, and checks checksums of what a program emits.
+pub mod packet;
 
+/// Gate for tests that need root (BPF, netns). Returns false when the caller should skip.
+/// In CI (`CI=true`) or under `cargo xtask test` (`FTP_GUARD_REQUIRE_PRIVILEGED=1`) a missing
+/// privilege is a failure, never a silent skip.
+pub fn require_privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("FTP_GUARD_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "this test needs root (CAP_BPF, CAP_NET_ADMIN, netns); run `cargo xtask test` as root"
+    );
+    eprintln!("skipped: needs root");
+    false
+}

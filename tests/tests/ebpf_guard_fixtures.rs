@@ -1,0 +1,398 @@
+//! Packet-in/packet-out fixtures for the XDP data-port guard, run in the kernel with
+//! BPF_PROG_TEST_RUN (no interface needed). Each case: input frame, expected action,
+//! expected counter; the output frame must equal the input (the guard never rewrites).
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use aya::programs::{TestRun, TestRunOptions};
+use ftp_guard::kernel::{Kernel, Lease, MapSizes, ProtectedRange};
+use ftp_guard_common::Counter;
+use ftp_guard_tests::{
+    packet::{self, Ipv4Frame, flags},
+    require_privileged,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const OTHER_PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const STRANGER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);
+const LEASED_PORT: u16 = 40001;
+const UNLEASED_PORT: u16 = 40002;
+
+fn from(ip: Ipv4Addr) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, 51000)
+}
+
+fn to(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+fn syn(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Ipv4Frame {
+    Ipv4Frame::tcp(from(src), to(dst, port), flags::SYN, &[])
+}
+
+/// A kernel with 203.0.113.1:40000-40099 protected and one lease: CLIENT → 40001.
+fn guarded_kernel() -> Kernel {
+    let mut kernel = Kernel::load(MapSizes::default()).expect("load eBPF object");
+    kernel
+        .set_protected_ranges(&[ProtectedRange {
+            public_ip: PUBLIC,
+            first_port: 40000,
+            last_port: 40099,
+        }])
+        .unwrap();
+    kernel
+        .insert_lease(&Lease {
+            client: CLIENT,
+            public: to(PUBLIC, LEASED_PORT),
+            origin: to(Ipv4Addr::new(198, 51, 100, 2), 30001),
+        })
+        .unwrap();
+    kernel
+}
+
+/// Runs one frame through the program; returns the action and the output frame.
+fn run(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    let result = kernel
+        .guard_program()
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    action: u32,
+    counter: Counter,
+}
+
+fn cases() -> Vec<Case> {
+    let with_options = {
+        let mut f = syn(CLIENT, PUBLIC, UNLEASED_PORT);
+        // Router Alert (4 bytes) + NOP: IHL 7, the port sits 8 bytes later than usual.
+        f.ip_options = vec![0x94, 0x04, 0x00, 0x00, 0x01];
+        f
+    };
+    let leased_with_options = {
+        let mut f = syn(CLIENT, PUBLIC, LEASED_PORT);
+        f.ip_options = vec![0x01; 8];
+        f
+    };
+    let first_fragment = {
+        let mut f = syn(CLIENT, PUBLIC, LEASED_PORT);
+        f.more_fragments = true;
+        f
+    };
+    let later_fragment = {
+        let mut f = syn(CLIENT, PUBLIC, UNLEASED_PORT);
+        f.fragment_offset = 3;
+        f.payload = vec![0xaa; 16];
+        f
+    };
+    let tiny_first_fragment = {
+        // Offset 0 with only 2 bytes of TCP: the destination port is not in this fragment.
+        let mut f = syn(STRANGER, PUBLIC, UNLEASED_PORT);
+        f.more_fragments = true;
+        f.payload.truncate(2);
+        f
+    };
+    let vlan_tagged = {
+        let mut f = syn(CLIENT, PUBLIC, UNLEASED_PORT);
+        f.vlan = Some(42);
+        f
+    };
+    let vlan_leased = {
+        let mut f = syn(CLIENT, PUBLIC, LEASED_PORT);
+        f.vlan = Some(42);
+        f
+    };
+    let bad_ihl = {
+        let mut bytes = syn(CLIENT, PUBLIC, UNLEASED_PORT).build();
+        bytes[packet::ETH_HLEN] = 0x44; // IHL 4 words < 20 bytes
+        bytes
+    };
+    let truncated_ip = syn(CLIENT, PUBLIC, UNLEASED_PORT).build()[..packet::ETH_HLEN + 12].to_vec();
+    let truncated_tcp =
+        syn(CLIENT, PUBLIC, UNLEASED_PORT).build()[..packet::ETH_HLEN + 22].to_vec();
+
+    vec![
+        Case {
+            name: "leased SYN from its client",
+            frame: syn(CLIENT, PUBLIC, LEASED_PORT).build(),
+            action: XDP_PASS,
+            counter: Counter::PassLeased,
+        },
+        Case {
+            name: "leased flow, later ACK with data",
+            frame: Ipv4Frame::tcp(
+                from(CLIENT),
+                to(PUBLIC, LEASED_PORT),
+                flags::ACK | flags::PSH,
+                b"RETR data",
+            )
+            .build(),
+            action: XDP_PASS,
+            counter: Counter::PassLeased,
+        },
+        Case {
+            name: "unleased port in range",
+            frame: syn(CLIENT, PUBLIC, UNLEASED_PORT).build(),
+            action: XDP_DROP,
+            counter: Counter::DropNoLease,
+        },
+        Case {
+            name: "leased port from another client",
+            frame: syn(STRANGER, PUBLIC, LEASED_PORT).build(),
+            action: XDP_DROP,
+            counter: Counter::DropNoLease,
+        },
+        Case {
+            name: "first port of the range",
+            frame: syn(CLIENT, PUBLIC, 40000).build(),
+            action: XDP_DROP,
+            counter: Counter::DropNoLease,
+        },
+        Case {
+            name: "last port of the range",
+            frame: syn(CLIENT, PUBLIC, 40099).build(),
+            action: XDP_DROP,
+            counter: Counter::DropNoLease,
+        },
+        Case {
+            name: "port just above the range",
+            frame: syn(CLIENT, PUBLIC, 40100).build(),
+            action: XDP_PASS,
+            counter: Counter::PassOtherPort,
+        },
+        Case {
+            name: "control port on the public address",
+            frame: syn(STRANGER, PUBLIC, 21).build(),
+            action: XDP_PASS,
+            counter: Counter::PassOtherPort,
+        },
+        Case {
+            name: "data-range port on another address",
+            frame: syn(CLIENT, OTHER_PUBLIC, UNLEASED_PORT).build(),
+            action: XDP_PASS,
+            counter: Counter::PassOtherAddress,
+        },
+        Case {
+            name: "IPv4 options, unleased",
+            frame: with_options.build(),
+            action: XDP_DROP,
+            counter: Counter::DropNoLease,
+        },
+        Case {
+            name: "IPv4 options, leased",
+            frame: leased_with_options.build(),
+            action: XDP_PASS,
+            counter: Counter::PassLeased,
+        },
+        Case {
+            name: "first fragment to the data range, even leased",
+            frame: first_fragment.build(),
+            action: XDP_DROP,
+            counter: Counter::DropFragment,
+        },
+        Case {
+            name: "later fragment (no ports)",
+            frame: later_fragment.build(),
+            action: XDP_PASS,
+            counter: Counter::PassLaterFragment,
+        },
+        Case {
+            name: "tiny first fragment hiding the port",
+            frame: tiny_first_fragment.build(),
+            action: XDP_DROP,
+            counter: Counter::DropTruncated,
+        },
+        Case {
+            name: "TCP header cut before the destination port",
+            frame: truncated_tcp,
+            action: XDP_DROP,
+            counter: Counter::DropTruncated,
+        },
+        Case {
+            name: "IPv4 header cut short",
+            frame: truncated_ip,
+            action: XDP_PASS,
+            counter: Counter::PassMalformed,
+        },
+        Case {
+            name: "IHL below 5",
+            frame: bad_ihl,
+            action: XDP_PASS,
+            counter: Counter::PassMalformed,
+        },
+        Case {
+            name: "UDP to the data range",
+            frame: Ipv4Frame::udp(from(CLIENT), to(PUBLIC, UNLEASED_PORT), b"x").build(),
+            action: XDP_PASS,
+            counter: Counter::PassNotTcp,
+        },
+        Case {
+            name: "IPv6 TCP to the data port",
+            frame: packet::ipv6_tcp_syn(UNLEASED_PORT),
+            action: XDP_PASS,
+            counter: Counter::PassNotIpv4,
+        },
+        Case {
+            name: "ARP",
+            frame: packet::arp_request(),
+            action: XDP_PASS,
+            counter: Counter::PassNotIpv4,
+        },
+        Case {
+            name: "802.1Q tagged, unleased",
+            frame: vlan_tagged.build(),
+            action: XDP_DROP,
+            counter: Counter::DropNoLease,
+        },
+        Case {
+            name: "802.1Q tagged, leased",
+            frame: vlan_leased.build(),
+            action: XDP_PASS,
+            counter: Counter::PassLeased,
+        },
+    ]
+}
+
+#[test]
+fn guard_fixtures() {
+    if !require_privileged() {
+        return;
+    }
+    let kernel = guarded_kernel();
+    let mut failures = Vec::new();
+    for case in cases() {
+        let before = kernel.counters().unwrap();
+        let (action, out) = run(&kernel, &case.frame);
+        let after = kernel.counters().unwrap();
+        let bumped: Vec<_> = Counter::ALL
+            .iter()
+            .filter(|c| after.get(**c) != before.get(**c))
+            .map(|c| c.name())
+            .collect();
+        if action != case.action {
+            failures.push(format!(
+                "{}: action {action}, want {}",
+                case.name, case.action
+            ));
+        }
+        if bumped != [case.counter.name()] {
+            failures.push(format!(
+                "{}: counters bumped {bumped:?}, want [{}]",
+                case.name,
+                case.counter.name()
+            ));
+        }
+        if action == XDP_PASS && out != case.frame {
+            failures.push(format!("{}: passed frame was modified", case.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "fixture failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn removing_a_lease_closes_the_port() {
+    if !require_privileged() {
+        return;
+    }
+    let mut kernel = guarded_kernel();
+    let frame = syn(CLIENT, PUBLIC, LEASED_PORT).build();
+    assert_eq!(run(&kernel, &frame).0, XDP_PASS);
+    assert!(
+        kernel
+            .remove_lease(CLIENT, to(PUBLIC, LEASED_PORT))
+            .unwrap()
+    );
+    assert_eq!(run(&kernel, &frame).0, XDP_DROP);
+    assert!(
+        !kernel
+            .remove_lease(CLIENT, to(PUBLIC, LEASED_PORT))
+            .unwrap()
+    );
+}
+
+#[test]
+fn nothing_is_protected_until_configured() {
+    if !require_privileged() {
+        return;
+    }
+    let kernel = Kernel::load(MapSizes::default()).unwrap();
+    let (action, _) = run(&kernel, &syn(CLIENT, PUBLIC, UNLEASED_PORT).build());
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(kernel.counters().unwrap().get(Counter::PassOtherAddress), 1);
+}
+
+#[test]
+fn several_ranges_on_several_addresses() {
+    if !require_privileged() {
+        return;
+    }
+    let mut kernel = Kernel::load(MapSizes::default()).unwrap();
+    kernel
+        .set_protected_ranges(&[
+            ProtectedRange {
+                public_ip: PUBLIC,
+                first_port: 40000,
+                last_port: 40009,
+            },
+            ProtectedRange {
+                public_ip: PUBLIC,
+                first_port: 50000,
+                last_port: 50009,
+            },
+            ProtectedRange {
+                public_ip: OTHER_PUBLIC,
+                first_port: 60000,
+                last_port: 60000,
+            },
+        ])
+        .unwrap();
+    for (dst, port, want) in [
+        (PUBLIC, 40005, XDP_DROP),
+        (PUBLIC, 45000, XDP_PASS),
+        (PUBLIC, 50009, XDP_DROP),
+        (PUBLIC, 60000, XDP_PASS),
+        (OTHER_PUBLIC, 60000, XDP_DROP),
+        (OTHER_PUBLIC, 40005, XDP_PASS),
+    ] {
+        let (action, _) = run(&kernel, &syn(CLIENT, dst, port).build());
+        assert_eq!(action, want, "{dst}:{port}");
+    }
+}
+
+#[test]
+fn a_full_lease_map_is_reported() {
+    if !require_privileged() {
+        return;
+    }
+    let mut kernel = Kernel::load(MapSizes { max_leases: 4 }).unwrap();
+    let lease = |port| Lease {
+        client: CLIENT,
+        public: to(PUBLIC, port),
+        origin: to(Ipv4Addr::new(198, 51, 100, 2), port),
+    };
+    for port in 40000..40004 {
+        kernel.insert_lease(&lease(port)).unwrap();
+    }
+    let err = kernel.insert_lease(&lease(40004)).unwrap_err();
+    assert!(
+        matches!(err, ftp_guard::kernel::KernelError::LeasesFull(4)),
+        "{err}"
+    );
+    assert_eq!(kernel.lease_count(), 4);
+}
