@@ -1,1 +1,71 @@
-fn main(){}
+//! Project tasks for ftp-guard, run as `cargo xtask <command>`.
+mod build_ebpf;
+mod demo;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "ftp-guard project tasks",
+    after_help = "Environment:\n  \
+        FTP_GUARD_EBPF_TOOLCHAIN  rustup toolchain (with rust-src) that builds the eBPF crate;\n                            \
+        when set, setup checks it and skips the Debian rustc-web steps.\n                            \
+        Unset: nightly if it has rust-src, else `ftp-guard-bpf` (Debian's\n                            \
+        rustc-web, linked into rustup by setup).\n  \
+        CI=true                   build-ebpf and run install a missing toolchain themselves."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install everything needed (apt packages, eBPF toolchain, bpf-linker, pyftpdlib,
+    /// bpffs); idempotent, needs root.
+    Setup,
+    /// Build ftp-guard and its eBPF object; list the object's programs and maps.
+    BuildEbpf,
+    /// Build ftp-guard and run it as root: `cargo xtask run -- ARGS...`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then run all workspace tests (privileged ones included) as root:
+    /// `cargo xtask test [-- TEST-BINARY-ARGS...]`.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, then run `ftp-guard demo`.
+    Demo {
+        /// Run the demo scenario once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Setup => setup::run().map(|()| 0),
+        Cmd::BuildEbpf => build_ebpf::run().map(|()| 0),
+        Cmd::Run { args } => run::run(&args).map(|()| 0),
+        Cmd::Test { args } => test::run(&args),
+        Cmd::Demo { once } => demo::run(once).map(|()| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
