@@ -9,6 +9,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use crate::config::PortRange;
 use crate::kernel::{Counters, Kernel, Lease, MapSizes, ProtectedRange, XdpAttach};
 
 #[derive(Debug, Args)]
@@ -36,19 +37,9 @@ pub struct GuardArgs {
     pub duration: Option<u64>,
 }
 
-pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| format!("`{s}`: expected FIRST-LAST, e.g. 40000-40099"))?;
-    let first: u16 = a.trim().parse().map_err(|e| format!("`{a}`: {e}"))?;
-    let last: u16 = b.trim().parse().map_err(|e| format!("`{b}`: {e}"))?;
-    if first < 1024 {
-        return Err(format!("`{s}`: data ports below 1024 are never leased"));
-    }
-    if first > last {
-        return Err(format!("`{s}`: first port is above last port"));
-    }
-    Ok((first, last))
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let r: PortRange = s.parse()?;
+    Ok((r.first, r.last))
 }
 
 fn parse_xdp_mode(s: &str) -> Result<XdpAttach, String> {

@@ -1,6 +1,16 @@
 //! ftp-guard: a transparent FTP protector.
 //!
-//! - [`kernel`]: the eBPF object and its maps (XDP data-port guard).
-//! - [`guard_cmd`]: `ftp-guard guard`, the data-port guard on its own with static leases.
+//! - [`ftp`]: the sans-IO FTP core (framing, parsing, the per-connection state machine);
+//! - [`proxy`]: the tokio control-channel proxy that drives it;
+//! - [`dataplane`]: what carries data connections (the `Dataplane` trait and its
+//!   implementations);
+//! - [`kernel`]: the eBPF object and its maps — the only code that touches them;
+//! - [`config`]: the TOML configuration;
+//! - [`run_cmd`], [`guard_cmd`]: the CLI subcommands.
+pub mod config;
+pub mod dataplane;
+pub mod ftp;
 pub mod guard_cmd;
 pub mod kernel;
+pub mod proxy;
+pub mod run_cmd;

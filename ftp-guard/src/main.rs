@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use ftp_guard::guard_cmd;
+use ftp_guard::{guard_cmd, run_cmd};
 use tracing_subscriber::EnvFilter;
 
 /// ftp-guard: transparent FTP protector (userspace control proxy, eBPF/XDP data path).
@@ -15,6 +15,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway: every service of the configuration file.
+    Run(run_cmd::ConfigArgs),
+    /// Validate the configuration file and exit (0: valid).
+    Check(run_cmd::ConfigArgs),
     /// Run the XDP data-port guard alone, with static leases (diagnostics, demo).
     Guard(guard_cmd::GuardArgs),
 }
@@ -42,6 +46,8 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => run_cmd::run(&args).await,
+            Command::Check(args) => run_cmd::check(&args),
             Command::Guard(args) => guard_cmd::run(args).await,
         }
     });

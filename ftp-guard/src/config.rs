@@ -1,0 +1,443 @@
+//! The configuration file (TOML): parsing with unknown keys refused, defaults as
+//! functions, then [`Config::validate`] for what one field alone cannot tell. Every error
+//! names the key and the line.
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    path::Path,
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer};
+
+/// Where `ftp-guard run` and `check` look when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/ftp-guard/ftp-guard.toml";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Control sessions open at once over all services; one more gets "421" and is closed.
+    #[serde(default = "defaults::max_sessions")]
+    pub max_sessions: usize,
+    #[serde(rename = "service", default)]
+    pub services: Vec<toml::Spanned<Service>>,
+}
+
+/// One protected FTP origin behind one public listen address.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// Where clients connect (IPv4 address and port).
+    pub listen: SocketAddrV4,
+    /// The protected server's control address.
+    pub origin: SocketAddrV4,
+    /// Address advertised to clients in 227 replies; defaults to the listen address.
+    pub public_ip: Option<Ipv4Addr>,
+    /// Public passive data-port range on the gateway, "FIRST-LAST".
+    pub data_ports: PortRange,
+    /// Interface where client traffic arrives (attach point of the kernel data path).
+    pub client_interface: Option<String>,
+    /// Interface towards the origin (may equal client_interface).
+    pub origin_interface: Option<String>,
+    /// How data connections are carried.
+    #[serde(default)]
+    pub dataplane: DataplaneKind,
+    /// More addresses of the origin to hide from clients (e.g. its address behind a NAT),
+    /// besides `origin`'s own.
+    #[serde(default)]
+    pub hide_addresses: Vec<IpAddr>,
+    /// Longest command line accepted from a client, without CRLF.
+    #[serde(default = "defaults::max_command_line")]
+    pub max_command_line: usize,
+    /// Seconds a control connection may stay silent (transfers keep it silent: keep it long).
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// Seconds a passive lease waits for the client's data connection.
+    #[serde(default = "defaults::lease_ttl_secs")]
+    pub lease_ttl_secs: u64,
+    /// Seconds to wait for the origin to accept a control or data connection.
+    #[serde(default = "defaults::connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// Seconds of silence before TCP keepalive probes start, on both legs.
+    #[serde(default = "defaults::keepalive_secs")]
+    pub keepalive_secs: u64,
+}
+
+/// How a service carries data connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneKind {
+    /// Relay in userspace: accept the client's data connection, connect to the origin, copy.
+    #[default]
+    Userspace,
+}
+
+/// An inclusive port range, "FIRST-LAST", never below 1024.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn len(&self) -> usize {
+        usize::from(self.last - self.first) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    fn overlaps(&self, other: &PortRange) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("`{s}`: expected FIRST-LAST, e.g. \"40000-40099\""))?;
+        let first: u16 = a.trim().parse().map_err(|e| format!("`{a}`: {e}"))?;
+        let last: u16 = b.trim().parse().map_err(|e| format!("`{b}`: {e}"))?;
+        if first < 1024 {
+            return Err(format!("`{s}`: data ports below 1024 are never leased"));
+        }
+        if first > last {
+            return Err(format!("`{s}`: first port is above last port"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+mod defaults {
+    pub fn max_sessions() -> usize {
+        1024
+    }
+    pub fn max_command_line() -> usize {
+        500
+    }
+    pub fn idle_timeout_secs() -> u64 {
+        24 * 3600
+    }
+    pub fn lease_ttl_secs() -> u64 {
+        30
+    }
+    pub fn connect_timeout_secs() -> u64 {
+        10
+    }
+    pub fn keepalive_secs() -> u64 {
+        60
+    }
+}
+
+impl Service {
+    /// The address shown to clients.
+    pub fn public_ip(&self) -> Ipv4Addr {
+        self.public_ip.unwrap_or(*self.listen.ip())
+    }
+
+    /// Every address of the origin that must never reach a client.
+    pub fn hidden_addresses(&self) -> Vec<IpAddr> {
+        let mut v = vec![IpAddr::V4(*self.origin.ip())];
+        v.extend(self.hide_addresses.iter().copied());
+        v
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(self.keepalive_secs)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses and validates TOML text; the error names the line and the key.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            match line {
+                Some(line) => format!("line {line}: {}", e.message()),
+                None => e.message().to_owned(),
+            }
+        })?;
+        config.validate(text)?;
+        Ok(config)
+    }
+
+    /// Checks what no single field can: defaults that need a value, clashes between
+    /// services, sane limits.
+    fn validate(&self, text: &str) -> Result<(), String> {
+        if self.services.is_empty() {
+            return Err("no [[service]] defined: there is nothing to protect".into());
+        }
+        if self.max_sessions == 0 {
+            return Err("max_sessions: must be at least 1".into());
+        }
+        let mut names = HashSet::new();
+        let mut listens = HashSet::new();
+        for (i, spanned) in self.services.iter().enumerate() {
+            let s = spanned.get_ref();
+            let at = |key: &str, msg: String| {
+                format!(
+                    "line {}: service `{}`: {key}: {msg}",
+                    line_of(text, spanned.span().start),
+                    s.name
+                )
+            };
+            if s.name.trim().is_empty() {
+                return Err(at("name", "must not be empty".into()));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(at("name", "another service has this name".into()));
+            }
+            if !listens.insert(s.listen) {
+                return Err(at(
+                    "listen",
+                    format!("{} is used by another service", s.listen),
+                ));
+            }
+            if s.public_ip.is_none() && s.listen.ip().is_unspecified() {
+                return Err(at(
+                    "public_ip",
+                    "required when listen is 0.0.0.0 (clients need a real address in 227 replies)"
+                        .into(),
+                ));
+            }
+            if s.origin.ip().is_unspecified() || s.origin.port() == 0 {
+                return Err(at(
+                    "origin",
+                    format!("{} is not a connectable address", s.origin),
+                ));
+            }
+            if s.public_ip().is_unspecified() {
+                return Err(at(
+                    "public_ip",
+                    "must be a real address, not 0.0.0.0".into(),
+                ));
+            }
+            if s.public_ip() == *s.listen.ip() && s.data_ports.contains(s.listen.port()) {
+                return Err(at(
+                    "data_ports",
+                    format!(
+                        "{} contains the listen port {}",
+                        s.data_ports,
+                        s.listen.port()
+                    ),
+                ));
+            }
+            if !(16..=8192).contains(&s.max_command_line) {
+                return Err(at("max_command_line", "must be within 16..=8192".into()));
+            }
+            for (key, value) in [
+                ("idle_timeout_secs", s.idle_timeout_secs),
+                ("lease_ttl_secs", s.lease_ttl_secs),
+                ("connect_timeout_secs", s.connect_timeout_secs),
+                ("keepalive_secs", s.keepalive_secs),
+            ] {
+                if value == 0 {
+                    return Err(at(key, "must be at least 1".into()));
+                }
+            }
+            for other in &self.services[..i] {
+                let o = other.get_ref();
+                if o.public_ip() == s.public_ip() && o.data_ports.overlaps(&s.data_ports) {
+                    return Err(at(
+                        "data_ports",
+                        format!(
+                            "{} overlaps service `{}` ({}) on the same public address",
+                            s.data_ports, o.name, o.data_ports
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The services, without their spans.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.iter().map(|s| s.get_ref())
+    }
+}
+
+/// 1-based line number of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[service]]
+name = "ftp"
+listen = "203.0.113.1:21"
+origin = "198.51.100.2:21"
+data_ports = "40000-40099"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        let s = c.services().next().unwrap();
+        assert_eq!(s.public_ip(), Ipv4Addr::new(203, 0, 113, 1));
+        assert_eq!(s.max_command_line, 500);
+        assert_eq!(s.idle_timeout_secs, 86400);
+        assert_eq!(s.dataplane, DataplaneKind::Userspace);
+        assert_eq!(s.data_ports.len(), 100);
+        assert_eq!(c.max_sessions, 1024);
+    }
+
+    /// (change to MINIMAL, expected words in the error).
+    #[test]
+    fn invalid_configs_name_key_and_line() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "data_ports = \"40000-40099\"",
+                "data_ports = \"80-90\"",
+                &["line 6", "below 1024"],
+            ),
+            (
+                "data_ports = \"40000-40099\"",
+                "data_ports = \"5-4\"",
+                &["line 6"],
+            ),
+            (
+                "name = \"ftp\"",
+                "name = \"ftp\"\ncolour = \"red\"",
+                &["line 4", "colour"],
+            ),
+            (
+                "listen = \"203.0.113.1:21\"",
+                "listen = \"0.0.0.0:21\"",
+                &["public_ip", "line 2"],
+            ),
+            (
+                "origin = \"198.51.100.2:21\"",
+                "origin = \"nowhere\"",
+                &["line 5"],
+            ),
+            (
+                "origin = \"198.51.100.2:21\"",
+                "origin = \"0.0.0.0:21\"",
+                &["origin"],
+            ),
+            (
+                "data_ports = \"40000-40099\"",
+                "data_ports = \"40000-40099\"\ndataplane = \"magic\"",
+                &["line 7", "magic"],
+            ),
+            (
+                "data_ports = \"40000-40099\"",
+                "data_ports = \"40000-40099\"\nmax_command_line = 5",
+                &["max_command_line"],
+            ),
+            (
+                "data_ports = \"40000-40099\"",
+                "data_ports = \"40000-40099\"\nlease_ttl_secs = 0",
+                &["lease_ttl_secs"],
+            ),
+            (
+                "listen = \"203.0.113.1:21\"",
+                "listen = \"203.0.113.1:40050\"",
+                &["listen port"],
+            ),
+        ];
+        for (from, to, words) in cases {
+            let text = MINIMAL.replace(from, to);
+            let err = Config::parse(&text).expect_err(to);
+            for w in *words {
+                assert!(err.contains(w), "{to}: error `{err}` lacks `{w}`");
+            }
+        }
+    }
+
+    #[test]
+    fn services_must_not_clash() {
+        let second = |name: &str, listen: &str, ports: &str| {
+            format!(
+                "{MINIMAL}\n[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\norigin = \"198.51.100.3:21\"\ndata_ports = \"{ports}\"\n"
+            )
+        };
+        let ok = second("two", "203.0.113.1:2121", "40100-40199");
+        assert_eq!(Config::parse(&ok).unwrap().services.len(), 2);
+        for (text, word) in [
+            (second("ftp", "203.0.113.1:2121", "40100-40199"), "name"),
+            (second("two", "203.0.113.1:21", "40100-40199"), "listen"),
+            (second("two", "203.0.113.1:2121", "40099-40199"), "overlaps"),
+        ] {
+            let err = Config::parse(&text).unwrap_err();
+            assert!(err.contains(word) && err.contains("line 8"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../config/ftp-guard.example.toml");
+        let c = Config::parse(text).unwrap();
+        let s = c.services().next().unwrap();
+        assert_eq!(
+            s.hide_addresses,
+            vec!["10.0.0.5".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(s.client_interface.as_deref(), Some("eth0"));
+    }
+
+    #[test]
+    fn no_service_is_an_error() {
+        assert!(
+            Config::parse("max_sessions = 5\n")
+                .unwrap_err()
+                .contains("no [[service]]")
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! The boundary between the control proxy and whatever carries data connections.
+//!
+//! The proxy asks for a lease when a passive reply arrives and revokes it when a new
+//! passive request or the end of the session makes it stale. An implementation enforces
+//! the lease rules: only `client` may use it, once, within its TTL.
+//! - [`userspace::UserspaceRelay`]: accepts and copies in userspace (fallback, baseline).
+pub mod ports;
+pub mod userspace;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// What a lease admits: one data connection from `client` to a public port, carried to
+/// `origin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseRequest {
+    pub client: Ipv4Addr,
+    pub origin: SocketAddrV4,
+}
+
+/// Identifies an installed lease for [`Dataplane::revoke`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseId(pub u64);
+
+/// An installed lease: the client may connect to `public_port` on the public address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseGrant {
+    pub id: LeaseId,
+    pub public_port: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("all {0} data ports are leased")]
+    PortsExhausted(usize),
+    #[error("the lease table is full")]
+    TableFull,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Installs and revokes data-connection leases. Calls are cheap and never block on the
+/// network; implementations that need tasks spawn them on the current tokio runtime.
+pub trait Dataplane: Send + Sync {
+    fn install(&self, request: LeaseRequest) -> Result<LeaseGrant, LeaseError>;
+    /// Revokes a lease not yet used; a data connection already under way goes on to its end.
+    fn revoke(&self, id: LeaseId);
+}

@@ -1,0 +1,918 @@
+//! One control connection as a state machine: client and origin bytes and data-lease
+//! results go in ([`Event`]), actions come out ([`Action`], via [`Session::poll_action`]).
+//!
+//! Ordering is the core invariant: FTP replies answer commands in order, so every command
+//! forwarded or answered locally takes a place in one queue ([`Pending`]); a local reply
+//! or a rewritten passive reply leaves only when it reaches the front.
+//!
+//! Passive mode: whatever the client asked (PASV or EPSV), the origin is asked with PASV
+//! (every IPv4 server supports it) and its 227 port is combined with the origin's control
+//! address (the address in a 227 is often 0.0.0.0 or private; modern clients ignore it too).
+//! The driver then installs a lease and the client gets the public address and port in the
+//! form it asked for.
+use std::{
+    collections::VecDeque,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use super::{
+    address::{self, EpsvArg},
+    command::{Command, CommandError, parse_command},
+    line::{LineError, LineReader},
+    reply::{Reply, ReplyAssembler},
+    scrub::Scrubber,
+};
+
+/// Limits and addresses of one session.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Address advertised to the client in 227 replies.
+    pub public_ip: Ipv4Addr,
+    /// The origin's control address: also where its passive data ports are.
+    pub origin_ip: Ipv4Addr,
+    /// Everything that must never reach the client (origin addresses), and what to say instead.
+    pub scrubber: Scrubber,
+    /// Longest client command line, without CRLF (pf's ftp-proxy uses 500).
+    pub max_command_line: usize,
+    /// Longest origin reply line.
+    pub max_reply_line: usize,
+    /// Most lines in one (multi-line) origin reply.
+    pub max_reply_lines: usize,
+    /// Most commands awaiting replies (pipelining bound).
+    pub max_pending: usize,
+}
+
+/// Something that happened to the session.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Bytes read from the client.
+    FromClient(&'a [u8]),
+    /// Bytes read from the origin.
+    FromOrigin(&'a [u8]),
+    /// The lease requested by [`Action::InstallLease`] exists: the client may connect here.
+    LeaseInstalled { public_port: u16 },
+    /// The lease could not be installed (ports or map exhausted, internal error).
+    LeaseFailed { reason: String },
+}
+
+/// Something the driver must do, in the order given.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Write these bytes to the client.
+    ToClient(Vec<u8>),
+    /// Write these bytes to the origin.
+    ToOrigin(Vec<u8>),
+    /// Write these bytes to the origin, the last byte as TCP urgent data (Telnet "Synch",
+    /// RFC 959 §4.1.3: how ABOR interrupts a server that is busy transferring).
+    ToOriginUrgent(Vec<u8>),
+    /// Revoke the current unused lease (a new passive request or the end of the session).
+    RevokeLease,
+    /// Install a lease: the client may open one data connection that reaches `origin`.
+    /// Answer with [`Event::LeaseInstalled`] or [`Event::LeaseFailed`].
+    InstallLease { origin: SocketAddrV4 },
+    /// Log a protocol problem (the session goes on unless a `Close` follows).
+    Warn(String),
+    /// Close both connections after the writes above.
+    Close,
+}
+
+/// How the client asked for passive mode, so the answer comes in the same form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PassiveForm {
+    Pasv,
+    Epsv,
+}
+
+/// What to do with the origin's reply to a command, once it reaches the queue's front.
+#[derive(Debug)]
+enum Pending {
+    /// The origin's greeting.
+    Greeting,
+    /// Forward the origin's reply (scrubbed).
+    Forward,
+    /// FEAT: forward minus what the gateway cannot carry.
+    Feat,
+    /// PASV sent to the origin for a client PASV/EPSV.
+    Passive(PassiveForm),
+    /// Waiting for the driver to install a lease for a passive reply.
+    AwaitingLease(PassiveForm),
+    /// QUIT: forward the reply, then close.
+    Quit,
+    /// A reply made here; sent when it reaches the front.
+    Local(Reply),
+}
+
+impl Pending {
+    fn is_origin_bound(&self) -> bool {
+        !matches!(self, Pending::Local(_))
+    }
+}
+
+/// Features the gateway removes from FEAT: TLS (not carried yet, and a TLS handshake must
+/// never reach the line parser) and active mode (not supported yet).
+const HIDDEN_FEATURES: &[&str] = &["AUTH", "PBSZ", "PROT", "CCC", "ADAT", "EPRT"];
+
+pub struct Session {
+    config: SessionConfig,
+    client_lines: LineReader,
+    origin_lines: LineReader,
+    replies: ReplyAssembler,
+    pending: VecDeque<Pending>,
+    /// Complete origin replies not yet matched (held while a lease is being installed).
+    unmatched: VecDeque<Reply>,
+    actions: VecDeque<Action>,
+    /// After `EPSV ALL` only EPSV may set up data connections (RFC 2428 §4).
+    epsv_all: bool,
+    /// A lease may exist that the next passive request or the end must revoke.
+    lease_outstanding: bool,
+    closed: bool,
+}
+
+impl Session {
+    pub fn new(config: SessionConfig) -> Self {
+        let mut pending = VecDeque::new();
+        pending.push_back(Pending::Greeting);
+        Self {
+            client_lines: LineReader::new(config.max_command_line, true),
+            origin_lines: LineReader::new(config.max_reply_line, false),
+            replies: ReplyAssembler::new(config.max_reply_lines),
+            config,
+            pending,
+            unmatched: VecDeque::new(),
+            actions: VecDeque::new(),
+            epsv_all: false,
+            lease_outstanding: false,
+            closed: false,
+        }
+    }
+
+    /// The next action, if any. Call until `None` after every [`Session::handle`].
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// True once the session has asked to close; later events are ignored.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Feeds one event.
+    pub fn handle(&mut self, event: Event<'_>) {
+        if self.closed {
+            return;
+        }
+        match event {
+            Event::FromClient(bytes) => {
+                self.client_lines.push(bytes);
+                self.drain_client_lines();
+            }
+            Event::FromOrigin(bytes) => {
+                self.origin_lines.push(bytes);
+                self.drain_origin_lines();
+            }
+            Event::LeaseInstalled { public_port } => self.lease_result(Ok(public_port)),
+            Event::LeaseFailed { reason } => self.lease_result(Err(reason)),
+        }
+        self.flush();
+    }
+
+    /// The client's connection ended: nothing more can be said to it.
+    pub fn client_closed(&mut self) {
+        self.close();
+    }
+
+    /// The origin's connection ended: tell the client why, then close.
+    pub fn origin_closed(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.say(Reply::new(
+            421,
+            "Service not available: the server closed the connection.",
+        ));
+        self.close();
+    }
+
+    /// The control connection was idle too long.
+    pub fn idle_timeout(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.say(Reply::new(421, "Idle timeout: closing control connection."));
+        self.close();
+    }
+
+    fn drain_client_lines(&mut self) {
+        while let Some(line) = self.client_lines.next_line() {
+            if self.closed {
+                return;
+            }
+            let reply = match line {
+                Ok(line) => match parse_command(&line) {
+                    Ok(command) => {
+                        self.client_command(command);
+                        continue;
+                    }
+                    Err(CommandError::Empty) => continue,
+                    Err(CommandError::InvalidUtf8) => {
+                        Reply::new(501, "Command is not valid UTF-8.")
+                    }
+                    Err(e) => Reply::new(500, &format!("Syntax error: {e}.")),
+                },
+                Err(LineError::TooLong { limit }) => Reply::new(
+                    500,
+                    &format!("Command line too long (limit {limit} bytes)."),
+                ),
+                Err(LineError::Nul) => Reply::new(500, "Command contains a NUL byte."),
+            };
+            self.actions
+                .push_back(Action::Warn(format!("client: {}", reply.text())));
+            self.local(reply);
+        }
+    }
+
+    fn client_command(&mut self, command: Command) {
+        if self.pending.len() >= self.config.max_pending {
+            self.say(Reply::new(
+                421,
+                "Too many commands without replies; closing.",
+            ));
+            self.actions
+                .push_back(Action::Warn("client pipelined too many commands".into()));
+            self.close();
+            return;
+        }
+        let verb = command.verb.as_str();
+        match verb {
+            "PASV" => {
+                if self.epsv_all {
+                    self.local(Reply::new(503, "EPSV ALL in effect: use EPSV."));
+                } else {
+                    self.passive(PassiveForm::Pasv);
+                }
+            }
+            "EPSV" => match address::parse_epsv_arg(command.arg.as_deref()) {
+                Ok(EpsvArg::Any | EpsvArg::Proto(1)) => self.passive(PassiveForm::Epsv),
+                Ok(EpsvArg::Proto(_)) => {
+                    self.local(Reply::new(522, "Network protocol not supported, use (1)"))
+                }
+                Ok(EpsvArg::All) => {
+                    // Answered here: the origin keeps accepting the PASV the gateway sends it.
+                    self.epsv_all = true;
+                    self.local(Reply::new(200, "EPSV ALL ok."));
+                }
+                Err(_) => self.local(Reply::new(501, "Syntax error in EPSV argument.")),
+            },
+            "PORT" | "EPRT" | "LPRT" | "LPSV" => {
+                let reply = if self.epsv_all {
+                    Reply::new(503, "EPSV ALL in effect: use EPSV.")
+                } else {
+                    Reply::new(502, "Active mode is not available here: use PASV or EPSV.")
+                };
+                self.local(reply);
+            }
+            "AUTH" => self.local(Reply::new(
+                534,
+                "TLS is not available through this gateway; continue without it.",
+            )),
+            "PBSZ" | "PROT" | "CCC" | "ADAT" => self.local(Reply::new(
+                503,
+                "Security exchange not in effect (no AUTH).",
+            )),
+            "FEAT" => self.forward(&command, Pending::Feat),
+            "QUIT" => {
+                self.revoke_lease();
+                self.forward(&command, Pending::Quit);
+            }
+            "ABOR" => {
+                // Telnet IP, then Synch (IAC DM, the DM as urgent data), then ABOR (RFC 959 §4.1.3).
+                self.actions
+                    .push_back(Action::ToOriginUrgent(vec![0xff, 0xf4, 0xff, 0xf2]));
+                self.forward(&command, Pending::Forward);
+            }
+            _ => self.forward(&command, Pending::Forward),
+        }
+    }
+
+    fn passive(&mut self, form: PassiveForm) {
+        self.revoke_lease();
+        self.actions
+            .push_back(Action::ToOrigin(b"PASV\r\n".to_vec()));
+        self.pending.push_back(Pending::Passive(form));
+    }
+
+    fn forward(&mut self, command: &Command, pending: Pending) {
+        self.actions.push_back(Action::ToOrigin(command.to_line()));
+        self.pending.push_back(pending);
+    }
+
+    /// Queues a reply made here behind every reply still owed to the client.
+    fn local(&mut self, reply: Reply) {
+        self.pending.push_back(Pending::Local(reply));
+    }
+
+    fn drain_origin_lines(&mut self) {
+        while let Some(line) = self.origin_lines.next_line() {
+            if self.closed {
+                return;
+            }
+            let complete = match line {
+                Ok(line) => self.replies.push_line(line),
+                Err(e) => {
+                    self.origin_violation(&format!("reply line: {e}"));
+                    return;
+                }
+            };
+            match complete {
+                Ok(Some(reply)) => self.unmatched.push_back(reply),
+                Ok(None) => {}
+                Err(e) => {
+                    self.origin_violation(&format!("reply: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The origin broke the protocol: the stream cannot be trusted to resynchronise.
+    fn origin_violation(&mut self, what: &str) {
+        self.actions
+            .push_back(Action::Warn(format!("origin sent an invalid {what}")));
+        self.say(Reply::new(
+            421,
+            "The server sent an invalid reply; closing.",
+        ));
+        self.close();
+    }
+
+    /// Matches complete replies and local replies to the queue, front first.
+    fn flush(&mut self) {
+        while !self.closed {
+            match self.pending.front() {
+                Some(Pending::Local(_)) => {
+                    if let Some(Pending::Local(reply)) = self.pending.pop_front() {
+                        self.say(reply);
+                    }
+                }
+                Some(Pending::AwaitingLease(_)) => return,
+                Some(_) => {
+                    let Some(reply) = self.unmatched.pop_front() else {
+                        return;
+                    };
+                    self.origin_reply(reply);
+                }
+                None => {
+                    // Unsolicited (e.g. "421 timeout" from the origin): pass it on.
+                    let Some(reply) = self.unmatched.pop_front() else {
+                        return;
+                    };
+                    let closing = reply.code == 421;
+                    self.say_scrubbed(&reply);
+                    if closing {
+                        self.close();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles an origin reply for the command at the queue's front.
+    fn origin_reply(&mut self, reply: Reply) {
+        // A 1xx reply is preliminary: the command waits for its final reply.
+        let preliminary = reply.class() == 1;
+        let front = if preliminary {
+            None
+        } else {
+            self.pending.pop_front()
+        };
+        match front {
+            None => self.say_scrubbed(&reply),
+            Some(Pending::Greeting | Pending::Forward) => {
+                let closing = reply.code == 421;
+                self.say_scrubbed(&reply);
+                if closing {
+                    self.close();
+                }
+            }
+            Some(Pending::Feat) => {
+                let filtered = filter_feat(&reply);
+                self.say_scrubbed(&filtered);
+            }
+            Some(Pending::Quit) => {
+                self.say_scrubbed(&reply);
+                self.close();
+            }
+            Some(Pending::Passive(form)) => self.passive_reply(form, &reply),
+            Some(Pending::AwaitingLease(_)) | Some(Pending::Local(_)) => {
+                unreachable!("flush never matches origin replies to these")
+            }
+        }
+    }
+
+    fn passive_reply(&mut self, form: PassiveForm, reply: &Reply) {
+        if reply.code != 227 {
+            // The origin refused (e.g. 425, 530 not logged in): its words, scrubbed.
+            self.say_scrubbed(reply);
+            return;
+        }
+        match address::parse_pasv_reply(reply) {
+            Ok(announced) => {
+                let origin = SocketAddrV4::new(self.config.origin_ip, announced.port());
+                self.actions.push_back(Action::InstallLease { origin });
+                self.lease_outstanding = true;
+                self.pending.push_front(Pending::AwaitingLease(form));
+            }
+            Err(e) => {
+                self.actions.push_back(Action::Warn(format!(
+                    "origin's 227 reply is unusable ({e}): {}",
+                    reply.text()
+                )));
+                self.say(Reply::new(
+                    425,
+                    "Can't open data connection: the server's passive reply was invalid.",
+                ));
+            }
+        }
+    }
+
+    fn lease_result(&mut self, result: Result<u16, String>) {
+        let Some(Pending::AwaitingLease(form)) = self.pending.front() else {
+            self.actions
+                .push_back(Action::Warn("lease result with no lease requested".into()));
+            return;
+        };
+        let form = *form;
+        self.pending.pop_front();
+        match result {
+            Ok(port) => self.say(match form {
+                PassiveForm::Pasv => {
+                    address::pasv_reply(SocketAddrV4::new(self.config.public_ip, port))
+                }
+                PassiveForm::Epsv => address::epsv_reply(port),
+            }),
+            Err(reason) => {
+                self.lease_outstanding = false;
+                self.actions
+                    .push_back(Action::Warn(format!("no data lease: {reason}")));
+                self.say(Reply::new(
+                    425,
+                    "Can't open data connection: no data port free, try again later.",
+                ));
+            }
+        }
+    }
+
+    fn revoke_lease(&mut self) {
+        if self.lease_outstanding {
+            self.lease_outstanding = false;
+            self.actions.push_back(Action::RevokeLease);
+        }
+    }
+
+    fn say_scrubbed(&mut self, reply: &Reply) {
+        let clean = self.config.scrubber.scrub_reply(reply);
+        self.say(clean);
+    }
+
+    fn say(&mut self, reply: Reply) {
+        self.actions.push_back(Action::ToClient(reply.to_bytes()));
+    }
+
+    fn close(&mut self) {
+        if !self.closed {
+            self.revoke_lease();
+            self.actions.push_back(Action::Close);
+            self.closed = true;
+        }
+    }
+
+    /// Commands forwarded to the origin and not yet answered (for tests and status).
+    pub fn commands_in_flight(&self) -> usize {
+        self.pending.iter().filter(|p| p.is_origin_bound()).count()
+    }
+}
+
+/// FEAT reply minus [`HIDDEN_FEATURES`], plus EPSV (the gateway offers it whatever the
+/// origin does). Feature lines start with a space (RFC 2389 §3.2).
+fn filter_feat(reply: &Reply) -> Reply {
+    if reply.code != 211 || !reply.is_multiline() {
+        return reply.clone();
+    }
+    let n = reply.lines.len();
+    let mut lines = Vec::with_capacity(n + 1);
+    lines.push(reply.lines[0].clone());
+    let mut has_epsv = false;
+    for line in &reply.lines[1..n - 1] {
+        let name = feature_name(line);
+        if HIDDEN_FEATURES.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            continue;
+        }
+        has_epsv |= name.eq_ignore_ascii_case("EPSV");
+        lines.push(line.clone());
+    }
+    if !has_epsv {
+        lines.push(b" EPSV".to_vec());
+    }
+    lines.push(reply.lines[n - 1].clone());
+    Reply {
+        code: reply.code,
+        lines,
+    }
+}
+
+fn feature_name(line: &[u8]) -> &str {
+    let text = std::str::from_utf8(line).unwrap_or("");
+    text.split_whitespace().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+    const ORIGIN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+
+    fn session() -> Session {
+        Session::new(SessionConfig {
+            public_ip: PUBLIC,
+            origin_ip: ORIGIN,
+            scrubber: Scrubber::new(&[IpAddr::V4(ORIGIN)], PUBLIC),
+            max_command_line: 500,
+            max_reply_line: 8192,
+            max_reply_lines: 100,
+            max_pending: 8,
+        })
+    }
+
+    /// A session past its greeting.
+    fn greeted() -> Session {
+        let mut s = session();
+        s.handle(Event::FromOrigin(b"220 ready\r\n"));
+        assert_eq!(drain(&mut s), vec![to_client("220 ready\r\n")]);
+        s
+    }
+
+    fn drain(s: &mut Session) -> Vec<Action> {
+        std::iter::from_fn(|| s.poll_action()).collect()
+    }
+
+    fn to_client(text: &str) -> Action {
+        Action::ToClient(text.as_bytes().to_vec())
+    }
+
+    fn to_origin(text: &str) -> Action {
+        Action::ToOrigin(text.as_bytes().to_vec())
+    }
+
+    fn client(s: &mut Session, text: &[u8]) -> Vec<Action> {
+        s.handle(Event::FromClient(text));
+        drain(s)
+    }
+
+    fn origin(s: &mut Session, text: &[u8]) -> Vec<Action> {
+        s.handle(Event::FromOrigin(text));
+        drain(s)
+    }
+
+    /// Only what went to the client, as text.
+    fn client_text(actions: &[Action]) -> String {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::ToClient(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn greeting_is_scrubbed() {
+        let mut s = session();
+        let out = origin(
+            &mut s,
+            b"220-Welcome to 198.51.100.2\r\n220 ProFTPD [198.51.100.2]\r\n",
+        );
+        assert_eq!(
+            client_text(&out),
+            "220-Welcome to 203.0.113.1\r\n220 ProFTPD [203.0.113.1]\r\n"
+        );
+    }
+
+    #[test]
+    fn pasv_and_epsv_are_rewritten_to_the_public_port() {
+        // (client command, origin's 227, reply the client must get)
+        let cases: &[(&[u8], &[u8], &str)] = &[
+            (
+                b"PASV\r\n",
+                b"227 Entering Passive Mode (198,51,100,2,117,48).\r\n",
+                "227 Entering Passive Mode (203,0,113,1,156,65).\r\n",
+            ),
+            (
+                b"pasv\r\n",
+                b"227 Entering Passive Mode (0,0,0,0,117,48)\r\n",
+                "227 Entering Passive Mode (203,0,113,1,156,65).\r\n",
+            ),
+            (
+                b"EPSV\r\n",
+                b"227 =10,0,0,5,117,48\r\n",
+                "229 Entering Extended Passive Mode (|||40001|)\r\n",
+            ),
+            (
+                b"EPSV 1\r\n",
+                b"227 Entering Passive Mode 198,51,100,2,117,48\r\n",
+                "229 Entering Extended Passive Mode (|||40001|)\r\n",
+            ),
+        ];
+        for (command, reply, want) in cases {
+            let mut s = greeted();
+            assert_eq!(client(&mut s, command), vec![to_origin("PASV\r\n")]);
+            let out = origin(&mut s, reply);
+            // The origin's data port with the origin's control address, whatever the 227 said.
+            assert_eq!(
+                out,
+                vec![Action::InstallLease {
+                    origin: SocketAddrV4::new(ORIGIN, 30000)
+                }],
+                "{}",
+                String::from_utf8_lossy(reply)
+            );
+            s.handle(Event::LeaseInstalled { public_port: 40001 });
+            assert_eq!(client_text(&drain(&mut s)), *want);
+        }
+    }
+
+    #[test]
+    fn replies_keep_command_order_around_local_answers() {
+        let mut s = greeted();
+        let out = client(&mut s, b"NOOP\r\nAUTH TLS\r\nSYST\r\nPORT 1,2,3,4,5,6\r\n");
+        assert_eq!(out, vec![to_origin("NOOP\r\n"), to_origin("SYST\r\n")]);
+        let out = origin(&mut s, b"200 ok\r\n");
+        let text = client_text(&out);
+        assert!(text.starts_with("200 ok\r\n534 "), "{text}");
+        assert!(!text.contains("215"), "{text}");
+        let text = client_text(&origin(&mut s, b"215 UNIX Type: L8\r\n"));
+        assert!(text.starts_with("215 UNIX Type: L8\r\n502 "), "{text}");
+    }
+
+    #[test]
+    fn replies_held_while_a_lease_is_installed() {
+        let mut s = greeted();
+        client(&mut s, b"PASV\r\nTYPE I\r\n");
+        let out = origin(&mut s, b"227 (198,51,100,2,117,48)\r\n200 Type set\r\n");
+        assert_eq!(client_text(&out), "", "the 200 must wait for the 227");
+        s.handle(Event::LeaseInstalled { public_port: 40002 });
+        let text = client_text(&drain(&mut s));
+        assert_eq!(
+            text,
+            "227 Entering Passive Mode (203,0,113,1,156,66).\r\n200 Type set\r\n"
+        );
+    }
+
+    #[test]
+    fn lease_failure_gives_a_4xx() {
+        let mut s = greeted();
+        client(&mut s, b"EPSV\r\n");
+        origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
+        s.handle(Event::LeaseFailed {
+            reason: "all 100 data ports are leased".into(),
+        });
+        let out = drain(&mut s);
+        assert!(client_text(&out).starts_with("425 "), "{out:?}");
+        assert!(out.iter().any(|a| matches!(a, Action::Warn(_))));
+    }
+
+    #[test]
+    fn a_new_passive_request_revokes_the_lease() {
+        let mut s = greeted();
+        client(&mut s, b"PASV\r\n");
+        origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
+        s.handle(Event::LeaseInstalled { public_port: 40001 });
+        drain(&mut s);
+        assert_eq!(
+            client(&mut s, b"EPSV\r\n"),
+            vec![Action::RevokeLease, to_origin("PASV\r\n")]
+        );
+    }
+
+    #[test]
+    fn bad_origin_passive_replies_give_425() {
+        for reply in [
+            &b"227 Entering Passive Mode\r\n"[..],
+            b"227 (1,2,3,4,0,0)\r\n",
+            b"227 (1,2,3,4,999,1)\r\n",
+        ] {
+            let mut s = greeted();
+            client(&mut s, b"PASV\r\n");
+            let out = origin(&mut s, reply);
+            assert!(client_text(&out).starts_with("425 "), "{out:?}");
+            assert!(!out.iter().any(|a| matches!(a, Action::InstallLease { .. })));
+        }
+    }
+
+    #[test]
+    fn origin_refusing_pasv_is_passed_on() {
+        let mut s = greeted();
+        client(&mut s, b"PASV\r\n");
+        let out = origin(&mut s, b"530 Please login with USER and PASS.\r\n");
+        assert_eq!(
+            client_text(&out),
+            "530 Please login with USER and PASS.\r\n"
+        );
+    }
+
+    #[test]
+    fn bad_client_lines_get_errors_and_the_session_goes_on() {
+        let mut long = vec![b'A'; 600];
+        long.extend_from_slice(b"\r\n");
+        let cases: &[(&[u8], &str)] = &[
+            (&long, "500 "),
+            (b"NO\0OP\r\n", "500 "),
+            (b"STOR \xc3\x28\r\n", "501 "),
+            (b"12345\r\n", "500 "),
+        ];
+        for (line, code) in cases {
+            let mut s = greeted();
+            let out = client(&mut s, line);
+            assert!(
+                client_text(&out).starts_with(code),
+                "{:?}: {out:?}",
+                String::from_utf8_lossy(line)
+            );
+            assert!(
+                !out.iter()
+                    .any(|a| matches!(a, Action::ToOrigin(_) | Action::Close))
+            );
+            assert_eq!(client(&mut s, b"NOOP\r\n"), vec![to_origin("NOOP\r\n")]);
+        }
+    }
+
+    #[test]
+    fn epsv_arguments() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"EPSV 2\r\n", "522 "),
+            (b"EPSV x\r\n", "501 "),
+            (b"EPSV ALL\r\n", "200 "),
+        ];
+        for (line, code) in cases {
+            let mut s = greeted();
+            let text = client_text(&client(&mut s, line));
+            assert!(text.starts_with(code), "{text}");
+        }
+        let mut s = greeted();
+        client(&mut s, b"EPSV ALL\r\n");
+        for refused in [
+            &b"PASV\r\n"[..],
+            b"PORT 203,0,113,2,200,1\r\n",
+            b"EPRT |1|203.0.113.2|51201|\r\n",
+        ] {
+            assert!(client_text(&client(&mut s, refused)).starts_with("503 "));
+        }
+        assert_eq!(client(&mut s, b"EPSV\r\n"), vec![to_origin("PASV\r\n")]);
+    }
+
+    #[test]
+    fn tls_is_refused_and_hidden_from_feat() {
+        let mut s = greeted();
+        for (line, code) in [
+            (&b"AUTH TLS\r\n"[..], "534 "),
+            (b"AUTH SSL\r\n", "534 "),
+            (b"PBSZ 0\r\n", "503 "),
+            (b"PROT P\r\n", "503 "),
+        ] {
+            let out = client(&mut s, line);
+            assert!(client_text(&out).starts_with(code), "{out:?}");
+            assert!(!out.iter().any(|a| matches!(a, Action::ToOrigin(_))));
+        }
+        assert_eq!(client(&mut s, b"FEAT\r\n"), vec![to_origin("FEAT\r\n")]);
+        let feat = b"211-Features:\r\n AUTH TLS\r\n PBSZ\r\n PROT\r\n EPRT\r\n SIZE\r\n MDTM\r\n UTF8\r\n211 End\r\n";
+        let text = client_text(&origin(&mut s, feat));
+        assert_eq!(
+            text,
+            "211-Features:\r\n SIZE\r\n MDTM\r\n UTF8\r\n EPSV\r\n211 End\r\n"
+        );
+    }
+
+    #[test]
+    fn quit_revokes_and_closes_after_the_reply() {
+        let mut s = greeted();
+        client(&mut s, b"PASV\r\n");
+        origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
+        s.handle(Event::LeaseInstalled { public_port: 40001 });
+        drain(&mut s);
+        assert_eq!(
+            client(&mut s, b"QUIT\r\n"),
+            vec![Action::RevokeLease, to_origin("QUIT\r\n")]
+        );
+        assert_eq!(
+            origin(&mut s, b"221 Goodbye.\r\n"),
+            vec![to_client("221 Goodbye.\r\n"), Action::Close]
+        );
+        assert!(s.is_closed());
+        assert_eq!(client(&mut s, b"NOOP\r\n"), vec![]);
+    }
+
+    #[test]
+    fn abort_sends_telnet_synch_as_urgent_data() {
+        let mut s = greeted();
+        client(&mut s, b"RETR big\r\n");
+        origin(&mut s, b"150 Opening BINARY mode data connection\r\n");
+        // Telnet IP and Synch from a BSD-style client, inline (SO_OOBINLINE).
+        let out = client(&mut s, b"\xff\xf4\xff\xf2ABOR\r\n");
+        assert_eq!(
+            out,
+            vec![
+                Action::ToOriginUrgent(vec![0xff, 0xf4, 0xff, 0xf2]),
+                to_origin("ABOR\r\n")
+            ]
+        );
+        let text = client_text(&origin(&mut s, b"426 Transfer aborted\r\n226 ABOR ok\r\n"));
+        assert_eq!(text, "426 Transfer aborted\r\n226 ABOR ok\r\n");
+    }
+
+    #[test]
+    fn preliminary_replies_do_not_complete_a_command() {
+        let mut s = greeted();
+        client(&mut s, b"RETR a\r\nNOOP\r\n");
+        let text = client_text(&origin(&mut s, b"150 here\r\n226 done\r\n200 noop\r\n"));
+        assert_eq!(text, "150 here\r\n226 done\r\n200 noop\r\n");
+        assert_eq!(s.commands_in_flight(), 0);
+    }
+
+    #[test]
+    fn origin_faults_end_the_session_with_421() {
+        let mut s = greeted();
+        s.origin_closed();
+        let out = drain(&mut s);
+        assert!(client_text(&out).starts_with("421 "));
+        assert_eq!(out.last(), Some(&Action::Close));
+
+        let mut s = greeted();
+        let out = origin(&mut s, b"hello there\r\n");
+        assert!(client_text(&out).starts_with("421 "), "{out:?}");
+        assert_eq!(out.last(), Some(&Action::Close));
+
+        let mut s = greeted();
+        let out = origin(&mut s, b"421 Timeout (no operation for 300 seconds)\r\n");
+        assert_eq!(
+            out,
+            vec![
+                to_client("421 Timeout (no operation for 300 seconds)\r\n"),
+                Action::Close
+            ]
+        );
+
+        let mut s = greeted();
+        s.idle_timeout();
+        assert!(client_text(&drain(&mut s)).starts_with("421 Idle"));
+    }
+
+    #[test]
+    fn pipelining_is_bounded() {
+        let mut s = greeted();
+        let out = client(&mut s, &b"NOOP\r\n".repeat(20));
+        assert_eq!(
+            out.iter()
+                .filter(|a| matches!(a, Action::ToOrigin(_)))
+                .count(),
+            8
+        );
+        assert_eq!(out.last(), Some(&Action::Close));
+    }
+
+    /// The same conversation fed whole and one byte at a time gives the same actions.
+    #[test]
+    fn byte_by_byte_equals_whole() {
+        let client_bytes: &[u8] = b"USER a\r\nPASS b\r\nEPSV\r\nRETR f\r\nQUIT\r\n";
+        let origin_bytes: &[u8] =
+            b"220-hi 198.51.100.2\r\n220 x\r\n331 pw\r\n230 in\r\n227 (198,51,100,2,117,48)\r\n";
+        let tail: &[u8] = b"150 go\r\n226 ok\r\n221 bye\r\n";
+        let run = |chunk: usize| {
+            let mut s = session();
+            let mut out = Vec::new();
+            for c in client_bytes.chunks(chunk) {
+                out.extend(client(&mut s, c));
+            }
+            for c in origin_bytes.chunks(chunk) {
+                out.extend(origin(&mut s, c));
+            }
+            s.handle(Event::LeaseInstalled { public_port: 40000 });
+            out.extend(drain(&mut s));
+            for c in tail.chunks(chunk) {
+                out.extend(origin(&mut s, c));
+            }
+            out
+        };
+        let whole = run(usize::MAX);
+        assert_eq!(run(1), whole);
+        assert_eq!(run(3), whole);
+        let text = client_text(&whole);
+        assert!(
+            text.contains("229 Entering Extended Passive Mode (|||40000|)"),
+            "{text}"
+        );
+        assert!(!text.contains("198.51.100.2"), "{text}");
+        assert_eq!(whole.last(), Some(&Action::Close));
+    }
+}

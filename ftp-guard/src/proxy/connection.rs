@@ -1,0 +1,264 @@
+//! Drives one [`Session`] with real sockets: reads from both legs feed it, its actions
+//! are carried out in order. All protocol decisions live in the session.
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::fd::AsRawFd as _,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+use tracing::{debug, info, warn};
+
+use super::ServiceContext;
+use crate::{
+    dataplane::{LeaseId, LeaseRequest},
+    ftp::{
+        scrub::Scrubber,
+        session::{Action, Event, Session, SessionConfig},
+    },
+};
+
+/// A peer that does not read what it is sent for this long is given up on.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+const READ_BUFFER: usize = 4096;
+/// Limits of origin replies (the origin is trusted more than clients, but not blindly).
+const MAX_REPLY_LINE: usize = 8192;
+const MAX_REPLY_LINES: usize = 10_000;
+/// Commands a client may pipeline before the origin answers.
+const MAX_PENDING: usize = 64;
+
+/// Why a session ended, for the closing log line.
+#[derive(Debug)]
+enum End {
+    Session,
+    ClientIo(io::Error),
+    OriginIo(io::Error),
+}
+
+pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) {
+    let started = Instant::now();
+    let service = &ctx.service;
+    let Some(client_ip) = ipv4_of(peer.ip()) else {
+        warn!("IPv6 clients are not supported yet");
+        let mut client = client;
+        let _ = write(
+            &mut client,
+            b"421 IPv6 is not supported by this gateway.\r\n",
+        )
+        .await;
+        return;
+    };
+    configure_socket(&client, service.keepalive(), true);
+    info!("client connected");
+
+    let connect = TcpStream::connect(service.origin);
+    let origin = match tokio::time::timeout(service.connect_timeout(), connect).await {
+        Ok(Ok(origin)) => origin,
+        Ok(Err(e)) => return refuse_unreachable(client, &e.to_string()).await,
+        Err(_) => return refuse_unreachable(client, "connect timed out").await,
+    };
+    configure_socket(&origin, service.keepalive(), false);
+
+    let session = Session::new(SessionConfig {
+        public_ip: service.public_ip(),
+        origin_ip: *service.origin.ip(),
+        scrubber: Scrubber::new(&service.hidden_addresses(), service.public_ip()),
+        max_command_line: service.max_command_line,
+        max_reply_line: MAX_REPLY_LINE,
+        max_reply_lines: MAX_REPLY_LINES,
+        max_pending: MAX_PENDING,
+    });
+    let mut driver = Driver {
+        ctx: ctx.clone(),
+        client_ip,
+        client,
+        origin,
+        session,
+        lease: None,
+    };
+    let end = driver.run().await;
+    if let Some(id) = driver.lease.take() {
+        ctx.dataplane.revoke(id);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    match end {
+        End::Session => info!(secs, "session closed"),
+        End::ClientIo(e) => info!(secs, error = %e, "session closed: client connection failed"),
+        End::OriginIo(e) => warn!(secs, error = %e, "session closed: origin connection failed"),
+    }
+}
+
+struct Driver {
+    ctx: Arc<ServiceContext>,
+    client_ip: Ipv4Addr,
+    client: TcpStream,
+    origin: TcpStream,
+    session: Session,
+    lease: Option<LeaseId>,
+}
+
+impl Driver {
+    async fn run(&mut self) -> End {
+        let idle = self.ctx.service.idle_timeout();
+        let mut client_buf = vec![0u8; READ_BUFFER];
+        let mut origin_buf = vec![0u8; READ_BUFFER];
+        loop {
+            if let Some(end) = self.perform_actions().await {
+                return end;
+            }
+            tokio::select! {
+                r = self.client.read(&mut client_buf) => match r {
+                    Ok(0) => { debug!("client closed"); self.session.client_closed() }
+                    Ok(n) => self.session.handle(Event::FromClient(&client_buf[..n])),
+                    Err(e) => return End::ClientIo(e),
+                },
+                r = self.origin.read(&mut origin_buf) => match r {
+                    Ok(0) => { info!("origin closed the control connection"); self.session.origin_closed() }
+                    Ok(n) => self.session.handle(Event::FromOrigin(&origin_buf[..n])),
+                    Err(e) => {
+                        warn!(error = %e, "origin read failed");
+                        self.session.origin_closed();
+                    }
+                },
+                () = tokio::time::sleep(idle) => {
+                    info!(secs = idle.as_secs(), "idle timeout");
+                    self.session.idle_timeout();
+                }
+            }
+        }
+    }
+
+    /// Carries out queued actions; `Some` when the session is over.
+    async fn perform_actions(&mut self) -> Option<End> {
+        while let Some(action) = self.session.poll_action() {
+            match action {
+                Action::ToClient(bytes) => {
+                    if let Err(e) = write(&mut self.client, &bytes).await {
+                        return Some(End::ClientIo(e));
+                    }
+                }
+                Action::ToOrigin(bytes) => {
+                    if let Err(e) = write(&mut self.origin, &bytes).await {
+                        return Some(End::OriginIo(e));
+                    }
+                }
+                Action::ToOriginUrgent(bytes) => {
+                    if let Err(e) = write_urgent(&mut self.origin, &bytes).await {
+                        return Some(End::OriginIo(e));
+                    }
+                }
+                Action::RevokeLease => {
+                    if let Some(id) = self.lease.take() {
+                        self.ctx.dataplane.revoke(id);
+                    }
+                }
+                Action::InstallLease { origin } => {
+                    let request = LeaseRequest {
+                        client: self.client_ip,
+                        origin,
+                    };
+                    let event = match self.ctx.dataplane.install(request) {
+                        Ok(grant) => {
+                            info!(public_port = grant.public_port, %origin, "data lease installed");
+                            self.lease = Some(grant.id);
+                            Event::LeaseInstalled {
+                                public_port: grant.public_port,
+                            }
+                        }
+                        Err(e) => Event::LeaseFailed {
+                            reason: e.to_string(),
+                        },
+                    };
+                    self.session.handle(event);
+                }
+                Action::Warn(message) => warn!("{message}"),
+                Action::Close => {
+                    let _ = self.client.shutdown().await;
+                    let _ = self.origin.shutdown().await;
+                    return Some(End::Session);
+                }
+            }
+        }
+        None
+    }
+}
+
+async fn refuse_unreachable(mut client: TcpStream, why: &str) {
+    warn!(error = why, "origin unreachable");
+    let _ = write(
+        &mut client,
+        b"421 Service not available: cannot reach the server.\r\n",
+    )
+    .await;
+}
+
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "peer stopped reading",
+        )),
+    }
+}
+
+/// Writes `bytes`, the last one as TCP urgent data (MSG_OOB).
+async fn write_urgent(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    let Some((last, head)) = bytes.split_last() else {
+        return Ok(());
+    };
+    write(stream, head).await?;
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            // SAFETY: a valid fd and a 1-byte buffer that outlives the call.
+            let n = unsafe {
+                libc::send(
+                    stream.as_raw_fd(),
+                    (last as *const u8).cast(),
+                    1,
+                    libc::MSG_OOB,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+        match sent {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Keepalive on both legs (control connections idle for hours during transfers); on the
+/// client leg, urgent data inline so the Telnet Synch before ABOR is seen and stripped.
+fn configure_socket(stream: &TcpStream, keepalive: Duration, client_leg: bool) {
+    let sock = socket2::SockRef::from(stream);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(keepalive)
+        .with_interval(keepalive.min(Duration::from_secs(30)))
+        .with_retries(4);
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
+        warn!(error = %e, "cannot enable TCP keepalive");
+    }
+    if client_leg && let Err(e) = sock.set_out_of_band_inline(true) {
+        warn!(error = %e, "cannot set SO_OOBINLINE");
+    }
+    let _ = stream.set_nodelay(true);
+}
+
+fn ipv4_of(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    }
+}
