@@ -1,0 +1,366 @@
+//! Faults and bad input through the real proxy (in-process, on loopback) against a
+//! scripted origin: each must end in a proper FTP reply and a log line, never a stall.
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ftp_guard::{
+    config::{Config, Service},
+    dataplane::userspace::{RelaySettings, UserspaceRelay},
+    proxy::{self, ServiceContext},
+};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, oneshot},
+    time::timeout,
+};
+
+const STEP: Duration = Duration::from_secs(5);
+
+/// A scripted origin: greets, records every command line, answers with `respond`.
+struct FakeOrigin {
+    addr: SocketAddrV4,
+    received: Arc<Mutex<Vec<String>>>,
+    closed: Arc<Mutex<usize>>,
+}
+
+impl FakeOrigin {
+    async fn start(
+        greeting: &'static str,
+        respond: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> FakeOrigin {
+        let respond = Arc::new(respond);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(Mutex::new(0));
+        let (r, c) = (received.clone(), closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (r, c, respond) = (r.clone(), c.clone(), respond.clone());
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let _ = write.write_all(greeting.as_bytes()).await;
+                    let mut lines = BufReader::new(read).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        r.lock().unwrap().push(line.clone());
+                        match respond(&line) {
+                            Some(reply) => {
+                                let _ = write.write_all(reply.as_bytes()).await;
+                            }
+                            None => break, // hang up
+                        }
+                    }
+                    *c.lock().unwrap() += 1;
+                });
+            }
+        });
+        FakeOrigin {
+            addr,
+            received,
+            closed,
+        }
+    }
+
+    fn received(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+fn answer_everything(line: &str) -> Option<String> {
+    Some(match line {
+        "PASV" => "227 Entering Passive Mode (127,0,0,1,117,48).\r\n".into(),
+        _ => "200 ok\r\n".into(),
+    })
+}
+
+/// A running proxy in front of `origin`; stops when dropped.
+struct Proxy {
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start_proxy(origin: SocketAddrV4, max_sessions: usize, tweak: fn(&mut Service)) -> Proxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let text = format!(
+        "[[service]]\nname = \"faults\"\nlisten = \"{addr}\"\norigin = \"{origin}\"\n\
+         data_ports = \"41000-41009\"\nhide_addresses = [\"127.0.0.9\"]\nconnect_timeout_secs = 2\n"
+    );
+    let config = Config::parse(&text).unwrap();
+    let mut service = config.services().next().unwrap().clone();
+    tweak(&mut service);
+    let relay = UserspaceRelay::new(RelaySettings {
+        bind_ip: *service.listen.ip(),
+        ports: service.data_ports,
+        lease_ttl: service.lease_ttl(),
+        connect_timeout: service.connect_timeout(),
+    });
+    let ctx = Arc::new(ServiceContext {
+        service,
+        dataplane: Arc::new(relay),
+        sessions: Arc::new(Semaphore::new(max_sessions)),
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(proxy::serve(listener, ctx, async move {
+        let _ = stopped.await;
+    }));
+    Proxy { addr, _stop: stop }
+}
+
+/// A client speaking raw bytes, reading whole replies.
+struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let stream = timeout(STEP, TcpStream::connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        Client {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one complete (possibly multi-line) reply; panics on timeout: a stall is a bug.
+    async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = timeout(STEP, self.reader.read_line(&mut line))
+                .await
+                .unwrap_or_else(|_| panic!("no reply within {STEP:?}; got so far: {all:?}"))
+                .unwrap();
+            assert!(n > 0, "connection closed; got so far: {all:?}");
+            all.push_str(&line);
+            let b = line.as_bytes();
+            if b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && b[3] == b' ' {
+                return all;
+            }
+        }
+    }
+
+    /// True when the proxy closes the connection within the step time.
+    async fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            timeout(STEP, self.reader.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+#[tokio::test]
+async fn greeting_hides_origin_addresses() {
+    let origin = FakeOrigin::start(
+        "220-Welcome to 127.0.0.9\r\n220 Server [127.0.0.9] ready\r\n",
+        answer_everything,
+    )
+    .await;
+    let proxy = start_proxy(origin.addr, 8, |_| {}).await;
+    let mut c = Client::connect(proxy.addr).await;
+    let greeting = c.reply().await;
+    // On loopback the public address is the origin's own (127.0.0.1), which the scrubber
+    // will not print either: it falls back to a neutral address.
+    assert!(!greeting.contains("127.0.0.9"), "{greeting}");
+    assert!(
+        greeting.starts_with("220-Welcome to ") && greeting.contains("\r\n220 Server ["),
+        "{greeting}"
+    );
+}
+
+#[tokio::test]
+async fn origin_unreachable_gives_421() {
+    // A port nothing listens on: bind one, then free it.
+    let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let SocketAddr::V4(dead) = free.local_addr().unwrap() else {
+        unreachable!()
+    };
+    drop(free);
+    let proxy = start_proxy(dead, 8, |_| {}).await;
+    let mut c = Client::connect(proxy.addr).await;
+    assert!(c.reply().await.starts_with("421 "));
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn origin_hanging_up_is_reported() {
+    let origin = FakeOrigin::start("220 hi\r\n", |line| {
+        (line != "SITE BYE").then(|| "200 ok\r\n".into())
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, 8, |_| {}).await;
+    let mut c = Client::connect(proxy.addr).await;
+    c.reply().await;
+    c.send(b"SITE BYE\r\n").await;
+    assert!(c.reply().await.starts_with("421 "));
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn idle_timeout_gives_421() {
+    let origin = FakeOrigin::start("220 hi\r\n", answer_everything).await;
+    let proxy = start_proxy(origin.addr, 8, |s| s.idle_timeout_secs = 1).await;
+    let mut c = Client::connect(proxy.addr).await;
+    c.reply().await;
+    let reply = c.reply().await;
+    assert!(reply.starts_with("421 Idle"), "{reply}");
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn session_limit_gives_421_and_frees_on_close() {
+    let origin = FakeOrigin::start("220 hi\r\n", answer_everything).await;
+    let proxy = start_proxy(origin.addr, 1, |_| {}).await;
+    let mut first = Client::connect(proxy.addr).await;
+    first.reply().await;
+    let mut second = Client::connect(proxy.addr).await;
+    assert!(second.reply().await.starts_with("421 Too many"));
+    drop(first);
+    // The permit is released when the first session ends.
+    let mut third = None;
+    for _ in 0..50 {
+        let mut c = Client::connect(proxy.addr).await;
+        if c.reply().await.starts_with("220") {
+            third = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(third.is_some(), "session slot never freed");
+}
+
+#[tokio::test]
+async fn bad_lines_get_errors_not_stalls() {
+    let origin = FakeOrigin::start("220 hi\r\n", answer_everything).await;
+    let proxy = start_proxy(origin.addr, 8, |_| {}).await;
+    let mut c = Client::connect(proxy.addr).await;
+    c.reply().await;
+    let mut long = vec![b'X'; 2000];
+    long.extend_from_slice(b"\r\n");
+    let cases: &[(&[u8], &str)] = &[
+        (&long, "500 "),
+        (b"NOOP\0\r\n", "500 "),
+        (b"CWD \xc3\x28\r\n", "501 "),
+        (b"\xff\xf4\xff\xf2NOOP\r\n", "200 "),
+        (b"AUTH TLS\r\n", "534 "),
+        (b"PORT 127,0,0,1,200,1\r\n", "502 "),
+    ];
+    for (line, code) in cases {
+        c.send(line).await;
+        let reply = c.reply().await;
+        assert!(
+            reply.starts_with(code),
+            "{:?} → {reply}",
+            String::from_utf8_lossy(line)
+        );
+    }
+    // A line split over several segments is one command.
+    c.send(b"NO").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send(b"OP\r\n").await;
+    assert_eq!(c.reply().await, "200 ok\r\n");
+    let received = origin.received();
+    assert_eq!(
+        received,
+        ["NOOP", "NOOP"],
+        "only clean commands reach the origin"
+    );
+}
+
+#[tokio::test]
+async fn malformed_passive_reply_gives_425() {
+    let origin = FakeOrigin::start("220 hi\r\n", |line| {
+        Some(
+            if line == "PASV" {
+                "227 No address today\r\n"
+            } else {
+                "200 ok\r\n"
+            }
+            .into(),
+        )
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, 8, |_| {}).await;
+    let mut c = Client::connect(proxy.addr).await;
+    c.reply().await;
+    c.send(b"EPSV\r\n").await;
+    assert!(c.reply().await.starts_with("425 "));
+    c.send(b"NOOP\r\n").await;
+    assert_eq!(c.reply().await, "200 ok\r\n");
+}
+
+#[tokio::test]
+async fn vanished_client_releases_its_origin_connection() {
+    let origin = FakeOrigin::start("220 hi\r\n", answer_everything).await;
+    let proxy = start_proxy(origin.addr, 8, |_| {}).await;
+    let mut c = Client::connect(proxy.addr).await;
+    c.reply().await;
+    c.send(b"NOOP\r\nNO").await; // half a command, then gone
+    drop(c);
+    for _ in 0..100 {
+        if *origin.closed.lock().unwrap() == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the origin connection was not closed after the client vanished");
+}
+
+#[tokio::test]
+async fn passive_lease_admits_the_client_once() {
+    // A fake origin data port: the 227 points at it.
+    let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let data_port = data.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = data.accept().await {
+            let _ = s.write_all(b"payload").await;
+        }
+    });
+    let origin = FakeOrigin::start("220 hi\r\n", move |line| {
+        Some(match line {
+            "PASV" => format!(
+                "227 Entering Passive Mode (127,0,0,1,{},{}).\r\n",
+                data_port >> 8,
+                data_port & 0xff
+            ),
+            _ => "200 ok\r\n".into(),
+        })
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, 8, |_| {}).await;
+    let mut c = Client::connect(proxy.addr).await;
+    c.reply().await;
+    c.send(b"EPSV\r\n").await;
+    let reply = c.reply().await;
+    let port: u16 = reply
+        .split("|||")
+        .nth(1)
+        .and_then(|r| r.split('|').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {reply}"));
+    assert!((41000..=41009).contains(&port), "{reply}");
+    let mut d = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut got = Vec::new();
+    timeout(STEP, d.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"payload");
+    // Single use: the listener is gone.
+    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+}
