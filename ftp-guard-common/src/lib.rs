@@ -8,28 +8,46 @@
 
 /// Names of the programs and maps in the eBPF object, so userspace never spells them twice.
 pub mod names {
-    /// XDP program on the client-facing interface: guards the public data-port range.
+    /// XDP program on the gateway's interfaces: guards the public data-port range and
+    /// NATs leased data connections in both directions.
     pub const XDP_GUARD: &str = "xdp_guard";
+    /// The same logic as a TC (tcx) ingress program, for devices without XDP redirect
+    /// (bridges, bonds, VLAN devices).
+    pub const TC_GUARD: &str = "tc_guard";
     /// Array map, one [`FilterConfig`](super::FilterConfig): what the guard protects.
     pub const FILTER_CONFIG: &str = "FILTER_CONFIG";
     /// Hash map [`LeaseKey`](super::LeaseKey) → [`LeaseValue`](super::LeaseValue).
     pub const LEASES: &str = "LEASES";
     /// Per-CPU array of `u64` packet counters indexed by [`Counter`](super::Counter).
     pub const COUNTERS: &str = "COUNTERS";
+    /// Hash map [`LeaseKey`](super::LeaseKey) → [`Claim`](super::Claim): the one data
+    /// connection a lease admitted (inserted by the kernel with NOEXIST: single use).
+    pub const CLAIMS: &str = "CLAIMS";
+    /// Hash map [`FlowKey`](super::FlowKey) → [`FlowValue`](super::FlowValue): both
+    /// directions of every NATed data connection.
+    pub const FLOWS: &str = "FLOWS";
+    /// Device hash map: interfaces an XDP program may redirect to.
+    pub const TX_PORTS: &str = "TX_PORTS";
 }
 
 /// How many (public address, data-port range) pairs the guard can protect.
 pub const MAX_DATA_RANGES: usize = 16;
 
-/// Default capacity of the lease map (issue: at least 65,536 concurrent leases).
+/// Default capacity of the lease and claim maps (at least 65,536 concurrent leases).
 pub const DEFAULT_MAX_LEASES: u32 = 65_536;
+/// Default capacity of the flow map: two entries (one per direction) per lease.
+pub const DEFAULT_MAX_FLOWS: u32 = 2 * DEFAULT_MAX_LEASES;
 
-/// One protected range: TCP to `addr_be` with a destination port in `port_lo..=port_hi`.
+/// One protected range: TCP to `addr_be` with a destination port in `port_lo..=port_hi`
+/// (clients' side), and the same ports on `nat_addr_be` (the origin's side).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DataRange {
     /// Public (client-facing) IPv4 address, network byte order.
     pub addr_be: u32,
+    /// The gateway's origin-facing address that NATed data connections come from, network
+    /// order; 0 when no lease of this range is NATed.
+    pub nat_addr_be: u32,
     /// First port of the range, host byte order.
     pub port_lo: u16,
     /// Last port of the range (inclusive), host byte order.
@@ -67,18 +85,78 @@ pub struct LeaseKey {
     pub _pad: u16,
 }
 
-/// Where a leased data connection goes on the origin side.
+/// [`LeaseValue::kind`]: the lease only admits the client (a userspace relay listens on
+/// the port); the kernel passes its packets to the stack.
+pub const LEASE_ADMIT: u32 = 0;
+/// [`LeaseValue::kind`]: the kernel NATs the data connection to the origin and back.
+pub const LEASE_NAT: u32 = 1;
+
+/// What a lease allows. Written by userspace once, at install; never changed in place.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LeaseValue {
     /// The origin's data address, network order.
     pub origin_addr_be: u32,
+    /// The gateway's origin-facing address, source of the connection to the origin.
+    pub nat_addr_be: u32,
     /// The origin's data port, network order.
     pub origin_port_be: u16,
-    pub _pad: u16,
+    /// Source port towards the origin, network order: the public port itself, unique
+    /// while the lease lives (see README, "NAT ports").
+    pub nat_port_be: u16,
+    /// [`LEASE_ADMIT`] or [`LEASE_NAT`].
+    pub kind: u32,
+    /// CLOCK_MONOTONIC deadline (ns) for the client's SYN; 0 = none.
+    pub expires_ns: u64,
 }
 
-/// Why the guard passed or dropped a packet: the index into the per-CPU counter array.
+/// The data connection a lease admitted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// The client's source port, network order.
+    pub client_port_be: u16,
+    pub _pad: u16,
+    pub _pad2: u32,
+    /// CLOCK_MONOTONIC time (ns) of the SYN.
+    pub created_ns: u64,
+}
+
+/// A TCP connection as seen arriving at the gateway (one direction).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_addr_be: u32,
+    pub dst_addr_be: u32,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+}
+
+/// [`FlowValue::flags`] bits, set by the kernel as packets pass.
+pub const FLOW_FIN: u32 = 1;
+pub const FLOW_RST: u32 = 2;
+
+/// How to rewrite one direction of a NATed data connection, and what passed that way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub new_src_addr_be: u32,
+    pub new_dst_addr_be: u32,
+    pub new_src_port_be: u16,
+    pub new_dst_port_be: u16,
+    /// The lease this flow belongs to.
+    pub lease: LeaseKey,
+    /// [`FLOW_FIN`] / [`FLOW_RST`] seen in this direction.
+    pub flags: u32,
+    pub _pad: u32,
+    pub packets: u64,
+    /// IP bytes (header included) that passed this way.
+    pub bytes: u64,
+    /// CLOCK_MONOTONIC time (ns) of the last packet.
+    pub last_seen_ns: u64,
+}
+
+/// What the guard did with a packet, and why: the index into the per-CPU counter array.
 ///
 /// Used only as an index, never stored in a map value.
 #[repr(u32)]
@@ -94,21 +172,41 @@ pub enum Counter {
     PassOtherAddress = 3,
     /// TCP to a protected address, port outside the data range (e.g. the control port).
     PassOtherPort = 4,
-    /// TCP to the data range that matches a lease.
+    /// TCP to the data range admitted by an admit-only lease (a userspace relay listens).
     PassLeased = 5,
     /// A non-first IPv4 fragment: carries no ports. Harmless, because the first fragment
     /// (which does carry them) is checked and a datagram cannot reassemble without it.
     PassLaterFragment = 6,
+    /// From the origin's side to a NAT port without a flow: left to the stack (which resets it).
+    PassNoFlow = 7,
+    /// NATed from a client towards the origin.
+    NatToOrigin = 8,
+    /// NATed from the origin back to a client.
+    NatToClient = 9,
+    /// A NATed packet redirected by the program itself.
+    Redirected = 10,
+    /// A NATed packet handed to the stack to forward (no route or neighbour known yet).
+    ForwardedByStack = 11,
     /// TCP to the data range with no lease for (client, address, port).
-    DropNoLease = 7,
+    DropNoLease = 12,
     /// First fragment aimed at the data range: the data path never handles fragments.
-    DropFragment = 8,
-    /// TCP to a protected address whose ports cannot be read (truncated or tiny fragment).
-    DropTruncated = 9,
+    DropFragment = 13,
+    /// TCP to a protected address whose TCP header cannot be read (truncated, tiny fragment).
+    DropTruncated = 14,
+    /// A second connection to a lease that already admitted one.
+    DropLeaseUsed = 15,
+    /// A SYN after the lease's deadline.
+    DropLeaseExpired = 16,
+    /// Not a SYN and no flow: nothing to continue.
+    DropNoFlow = 17,
+    /// The flow table is full: the connection cannot be NATed.
+    DropFlowTableFull = 18,
+    /// The TTL would expire: left to be dropped here rather than forwarded.
+    DropTtl = 19,
 }
 
 /// Number of [`Counter`] values: the size of the counter map.
-pub const COUNTER_COUNT: u32 = 10;
+pub const COUNTER_COUNT: u32 = 20;
 
 impl Counter {
     /// Every counter in index order.
@@ -120,12 +218,22 @@ impl Counter {
         Counter::PassOtherPort,
         Counter::PassLeased,
         Counter::PassLaterFragment,
+        Counter::PassNoFlow,
+        Counter::NatToOrigin,
+        Counter::NatToClient,
+        Counter::Redirected,
+        Counter::ForwardedByStack,
         Counter::DropNoLease,
         Counter::DropFragment,
         Counter::DropTruncated,
+        Counter::DropLeaseUsed,
+        Counter::DropLeaseExpired,
+        Counter::DropNoFlow,
+        Counter::DropFlowTableFull,
+        Counter::DropTtl,
     ];
 
-    /// Stable snake_case name, used in logs and (later) metric labels.
+    /// Stable snake_case name, used in logs and metric labels.
     pub const fn name(self) -> &'static str {
         match self {
             Counter::PassNotIpv4 => "pass_not_ipv4",
@@ -135,26 +243,36 @@ impl Counter {
             Counter::PassOtherPort => "pass_other_port",
             Counter::PassLeased => "pass_leased",
             Counter::PassLaterFragment => "pass_later_fragment",
+            Counter::PassNoFlow => "pass_no_flow",
+            Counter::NatToOrigin => "nat_to_origin",
+            Counter::NatToClient => "nat_to_client",
+            Counter::Redirected => "redirected",
+            Counter::ForwardedByStack => "forwarded_by_stack",
             Counter::DropNoLease => "drop_no_lease",
             Counter::DropFragment => "drop_fragment",
             Counter::DropTruncated => "drop_truncated",
+            Counter::DropLeaseUsed => "drop_lease_used",
+            Counter::DropLeaseExpired => "drop_lease_expired",
+            Counter::DropNoFlow => "drop_no_flow",
+            Counter::DropFlowTableFull => "drop_flow_table_full",
+            Counter::DropTtl => "drop_ttl",
         }
     }
 
     /// True for the counters whose packets the guard drops.
     pub const fn is_drop(self) -> bool {
-        matches!(
-            self,
-            Counter::DropNoLease | Counter::DropFragment | Counter::DropTruncated
-        )
+        (self as u32) >= (Counter::DropNoLease as u32)
     }
 }
 
 // Layouts the kernel and userspace must agree on, with no hidden padding.
-const _: () = assert!(core::mem::size_of::<DataRange>() == 8);
-const _: () = assert!(core::mem::size_of::<FilterConfig>() == 4 + 8 * MAX_DATA_RANGES);
+const _: () = assert!(core::mem::size_of::<DataRange>() == 12);
+const _: () = assert!(core::mem::size_of::<FilterConfig>() == 4 + 12 * MAX_DATA_RANGES);
 const _: () = assert!(core::mem::size_of::<LeaseKey>() == 12);
-const _: () = assert!(core::mem::size_of::<LeaseValue>() == 8);
+const _: () = assert!(core::mem::size_of::<LeaseValue>() == 24);
+const _: () = assert!(core::mem::size_of::<Claim>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 56);
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);
 
 #[cfg(feature = "user")]
@@ -165,6 +283,9 @@ mod pod {
     unsafe impl aya::Pod for super::FilterConfig {}
     unsafe impl aya::Pod for super::LeaseKey {}
     unsafe impl aya::Pod for super::LeaseValue {}
+    unsafe impl aya::Pod for super::Claim {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
 }
 
 #[cfg(test)]
@@ -176,6 +297,7 @@ mod tests {
     fn counter_indices_match_their_position() {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "{} is out of order", c.name());
+            assert_eq!(c.is_drop(), c.name().starts_with("drop_"), "{}", c.name());
         }
     }
 
@@ -183,6 +305,7 @@ mod tests {
     fn range_contains_is_inclusive() {
         let r = DataRange {
             addr_be: 0,
+            nat_addr_be: 0,
             port_lo: 40000,
             port_hi: 40099,
         };

@@ -1,101 +1,262 @@
-//! The data-port guard: decides, for one received frame, whether it may reach the stack.
+//! The data-port guard and NAT state machine, shared by the XDP and TC entry points.
 //!
 //! Rules, in order (each outcome is a `Counter`):
 //! 1. not IPv4 / unparseable link or IP header → pass (the stack judges it);
-//! 2. not TCP, or TCP to an address that is not protected → pass;
+//! 2. not TCP, or to neither a protected public address nor a NAT address → pass;
 //! 3. a later fragment (offset ≠ 0) → pass: no ports in it, and it cannot reassemble
 //!    without the first fragment, which rule 4 checks;
-//! 4. ports unreadable → drop; port outside every data range → pass;
+//! 4. TCP header unreadable → drop; port outside every data range → pass;
 //! 5. a first fragment aimed at the data range → drop (the data path never fragments);
-//! 6. a lease for (source address, destination address, destination port) → pass, else drop.
-use aya_ebpf::programs::XdpContext;
-use ftp_guard_common::{Counter, FilterConfig, LeaseKey, MAX_DATA_RANGES};
-use network_types::ip::IpProto;
+//! 6. a packet of a known flow → NAT it (either direction) and forward;
+//! 7. to a NAT address without a flow → pass (nothing listens: the stack resets it);
+//! 8. no lease for (source, destination, port) → drop; an admit-only lease → pass;
+//! 9. a NAT lease: only a SYN within the deadline may claim it, once; the claim creates
+//!    both flow entries (rolled back together on failure) → NAT and forward.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use ftp_guard_common::{
+    Claim, Counter, FLOW_FIN, FLOW_RST, FilterConfig, FlowKey, FlowValue, LEASE_ADMIT, LeaseKey,
+    LeaseValue, MAX_DATA_RANGES,
+};
+use network_types::{
+    ip::{IpProto, Ipv4Hdr},
+    tcp::TcpHdr,
+};
 
 use crate::{
-    maps::{FILTER_CONFIG, LEASES},
-    packet::{self, L3},
+    maps::{CLAIMS, FILTER_CONFIG, FLOWS, LEASES},
+    nat,
+    packet::{self, L3, Packet},
 };
 
 /// IPv4 "more fragments" flag within the 3-bit flags field.
 const IP_MF: u8 = 0b001;
+/// Map update flag: insert only if absent.
+const BPF_NOEXIST: u64 = 1;
 
-/// Classifies the frame in `ctx`; the caller counts it and acts on `Counter::is_drop`.
+/// What the entry point must do with the packet.
+pub enum Verdict {
+    Pass,
+    Drop,
+    /// The packet was rewritten for its new destination: forward it.
+    Forward(Rewritten),
+}
+
+/// A NATed packet's headers, for the forwarding step.
+pub struct Rewritten {
+    pub ip: *mut Ipv4Hdr,
+    pub l3_offset: usize,
+}
+
+/// Which side of the gateway a destination address belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// A public address: the packet comes from a client.
+    Client,
+    /// A NAT address: the packet comes from the origin.
+    Origin,
+}
+
 #[inline(always)]
-pub fn classify(ctx: &XdpContext) -> Counter {
-    let (ip, l4_offset) = match packet::ipv4(ctx) {
-        L3::Ipv4 { ip, l4_offset } => (ip, l4_offset),
-        L3::NotIpv4 => return Counter::PassNotIpv4,
-        L3::Malformed => return Counter::PassMalformed,
+pub fn process<P: Packet>(p: &P) -> (Verdict, Counter) {
+    let hdr = match packet::ipv4(p) {
+        L3::Ipv4(h) => h,
+        L3::NotIpv4 => return (Verdict::Pass, Counter::PassNotIpv4),
+        L3::Malformed => return (Verdict::Pass, Counter::PassMalformed),
     };
     // SAFETY: packet::ipv4 checked that the whole header is inside the packet.
-    let ip = unsafe { &*ip };
+    let ip = unsafe { &*hdr.ip };
     if ip.proto != IpProto::Tcp as u8 {
-        return Counter::PassNotTcp;
+        return (Verdict::Pass, Counter::PassNotTcp);
     }
     let Some(config) = FILTER_CONFIG.get(0) else {
-        return Counter::PassOtherAddress;
+        return (Verdict::Pass, Counter::PassOtherAddress);
     };
-    // Addresses stay in network order end to end: no byte swapping on the hot path.
+    // Addresses and ports stay in network order end to end: no byte swapping.
     let dst_be = u32::from_ne_bytes(ip.dst_addr);
-    if !protects_address(config, dst_be) {
-        return Counter::PassOtherAddress;
-    }
+    let Some(side) = side_of(config, dst_be) else {
+        return (Verdict::Pass, Counter::PassOtherAddress);
+    };
     if ip.frag_offset() != 0 {
-        return Counter::PassLaterFragment;
+        return (Verdict::Pass, Counter::PassLaterFragment);
     }
-    // Source and destination port: the first 4 bytes of the TCP header.
-    let Some(ports) = packet::ptr_at::<[u8; 4]>(ctx, l4_offset) else {
-        return Counter::DropTruncated;
+    // The destination port decides whether the guard cares; read it before the whole
+    // header so that a truncated packet to another port is left to the stack.
+    let Some(ports) = packet::ptr_at::<[u8; 4], P>(p, hdr.l4_offset) else {
+        return (Verdict::Drop, Counter::DropTruncated);
     };
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { *ports };
     let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-    if !in_data_range(config, dst_be, dst_port) {
-        return Counter::PassOtherPort;
+    if !in_data_range(config, side, dst_be, dst_port) {
+        return (Verdict::Pass, Counter::PassOtherPort);
     }
     if ip.frag_flags() & IP_MF != 0 {
-        return Counter::DropFragment;
+        return (Verdict::Drop, Counter::DropFragment);
     }
-    let key = LeaseKey {
-        client_addr_be: u32::from_ne_bytes(ip.src_addr),
+    let Some(tcp) = packet::ptr_at::<TcpHdr, P>(p, hdr.l4_offset) else {
+        return (Verdict::Drop, Counter::DropTruncated);
+    };
+    let flow_key = FlowKey {
+        src_addr_be: u32::from_ne_bytes(ip.src_addr),
+        dst_addr_be: dst_be,
+        src_port_be: u16::from_ne_bytes([ports[0], ports[1]]),
+        dst_port_be: u16::from_ne_bytes([ports[2], ports[3]]),
+    };
+    let nat_counter = match side {
+        Side::Client => Counter::NatToOrigin,
+        Side::Origin => Counter::NatToClient,
+    };
+    if let Some(flow) = FLOWS.get_ptr_mut(&flow_key) {
+        return forward_flow(hdr.ip, tcp, hdr.l3_offset, flow, nat_counter);
+    }
+    if side == Side::Origin {
+        return (Verdict::Pass, Counter::PassNoFlow);
+    }
+    let lease_key = LeaseKey {
+        client_addr_be: flow_key.src_addr_be,
         public_addr_be: dst_be,
-        public_port_be: dst_port.to_be(),
+        public_port_be: flow_key.dst_port_be,
         _pad: 0,
     };
-    if LEASES.get_ptr(&key).is_some() {
-        Counter::PassLeased
-    } else {
-        Counter::DropNoLease
+    // SAFETY: the value is only read; userspace replaces values whole, never in place.
+    let Some(lease) = (unsafe { LEASES.get(&lease_key) }) else {
+        return (Verdict::Drop, Counter::DropNoLease);
+    };
+    if lease.kind == LEASE_ADMIT {
+        return (Verdict::Pass, Counter::PassLeased);
+    }
+    // SAFETY: tcp is a complete header (ptr_at above).
+    let t = unsafe { &*tcp };
+    if t.syn() == 0 || t.ack() != 0 {
+        return (Verdict::Drop, Counter::DropNoFlow);
+    }
+    if let Err(reason) = claim(&flow_key, &lease_key, lease) {
+        return (Verdict::Drop, reason);
+    }
+    match FLOWS.get_ptr_mut(&flow_key) {
+        Some(flow) => forward_flow(hdr.ip, tcp, hdr.l3_offset, flow, nat_counter),
+        None => (Verdict::Drop, Counter::DropFlowTableFull),
     }
 }
 
-/// True when some data range is on `addr_be`.
+/// Claims `lease` for the connection `key` (single use) and creates both flow entries.
 #[inline(always)]
-fn protects_address(config: &FilterConfig, addr_be: u32) -> bool {
-    let mut i = 0;
-    while i < MAX_DATA_RANGES {
-        if i as u32 >= config.range_count {
-            break;
-        }
-        if config.ranges[i].addr_be == addr_be {
-            return true;
-        }
-        i += 1;
+fn claim(key: &FlowKey, lease_key: &LeaseKey, lease: &LeaseValue) -> Result<(), Counter> {
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if lease.expires_ns != 0 && now > lease.expires_ns {
+        return Err(Counter::DropLeaseExpired);
     }
-    false
+    let claim = Claim {
+        client_port_be: key.src_port_be,
+        _pad: 0,
+        _pad2: 0,
+        created_ns: now,
+    };
+    // NOEXIST makes the claim atomic: of two racing SYNs only one inserts.
+    if CLAIMS.insert(lease_key, &claim, BPF_NOEXIST).is_err() {
+        return Err(Counter::DropLeaseUsed);
+    }
+    let to_origin = FlowValue {
+        new_src_addr_be: lease.nat_addr_be,
+        new_dst_addr_be: lease.origin_addr_be,
+        new_src_port_be: lease.nat_port_be,
+        new_dst_port_be: lease.origin_port_be,
+        lease: *lease_key,
+        last_seen_ns: now,
+        ..FlowValue::default()
+    };
+    let reverse_key = FlowKey {
+        src_addr_be: lease.origin_addr_be,
+        dst_addr_be: lease.nat_addr_be,
+        src_port_be: lease.origin_port_be,
+        dst_port_be: lease.nat_port_be,
+    };
+    let to_client = FlowValue {
+        new_src_addr_be: key.dst_addr_be,
+        new_dst_addr_be: key.src_addr_be,
+        new_src_port_be: key.dst_port_be,
+        new_dst_port_be: key.src_port_be,
+        lease: *lease_key,
+        last_seen_ns: now,
+        ..FlowValue::default()
+    };
+    // Both directions or neither: roll back what was inserted.
+    if FLOWS.insert(key, &to_origin, BPF_NOEXIST).is_err() {
+        let _ = CLAIMS.remove(lease_key);
+        return Err(Counter::DropFlowTableFull);
+    }
+    if FLOWS.insert(&reverse_key, &to_client, BPF_NOEXIST).is_err() {
+        let _ = FLOWS.remove(key);
+        let _ = CLAIMS.remove(lease_key);
+        return Err(Counter::DropFlowTableFull);
+    }
+    Ok(())
 }
 
-/// True when `port` (host order) is in a data range on `addr_be`.
+/// Accounts the packet to `flow`, rewrites it and asks for forwarding.
 #[inline(always)]
-fn in_data_range(config: &FilterConfig, addr_be: u32, port: u16) -> bool {
+fn forward_flow(
+    ip: *mut Ipv4Hdr,
+    tcp: *mut TcpHdr,
+    l3_offset: usize,
+    flow: *mut FlowValue,
+    counter: Counter,
+) -> (Verdict, Counter) {
+    // SAFETY: map value pointers stay valid for the program run; headers are in bounds.
+    unsafe {
+        let f = &mut *flow;
+        let t = &*tcp;
+        let len = u64::from((*ip).tot_len());
+        // Racing CPUs may lose an increment: statistics, not state.
+        f.packets += 1;
+        f.bytes += len;
+        f.last_seen_ns = bpf_ktime_get_ns();
+        if t.fin() != 0 {
+            f.flags |= FLOW_FIN;
+        }
+        if t.rst() != 0 {
+            f.flags |= FLOW_RST;
+        }
+        nat::rewrite(ip, tcp, f);
+    }
+    (Verdict::Forward(Rewritten { ip, l3_offset }), counter)
+}
+
+/// The side `addr_be` belongs to, if any data range is on it.
+#[inline(always)]
+fn side_of(config: &FilterConfig, addr_be: u32) -> Option<Side> {
     let mut i = 0;
     while i < MAX_DATA_RANGES {
         if i as u32 >= config.range_count {
             break;
         }
         let range = &config.ranges[i];
-        if range.addr_be == addr_be && range.contains(port) {
+        if range.addr_be == addr_be {
+            return Some(Side::Client);
+        }
+        if range.nat_addr_be != 0 && range.nat_addr_be == addr_be {
+            return Some(Side::Origin);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// True when `port` (host order) is in a data range on `addr_be` for that side.
+#[inline(always)]
+fn in_data_range(config: &FilterConfig, side: Side, addr_be: u32, port: u16) -> bool {
+    let mut i = 0;
+    while i < MAX_DATA_RANGES {
+        if i as u32 >= config.range_count {
+            break;
+        }
+        let range = &config.ranges[i];
+        let addr = match side {
+            Side::Client => range.addr_be,
+            Side::Origin => range.nat_addr_be,
+        };
+        if addr == addr_be && range.contains(port) {
             return true;
         }
         i += 1;

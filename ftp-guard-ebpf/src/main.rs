@@ -1,24 +1,52 @@
-//! ftp-guard's eBPF programs. Entry points only: each one calls into a module that owns
-//! its logic and turns the result into a kernel action.
+//! ftp-guard's eBPF programs. Entry points only: each calls the shared guard, counts the
+//! outcome and turns it into its hook's action.
 #![no_std]
 #![no_main]
 
+mod csum;
+mod forward;
 mod guard;
 mod maps;
+mod nat;
 mod packet;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use guard::Verdict;
 
-/// Client-facing XDP guard: drops TCP aimed at the public data-port range unless a lease
-/// admits it; everything else passes untouched.
+/// XDP on the gateway's interfaces: drops unleased traffic to the data ports, NATs and
+/// forwards leased data connections in both directions.
 #[xdp]
 pub fn xdp_guard(ctx: XdpContext) -> u32 {
-    let counter = guard::classify(&ctx);
+    let (verdict, counter) = guard::process(&ctx);
     maps::count(counter);
-    if counter.is_drop() {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
+    match verdict {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Forward(rewritten) => {
+            let (action, how) = forward::xdp(&ctx, &rewritten);
+            maps::count(how);
+            action
+        }
+    }
+}
+
+/// The same as a TC (tcx) ingress program, for devices where XDP cannot redirect.
+#[classifier]
+pub fn tc_guard(ctx: TcContext) -> i32 {
+    let (verdict, counter) = guard::process(&ctx);
+    maps::count(counter);
+    match verdict {
+        Verdict::Pass => TC_ACT_OK as i32,
+        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Forward(rewritten) => {
+            let (action, how) = forward::tc(&ctx, &rewritten);
+            maps::count(how);
+            action
+        }
     }
 }
 
@@ -29,7 +57,7 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-/// The kernel only lets GPL-compatible programs call some helpers.
+/// The kernel only lets GPL-compatible programs call some helpers (bpf_redirect_neigh…).
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

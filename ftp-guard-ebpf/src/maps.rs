@@ -2,10 +2,11 @@
 //! names in `ftp_guard_common::names`; sizes given here are defaults it may override.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
 use ftp_guard_common::{
-    COUNTER_COUNT, Counter, DEFAULT_MAX_LEASES, FilterConfig, LeaseKey, LeaseValue,
+    COUNTER_COUNT, Claim, Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES, FilterConfig, FlowKey,
+    FlowValue, LeaseKey, LeaseValue,
 };
 
 /// What the guard protects: the public addresses and their data-port ranges (one entry).
@@ -15,6 +16,18 @@ pub static FILTER_CONFIG: Array<FilterConfig> = Array::with_max_entries(1, 0);
 /// Leases written by the control proxy: (client, public address, public port) → origin.
 #[map(name = "LEASES")]
 pub static LEASES: HashMap<LeaseKey, LeaseValue> = HashMap::with_max_entries(DEFAULT_MAX_LEASES, 0);
+
+/// The connection each used lease admitted; inserted with NOEXIST, so a lease is used once.
+#[map(name = "CLAIMS")]
+pub static CLAIMS: HashMap<LeaseKey, Claim> = HashMap::with_max_entries(DEFAULT_MAX_LEASES, 0);
+
+/// NAT state of every data connection, one entry per direction, keyed as packets arrive.
+#[map(name = "FLOWS")]
+pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Interfaces the XDP program may redirect to (those whose driver can transmit XDP frames).
+#[map(name = "TX_PORTS")]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
 
 /// Packets seen per verdict reason, per CPU (no atomics needed on the hot path).
 #[map(name = "COUNTERS")]

@@ -58,17 +58,16 @@ pub async fn run(args: GuardArgs) -> anyhow::Result<()> {
         public_ip: args.public_ip,
         first_port,
         last_port,
+        nat_ip: None,
     }])?;
     for lease in &args.leases {
         if !(first_port..=last_port).contains(&lease.port()) {
             bail!("lease {lease}: port outside --data-ports {first_port}-{last_port}");
         }
-        kernel.insert_lease(&Lease {
-            client: *lease.ip(),
-            public: SocketAddrV4::new(args.public_ip, lease.port()),
-            // Not forwarded anywhere yet: the guard only admits or drops.
-            origin: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-        })?;
+        kernel.insert_lease(&Lease::admit(
+            *lease.ip(),
+            SocketAddrV4::new(args.public_ip, lease.port()),
+        ))?;
     }
     let mode = kernel
         .attach_guard(&args.interface, args.xdp_mode)

@@ -5,12 +5,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, xdp::DevMapHash},
+    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
 use ftp_guard_common::{
-    Counter, DEFAULT_MAX_LEASES, DataRange, FilterConfig, LeaseKey, LeaseValue, MAX_DATA_RANGES,
-    names,
+    Claim, Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES, DataRange, FilterConfig, FlowKey,
+    FlowValue, LEASE_ADMIT, LEASE_NAT, LeaseKey, LeaseValue, MAX_DATA_RANGES, names,
 };
 
 /// The eBPF object built by build.rs (crate `ftp-guard-ebpf`), embedded in the binary.
@@ -44,6 +44,16 @@ pub enum KernelError {
     TooManyRanges(usize),
     #[error("the lease map is full ({0} entries)")]
     LeasesFull(u32),
+    #[error("attaching TC to {interface} failed: {source}")]
+    AttachTc {
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("interface {0} not found")]
+    NoInterface(String),
+    #[error("the XDP redirect map: {0}")]
+    TxPorts(#[from] aya::maps::xdp::XdpMapError),
 }
 
 /// How the guard's XDP program is attached.
@@ -63,6 +73,7 @@ pub enum XdpAttach {
 pub enum AttachedMode {
     Native,
     Generic,
+    Tcx,
 }
 
 impl std::fmt::Display for AttachedMode {
@@ -70,6 +81,7 @@ impl std::fmt::Display for AttachedMode {
         f.write_str(match self {
             AttachedMode::Native => "xdp-native",
             AttachedMode::Generic => "xdp-generic",
+            AttachedMode::Tcx => "tcx-ingress",
         })
     }
 }
@@ -80,6 +92,24 @@ pub struct ProtectedRange {
     pub public_ip: Ipv4Addr,
     pub first_port: u16,
     pub last_port: u16,
+    /// The gateway's origin-facing address NATed data connections come from (kernel
+    /// data path); `None` when leases on this range only admit.
+    pub nat_ip: Option<Ipv4Addr>,
+}
+
+/// What a lease lets through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseAction {
+    /// Pass the client's packets to the stack (a userspace relay listens on the port).
+    Admit,
+    /// NAT one connection to `origin`, from `nat` (the gateway's origin-side address and
+    /// a port unique to this lease); the client's SYN must come before `deadline_ns`
+    /// (CLOCK_MONOTONIC, see [`monotonic_ns`]).
+    Nat {
+        origin: SocketAddrV4,
+        nat: SocketAddrV4,
+        deadline_ns: u64,
+    },
 }
 
 /// A data-port lease: `client` may open one data connection to `public`.
@@ -87,16 +117,44 @@ pub struct ProtectedRange {
 pub struct Lease {
     pub client: Ipv4Addr,
     pub public: SocketAddrV4,
-    pub origin: SocketAddrV4,
+    pub action: LeaseAction,
 }
 
 impl Lease {
+    /// An admit-only lease (the guard passes the client's packets to the stack).
+    pub fn admit(client: Ipv4Addr, public: SocketAddrV4) -> Lease {
+        Lease {
+            client,
+            public,
+            action: LeaseAction::Admit,
+        }
+    }
+
     fn key(&self) -> LeaseKey {
         lease_key(self.client, self.public)
     }
 }
 
-fn lease_key(client: Ipv4Addr, public: SocketAddrV4) -> LeaseKey {
+/// The clock the kernel programs use (bpf_ktime_get_ns), in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn be32(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn ip_of(be: u32) -> Ipv4Addr {
+    Ipv4Addr::from(be.to_ne_bytes())
+}
+
+pub fn lease_key(client: Ipv4Addr, public: SocketAddrV4) -> LeaseKey {
     LeaseKey {
         client_addr_be: u32::from_ne_bytes(client.octets()),
         public_addr_be: u32::from_ne_bytes(public.ip().octets()),
@@ -121,14 +179,52 @@ impl Counters {
 /// Sizes of the maps; userspace decides them at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
+    /// Leases (and claims) at once.
     pub max_leases: u32,
+    /// Flow entries at once: two per NATed data connection.
+    pub max_flows: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
         Self {
             max_leases: DEFAULT_MAX_LEASES,
+            max_flows: DEFAULT_MAX_FLOWS,
         }
+    }
+}
+
+/// The state of one direction of a NATed data connection, as read from the flow map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_seen_ns: u64,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+impl From<FlowValue> for FlowState {
+    fn from(v: FlowValue) -> Self {
+        FlowState {
+            packets: v.packets,
+            bytes: v.bytes,
+            last_seen_ns: v.last_seen_ns,
+            fin: v.flags & ftp_guard_common::FLOW_FIN != 0,
+            rst: v.flags & ftp_guard_common::FLOW_RST != 0,
+        }
+    }
+}
+
+/// A TCP connection as the gateway sees it arrive: (source, destination).
+pub type FlowTuple = (SocketAddrV4, SocketAddrV4);
+
+fn flow_key((src, dst): FlowTuple) -> FlowKey {
+    FlowKey {
+        src_addr_be: be32(*src.ip()),
+        dst_addr_be: be32(*dst.ip()),
+        src_port_be: src.port().to_be(),
+        dst_port_be: dst.port().to_be(),
     }
 }
 
@@ -137,9 +233,11 @@ pub struct Kernel {
     ebpf: Ebpf,
     filter_config: Array<MapData, FilterConfig>,
     leases: HashMap<MapData, LeaseKey, LeaseValue>,
+    claims: HashMap<MapData, LeaseKey, Claim>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    tx_ports: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, u64>,
     max_leases: u32,
-    links: Vec<XdpLinkId>,
 }
 
 impl Kernel {
@@ -147,29 +245,31 @@ impl Kernel {
     pub fn load(sizes: MapSizes) -> Result<Self, KernelError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::LEASES, sizes.max_leases)
+            .map_max_entries(names::CLAIMS, sizes.max_leases)
+            .map_max_entries(names::FLOWS, sizes.max_flows)
             .load(EBPF_OBJECT)?;
-        let program: &mut Xdp = ebpf
+        let program_error = |program| move |source| KernelError::Program { program, source };
+        let xdp: &mut Xdp = ebpf
             .program_mut(names::XDP_GUARD)
             .ok_or(KernelError::Missing(names::XDP_GUARD))?
             .try_into()
-            .map_err(|source| KernelError::Program {
-                program: names::XDP_GUARD,
-                source,
-            })?;
-        program.load().map_err(|source| KernelError::Program {
-            program: names::XDP_GUARD,
-            source,
-        })?;
-        let filter_config = take_map(&mut ebpf, names::FILTER_CONFIG)?;
-        let leases = take_map(&mut ebpf, names::LEASES)?;
-        let counters = take_map(&mut ebpf, names::COUNTERS)?;
+            .map_err(program_error(names::XDP_GUARD))?;
+        xdp.load().map_err(program_error(names::XDP_GUARD))?;
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(names::TC_GUARD)
+            .ok_or(KernelError::Missing(names::TC_GUARD))?
+            .try_into()
+            .map_err(program_error(names::TC_GUARD))?;
+        tc.load().map_err(program_error(names::TC_GUARD))?;
         Ok(Self {
+            filter_config: take_map(&mut ebpf, names::FILTER_CONFIG)?,
+            leases: take_map(&mut ebpf, names::LEASES)?,
+            claims: take_map(&mut ebpf, names::CLAIMS)?,
+            flows: take_map(&mut ebpf, names::FLOWS)?,
+            tx_ports: take_map(&mut ebpf, names::TX_PORTS)?,
+            counters: take_map(&mut ebpf, names::COUNTERS)?,
             ebpf,
-            filter_config,
-            leases,
-            counters,
             max_leases: sizes.max_leases,
-            links: Vec::new(),
         })
     }
 
@@ -203,8 +303,11 @@ impl Kernel {
         let mut last_error = None;
         for (xdp_mode, attached) in attempts {
             match program.attach(interface, *xdp_mode) {
-                Ok(link) => {
-                    self.links.push(link);
+                Ok(_link) => {
+                    // XDP can redirect only to devices that take XDP frames: in native
+                    // mode those attached natively, in generic mode any device.
+                    let ifindex = ifindex(interface)?;
+                    self.tx_ports.insert(ifindex, ifindex, None, 0)?;
                     return Ok(*attached);
                 }
                 Err(e) => {
@@ -219,6 +322,23 @@ impl Kernel {
         })
     }
 
+    /// Attaches the TC program to `interface`'s ingress (tcx), for devices where XDP
+    /// cannot redirect (bridges, bonds) or is not wanted.
+    pub fn attach_tc(&mut self, interface: &str) -> Result<AttachedMode, KernelError> {
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(names::TC_GUARD)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked at load");
+        program
+            .attach(interface, TcAttachType::Ingress)
+            .map_err(|source| KernelError::AttachTc {
+                interface: interface.to_owned(),
+                source,
+            })?;
+        Ok(AttachedMode::Tcx)
+    }
+
     /// Replaces the set of protected ranges (atomically for the program: one map value).
     pub fn set_protected_ranges(&mut self, ranges: &[ProtectedRange]) -> Result<(), KernelError> {
         if ranges.len() > MAX_DATA_RANGES {
@@ -230,7 +350,8 @@ impl Kernel {
         };
         for (slot, r) in config.ranges.iter_mut().zip(ranges) {
             *slot = DataRange {
-                addr_be: u32::from_ne_bytes(r.public_ip.octets()),
+                addr_be: be32(r.public_ip),
+                nat_addr_be: r.nat_ip.map_or(0, be32),
                 port_lo: r.first_port,
                 port_hi: r.last_port,
             };
@@ -245,10 +366,23 @@ impl Kernel {
 
     /// Installs (or replaces) a lease. A full map is reported as [`KernelError::LeasesFull`].
     pub fn insert_lease(&mut self, lease: &Lease) -> Result<(), KernelError> {
-        let value = LeaseValue {
-            origin_addr_be: u32::from_ne_bytes(lease.origin.ip().octets()),
-            origin_port_be: lease.origin.port().to_be(),
-            _pad: 0,
+        let value = match lease.action {
+            LeaseAction::Admit => LeaseValue {
+                kind: LEASE_ADMIT,
+                ..LeaseValue::default()
+            },
+            LeaseAction::Nat {
+                origin,
+                nat,
+                deadline_ns,
+            } => LeaseValue {
+                origin_addr_be: be32(*origin.ip()),
+                nat_addr_be: be32(*nat.ip()),
+                origin_port_be: origin.port().to_be(),
+                nat_port_be: nat.port().to_be(),
+                kind: LEASE_NAT,
+                expires_ns: deadline_ns,
+            },
         };
         match self.leases.insert(lease.key(), value, 0) {
             Ok(()) => Ok(()),
@@ -268,17 +402,73 @@ impl Kernel {
         client: Ipv4Addr,
         public: SocketAddrV4,
     ) -> Result<bool, KernelError> {
-        match self.leases.remove(&lease_key(client, public)) {
-            Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(false)
-            }
+        removed(
+            names::LEASES,
+            self.leases.remove(&lease_key(client, public)),
+        )
+    }
+
+    /// The client port of the connection a lease admitted, if it admitted one.
+    pub fn claim(
+        &self,
+        client: Ipv4Addr,
+        public: SocketAddrV4,
+    ) -> Result<Option<u16>, KernelError> {
+        match self.claims.get(&lease_key(client, public), 0) {
+            Ok(c) => Ok(Some(u16::from_be(c.client_port_be))),
+            Err(e) if is_absent(&e) => Ok(None),
             Err(source) => Err(KernelError::Map {
-                map: names::LEASES,
+                map: names::CLAIMS,
                 source,
             }),
         }
+    }
+
+    /// Every claimed lease as (client, public address), e.g. to find flows whose lease
+    /// userspace no longer tracks.
+    pub fn claimed_leases(&self) -> Vec<(Ipv4Addr, SocketAddrV4)> {
+        self.claims
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| {
+                (
+                    ip_of(k.client_addr_be),
+                    SocketAddrV4::new(ip_of(k.public_addr_be), u16::from_be(k.public_port_be)),
+                )
+            })
+            .collect()
+    }
+
+    pub fn remove_claim(
+        &mut self,
+        client: Ipv4Addr,
+        public: SocketAddrV4,
+    ) -> Result<bool, KernelError> {
+        removed(
+            names::CLAIMS,
+            self.claims.remove(&lease_key(client, public)),
+        )
+    }
+
+    /// One direction of a flow, keyed as its packets arrive at the gateway.
+    pub fn flow(&self, tuple: FlowTuple) -> Result<Option<FlowState>, KernelError> {
+        match self.flows.get(&flow_key(tuple), 0) {
+            Ok(v) => Ok(Some(v.into())),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(source) => Err(KernelError::Map {
+                map: names::FLOWS,
+                source,
+            }),
+        }
+    }
+
+    pub fn remove_flow(&mut self, tuple: FlowTuple) -> Result<bool, KernelError> {
+        removed(names::FLOWS, self.flows.remove(&flow_key(tuple)))
+    }
+
+    /// Number of flow entries (walks the map: for status and tests).
+    pub fn flow_count(&self) -> usize {
+        self.flows.keys().filter(Result::is_ok).count()
     }
 
     /// Number of leases in the map (walks the map: for status and tests, not hot paths).
@@ -300,6 +490,33 @@ impl Kernel {
             out.push((counter, per_cpu.iter().sum()));
         }
         Ok(Counters(out))
+    }
+}
+
+fn is_absent(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// A map removal's result: `Ok(false)` when the key was not there.
+fn removed(map: &'static str, result: Result<(), MapError>) -> Result<bool, KernelError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if is_absent(&e) => Ok(false),
+        Err(source) => Err(KernelError::Map { map, source }),
+    }
+}
+
+fn ifindex(interface: &str) -> Result<u32, KernelError> {
+    let name = std::ffi::CString::new(interface)
+        .map_err(|_| KernelError::NoInterface(interface.to_owned()))?;
+    // SAFETY: a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(KernelError::NoInterface(interface.to_owned())),
+        i => Ok(i),
     }
 }
 

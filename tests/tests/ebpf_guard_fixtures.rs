@@ -41,14 +41,11 @@ fn guarded_kernel() -> Kernel {
             public_ip: PUBLIC,
             first_port: 40000,
             last_port: 40099,
+            nat_ip: None,
         }])
         .unwrap();
     kernel
-        .insert_lease(&Lease {
-            client: CLIENT,
-            public: to(PUBLIC, LEASED_PORT),
-            origin: to(Ipv4Addr::new(198, 51, 100, 2), 30001),
-        })
+        .insert_lease(&Lease::admit(CLIENT, to(PUBLIC, LEASED_PORT)))
         .unwrap();
     kernel
 }
@@ -349,16 +346,19 @@ fn several_ranges_on_several_addresses() {
                 public_ip: PUBLIC,
                 first_port: 40000,
                 last_port: 40009,
+                nat_ip: None,
             },
             ProtectedRange {
                 public_ip: PUBLIC,
                 first_port: 50000,
                 last_port: 50009,
+                nat_ip: None,
             },
             ProtectedRange {
                 public_ip: OTHER_PUBLIC,
                 first_port: 60000,
                 last_port: 60000,
+                nat_ip: None,
             },
         ])
         .unwrap();
@@ -380,12 +380,12 @@ fn a_full_lease_map_is_reported() {
     if !require_privileged() {
         return;
     }
-    let mut kernel = Kernel::load(MapSizes { max_leases: 4 }).unwrap();
-    let lease = |port| Lease {
-        client: CLIENT,
-        public: to(PUBLIC, port),
-        origin: to(Ipv4Addr::new(198, 51, 100, 2), port),
-    };
+    let mut kernel = Kernel::load(MapSizes {
+        max_leases: 4,
+        ..MapSizes::default()
+    })
+    .unwrap();
+    let lease = |port| Lease::admit(CLIENT, to(PUBLIC, port));
     for port in 40000..40004 {
         kernel.insert_lease(&lease(port)).unwrap();
     }
