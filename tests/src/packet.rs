@@ -77,7 +77,7 @@ impl Ipv4Frame {
     /// Serializes the frame: Ethernet (+VLAN), IPv4 with checksum, payload.
     pub fn build(&self) -> Vec<u8> {
         let mut options = self.ip_options.clone();
-        while options.len() % 4 != 0 {
+        while !options.len().is_multiple_of(4) {
             options.push(0); // End of Options List padding
         }
         let ihl = 20 + options.len();
