@@ -26,6 +26,11 @@ pub struct Config {
     /// Control sessions open at once over all services; one more gets "421" and is closed.
     #[serde(default = "defaults::max_sessions")]
     pub max_sessions: usize,
+    /// Capacity of the kernel's lease table (passive leases waiting or in use, all
+    /// services); the flow table holds twice as many entries. A full table gives the
+    /// client a 425 at PASV time.
+    #[serde(default = "defaults::max_leases")]
+    pub max_leases: u32,
     #[serde(rename = "service", default)]
     pub services: Vec<toml::Spanned<Service>>,
 }
@@ -51,6 +56,16 @@ pub struct Service {
     /// How data connections are carried.
     #[serde(default)]
     pub dataplane: DataplaneKind,
+    /// Kernel data path: the gateway's origin-facing address that data connections come
+    /// from (default: the address the kernel picks to reach the origin).
+    pub nat_ip: Option<Ipv4Addr>,
+    /// Kernel data path: which hook carries packets (auto: XDP in driver mode where the
+    /// driver supports it, else TC).
+    #[serde(default)]
+    pub kernel_hook: KernelHook,
+    /// Kernel data path: seconds a data connection may stay silent before it is removed.
+    #[serde(default = "defaults::data_idle_timeout_secs")]
+    pub data_idle_timeout_secs: u64,
     /// More addresses of the origin to hide from clients (e.g. its address behind a NAT),
     /// besides `origin`'s own.
     #[serde(default)]
@@ -76,9 +91,26 @@ pub struct Service {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DataplaneKind {
-    /// Relay in userspace: accept the client's data connection, connect to the origin, copy.
+    /// NAT and forward in the kernel (XDP/TC): no data byte through userspace.
     #[default]
+    Kernel,
+    /// Relay in userspace: accept the client's data connection, connect to the origin, copy.
     Userspace,
+}
+
+/// Where the kernel data path hooks into the interfaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelHook {
+    /// XDP in driver mode where the driver supports it, else TC (tcx).
+    #[default]
+    Auto,
+    /// XDP in driver mode only.
+    Xdp,
+    /// XDP in generic (skb) mode.
+    XdpGeneric,
+    /// TC ingress (tcx): works on every device, bridges and bonds included.
+    Tc,
 }
 
 /// An inclusive port range, "FIRST-LAST", never below 1024.
@@ -142,6 +174,12 @@ mod defaults {
     pub fn max_sessions() -> usize {
         1024
     }
+    pub fn max_leases() -> u32 {
+        ftp_guard_common::DEFAULT_MAX_LEASES
+    }
+    pub fn data_idle_timeout_secs() -> u64 {
+        900
+    }
     pub fn max_command_line() -> usize {
         500
     }
@@ -184,6 +222,19 @@ impl Service {
     pub fn keepalive(&self) -> Duration {
         Duration::from_secs(self.keepalive_secs)
     }
+    pub fn data_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.data_idle_timeout_secs)
+    }
+    /// The interfaces the kernel data path attaches to (client side first, no duplicate).
+    pub fn interfaces(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.client_interface.iter().map(String::as_str).collect();
+        if let Some(o) = &self.origin_interface
+            && !v.contains(&o.as_str())
+        {
+            v.push(o);
+        }
+        v
+    }
 }
 
 impl Config {
@@ -220,6 +271,9 @@ impl Config {
         }
         if self.max_sessions == 0 {
             return Err("max_sessions: must be at least 1".into());
+        }
+        if !(16..=4_000_000).contains(&self.max_leases) {
+            return Err("max_leases: must be within 16..=4000000".into());
         }
         let mut names = HashSet::new();
         let mut listens = HashSet::new();
@@ -276,7 +330,15 @@ impl Config {
             if !(16..=8192).contains(&s.max_command_line) {
                 return Err(at("max_command_line", "must be within 16..=8192".into()));
             }
+            if s.dataplane == DataplaneKind::Kernel && s.client_interface.is_none() {
+                return Err(at(
+                    "client_interface",
+                    "required with dataplane = \"kernel\" (where the XDP/TC programs attach)"
+                        .into(),
+                ));
+            }
             for (key, value) in [
+                ("data_idle_timeout_secs", s.data_idle_timeout_secs),
                 ("idle_timeout_secs", s.idle_timeout_secs),
                 ("lease_ttl_secs", s.lease_ttl_secs),
                 ("connect_timeout_secs", s.connect_timeout_secs),
@@ -323,6 +385,7 @@ name = "ftp"
 listen = "203.0.113.1:21"
 origin = "198.51.100.2:21"
 data_ports = "40000-40099"
+client_interface = "eth0"
 "#;
 
     #[test]
@@ -332,7 +395,9 @@ data_ports = "40000-40099"
         assert_eq!(s.public_ip(), Ipv4Addr::new(203, 0, 113, 1));
         assert_eq!(s.max_command_line, 500);
         assert_eq!(s.idle_timeout_secs, 86400);
-        assert_eq!(s.dataplane, DataplaneKind::Userspace);
+        assert_eq!(s.dataplane, DataplaneKind::Kernel);
+        assert_eq!(s.kernel_hook, KernelHook::Auto);
+        assert_eq!(s.interfaces(), ["eth0"]);
         assert_eq!(s.data_ports.len(), 100);
         assert_eq!(c.max_sessions, 1024);
     }
@@ -405,7 +470,7 @@ data_ports = "40000-40099"
     fn services_must_not_clash() {
         let second = |name: &str, listen: &str, ports: &str| {
             format!(
-                "{MINIMAL}\n[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\norigin = \"198.51.100.3:21\"\ndata_ports = \"{ports}\"\n"
+                "{MINIMAL}\n[[service]]\nname = \"{name}\"\nlisten = \"{listen}\"\norigin = \"198.51.100.3:21\"\ndata_ports = \"{ports}\"\ndataplane = \"userspace\"\n"
             )
         };
         let ok = second("two", "203.0.113.1:2121", "40100-40199");
@@ -416,7 +481,7 @@ data_ports = "40000-40099"
             (second("two", "203.0.113.1:2121", "40099-40199"), "overlaps"),
         ] {
             let err = Config::parse(&text).unwrap_err();
-            assert!(err.contains(word) && err.contains("line 8"), "{err}");
+            assert!(err.contains(word) && err.contains("line 9"), "{err}");
         }
     }
 

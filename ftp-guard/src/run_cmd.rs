@@ -10,6 +10,7 @@ use crate::{
     config::{self, Config, DataplaneKind},
     dataplane::{
         Dataplane,
+        kernel::{self as kernel_path, KernelDataplane, KernelSettings},
         userspace::{RelaySettings, UserspaceRelay},
     },
     guard_cmd::shutdown_signal,
@@ -50,6 +51,16 @@ pub fn check(args: &ConfigArgs) -> anyhow::Result<()> {
 pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let sessions = Arc::new(Semaphore::new(config.max_sessions));
+    let kernel_services: Vec<_> = config
+        .services()
+        .filter(|s| s.dataplane == DataplaneKind::Kernel)
+        .collect();
+    // Dropped at the end of run: that detaches the programs.
+    let kernel = if kernel_services.is_empty() {
+        None
+    } else {
+        Some(kernel_path::setup(&kernel_services, config.max_leases)?)
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for service in config.services() {
@@ -60,6 +71,25 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
             )
         })?;
         let dataplane: Arc<dyn Dataplane> = match service.dataplane {
+            DataplaneKind::Kernel => {
+                let setup = kernel.as_ref().expect("set up for kernel services");
+                let nat_ip = setup
+                    .nat_ips
+                    .iter()
+                    .find(|(name, _)| *name == service.name)
+                    .map(|(_, ip)| *ip)
+                    .expect("one per kernel service");
+                KernelDataplane::start(
+                    setup.kernel.clone(),
+                    KernelSettings {
+                        public_ip: service.public_ip(),
+                        nat_ip,
+                        ports: service.data_ports,
+                        lease_ttl: service.lease_ttl(),
+                        flow_idle_timeout: service.data_idle_timeout(),
+                    },
+                )
+            }
             DataplaneKind::Userspace => Arc::new(UserspaceRelay::new(RelaySettings {
                 bind_ip: *service.listen.ip(),
                 ports: service.data_ports,

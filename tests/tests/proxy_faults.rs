@@ -93,7 +93,7 @@ async fn start_proxy(origin: SocketAddrV4, max_sessions: usize, tweak: fn(&mut S
     let addr = listener.local_addr().unwrap();
     let text = format!(
         "[[service]]\nname = \"faults\"\nlisten = \"{addr}\"\norigin = \"{origin}\"\n\
-         data_ports = \"41000-41009\"\nhide_addresses = [\"127.0.0.9\"]\nconnect_timeout_secs = 2\n"
+         data_ports = \"41000-41009\"\ndataplane = \"userspace\"\nhide_addresses = [\"127.0.0.9\"]\nconnect_timeout_secs = 2\n"
     );
     let config = Config::parse(&text).unwrap();
     let mut service = config.services().next().unwrap().clone();

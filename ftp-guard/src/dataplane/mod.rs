@@ -3,7 +3,9 @@
 //! The proxy asks for a lease when a passive reply arrives and revokes it when a new
 //! passive request or the end of the session makes it stale. An implementation enforces
 //! the lease rules: only `client` may use it, once, within its TTL.
+//! - [`kernel::KernelDataplane`]: leases in BPF maps, NAT and forwarding in XDP/TC (default);
 //! - [`userspace::UserspaceRelay`]: accepts and copies in userspace (fallback, baseline).
+pub mod kernel;
 pub mod ports;
 pub mod userspace;
 

@@ -1,0 +1,420 @@
+//! Data connections carried by the eBPF programs: a lease here is an entry in the
+//! kernel's lease map; the client's SYN claims it and creates the NAT flow in the kernel,
+//! and no data byte passes through userspace.
+//!
+//! Userspace's part is bookkeeping, done by a sweeper task every [`SWEEP_EVERY`]:
+//! - an unclaimed lease that was revoked or outlived its TTL is deleted, and its port is
+//!   freed one sweep later if no claim raced in meanwhile;
+//! - a claimed lease's flow is watched: when both directions have sent FIN, or either
+//!   sent RST, and [`CLOSE_GRACE`] has passed (for the last ACKs), or when it has been idle
+//!   for the flow idle timeout, its flow entries, claim and lease are deleted, its byte
+//!   counts are logged and its port is freed.
+//!
+//! NAT ports: the source port towards the origin is the lease's public port. Public ports
+//! are unique while a lease or its flow lives, so NAT ports never collide with each other;
+//! the data range is added to `net.ipv4.ip_local_reserved_ports` at start-up so that the
+//! gateway's own sockets never pick one as an ephemeral port.
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, info, warn};
+
+use super::{Dataplane, LeaseError, LeaseGrant, LeaseId, LeaseRequest, ports::PortPool};
+use crate::{
+    config::PortRange,
+    kernel::{FlowState, Kernel, KernelError, Lease, LeaseAction, monotonic_ns},
+};
+
+/// How often the sweeper looks at the leases.
+pub const SWEEP_EVERY: Duration = Duration::from_millis(200);
+/// How long a closed flow keeps its entries, so the last ACKs still pass.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug)]
+pub struct KernelSettings {
+    pub public_ip: Ipv4Addr,
+    /// The gateway's origin-facing address: the source of data connections to the origin.
+    pub nat_ip: Ipv4Addr,
+    pub ports: PortRange,
+    pub lease_ttl: Duration,
+    /// A data connection silent for this long is removed.
+    pub flow_idle_timeout: Duration,
+}
+
+/// Totals since start.
+#[derive(Debug, Default)]
+pub struct KernelStats {
+    pub installed: AtomicU64,
+    pub used: AtomicU64,
+    pub expired: AtomicU64,
+    pub revoked: AtomicU64,
+    pub flows_closed: AtomicU64,
+    pub flows_idle: AtomicU64,
+    pub bytes_to_origin: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+}
+
+pub struct KernelDataplane {
+    kernel: Arc<Mutex<Kernel>>,
+    settings: KernelSettings,
+    pool: PortPool,
+    leases: Mutex<HashMap<LeaseId, Tracked>>,
+    next_id: AtomicU64,
+    stats: KernelStats,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    client: Ipv4Addr,
+    port: u16,
+    origin: SocketAddrV4,
+    deadline: Instant,
+    revoked: bool,
+    /// The client port of the connection the lease admitted.
+    claimed: Option<u16>,
+    /// When the lease entry was deleted without a claim: the port is freed one sweep later.
+    deleted: bool,
+    /// When the flow was first seen closed.
+    closed_since: Option<Instant>,
+}
+
+impl KernelDataplane {
+    /// A dataplane over `kernel`, with its sweeper running on the current tokio runtime
+    /// until the dataplane is dropped.
+    pub fn start(kernel: Arc<Mutex<Kernel>>, settings: KernelSettings) -> Arc<Self> {
+        let dp = Arc::new(Self {
+            kernel,
+            pool: PortPool::new(settings.ports),
+            settings,
+            leases: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            stats: KernelStats::default(),
+        });
+        let weak = Arc::downgrade(&dp);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(dp) = weak.upgrade() else { return };
+                dp.sweep();
+            }
+        });
+        dp
+    }
+
+    pub fn stats(&self) -> &KernelStats {
+        &self.stats
+    }
+
+    /// Leases (claimed or not) still tracked.
+    pub fn active(&self) -> usize {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn public(&self, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(self.settings.public_ip, port)
+    }
+
+    fn kernel(&self) -> std::sync::MutexGuard<'_, Kernel> {
+        self.kernel.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One pass over every tracked lease.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases.retain(|_, t| match self.step(t, now) {
+            Ok(keep) => keep,
+            Err(e) => {
+                warn!(client = %t.client, port = t.port, error = %e, "lease bookkeeping failed");
+                true
+            }
+        });
+    }
+
+    /// Advances one lease; `Ok(false)` when it is over and its port was freed.
+    fn step(&self, t: &mut Tracked, now: Instant) -> Result<bool, KernelError> {
+        let public = self.public(t.port);
+        let mut kernel = self.kernel();
+        if t.claimed.is_none() {
+            t.claimed = kernel.claim(t.client, public)?;
+            if let Some(client_port) = t.claimed {
+                self.stats.used.fetch_add(1, Ordering::Relaxed);
+                info!(client = %SocketAddrV4::new(t.client, client_port), port = t.port, origin = %t.origin, "data connection started in the kernel");
+                // The claim and the flows carry the connection from now on.
+                kernel.remove_lease(t.client, public)?;
+            }
+        }
+        let Some(client_port) = t.claimed else {
+            if t.deleted {
+                // A sweep has passed since the delete: no SYN can still be claiming it.
+                self.pool.release(t.port);
+                return Ok(false);
+            }
+            if t.revoked || now >= t.deadline {
+                let counter = if t.revoked {
+                    &self.stats.revoked
+                } else {
+                    &self.stats.expired
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                debug!(port = t.port, revoked = t.revoked, "unused lease removed");
+                kernel.remove_lease(t.client, public)?;
+                t.deleted = true;
+            }
+            return Ok(true);
+        };
+        let to_origin = kernel.flow((SocketAddrV4::new(t.client, client_port), public))?;
+        let nat = SocketAddrV4::new(self.settings.nat_ip, t.port);
+        let to_client = kernel.flow((t.origin, nat))?;
+        let (closed, idle) = match (to_origin, to_client) {
+            (Some(a), Some(b)) => {
+                let closed = (a.fin && b.fin) || a.rst || b.rst;
+                let last = a.last_seen_ns.max(b.last_seen_ns);
+                let idle_ns = monotonic_ns().saturating_sub(last);
+                (
+                    closed,
+                    idle_ns > self.settings.flow_idle_timeout.as_nanos() as u64,
+                )
+            }
+            // Rolled back in the kernel (flow table full): nothing left to carry.
+            _ => (true, false),
+        };
+        if closed && !idle {
+            let since = *t.closed_since.get_or_insert(now);
+            if now.duration_since(since) < CLOSE_GRACE {
+                return Ok(true);
+            }
+        } else if !idle {
+            t.closed_since = None;
+            return Ok(true);
+        }
+        kernel.remove_flow((SocketAddrV4::new(t.client, client_port), public))?;
+        kernel.remove_flow((t.origin, nat))?;
+        kernel.remove_claim(t.client, public)?;
+        kernel.remove_lease(t.client, public)?;
+        drop(kernel);
+        self.finish(t, client_port, to_origin, to_client, idle);
+        self.pool.release(t.port);
+        Ok(false)
+    }
+
+    fn finish(
+        &self,
+        t: &Tracked,
+        client_port: u16,
+        to_origin: Option<FlowState>,
+        to_client: Option<FlowState>,
+        idle: bool,
+    ) {
+        let up = to_origin.map_or(0, |f| f.bytes);
+        let down = to_client.map_or(0, |f| f.bytes);
+        self.stats.bytes_to_origin.fetch_add(up, Ordering::Relaxed);
+        self.stats
+            .bytes_to_client
+            .fetch_add(down, Ordering::Relaxed);
+        let counter = if idle {
+            &self.stats.flows_idle
+        } else {
+            &self.stats.flows_closed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        info!(
+            client = %SocketAddrV4::new(t.client, client_port),
+            port = t.port,
+            origin = %t.origin,
+            bytes_to_client = down,
+            bytes_to_origin = up,
+            packets = to_origin.map_or(0, |f| f.packets) + to_client.map_or(0, |f| f.packets),
+            ended = if idle { "idle timeout" } else { "closed" },
+            "data connection done (kernel)"
+        );
+    }
+}
+
+impl Dataplane for KernelDataplane {
+    fn install(&self, request: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
+        let Some(port) = self.pool.allocate() else {
+            return Err(LeaseError::PortsExhausted(self.pool.capacity()));
+        };
+        let ttl = self.settings.lease_ttl;
+        let lease = Lease {
+            client: request.client,
+            public: self.public(port),
+            action: LeaseAction::Nat {
+                origin: request.origin,
+                nat: SocketAddrV4::new(self.settings.nat_ip, port),
+                deadline_ns: monotonic_ns() + ttl.as_nanos() as u64,
+            },
+        };
+        if let Err(e) = self.kernel().insert_lease(&lease) {
+            self.pool.release(port);
+            return Err(match e {
+                KernelError::LeasesFull(_) => LeaseError::TableFull,
+                other => LeaseError::Io(std::io::Error::other(other.to_string())),
+            });
+        }
+        let id = LeaseId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        self.stats.installed.fetch_add(1, Ordering::Relaxed);
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                id,
+                Tracked {
+                    client: request.client,
+                    port,
+                    origin: request.origin,
+                    deadline: Instant::now() + ttl,
+                    revoked: false,
+                    claimed: None,
+                    deleted: false,
+                    closed_since: None,
+                },
+            );
+        Ok(LeaseGrant {
+            id,
+            public_port: port,
+        })
+    }
+
+    fn revoke(&self, id: LeaseId) {
+        // The sweeper deletes it (and sees a claim that raced in): one place for deletes.
+        if let Some(t) = self
+            .leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&id)
+        {
+            t.revoked = true;
+        }
+    }
+}
+
+/// The kernel path set up for a set of services: the loaded object with its programs
+/// attached, and each service's NAT address.
+pub struct KernelSetup {
+    pub kernel: Arc<Mutex<Kernel>>,
+    /// (service name, NAT address), in the order given.
+    pub nat_ips: Vec<(String, Ipv4Addr)>,
+}
+
+/// Loads the eBPF object, protects every service's range, attaches to every interface
+/// once and prepares the host (reserved ports, sysctls). Logs what it did.
+pub fn setup(services: &[&crate::config::Service], max_leases: u32) -> anyhow::Result<KernelSetup> {
+    use anyhow::Context as _;
+
+    use crate::{
+        config::KernelHook,
+        kernel::{MapSizes, ProtectedRange, XdpAttach},
+    };
+
+    let mut kernel = Kernel::load(MapSizes {
+        max_leases,
+        max_flows: max_leases.saturating_mul(2),
+    })?;
+    let mut nat_ips = Vec::new();
+    let mut ranges = Vec::new();
+    for s in services {
+        let nat_ip = match s.nat_ip {
+            Some(ip) => ip,
+            None => source_address_towards(*s.origin.ip()).with_context(|| {
+                format!(
+                    "service `{}`: cannot find the address that reaches {}; set nat_ip",
+                    s.name, s.origin
+                )
+            })?,
+        };
+        nat_ips.push((s.name.clone(), nat_ip));
+        ranges.push(ProtectedRange {
+            public_ip: s.public_ip(),
+            first_port: s.data_ports.first,
+            last_port: s.data_ports.last,
+            nat_ip: Some(nat_ip),
+        });
+    }
+    kernel.set_protected_ranges(&ranges)?;
+    let mut attached: Vec<String> = Vec::new();
+    for s in services {
+        for interface in s.interfaces() {
+            if attached.iter().any(|a| a == interface) {
+                continue;
+            }
+            let mode = match s.kernel_hook {
+                KernelHook::Auto => {
+                    kernel
+                        .attach_guard(interface, XdpAttach::Native)
+                        .or_else(|e| {
+                            info!(interface, reason = %e, "native XDP unavailable: using TC");
+                            kernel.attach_tc(interface)
+                        })
+                }
+                KernelHook::Xdp => kernel.attach_guard(interface, XdpAttach::Native),
+                KernelHook::XdpGeneric => kernel.attach_guard(interface, XdpAttach::Generic),
+                KernelHook::Tc => kernel.attach_tc(interface),
+            }
+            .with_context(|| format!("service `{}`: attaching to {interface}", s.name))?;
+            info!(interface, %mode, "kernel data path attached");
+            set_sysctl(&format!("net/ipv4/conf/{interface}/accept_local"), "1");
+            attached.push(interface.to_owned());
+        }
+    }
+    reserve_ports(services.iter().map(|s| s.data_ports));
+    match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward") {
+        Ok(v) if v.trim() == "1" => {}
+        _ => warn!(
+            "net.ipv4.ip_forward is not 1: packets the programs cannot redirect themselves (unknown neighbour) will not be forwarded"
+        ),
+    }
+    Ok(KernelSetup {
+        kernel: Arc::new(Mutex::new(kernel)),
+        nat_ips,
+    })
+}
+
+/// The local address the kernel uses to reach `dst` (a connected UDP socket sends nothing).
+fn source_address_towards(dst: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.connect((dst, 9))?;
+    match socket.local_addr()? {
+        std::net::SocketAddr::V4(a) => Ok(*a.ip()),
+        std::net::SocketAddr::V6(_) => Err(std::io::Error::other("IPv6 source address")),
+    }
+}
+
+/// Keeps the gateway's own sockets off the data ports (they are NAT ports too).
+fn reserve_ports(ranges: impl Iterator<Item = PortRange>) {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let current = std::fs::read_to_string(PATH).unwrap_or_default();
+    let mut parts: Vec<String> = current
+        .trim()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for r in ranges {
+        let part = format!("{}-{}", r.first, r.last);
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    let value = parts.join(",");
+    if value != current.trim() {
+        set_sysctl("net/ipv4/ip_local_reserved_ports", &value);
+    }
+}
+
+fn set_sysctl(key: &str, value: &str) {
+    let path = format!("/proc/sys/{key}");
+    match std::fs::write(&path, value) {
+        Ok(()) => info!(key = %key.replace('/', "."), value, "sysctl set"),
+        Err(e) => warn!(key = %key.replace('/', "."), value, error = %e, "cannot set sysctl"),
+    }
+}
