@@ -2,6 +2,9 @@
 //!
 //! - [`packet`]: builds Ethernet/IPv4/TCP frames with correct checksums for
 //!   `BPF_PROG_TEST_RUN` fixtures, and checks checksums of what a program emits.
+//! - [`netns`]: client / gateway / origin (and extra hosts) in network namespaces joined by
+//!   veths, for end-to-end tests.
+pub mod netns;
 pub mod packet;
 
 /// Gate for tests that need root (BPF, netns). Returns false when the caller should skip.
