@@ -1,0 +1,371 @@
+//! Packet-in/packet-out fixtures for the kernel NAT path (XDP program, BPF_PROG_TEST_RUN):
+//! for each direction and each drop reason, the input frame, the expected action, the
+//! expected output frame (addresses, ports, valid checksums) and the expected counters.
+//!
+//! Each test runs on a thread inside a fresh, empty network namespace, so the program's
+//! route lookup finds nothing and hands NATed packets to the stack (XDP_PASS) — the
+//! redirect itself is covered by the netns tests.
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use aya::programs::{TestRun, TestRunOptions};
+use ftp_guard::kernel::{Kernel, Lease, LeaseAction, MapSizes, ProtectedRange, monotonic_ns};
+use ftp_guard_common::Counter;
+use ftp_guard_tests::{
+    packet::{self, Ipv4Frame, flags, parse_tcp},
+    require_privileged,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const STRANGER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);
+const NAT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const ORIGIN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const PORT: u16 = 40001;
+const ORIGIN_PORT: u16 = 30001;
+const CLIENT_PORT: u16 = 51000;
+
+fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+/// Runs `f` on a thread in a new, empty network namespace.
+fn in_empty_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: affects only this thread's network namespace.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            );
+            f()
+        })
+        .join()
+        .expect("test thread panicked")
+    })
+}
+
+fn nat_lease(port: u16, deadline_ns: u64) -> Lease {
+    Lease {
+        client: CLIENT,
+        public: sa(PUBLIC, port),
+        action: LeaseAction::Nat {
+            origin: sa(ORIGIN, ORIGIN_PORT + (port - PORT)),
+            nat: sa(NAT, port),
+            deadline_ns,
+        },
+    }
+}
+
+fn kernel_with(sizes: MapSizes, leases: &[Lease]) -> Kernel {
+    let mut kernel = Kernel::load(sizes).expect("load eBPF object");
+    kernel
+        .set_protected_ranges(&[ProtectedRange {
+            public_ip: PUBLIC,
+            first_port: 40000,
+            last_port: 40099,
+            nat_ip: Some(NAT),
+        }])
+        .unwrap();
+    for lease in leases {
+        kernel.insert_lease(lease).unwrap();
+    }
+    kernel
+}
+
+fn far_future() -> u64 {
+    monotonic_ns() + 3_600_000_000_000
+}
+
+/// Runs one frame; returns the action, the output frame and which counters moved.
+fn run(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>, Vec<&'static str>) {
+    let before = kernel.counters().unwrap();
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    let result = kernel
+        .guard_program()
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    let after = kernel.counters().unwrap();
+    let moved = Counter::ALL
+        .iter()
+        .filter(|c| after.get(**c) != before.get(**c))
+        .map(|c| c.name())
+        .collect();
+    (result.return_value, out, moved)
+}
+
+fn tcp(src: SocketAddrV4, dst: SocketAddrV4, tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
+    Ipv4Frame::tcp(src, dst, tcp_flags, payload).build()
+}
+
+/// Asserts the frame was rewritten to (src, dst) with valid checksums and the same payload.
+fn assert_rewritten(out: &[u8], input: &[u8], src: SocketAddrV4, dst: SocketAddrV4) {
+    let p = parse_tcp(out).unwrap();
+    assert_eq!((p.src, p.dst), (src, dst), "rewritten addresses");
+    assert!(p.ip_checksum_ok, "IPv4 header checksum wrong after NAT");
+    assert!(p.tcp_checksum_ok, "TCP checksum wrong after NAT");
+    assert_eq!(out.len(), input.len());
+    let payload_at = packet::ETH_HLEN + 20 + 20;
+    assert_eq!(out[payload_at..], input[payload_at..], "payload changed");
+    let q = parse_tcp(input).unwrap();
+    assert_eq!(p.tcp_flags, q.tcp_flags);
+    assert_eq!(
+        p.ttl, q.ttl,
+        "the stack, not the program, decrements on this path"
+    );
+}
+
+#[test]
+fn both_directions_are_nated_with_valid_checksums() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+        let client = sa(CLIENT, CLIENT_PORT);
+        let public = sa(PUBLIC, PORT);
+        let origin = sa(ORIGIN, ORIGIN_PORT);
+        let nat = sa(NAT, PORT);
+
+        let syn = tcp(client, public, flags::SYN, &[]);
+        let (action, out, moved) = run(&kernel, &syn);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(moved, ["nat_to_origin", "forwarded_by_stack"]);
+        assert_rewritten(&out, &syn, nat, origin);
+        assert_eq!(kernel.claim(CLIENT, public).unwrap(), Some(CLIENT_PORT));
+        assert_eq!(kernel.flow_count(), 2);
+
+        let syn_ack = tcp(origin, nat, flags::SYN | flags::ACK, &[]);
+        let (action, out, moved) = run(&kernel, &syn_ack);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(moved, ["nat_to_client", "forwarded_by_stack"]);
+        assert_rewritten(&out, &syn_ack, public, client);
+
+        // Data both ways, then FIN both ways: bytes and flags land in the flow entries.
+        let data = tcp(origin, nat, flags::ACK | flags::PSH, &[0x5a; 1000]);
+        let (_, out, _) = run(&kernel, &data);
+        assert_rewritten(&out, &data, public, client);
+        run(&kernel, &tcp(origin, nat, flags::FIN | flags::ACK, &[]));
+        run(&kernel, &tcp(client, public, flags::FIN | flags::ACK, &[]));
+        let down = kernel.flow((origin, nat)).unwrap().unwrap();
+        let up = kernel.flow((client, public)).unwrap().unwrap();
+        assert_eq!(down.packets, 3);
+        assert_eq!(down.bytes, 40 + 1040 + 40);
+        assert!(down.fin && up.fin && !down.rst);
+    });
+}
+
+#[test]
+fn retransmitted_syn_follows_the_flow() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+        let syn = tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]);
+        run(&kernel, &syn);
+        let (action, out, moved) = run(&kernel, &syn);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(moved, ["nat_to_origin", "forwarded_by_stack"]);
+        assert_rewritten(&out, &syn, sa(NAT, PORT), sa(ORIGIN, ORIGIN_PORT));
+    });
+}
+
+#[test]
+fn drop_reasons() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let past = monotonic_ns() - 1;
+        let kernel = kernel_with(
+            MapSizes::default(),
+            &[
+                nat_lease(PORT, far_future()),
+                nat_lease(PORT + 1, past),
+                nat_lease(PORT + 2, far_future()),
+            ],
+        );
+        // The first connection claims the lease on PORT.
+        run(
+            &kernel,
+            &tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]),
+        );
+        let cases: &[(&str, Vec<u8>, u32, &str)] = &[
+            (
+                "second connection to a used lease",
+                tcp(
+                    sa(CLIENT, CLIENT_PORT + 1),
+                    sa(PUBLIC, PORT),
+                    flags::SYN,
+                    &[],
+                ),
+                XDP_DROP,
+                "drop_lease_used",
+            ),
+            (
+                "leased port from a stranger",
+                tcp(sa(STRANGER, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]),
+                XDP_DROP,
+                "drop_no_lease",
+            ),
+            (
+                "SYN after the lease's deadline",
+                tcp(
+                    sa(CLIENT, CLIENT_PORT),
+                    sa(PUBLIC, PORT + 1),
+                    flags::SYN,
+                    &[],
+                ),
+                XDP_DROP,
+                "drop_lease_expired",
+            ),
+            (
+                "ACK with no flow on a live lease",
+                tcp(
+                    sa(CLIENT, CLIENT_PORT),
+                    sa(PUBLIC, PORT + 2),
+                    flags::ACK,
+                    b"x",
+                ),
+                XDP_DROP,
+                "drop_no_flow",
+            ),
+            (
+                "SYN-ACK (not a plain SYN) with no flow",
+                tcp(
+                    sa(CLIENT, CLIENT_PORT),
+                    sa(PUBLIC, PORT + 2),
+                    flags::SYN | flags::ACK,
+                    &[],
+                ),
+                XDP_DROP,
+                "drop_no_flow",
+            ),
+            (
+                "unleased port",
+                tcp(
+                    sa(CLIENT, CLIENT_PORT),
+                    sa(PUBLIC, PORT + 50),
+                    flags::SYN,
+                    &[],
+                ),
+                XDP_DROP,
+                "drop_no_lease",
+            ),
+            (
+                "origin side, NAT port without a flow",
+                tcp(
+                    sa(ORIGIN, 30077),
+                    sa(NAT, PORT + 50),
+                    flags::SYN | flags::ACK,
+                    &[],
+                ),
+                XDP_PASS,
+                "pass_no_flow",
+            ),
+            (
+                "origin side, port outside the range",
+                tcp(sa(ORIGIN, 21), sa(NAT, 50123), flags::ACK, &[]),
+                XDP_PASS,
+                "pass_other_port",
+            ),
+        ];
+        for (name, frame, want_action, want_counter) in cases {
+            let (action, out, moved) = run(&kernel, frame);
+            assert_eq!(action, *want_action, "{name}");
+            assert_eq!(moved, [*want_counter], "{name}");
+            if action == XDP_PASS {
+                assert_eq!(&out, frame, "{name}: a passed packet must not be modified");
+            }
+        }
+        // The refused connections created no state.
+        assert_eq!(kernel.flow_count(), 2);
+        assert_eq!(kernel.claimed_leases().len(), 1);
+    });
+}
+
+#[test]
+fn ip_options_and_broken_checksums_survive_nat() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+        let mut f = Ipv4Frame::tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]);
+        f.ip_options = vec![0x01; 8];
+        let with_options = f.build();
+        let (action, out, _) = run(&kernel, &with_options);
+        assert_eq!(action, XDP_PASS);
+        let p = parse_tcp(&out).unwrap();
+        assert_eq!((p.src, p.dst), (sa(NAT, PORT), sa(ORIGIN, ORIGIN_PORT)));
+        assert!(p.ip_checksum_ok && p.tcp_checksum_ok, "{p:?}");
+
+        // A segment that arrives corrupted must leave corrupted (the update is incremental,
+        // never recomputed): the receiver's check still catches it. This is also the proof
+        // that the checksum checker used above can fail.
+        let mut bad = tcp(
+            sa(CLIENT, CLIENT_PORT),
+            sa(PUBLIC, PORT),
+            flags::ACK,
+            b"data",
+        );
+        let last = bad.len() - 1;
+        bad[last] ^= 0x01;
+        assert!(!parse_tcp(&bad).unwrap().tcp_checksum_ok);
+        let (_, out, _) = run(&kernel, &bad);
+        let p = parse_tcp(&out).unwrap();
+        assert_eq!(p.dst, sa(ORIGIN, ORIGIN_PORT));
+        assert!(p.ip_checksum_ok);
+        assert!(
+            !p.tcp_checksum_ok,
+            "NAT must not launder a corrupted segment"
+        );
+    });
+}
+
+#[test]
+fn a_full_flow_table_rolls_back_the_claim() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let sizes = MapSizes {
+            max_leases: 4,
+            max_flows: 3,
+        };
+        let kernel = kernel_with(
+            sizes,
+            &[
+                nat_lease(PORT, far_future()),
+                nat_lease(PORT + 1, far_future()),
+            ],
+        );
+        run(
+            &kernel,
+            &tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]),
+        );
+        assert_eq!(kernel.flow_count(), 2);
+        // The second lease's pair does not fit: neither entry nor the claim may remain.
+        let syn = tcp(
+            sa(CLIENT, CLIENT_PORT + 1),
+            sa(PUBLIC, PORT + 1),
+            flags::SYN,
+            &[],
+        );
+        let (action, _, moved) = run(&kernel, &syn);
+        assert_eq!(action, XDP_DROP);
+        assert_eq!(moved, ["drop_flow_table_full"]);
+        assert_eq!(kernel.flow_count(), 2);
+        assert_eq!(kernel.claim(CLIENT, sa(PUBLIC, PORT + 1)).unwrap(), None);
+    });
+}
