@@ -5,11 +5,13 @@
 //! - [`dataplane`]: what carries data connections (the `Dataplane` trait and its
 //!   implementations);
 //! - [`kernel`]: the eBPF object and its maps — the only code that touches them;
+//! - [`gateway`]: every configured service running (what `ftp-guard run` starts);
 //! - [`config`]: the TOML configuration;
 //! - [`run_cmd`], [`guard_cmd`]: the CLI subcommands.
 pub mod config;
 pub mod dataplane;
 pub mod ftp;
+pub mod gateway;
 pub mod guard_cmd;
 pub mod kernel;
 pub mod proxy;
