@@ -238,6 +238,7 @@ pub struct Kernel {
     tx_ports: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, u64>,
     max_leases: u32,
+    attachments: Vec<(String, AttachedMode)>,
 }
 
 impl Kernel {
@@ -270,6 +271,7 @@ impl Kernel {
             counters: take_map(&mut ebpf, names::COUNTERS)?,
             ebpf,
             max_leases: sizes.max_leases,
+            attachments: Vec::new(),
         })
     }
 
@@ -308,6 +310,7 @@ impl Kernel {
                     // mode those attached natively, in generic mode any device.
                     let ifindex = ifindex(interface)?;
                     self.tx_ports.insert(ifindex, ifindex, None, 0)?;
+                    self.attachments.push((interface.to_owned(), *attached));
                     return Ok(*attached);
                 }
                 Err(e) => {
@@ -336,7 +339,14 @@ impl Kernel {
                 interface: interface.to_owned(),
                 source,
             })?;
+        self.attachments
+            .push((interface.to_owned(), AttachedMode::Tcx));
         Ok(AttachedMode::Tcx)
+    }
+
+    /// Where the programs are attached, in order.
+    pub fn attachments(&self) -> &[(String, AttachedMode)] {
+        &self.attachments
     }
 
     /// Replaces the set of protected ranges (atomically for the program: one map value).

@@ -1,9 +1,15 @@
 //! Shared scaffolding for ftp-guard's integration tests.
 //!
+//! - [`ftp_servers`], [`ftp_clients`]: real FTP daemons (vsftpd, pyftpdlib) and clients (curl,
+//!   lftp, Python ftplib) run in a network namespace, with protocol traces.
 //! - [`packet`]: builds Ethernet/IPv4/TCP frames with correct checksums for
 //!   `BPF_PROG_TEST_RUN` fixtures, and checks checksums of what a program emits.
 //! - [`netns`]: client / gateway / origin (and extra hosts) in network namespaces joined by
 //!   veths, for end-to-end tests.
+//! - [`gateway`]: ftp-guard itself running in-process in the gateway namespace.
+pub mod ftp_clients;
+pub mod ftp_servers;
+pub mod gateway;
 pub mod netns;
 pub mod packet;
 

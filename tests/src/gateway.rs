@@ -1,0 +1,94 @@
+//! ftp-guard running in-process inside a topology's gateway namespace: a tokio runtime on
+//! a thread that entered the namespace, so listeners, XDP/TC attachments and sysctls all
+//! land there. Stopped (programs detached) when dropped.
+use std::{
+    sync::{Arc, Mutex, mpsc},
+    thread::JoinHandle,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use ftp_guard::{
+    config::Config,
+    gateway::Gateway,
+    kernel::{Counters, Kernel},
+};
+use tokio::sync::oneshot;
+
+use crate::netns::{GATEWAY, Topology};
+
+pub struct RunningGateway {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    kernel: Option<Arc<Mutex<Kernel>>>,
+}
+
+impl RunningGateway {
+    /// Parses `config_toml` and starts every service in the gateway namespace; returns
+    /// once all listeners are bound and programs attached.
+    pub fn start(topo: &Topology, config_toml: &str) -> Result<RunningGateway> {
+        let config = Config::parse(config_toml).map_err(|e| anyhow!("test config: {e}"))?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = topo.thread_in_ns(GATEWAY, move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow!("tokio runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match Gateway::start(&config).await {
+                    Ok(gateway) => {
+                        let _ = ready_tx.send(Ok(gateway.kernel().cloned()));
+                        let _ = stop_rx.await;
+                        gateway.shutdown().await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        });
+        let kernel = ready_rx
+            .recv()
+            .context("the gateway thread died while starting")??;
+        Ok(RunningGateway {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            kernel,
+        })
+    }
+
+    /// The kernel path's object, if a service uses it.
+    pub fn kernel(&self) -> Option<&Arc<Mutex<Kernel>>> {
+        self.kernel.as_ref()
+    }
+
+    /// The kernel path's packet counters (all zero without a kernel path).
+    pub fn counters(&self) -> Counters {
+        self.kernel
+            .as_ref()
+            .and_then(|k| k.lock().ok()?.counters().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Drop our handle on the kernel object first: the runtime thread's copy goes with it.
+        self.kernel = None;
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            eprintln!("the gateway thread panicked");
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! End to end through ftp-guard: real FTP servers as origins, real clients, in network
+//! namespaces (client 203.0.113.2 — gateway 203.0.113.1 | 198.51.100.1 — origin
+//! 198.51.100.2). Every transfer is verified by checksum and every client's trace shows
+//! the passive mode it really used.
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use ftp_guard_common::Counter;
+use ftp_guard_tests::{
+    ftp_clients::{
+        self, Login, PassiveMode, curl_download, curl_list, curl_resume_download, curl_upload,
+        ftplib_run, lftp_run, random_file, sha256_file,
+    },
+    ftp_servers::{FtpServer, ServerKind, ServerOptions},
+    gateway::RunningGateway,
+    netns::{self, CLIENT, GATEWAY, ORIGIN, Topology},
+    require_privileged,
+};
+
+const VIP: Ipv4Addr = netns::GATEWAY_PUBLIC_IP;
+
+/// One topology with an origin server and ftp-guard in front of it.
+struct Env {
+    topo: Topology,
+    server: FtpServer,
+    gateway: RunningGateway,
+    /// Where the client's files live (outside every namespace's view: the filesystem is shared).
+    work: PathBuf,
+}
+
+impl Env {
+    fn start(tag: &str, kind: ServerKind, dataplane: &str) -> Env {
+        Self::start_with(tag, kind, dataplane, |_| {}, "pub0", "priv0")
+    }
+
+    fn start_with(
+        tag: &str,
+        kind: ServerKind,
+        dataplane: &str,
+        adjust: impl FnOnce(&Topology),
+        client_if: &str,
+        origin_if: &str,
+    ) -> Env {
+        let topo = Topology::standard(tag).unwrap();
+        // XDP redirect into a veth needs NAPI on the receiving end: GRO turns it on.
+        for role in [CLIENT, ORIGIN] {
+            topo.run(role, &["ethtool", "-K", "eth0", "gro", "on"])
+                .unwrap();
+        }
+        adjust(&topo);
+        let server = FtpServer::start(
+            topo.ns_name(ORIGIN),
+            kind,
+            ServerOptions {
+                listen: SocketAddrV4::new(netns::ORIGIN_IP, 21),
+                ..ServerOptions::default()
+            },
+        )
+        .unwrap();
+        let config = format!(
+            "[[service]]\nname = \"e2e\"\nlisten = \"{VIP}:21\"\norigin = \"{}\"\n\
+             data_ports = \"40000-40099\"\nclient_interface = \"{client_if}\"\n\
+             origin_interface = \"{origin_if}\"\ndataplane = \"{dataplane}\"\nlease_ttl_secs = 10\n",
+            server.addr()
+        );
+        let gateway = RunningGateway::start(&topo, &config).unwrap();
+        let work = ftp_clients::unique_temp_dir(&format!("fg-e2e-{tag}")).unwrap();
+        Env {
+            topo,
+            server,
+            gateway,
+            work,
+        }
+    }
+
+    /// The login a client uses: the server's credentials at the VIP.
+    fn login(&self) -> Login {
+        Login {
+            addr: SocketAddrV4::new(VIP, 21),
+            ..self.server.login()
+        }
+    }
+
+    fn client_ns(&self) -> &str {
+        self.topo.ns_name(CLIENT)
+    }
+
+    /// A random file of `size` bytes in the origin's root, owned by the FTP user.
+    fn origin_file(&self, name: &str, size: u64) -> PathBuf {
+        let path = self.server.root().join(name);
+        random_file(&path, size).unwrap();
+        self.server.give_to_user(&path).unwrap();
+        path
+    }
+
+    fn local(&self, name: &str) -> PathBuf {
+        self.work.join(name)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+fn assert_same(a: &Path, b: &Path) {
+    assert_eq!(
+        sha256_file(a).unwrap(),
+        sha256_file(b).unwrap(),
+        "{} and {} differ",
+        a.display(),
+        b.display()
+    );
+}
+
+/// LIST, RETR, STOR and REST with curl, lftp and ftplib in both passive modes.
+fn clients_in_both_modes(env: &Env) {
+    let login = env.login();
+    let ns = env.client_ns();
+    let remote = env.origin_file("download.bin", 1 << 20);
+    for mode in PassiveMode::ALL {
+        let m = mode.verb();
+        // curl: list, download, upload, resume.
+        let run = curl_list(ns, &login, "", mode).unwrap().success().unwrap();
+        run.check_mode(mode).unwrap();
+        assert!(run.stdout.contains("download.bin"), "{}", run.describe());
+
+        let local = env.local(&format!("curl-{m}.bin"));
+        curl_download(ns, &login, "download.bin", &local, mode)
+            .unwrap()
+            .success()
+            .unwrap()
+            .check_mode(mode)
+            .unwrap();
+        assert_same(&remote, &local);
+
+        curl_upload(ns, &local, &login, &format!("up-curl-{m}.bin"), mode)
+            .unwrap()
+            .success()
+            .unwrap();
+        assert_same(&local, &env.server.root().join(format!("up-curl-{m}.bin")));
+
+        let partial = env.local(&format!("resume-{m}.bin"));
+        std::fs::write(&partial, &std::fs::read(&remote).unwrap()[..300_000]).unwrap();
+        let run = curl_resume_download(ns, &login, "download.bin", &partial, mode)
+            .unwrap()
+            .success()
+            .unwrap();
+        assert!(run.sent("REST"), "{}", run.describe());
+        assert_same(&remote, &partial);
+
+        // lftp: list, get, put in one session.
+        let got = env.local(&format!("lftp-{m}.bin"));
+        let script = format!(
+            "cls -1; get download.bin -o {}; put {} -o up-lftp-{m}.bin",
+            got.display(),
+            got.display()
+        );
+        let run = lftp_run(ns, &login, &script, mode)
+            .unwrap()
+            .success()
+            .unwrap();
+        run.check_mode(mode).unwrap();
+        assert_same(&remote, &got);
+        assert_same(&remote, &env.server.root().join(format!("up-lftp-{m}.bin")));
+
+        // Python ftplib: list, retrieve, store, resume.
+        let got = env.local(&format!("ftplib-{m}.bin"));
+        std::fs::write(&got, b"").unwrap();
+        let retr = format!("RETR download.bin {}", got.display());
+        let stor = format!("STOR {} up-ftplib-{m}.bin", got.display());
+        let rest = format!("REST 500000 RETR download.bin {}", got.display());
+        let run = ftplib_run(ns, &login, &["LIST", &retr, &stor, &rest], mode)
+            .unwrap()
+            .success()
+            .unwrap();
+        run.check_mode(mode).unwrap();
+        assert_same(&remote, &got);
+        assert_same(
+            &remote,
+            &env.server.root().join(format!("up-ftplib-{m}.bin")),
+        );
+    }
+}
+
+#[test]
+fn kernel_path_vsftpd() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::start("kvs", ServerKind::Vsftpd, "kernel");
+    clients_in_both_modes(&env);
+    let c = env.gateway.counters();
+    assert!(
+        c.get(Counter::NatToOrigin) > 0 && c.get(Counter::NatToClient) > 0,
+        "{c:?}"
+    );
+    assert!(
+        c.get(Counter::Redirected) > 0,
+        "no packet was redirected by XDP: {c:?}"
+    );
+    let kernel = env.gateway.kernel().unwrap().lock().unwrap();
+    let modes: Vec<_> = kernel
+        .attachments()
+        .iter()
+        .map(|(i, m)| format!("{i}={m}"))
+        .collect();
+    assert_eq!(modes, ["pub0=xdp-native", "priv0=xdp-native"]);
+}
+
+#[test]
+fn kernel_path_pyftpdlib() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::start("kpy", ServerKind::Pyftpdlib, "kernel");
+    clients_in_both_modes(&env);
+    let c = env.gateway.counters();
+    assert!(
+        c.get(Counter::NatToOrigin) > 0 && c.get(Counter::NatToClient) > 0,
+        "{c:?}"
+    );
+}
+
+#[test]
+fn userspace_relay_vsftpd() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::start("uvs", ServerKind::Vsftpd, "userspace");
+    clients_in_both_modes(&env);
+}
+
+#[test]
+fn userspace_relay_pyftpdlib() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::start("upy", ServerKind::Pyftpdlib, "userspace");
+    clients_in_both_modes(&env);
+}
+
+/// 100 MiB each way in each mode through the kernel path, checksummed.
+#[test]
+fn kernel_path_100_mib_transfers() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::start("kbig", ServerKind::Vsftpd, "kernel");
+    let login = env.login();
+    let remote = env.origin_file("big.bin", 100 << 20);
+    for mode in PassiveMode::ALL {
+        let m = mode.verb();
+        let local = env.local(&format!("big-{m}.bin"));
+        let started = Instant::now();
+        curl_download(env.client_ns(), &login, "big.bin", &local, mode)
+            .unwrap()
+            .success()
+            .unwrap()
+            .check_mode(mode)
+            .unwrap();
+        eprintln!("{m} download 100 MiB in {:?}", started.elapsed());
+        assert_same(&remote, &local);
+        let started = Instant::now();
+        curl_upload(
+            env.client_ns(),
+            &local,
+            &login,
+            &format!("big-up-{m}.bin"),
+            mode,
+        )
+        .unwrap()
+        .success()
+        .unwrap()
+        .check_mode(mode)
+        .unwrap();
+        eprintln!("{m} upload 100 MiB in {:?}", started.elapsed());
+        assert_same(&remote, &env.server.root().join(format!("big-up-{m}.bin")));
+    }
+    let c = env.gateway.counters();
+    // At least 4 × 100 MiB of segments went through the programs.
+    assert!(
+        c.get(Counter::NatToClient) + c.get(Counter::NatToOrigin) > 4 * 70_000,
+        "{c:?}"
+    );
+    assert_eq!(c.get(Counter::ForwardedByStack), 0, "{c:?}");
+}
+
+/// A raw FTP control session from the client namespace, for precise choreography.
+struct Control {
+    reader: BufReader<TcpStream>,
+}
+
+impl Control {
+    fn login(env: &Env) -> Control {
+        let login = env.login();
+        let stream = env.topo.in_ns(CLIENT, || {
+            TcpStream::connect_timeout(&SocketAddr::V4(login.addr), Duration::from_secs(5))
+        });
+        let mut c = Control {
+            reader: BufReader::new(stream.unwrap()),
+        };
+        c.reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert!(c.reply().starts_with("220"));
+        assert!(c.cmd(&format!("USER {}", login.user)).starts_with("331"));
+        assert!(
+            c.cmd(&format!("PASS {}", login.password))
+                .starts_with("230")
+        );
+        assert!(c.cmd("TYPE I").starts_with("200"));
+        c
+    }
+
+    fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.reader.read_line(&mut line).unwrap() > 0,
+                "closed: {all}"
+            );
+            all.push_str(&line);
+            let b = line.as_bytes();
+            if b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && b[3] == b' ' {
+                return all;
+            }
+        }
+    }
+
+    fn cmd(&mut self, line: &str) -> String {
+        self.reader
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .unwrap();
+        self.reply()
+    }
+
+    /// EPSV, returning the public data port.
+    fn epsv(&mut self) -> u16 {
+        let reply = self.cmd("EPSV");
+        assert!(reply.starts_with("229"), "{reply}");
+        reply
+            .split("|||")
+            .nth(1)
+            .and_then(|r| r.split('|').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {reply}"))
+    }
+}
+
+/// Connects from the client namespace, from `source` (an address of the client host).
+fn connect_from(env: &Env, source: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+    env.topo.in_ns(CLIENT, || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.bind(&SocketAddr::V4(SocketAddrV4::new(source, 0)).into())?;
+        socket.connect_timeout(
+            &SocketAddr::V4(SocketAddrV4::new(VIP, port)).into(),
+            Duration::from_millis(1500),
+        )?;
+        Ok(socket.into())
+    })
+}
+
+/// Someone else on the client's network races for the leased port and gets nothing; the
+/// client's own transfer works; a second connection to the used lease gets nothing either.
+#[test]
+fn leases_serve_only_their_client_once() {
+    if !require_privileged() {
+        return;
+    }
+    for dataplane in ["kernel", "userspace"] {
+        let env = Env::start(
+            &format!("lease-{}", &dataplane[..1]),
+            ServerKind::Vsftpd,
+            dataplane,
+        );
+        let attacker = Ipv4Addr::new(203, 0, 113, 66);
+        env.topo
+            .run(
+                CLIENT,
+                &["ip", "addr", "add", "203.0.113.66/24", "dev", "eth0"],
+            )
+            .unwrap();
+        let remote = env.origin_file("secret.bin", 256 * 1024);
+        let mut control = Control::login(&env);
+        let port = control.epsv();
+
+        // The attacker connects first.
+        match connect_from(&env, attacker, port) {
+            Err(_) => {}
+            Ok(mut s) => {
+                // The userspace relay accepts and closes at once: nothing may be read.
+                let mut buf = Vec::new();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let _ = s.read_to_end(&mut buf);
+                assert!(
+                    buf.is_empty(),
+                    "{dataplane}: the attacker read {} bytes",
+                    buf.len()
+                );
+            }
+        }
+        let mut data = connect_from(&env, netns::CLIENT_IP, port)
+            .unwrap_or_else(|e| panic!("{dataplane}: client data connection: {e}"));
+        let reply = control.cmd("RETR secret.bin");
+        assert!(
+            reply.starts_with("150") || reply.starts_with("125"),
+            "{reply}"
+        );
+        let mut got = Vec::new();
+        data.read_to_end(&mut got).unwrap();
+        assert!(control.reply().starts_with("226"));
+        assert_eq!(got, std::fs::read(&remote).unwrap(), "{dataplane}: content");
+
+        // The lease was used: a second connection to the same port is refused.
+        assert!(
+            connect_from(&env, netns::CLIENT_IP, port).is_err(),
+            "{dataplane}: second connection to a used lease"
+        );
+        if dataplane == "kernel" {
+            let c = env.gateway.counters();
+            assert!(
+                c.get(Counter::DropNoLease) > 0,
+                "attacker not dropped: {c:?}"
+            );
+            assert!(
+                c.get(Counter::DropLeaseUsed) + c.get(Counter::DropNoLease) >= 2,
+                "{c:?}"
+            );
+        }
+    }
+}
+
+/// No origin address, in any form, in any reply a client gets across many commands.
+#[test]
+fn no_origin_address_reaches_the_client() {
+    if !require_privileged() {
+        return;
+    }
+    for kind in ServerKind::ALL {
+        let env = Env::start(&format!("leak-{}", &kind.name()[..2]), kind, "kernel");
+        env.origin_file("file.txt", 1000);
+        let mut control = Control::login(&env);
+        let mut transcript = String::new();
+        for command in [
+            "SYST",
+            "FEAT",
+            "HELP",
+            "STAT",
+            "STAT file.txt",
+            "PWD",
+            "CWD /nonexistent",
+            "SIZE file.txt",
+            "MDTM file.txt",
+            "SITE HELP",
+            "NOOP",
+            "PASV",
+            "EPSV",
+            "EPSV 1",
+            "MLST file.txt",
+            "OPTS UTF8 ON",
+            "PORT 203,0,113,2,200,10",
+            "EPRT |1|203.0.113.2|51210|",
+            "HOST x",
+            "ALLO 10",
+            "MODE S",
+            "STRU F",
+            "XPWD",
+            "BOGUS",
+        ] {
+            transcript.push_str(&control.cmd(command));
+        }
+        transcript.push_str(&control.cmd("QUIT"));
+        // The probe must have reached the server: its own words are in the transcript.
+        assert!(
+            transcript.contains("211") && transcript.contains("257"),
+            "{transcript}"
+        );
+        for needle in ["198.51.100.2", "198,51,100,2"] {
+            assert!(
+                !transcript.contains(needle),
+                "{}: `{needle}` leaked:\n{transcript}",
+                kind.name()
+            );
+        }
+        assert!(transcript.contains("203,0,113,1"), "{transcript}");
+    }
+}
+
+/// Many transfers on one control connection: one lease each, all freed afterwards.
+#[test]
+fn many_files_on_one_control_connection() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::start("many", ServerKind::Vsftpd, "kernel");
+    let mut ops = Vec::new();
+    for i in 0..40 {
+        env.origin_file(&format!("f{i}.bin"), 10_000 + i * 977);
+        ops.push(format!(
+            "RETR f{i}.bin {}",
+            env.local(&format!("f{i}.bin")).display()
+        ));
+    }
+    let ops: Vec<&str> = ops.iter().map(String::as_str).collect();
+    ftplib_run(env.client_ns(), &env.login(), &ops, PassiveMode::Epsv)
+        .unwrap()
+        .success()
+        .unwrap();
+    for i in 0..40 {
+        assert_same(
+            &env.server.root().join(format!("f{i}.bin")),
+            &env.local(&format!("f{i}.bin")),
+        );
+    }
+    // Flows end on FIN (+ grace) and the sweeper frees them.
+    let kernel = env.gateway.kernel().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let flows = kernel.lock().unwrap().flow_count();
+        if flows == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{flows} flow entries left behind"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Bridges as the client- and origin-facing devices: native XDP is not available there,
+/// so `auto` picks TC, and transfers still go through the kernel path.
+#[test]
+fn bridges_as_attach_points() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::start_with(
+        "bridge",
+        ServerKind::Vsftpd,
+        "kernel",
+        |topo| {
+            for (port, bridge, cidr) in [
+                ("pub0", "brpub", "203.0.113.1/24"),
+                ("priv0", "brpriv", "198.51.100.1/24"),
+            ] {
+                topo.run(GATEWAY, &["ip", "addr", "flush", "dev", port])
+                    .unwrap();
+                topo.run(
+                    GATEWAY,
+                    &["ip", "link", "add", "name", bridge, "type", "bridge"],
+                )
+                .unwrap();
+                topo.run(GATEWAY, &["ip", "link", "set", port, "master", bridge])
+                    .unwrap();
+                topo.run(GATEWAY, &["ip", "addr", "add", cidr, "dev", bridge])
+                    .unwrap();
+                topo.run(GATEWAY, &["ip", "link", "set", bridge, "up"])
+                    .unwrap();
+            }
+            // Wait for the bridges to forward (no STP: immediately), then prove the path.
+            topo.run(CLIENT, &["ping", "-c", "1", "-W", "2", "198.51.100.2"])
+                .unwrap();
+        },
+        "brpub",
+        "brpriv",
+    );
+    let remote = env.origin_file("via-bridge.bin", 8 << 20);
+    for mode in PassiveMode::ALL {
+        let local = env.local(&format!("bridge-{}.bin", mode.verb()));
+        curl_download(
+            env.client_ns(),
+            &env.login(),
+            "via-bridge.bin",
+            &local,
+            mode,
+        )
+        .unwrap()
+        .success()
+        .unwrap();
+        assert_same(&remote, &local);
+    }
+    let c = env.gateway.counters();
+    assert!(
+        c.get(Counter::NatToClient) > 5000 && c.get(Counter::Redirected) > 0,
+        "{c:?}"
+    );
+    let kernel = env.gateway.kernel().unwrap().lock().unwrap();
+    let modes: Vec<_> = kernel
+        .attachments()
+        .iter()
+        .map(|(i, m)| format!("{i}={m}"))
+        .collect();
+    assert_eq!(modes, ["brpub=tcx-ingress", "brpriv=tcx-ingress"]);
+}
