@@ -1,0 +1,540 @@
+//! Real FTP servers (vsftpd, pyftpdlib) run in the foreground inside a network namespace,
+//! each with a private temp directory (FTP root, config, logs) that goes away with the
+//! [`FtpServer`].
+//!
+//! vsftpd needs a system user: [`FtpServer::start`] creates it when absent (home `/`, shell
+//! `/bin/bash`, a cheap SHA-512 password hash) — so it must run as root.
+use std::{
+    collections::HashSet,
+    fs::{self, File},
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    os::{
+        fd::AsRawFd as _,
+        unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::ftp_clients::{Login, command_line, ns_command, require_program, unique_temp_dir};
+
+/// How long a daemon may take to accept its first connection.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which FTP server to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ServerKind {
+    /// vsftpd 3.0.3 (Debian package), standalone, a local system user.
+    Vsftpd,
+    /// pyftpdlib 2.x (pip, for the `python3` first on PATH), a virtual user.
+    Pyftpdlib,
+}
+
+impl ServerKind {
+    pub const ALL: [ServerKind; 2] = [ServerKind::Vsftpd, ServerKind::Pyftpdlib];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::Vsftpd => "vsftpd",
+            ServerKind::Pyftpdlib => "pyftpdlib",
+        }
+    }
+}
+
+/// Where the server listens and whom it lets in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Control address (inside the namespace); the port must not be 0.
+    pub listen: SocketAddrV4,
+    /// Passive data ports, inclusive.
+    pub passive_ports: (u16, u16),
+    /// vsftpd: a system user, created if absent (and its password set); pyftpdlib: virtual.
+    pub user: String,
+    pub password: String,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 21),
+            passive_ports: (30000, 30099),
+            user: "fgtest".into(),
+            password: "fgtest-pw".into(),
+        }
+    }
+}
+
+/// A running FTP daemon. Dropping it kills its process group (the daemon and its session
+/// processes, all started here) and removes its temp directory.
+#[derive(Debug)]
+pub struct FtpServer {
+    kind: ServerKind,
+    ns: String,
+    opts: ServerOptions,
+    dir: PathBuf,
+    root: PathBuf,
+    log_file: PathBuf,
+    output_file: PathBuf,
+    /// Owner given to files by [`FtpServer::give_to_user`] (vsftpd's system user).
+    owner: Option<(u32, u32)>,
+    child: Child,
+}
+
+impl FtpServer {
+    /// Starts `kind` in `ns` with `opts` and waits until it greets on its control port.
+    pub fn start(ns: &str, kind: ServerKind, opts: ServerOptions) -> Result<FtpServer> {
+        ensure!(
+            opts.listen.port() != 0,
+            "ServerOptions.listen needs a fixed port"
+        );
+        ensure!(
+            opts.passive_ports.0 > 0 && opts.passive_ports.0 <= opts.passive_ports.1,
+            "bad passive port range {:?}",
+            opts.passive_ports
+        );
+        for value in [&opts.user, &opts.password] {
+            ensure!(
+                !value.is_empty() && !value.contains(['\n', '\r', ':']),
+                "user and password must be non-empty, without ':' or line breaks"
+            );
+        }
+        let mut cmd = ns_command(ns)?;
+        ensure_port_free(ns, opts.listen)?;
+        let dir = unique_temp_dir(&format!("fgt-{}", kind.name()))?;
+        // From here on `dir` must be removed on every error path.
+        let prepared = prepare(kind, &opts, &dir, &mut cmd);
+        let (owner, log_file) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let output_file = dir.join("daemon-output.log");
+        let command = command_line(&cmd);
+        let spawned = File::create(&output_file)
+            .and_then(|out| Ok((out.try_clone()?, out)))
+            .and_then(|(out, err)| {
+                cmd.stdin(Stdio::null())
+                    .stdout(out)
+                    .stderr(err)
+                    // Own process group: Drop kills the daemon and its session children.
+                    .process_group(0)
+                    .spawn()
+            });
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e).with_context(|| format!("could not start `{command}`"));
+            }
+        };
+        let mut server = FtpServer {
+            kind,
+            ns: ns.to_owned(),
+            root: dir.join("root"),
+            dir,
+            log_file,
+            output_file,
+            owner,
+            opts,
+            child,
+        };
+        server
+            .wait_ready()
+            .with_context(|| format!("{} (`{command}`) did not come up", kind.name()))?;
+        Ok(server)
+    }
+
+    /// The FTP root (the login directory): put files to download here, find uploads here.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn kind(&self) -> ServerKind {
+        self.kind
+    }
+
+    /// The control address inside the namespace.
+    pub fn addr(&self) -> SocketAddrV4 {
+        self.opts.listen
+    }
+
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
+    pub fn options(&self) -> &ServerOptions {
+        &self.opts
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Address and credentials for a client going straight to this server.
+    pub fn login(&self) -> Login {
+        Login {
+            addr: self.opts.listen,
+            user: self.opts.user.clone(),
+            password: self.opts.password.clone(),
+        }
+    }
+
+    /// Makes a file a test put under [`FtpServer::root`] owned by the FTP user, so the
+    /// server may also overwrite or delete it (vsftpd; a no-op for pyftpdlib, which runs as
+    /// root). Files written by root are readable by the FTP user anyway.
+    pub fn give_to_user(&self, path: &Path) -> Result<()> {
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .with_context(|| format!("chown {uid}:{gid} {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The daemon's log file (vsftpd: every command and reply; pyftpdlib: sessions and
+    /// transfers) followed by what it printed, for assertion messages.
+    pub fn log(&self) -> String {
+        let read = |p: &Path| fs::read_to_string(p).unwrap_or_else(|e| format!("({e})"));
+        format!(
+            "--- {} log {} ---\n{}\n--- {} stdout/stderr ---\n{}",
+            self.kind.name(),
+            self.log_file.display(),
+            read(&self.log_file).trim_end(),
+            self.kind.name(),
+            read(&self.output_file).trim_end()
+        )
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("it exited with {status}\n{}", self.log());
+            }
+            let probe = greeting_in_ns(&self.ns, self.opts.listen);
+            match probe {
+                Ok(()) => {
+                    // The greeting was ours only if the daemon is still alive (a daemon that
+                    // failed to bind exits at once).
+                    thread::sleep(Duration::from_millis(20));
+                    if let Some(status) = self.child.try_wait()? {
+                        bail!("it exited with {status}\n{}", self.log());
+                    }
+                    return Ok(());
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    bail!(
+                        "no FTP greeting on {} within {START_TIMEOUT:?} ({e:#})\n{}",
+                        self.opts.listen,
+                        self.log()
+                    )
+                }
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+impl Drop for FtpServer {
+    fn drop(&mut self) {
+        // The group id is the child's pid (process_group(0)); the child is not reaped yet,
+        // so that id cannot belong to anyone else.
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Writes the config, fills in `cmd` (already `ip netns exec <ns>`), and returns the file
+/// owner for the FTP root's files and the log path.
+fn prepare(
+    kind: ServerKind,
+    opts: &ServerOptions,
+    dir: &Path,
+    cmd: &mut Command,
+) -> Result<(Option<(u32, u32)>, PathBuf)> {
+    let root = dir.join("root");
+    fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
+    // The daemon user must reach `root` through `dir`.
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    match kind {
+        ServerKind::Vsftpd => {
+            let vsftpd = require_program("vsftpd")?;
+            let (uid, gid) = ensure_system_user(&opts.user, &opts.password)?;
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid))
+                .with_context(|| format!("chown {uid}:{gid} {}", root.display()))?;
+            let empty = dir.join("empty");
+            fs::create_dir(&empty)?;
+            fs::set_permissions(&empty, fs::Permissions::from_mode(0o555))?;
+            let log = dir.join("vsftpd.log");
+            let conf = dir.join("vsftpd.conf");
+            fs::write(&conf, vsftpd_config(opts, &root, &empty, &log))
+                .with_context(|| format!("writing {}", conf.display()))?;
+            cmd.arg(vsftpd).arg(&conf);
+            Ok((Some((uid, gid)), log))
+        }
+        ServerKind::Pyftpdlib => {
+            let python = require_program("python3")?;
+            let script = dir.join("pyftpdlib_server.py");
+            fs::write(&script, PYFTPDLIB_SCRIPT)
+                .with_context(|| format!("writing {}", script.display()))?;
+            let log = dir.join("pyftpdlib.log");
+            cmd.arg(python)
+                .arg("-u")
+                .arg(&script)
+                .arg(opts.listen.ip().to_string())
+                .arg(opts.listen.port().to_string())
+                .arg(opts.passive_ports.0.to_string())
+                .arg(opts.passive_ports.1.to_string())
+                .arg(&opts.user)
+                .arg(&opts.password)
+                .arg(&root)
+                .arg(&log);
+            Ok((None, log))
+        }
+    }
+}
+
+fn vsftpd_config(opts: &ServerOptions, root: &Path, empty: &Path, log: &Path) -> String {
+    let (pasv_min, pasv_max) = opts.passive_ports;
+    format!(
+        "\
+# Standalone, in the foreground, so the test owns the process (Debian's default is inetd-less
+# listen_ipv6=YES on all addresses).
+listen=YES
+listen_ipv6=NO
+background=NO
+listen_address={ip}
+listen_port={port}
+# Local system user via PAM (/etc/pam.d/vsftpd: not in /etc/ftpusers, shell in /etc/shells).
+anonymous_enable=NO
+local_enable=YES
+pam_service_name=vsftpd
+write_enable=YES
+local_umask=022
+# vsftpd chdirs to the user's home first, then to local_root (home is / for the test user).
+local_root={root}
+chroot_local_user=NO
+# Debian's default /var/run/vsftpd/empty may be missing; any empty root-owned dir will do.
+secure_chroot_dir={empty}
+pasv_enable=YES
+pasv_min_port={pasv_min}
+pasv_max_port={pasv_max}
+# Keep the data-peer == control-peer check: the gateway must pass it.
+pasv_promiscuous=NO
+port_enable=YES
+port_promiscuous=NO
+# Active-mode data from an unprivileged port: no port-20 helper process.
+connect_from_port_20=NO
+# The seccomp sandbox kills sessions on syscalls it does not know (newer kernels/libcs, VMs).
+seccomp_sandbox=NO
+# No per-session netns/pid namespaces: cheaper logins, works where clone(CLONE_NEW*) is denied.
+isolate=NO
+isolate_network=NO
+# vsftpd-style log (not xferlog) of every command and reply, in the temp dir.
+xferlog_enable=YES
+xferlog_std_format=NO
+log_ftp_protocol=YES
+vsftpd_log_file={log}
+ssl_enable=NO
+",
+        ip = opts.listen.ip(),
+        port = opts.listen.port(),
+        root = root.display(),
+        empty = empty.display(),
+        log = log.display(),
+    )
+}
+
+const PYFTPDLIB_SCRIPT: &str = r#"
+import logging, sys
+try:
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import FTPServer
+except ImportError as e:
+    sys.exit("pyftpdlib is not importable by %s (%s): run `cargo xtask setup`" % (sys.executable, e))
+
+host, port, pasv_min, pasv_max, user, password, root, log = sys.argv[1:9]
+# Configured before FTPServer starts, so pyftpdlib does not add its own stderr handler.
+logging.basicConfig(filename=log, level=logging.INFO, format="%(asctime)s %(message)s")
+authorizer = DummyAuthorizer()
+authorizer.add_user(user, password, root, perm="elradfmwMT")
+
+class Handler(FTPHandler):
+    pass
+
+Handler.authorizer = authorizer
+Handler.passive_ports = range(int(pasv_min), int(pasv_max) + 1)
+# Keep the data-peer == control-peer check (the default): the gateway must pass it.
+Handler.permit_foreign_addresses = False
+server = FTPServer((host, int(port)), Handler)
+server.serve_forever()
+"#;
+
+/// Runs `f` on a short-lived thread that has joined the network namespace `ns`.
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let ns_path = Path::new("/run/netns").join(ns);
+    let ns_file = File::open(&ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
+    thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a valid fd; it changes only this thread's netns.
+            if unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns");
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| bail!("thread in netns {ns} panicked"))
+    })
+}
+
+/// Connects to `addr` from inside `ns`, reads a 220 greeting and says QUIT.
+fn greeting_in_ns(ns: &str, addr: SocketAddrV4) -> Result<()> {
+    in_netns(ns, || {
+        let step = Duration::from_secs(1);
+        let mut stream = TcpStream::connect_timeout(&addr.into(), step)?;
+        stream.set_read_timeout(Some(step))?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line)?;
+        ensure!(line.starts_with("220"), "greeting was {line:?}");
+        let _ = stream.write_all(b"QUIT\r\n");
+        Ok(())
+    })
+}
+
+/// Fails when something in `ns` already accepts connections on `addr`: a greeting from it
+/// would pass for the new daemon's.
+fn ensure_port_free(ns: &str, addr: SocketAddrV4) -> Result<()> {
+    let taken = in_netns(ns, || {
+        Ok(TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1)).is_ok())
+    })?;
+    ensure!(!taken, "{addr} is already in use in network namespace {ns}");
+    Ok(())
+}
+
+/// Creates the system user for vsftpd if absent and sets its password (SHA-512, which costs
+/// ~2 ms per login where Debian's yescrypt costs ~40 ms). Returns (uid, gid).
+fn ensure_system_user(user: &str, password: &str) -> Result<(u32, u32)> {
+    // Serialise within this process; the file lock serialises with other test binaries.
+    static DONE: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (user.to_owned(), password.to_owned());
+    if let Some(ids) = done
+        .as_ref()
+        .filter(|set| set.contains(&key))
+        .and_then(|_| passwd_entry(user).ok().flatten())
+    {
+        return Ok((ids.uid, ids.gid));
+    }
+    let lock_path = std::env::temp_dir().join("ftp-guard-tests-users.lock");
+    let lock =
+        File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    // SAFETY: flock on a valid fd; released when `lock` is closed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("flock");
+    }
+    let entry = match passwd_entry(user)? {
+        Some(entry) => entry,
+        None => {
+            run_checked(Command::new(require_program("useradd")?).args([
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/",
+                "--shell",
+                "/bin/bash",
+                user,
+            ]))?;
+            passwd_entry(user)?.with_context(|| format!("useradd did not create {user}"))?
+        }
+    };
+    // vsftpd refuses a login whose home it cannot enter.
+    if !Path::new(&entry.home).is_dir() {
+        run_checked(Command::new(require_program("usermod")?).args(["--home", "/", user]))?;
+    }
+    let shells = fs::read_to_string("/etc/shells").unwrap_or_default();
+    ensure!(
+        shells.lines().any(|l| l.trim() == entry.shell),
+        "user {user} has shell {:?}, which is not in /etc/shells: PAM (pam_shells) refuses the \
+         FTP login",
+        entry.shell
+    );
+    let ftpusers = fs::read_to_string("/etc/ftpusers").unwrap_or_default();
+    ensure!(
+        !ftpusers.lines().any(|l| l.trim() == user),
+        "user {user} is listed in /etc/ftpusers: vsftpd's PAM config refuses it"
+    );
+    let mut chpasswd = Command::new(require_program("chpasswd")?);
+    chpasswd
+        .args(["--crypt-method", "SHA512"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let line = command_line(&chpasswd);
+    let mut child = chpasswd
+        .spawn()
+        .with_context(|| format!("could not run `{line}`"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{user}:{password}").with_context(|| format!("writing to `{line}`"))?;
+    }
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "`{line}` failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    done.get_or_insert_with(HashSet::new).insert(key);
+    Ok((entry.uid, entry.gid))
+}
+
+struct PasswdEntry {
+    uid: u32,
+    gid: u32,
+    home: String,
+    shell: String,
+}
+
+fn passwd_entry(user: &str) -> Result<Option<PasswdEntry>> {
+    let text = fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() == 7 && fields[0] == user {
+            return Ok(Some(PasswdEntry {
+                uid: fields[2].parse().context("uid in /etc/passwd")?,
+                gid: fields[3].parse().context("gid in /etc/passwd")?,
+                home: fields[5].to_owned(),
+                shell: fields[6].to_owned(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+fn run_checked(cmd: &mut Command) -> Result<()> {
+    let line = command_line(cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not run `{line}`"))?;
+    ensure!(
+        out.status.success(),
+        "`{line}` failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
