@@ -1,12 +1,24 @@
-//! `cargo xtask demo [--once]`: setup, build, then `ftp-guard demo`, which owns the demo.
-use anyhow::Result;
+//! `cargo xtask demo [--once]`: setup, build, then the demo driver (`tests/src/bin/demo.rs`),
+//! which builds its own namespaces and runs the real `ftp-guard` binary on the gateway.
+use std::{os::unix::process::CommandExt as _, process::Command};
 
-use crate::{run, setup, util};
+use anyhow::{Context as _, Result, ensure};
+
+use crate::{setup, util};
 
 pub fn run(once: bool) -> Result<()> {
-    // Setup needs root itself, so ftp-guard runs directly (no sudo) once it passes.
+    ensure!(
+        util::is_root(),
+        "the demo needs root (network namespaces, eBPF): run `cargo xtask demo` as root"
+    );
     setup::run()?;
-    let build = util::build_ftp_guard()?;
-    let args: &[&str] = if once { &["demo", "--once"] } else { &["demo"] };
-    run::exec_as_root(None, &build.exe, args)
+    let ftp_guard = util::build_ftp_guard()?;
+    let demo = util::build_bin("ftp-guard-tests", "demo")?;
+    let mut cmd = Command::new(&demo);
+    cmd.env("FTP_GUARD_BIN", &ftp_guard.exe);
+    if once {
+        cmd.arg("--once");
+    }
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("cannot start {}", demo.display()))
 }
