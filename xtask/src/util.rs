@@ -187,6 +187,35 @@ fn package_name(id: &str) -> &str {
     }
 }
 
+/// `cargo build -p PACKAGE --bin BIN` (debug); returns the binary's path from cargo's
+/// JSON messages.
+pub fn build_bin(package: &str, bin: &str) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "-p",
+        package,
+        "--bin",
+        bin,
+        "--message-format=json-render-diagnostics",
+    ])
+    .stdout(Stdio::piped());
+    let line = cmdline(&cmd);
+    let output = cmd
+        .spawn()
+        .and_then(|c| c.wait_with_output())
+        .with_context(|| format!("cannot run `{line}`"))?;
+    if !output.status.success() {
+        bail!("`{line}` failed ({})", output.status);
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == bin)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("`{line}` reported no `{bin}` binary"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,33 +246,4 @@ mod tests {
             r"A='b c' dpkg-query -W '-f=${Status}' 'it'\''s'"
         );
     }
-}
-
-/// `cargo build -p PACKAGE --bin BIN` (debug); returns the binary's path from cargo's
-/// JSON messages.
-pub fn build_bin(package: &str, bin: &str) -> Result<PathBuf> {
-    let mut cmd = cargo();
-    cmd.args([
-        "build",
-        "-p",
-        package,
-        "--bin",
-        bin,
-        "--message-format=json-render-diagnostics",
-    ])
-    .stdout(Stdio::piped());
-    let line = cmdline(&cmd);
-    let output = cmd
-        .spawn()
-        .and_then(|c| c.wait_with_output())
-        .with_context(|| format!("cannot run `{line}`"))?;
-    if !output.status.success() {
-        bail!("`{line}` failed ({})", output.status);
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == bin)
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .with_context(|| format!("`{line}` reported no `{bin}` binary"))
 }
