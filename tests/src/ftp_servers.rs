@@ -349,6 +349,8 @@ xferlog_std_format=NO
 log_ftp_protocol=YES
 vsftpd_log_file={log}
 ssl_enable=NO
+# Act on ABOR (sent with urgent data) while a transfer is blocked; off by default.
+async_abor_enable=YES
 ",
         ip = opts.listen.ip(),
         port = opts.listen.port(),

@@ -78,8 +78,9 @@ impl RunningGateway {
     }
 }
 
-impl Drop for RunningGateway {
-    fn drop(&mut self) {
+impl RunningGateway {
+    /// Stops the gateway and waits for it (programs detached, listeners closed).
+    pub fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -90,5 +91,11 @@ impl Drop for RunningGateway {
         {
             eprintln!("the gateway thread panicked");
         }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -37,6 +37,29 @@ impl Env {
         Self::start_with(tag, kind, dataplane, |_| {}, "pub0", "priv0")
     }
 
+    fn config(
+        &self,
+        dataplane: &str,
+        data_ports: &str,
+        client_if: &str,
+        origin_if: &str,
+    ) -> String {
+        gateway_config(
+            self.server.addr(),
+            dataplane,
+            data_ports,
+            client_if,
+            origin_if,
+        )
+    }
+
+    /// Replaces the gateway with one using another data-port range.
+    fn restart_gateway(&mut self, dataplane: &str, data_ports: &str) {
+        let config = self.config(dataplane, data_ports, "pub0", "priv0");
+        self.gateway.stop();
+        self.gateway = RunningGateway::start(&self.topo, &config).unwrap();
+    }
+
     fn start_with(
         tag: &str,
         kind: ServerKind,
@@ -61,11 +84,12 @@ impl Env {
             },
         )
         .unwrap();
-        let config = format!(
-            "[[service]]\nname = \"e2e\"\nlisten = \"{VIP}:21\"\norigin = \"{}\"\n\
-             data_ports = \"40000-40099\"\nclient_interface = \"{client_if}\"\n\
-             origin_interface = \"{origin_if}\"\ndataplane = \"{dataplane}\"\nlease_ttl_secs = 10\n",
-            server.addr()
+        let config = gateway_config(
+            server.addr(),
+            dataplane,
+            "40000-40099",
+            client_if,
+            origin_if,
         );
         let gateway = RunningGateway::start(&topo, &config).unwrap();
         let work = ftp_clients::unique_temp_dir(&format!("fg-e2e-{tag}")).unwrap();
@@ -106,6 +130,20 @@ impl Drop for Env {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.work);
     }
+}
+
+fn gateway_config(
+    origin: SocketAddrV4,
+    dataplane: &str,
+    data_ports: &str,
+    client_if: &str,
+    origin_if: &str,
+) -> String {
+    format!(
+        "[[service]]\nname = \"e2e\"\nlisten = \"{VIP}:21\"\norigin = \"{origin}\"\n\
+         data_ports = \"{data_ports}\"\nclient_interface = \"{client_if}\"\n\
+         origin_interface = \"{origin_if}\"\ndataplane = \"{dataplane}\"\nlease_ttl_secs = 10\n"
+    )
 }
 
 fn assert_same(a: &Path, b: &Path) {
@@ -601,4 +639,94 @@ fn bridges_as_attach_points() {
         .map(|(i, m)| format!("{i}={m}"))
         .collect();
     assert_eq!(modes, ["brpub=tcx-ingress", "brpriv=tcx-ingress"]);
+}
+
+/// Python ftplib's abort() sends ABOR as TCP urgent data (BSD style): the transfer must
+/// stop, the replies must arrive, and the session must go on.
+#[test]
+fn abort_with_urgent_data_stops_a_transfer() {
+    if !require_privileged() {
+        return;
+    }
+    for dataplane in ["kernel", "userspace"] {
+        let env = Env::start(
+            &format!("abor-{}", &dataplane[..1]),
+            ServerKind::Vsftpd,
+            dataplane,
+        );
+        env.origin_file("huge.bin", 200 << 20);
+        let login = env.login();
+        let script = format!(
+            r#"
+import ftplib, sys
+ftp = ftplib.FTP(timeout=15)
+ftp.connect("{ip}", {port})
+ftp.login("{user}", "{password}")
+ftp.voidcmd("TYPE I")
+conn = ftp.transfercmd("RETR huge.bin")
+got = len(conn.recv(65536))
+reply = ftp.abort()
+conn.close()
+print("abort-reply", reply.split()[0])
+# ftplib's abort() reads only the first reply: after a 426 the ABOR's own 226 follows.
+after = ftp.voidcmd("NOOP")
+if reply.startswith("426"):
+    assert after.startswith("226"), after
+    after = ftp.voidcmd("NOOP")
+print("after", after.split()[0])
+ftp.quit()
+"#,
+            ip = login.addr.ip(),
+            port = login.addr.port(),
+            user = login.user,
+            password = login.password,
+        );
+        let out = env.topo.run(CLIENT, &["python3", "-c", &script]).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            ["426", "225", "226"]
+                .iter()
+                .any(|c| stdout.contains(&format!("abort-reply {c}"))),
+            "{dataplane}: {stdout}"
+        );
+        assert!(stdout.contains("after 200"), "{dataplane}: {stdout}");
+    }
+}
+
+/// When every data port is leased, the next passive request gets a clear 4xx, and a
+/// freed port is leased again.
+#[test]
+fn exhausted_data_ports_give_425() {
+    if !require_privileged() {
+        return;
+    }
+    for dataplane in ["kernel", "userspace"] {
+        let mut env = Env::start(
+            &format!("full-{}", &dataplane[..1]),
+            ServerKind::Vsftpd,
+            dataplane,
+        );
+        env.restart_gateway(dataplane, "40000-40001");
+        let mut first = Control::login(&env);
+        let mut second = Control::login(&env);
+        let mut third = Control::login(&env);
+        first.epsv();
+        second.epsv();
+        let reply = third.cmd("EPSV");
+        assert!(reply.starts_with("425 "), "{dataplane}: {reply}");
+        // The first session ends: its lease is revoked and its port comes back.
+        drop(first);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let reply = third.cmd("EPSV");
+            if reply.starts_with("229") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{dataplane}: port never freed: {reply}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

@@ -8,10 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 use tracing::{debug, info, warn};
 
 use super::ServiceContext;
@@ -112,12 +109,12 @@ impl Driver {
                 return end;
             }
             tokio::select! {
-                r = self.client.read(&mut client_buf) => match r {
+                r = read_some(&self.client, &mut client_buf) => match r {
                     Ok(0) => { debug!("client closed"); self.session.client_closed() }
                     Ok(n) => self.session.handle(Event::FromClient(&client_buf[..n])),
                     Err(e) => return End::ClientIo(e),
                 },
-                r = self.origin.read(&mut origin_buf) => match r {
+                r = read_some(&self.origin, &mut origin_buf) => match r {
                     Ok(0) => { info!("origin closed the control connection"); self.session.origin_closed() }
                     Ok(n) => self.session.handle(Event::FromOrigin(&origin_buf[..n])),
                     Err(e) => {
@@ -185,6 +182,19 @@ impl Driver {
             }
         }
         None
+    }
+}
+
+/// Reads what is available. Unlike `AsyncReadExt::read`, a short read does not make tokio
+/// assume the socket is drained: TCP stops a read at the urgent mark (a client's ABOR sent
+/// as urgent data), and the bytes behind it would otherwise wait for the next event.
+async fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
     }
 }
 
