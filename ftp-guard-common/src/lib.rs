@@ -52,7 +52,13 @@ pub struct DataRange {
     pub port_lo: u16,
     /// Last port of the range (inclusive), host byte order.
     pub port_hi: u16,
+    /// [`RANGE_ACTIVE_PORT_20`]…
+    pub flags: u32,
 }
+
+/// [`DataRange::flags`]: active-mode data connections reach clients from port 20 of the
+/// public address, so packets from clients to public port 20 belong to flows too.
+pub const RANGE_ACTIVE_PORT_20: u32 = 1;
 
 impl DataRange {
     /// True when `port` (host order) lies in this range.
@@ -71,16 +77,18 @@ pub struct FilterConfig {
     pub ranges: [DataRange; MAX_DATA_RANGES],
 }
 
-/// Key of a lease: the client that negotiated it and the public data port it may use.
+/// Key of a lease: who may open the data connection, and to which gateway address and port.
+/// Passive mode: the client, to the public address and a public data port. Active mode:
+/// the origin, to the gateway's origin-side address and the port given in its PORT.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LeaseKey {
-    /// The client's IPv4 address as seen on the control connection, network order.
-    pub client_addr_be: u32,
-    /// Public address the data connection is aimed at, network order.
-    pub public_addr_be: u32,
-    /// Public data port, network order.
-    pub public_port_be: u16,
+    /// The peer allowed to connect, network order.
+    pub peer_addr_be: u32,
+    /// Gateway address the connection is aimed at, network order.
+    pub addr_be: u32,
+    /// Gateway port the connection is aimed at, network order.
+    pub port_be: u16,
     /// Always zero (hash keys are compared bytewise).
     pub _pad: u16,
 }
@@ -95,15 +103,17 @@ pub const LEASE_NAT: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LeaseValue {
-    /// The origin's data address, network order.
-    pub origin_addr_be: u32,
-    /// The gateway's origin-facing address, source of the connection to the origin.
-    pub nat_addr_be: u32,
-    /// The origin's data port, network order.
-    pub origin_port_be: u16,
-    /// Source port towards the origin, network order: the public port itself, unique
-    /// while the lease lives (see README, "NAT ports").
-    pub nat_port_be: u16,
+    /// Where the admitted connection goes, network order: the origin's data address
+    /// (passive) or the client's (active).
+    pub target_addr_be: u32,
+    /// What it appears to come from there: the gateway's origin-side address (passive)
+    /// or its public address (active).
+    pub source_addr_be: u32,
+    /// Target port, network order.
+    pub target_port_be: u16,
+    /// Source port, network order: the lease's own port, unique while the lease lives
+    /// (see README, "NAT ports"), or 20 for active mode where configured.
+    pub source_port_be: u16,
     /// [`LEASE_ADMIT`] or [`LEASE_NAT`].
     pub kind: u32,
     /// CLOCK_MONOTONIC deadline (ns) for the client's SYN; 0 = none.
@@ -114,8 +124,8 @@ pub struct LeaseValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Claim {
-    /// The client's source port, network order.
-    pub client_port_be: u16,
+    /// The peer's source port, network order.
+    pub peer_port_be: u16,
     pub _pad: u16,
     pub _pad2: u32,
     /// CLOCK_MONOTONIC time (ns) of the SYN.
@@ -177,7 +187,8 @@ pub enum Counter {
     /// A non-first IPv4 fragment: carries no ports. Harmless, because the first fragment
     /// (which does carry them) is checked and a datagram cannot reassemble without it.
     PassLaterFragment = 6,
-    /// From the origin's side to a NAT port without a flow: left to the stack (which resets it).
+    /// From the origin's side to a NAT port with no flow and no lease: left to the stack
+    /// (which resets it).
     PassNoFlow = 7,
     /// NATed from a client towards the origin.
     NatToOrigin = 8,
@@ -266,8 +277,8 @@ impl Counter {
 }
 
 // Layouts the kernel and userspace must agree on, with no hidden padding.
-const _: () = assert!(core::mem::size_of::<DataRange>() == 12);
-const _: () = assert!(core::mem::size_of::<FilterConfig>() == 4 + 12 * MAX_DATA_RANGES);
+const _: () = assert!(core::mem::size_of::<DataRange>() == 16);
+const _: () = assert!(core::mem::size_of::<FilterConfig>() == 4 + 16 * MAX_DATA_RANGES);
 const _: () = assert!(core::mem::size_of::<LeaseKey>() == 12);
 const _: () = assert!(core::mem::size_of::<LeaseValue>() == 24);
 const _: () = assert!(core::mem::size_of::<Claim>() == 16);
@@ -308,6 +319,7 @@ mod tests {
             nat_addr_be: 0,
             port_lo: 40000,
             port_hi: 40099,
+            flags: 0,
         };
         assert!(!r.contains(39999));
         assert!(r.contains(40000));

@@ -8,14 +8,16 @@
 //! 4. TCP header unreadable → drop; port outside every data range → pass;
 //! 5. a first fragment aimed at the data range → drop (the data path never fragments);
 //! 6. a packet of a known flow → NAT it (either direction) and forward;
-//! 7. to a NAT address without a flow → pass (nothing listens: the stack resets it);
-//! 8. no lease for (source, destination, port) → drop; an admit-only lease → pass;
-//! 9. a NAT lease: only a SYN within the deadline may claim it, once; the claim creates
-//!    both flow entries (rolled back together on failure) → NAT and forward.
+//! 7. a lease for (source, destination, port) — passive leases on the client side, active
+//!    leases on the origin side: an admit-only lease → pass; a NAT lease: only a SYN
+//!    within the deadline may claim it, once; the claim creates both flow entries (rolled
+//!    back together on failure) → NAT and forward;
+//! 8. no lease: from a client → drop; from the origin's side → pass (nothing listens
+//!    there: the stack resets it).
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ftp_guard_common::{
     Claim, Counter, FLOW_FIN, FLOW_RST, FilterConfig, FlowKey, FlowValue, LEASE_ADMIT, LeaseKey,
-    LeaseValue, MAX_DATA_RANGES,
+    LeaseValue, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20,
 };
 use network_types::{
     ip::{IpProto, Ipv4Hdr},
@@ -87,7 +89,8 @@ pub fn process<P: Packet>(p: &P) -> (Verdict, Counter) {
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { *ports };
     let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-    if !in_data_range(config, side, dst_be, dst_port) {
+    let port_class = classify_port(config, side, dst_be, dst_port);
+    if port_class == PortClass::Other {
         return (Verdict::Pass, Counter::PassOtherPort);
     }
     if ip.frag_flags() & IP_MF != 0 {
@@ -109,18 +112,22 @@ pub fn process<P: Packet>(p: &P) -> (Verdict, Counter) {
     if let Some(flow) = FLOWS.get_ptr_mut(&flow_key) {
         return forward_flow(hdr.ip, tcp, hdr.l3_offset, flow, nat_counter);
     }
-    if side == Side::Origin {
-        return (Verdict::Pass, Counter::PassNoFlow);
+    if port_class == PortClass::ActiveSource {
+        // Port 20 is shared by every active flow: no flow, nothing of ours.
+        return (Verdict::Pass, Counter::PassOtherPort);
     }
     let lease_key = LeaseKey {
-        client_addr_be: flow_key.src_addr_be,
-        public_addr_be: dst_be,
-        public_port_be: flow_key.dst_port_be,
+        peer_addr_be: flow_key.src_addr_be,
+        addr_be: dst_be,
+        port_be: flow_key.dst_port_be,
         _pad: 0,
     };
     // SAFETY: the value is only read; userspace replaces values whole, never in place.
     let Some(lease) = (unsafe { LEASES.get(&lease_key) }) else {
-        return (Verdict::Drop, Counter::DropNoLease);
+        return match side {
+            Side::Client => (Verdict::Drop, Counter::DropNoLease),
+            Side::Origin => (Verdict::Pass, Counter::PassNoFlow),
+        };
     };
     if lease.kind == LEASE_ADMIT {
         return (Verdict::Pass, Counter::PassLeased);
@@ -148,7 +155,7 @@ fn claim(key: &FlowKey, lease_key: &LeaseKey, lease: &LeaseValue) -> Result<(), 
         return Err(Counter::DropLeaseExpired);
     }
     let claim = Claim {
-        client_port_be: key.src_port_be,
+        peer_port_be: key.src_port_be,
         _pad: 0,
         _pad2: 0,
         created_ns: now,
@@ -157,22 +164,22 @@ fn claim(key: &FlowKey, lease_key: &LeaseKey, lease: &LeaseValue) -> Result<(), 
     if CLAIMS.insert(lease_key, &claim, BPF_NOEXIST).is_err() {
         return Err(Counter::DropLeaseUsed);
     }
-    let to_origin = FlowValue {
-        new_src_addr_be: lease.nat_addr_be,
-        new_dst_addr_be: lease.origin_addr_be,
-        new_src_port_be: lease.nat_port_be,
-        new_dst_port_be: lease.origin_port_be,
+    let forward = FlowValue {
+        new_src_addr_be: lease.source_addr_be,
+        new_dst_addr_be: lease.target_addr_be,
+        new_src_port_be: lease.source_port_be,
+        new_dst_port_be: lease.target_port_be,
         lease: *lease_key,
         last_seen_ns: now,
         ..FlowValue::default()
     };
     let reverse_key = FlowKey {
-        src_addr_be: lease.origin_addr_be,
-        dst_addr_be: lease.nat_addr_be,
-        src_port_be: lease.origin_port_be,
-        dst_port_be: lease.nat_port_be,
+        src_addr_be: lease.target_addr_be,
+        dst_addr_be: lease.source_addr_be,
+        src_port_be: lease.target_port_be,
+        dst_port_be: lease.source_port_be,
     };
-    let to_client = FlowValue {
+    let reverse = FlowValue {
         new_src_addr_be: key.dst_addr_be,
         new_dst_addr_be: key.src_addr_be,
         new_src_port_be: key.dst_port_be,
@@ -182,11 +189,11 @@ fn claim(key: &FlowKey, lease_key: &LeaseKey, lease: &LeaseValue) -> Result<(), 
         ..FlowValue::default()
     };
     // Both directions or neither: roll back what was inserted.
-    if FLOWS.insert(key, &to_origin, BPF_NOEXIST).is_err() {
+    if FLOWS.insert(key, &forward, BPF_NOEXIST).is_err() {
         let _ = CLAIMS.remove(lease_key);
         return Err(Counter::DropFlowTableFull);
     }
-    if FLOWS.insert(&reverse_key, &to_client, BPF_NOEXIST).is_err() {
+    if FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST).is_err() {
         let _ = FLOWS.remove(key);
         let _ = CLAIMS.remove(lease_key);
         return Err(Counter::DropFlowTableFull);
@@ -243,9 +250,20 @@ fn side_of(config: &FilterConfig, addr_be: u32) -> Option<Side> {
     None
 }
 
-/// True when `port` (host order) is in a data range on `addr_be` for that side.
+/// What a destination port means on a guarded address.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PortClass {
+    /// In a data range: leases and flows, everything else dropped (client side).
+    Data,
+    /// Port 20 of a public address whose range sends active data from it: flows only.
+    ActiveSource,
+    /// Anything else (the control port…): not the guard's business.
+    Other,
+}
+
 #[inline(always)]
-fn in_data_range(config: &FilterConfig, side: Side, addr_be: u32, port: u16) -> bool {
+fn classify_port(config: &FilterConfig, side: Side, addr_be: u32, port: u16) -> PortClass {
+    let mut class = PortClass::Other;
     let mut i = 0;
     while i < MAX_DATA_RANGES {
         if i as u32 >= config.range_count {
@@ -256,10 +274,15 @@ fn in_data_range(config: &FilterConfig, side: Side, addr_be: u32, port: u16) -> 
             Side::Client => range.addr_be,
             Side::Origin => range.nat_addr_be,
         };
-        if addr == addr_be && range.contains(port) {
-            return true;
+        if addr == addr_be {
+            if range.contains(port) {
+                return PortClass::Data;
+            }
+            if side == Side::Client && port == 20 && range.flags & RANGE_ACTIVE_PORT_20 != 0 {
+                class = PortClass::ActiveSource;
+            }
         }
         i += 1;
     }
-    false
+    class
 }

@@ -66,6 +66,13 @@ pub struct Service {
     /// Kernel data path: seconds a data connection may stay silent before it is removed.
     #[serde(default = "defaults::data_idle_timeout_secs")]
     pub data_idle_timeout_secs: u64,
+    /// Accept active mode (PORT/EPRT naming the client's own address). Off: a clear 502.
+    #[serde(default = "defaults::active_mode")]
+    pub active_mode: bool,
+    /// Active mode: data connections reach clients from port 20 of the public address (what
+    /// some client firewalls expect), instead of from a port of the data range.
+    #[serde(default)]
+    pub active_from_port_20: bool,
     /// More addresses of the origin to hide from clients (e.g. its address behind a NAT),
     /// besides `origin`'s own.
     #[serde(default)]
@@ -179,6 +186,9 @@ mod defaults {
     }
     pub fn data_idle_timeout_secs() -> u64 {
         900
+    }
+    pub fn active_mode() -> bool {
+        true
     }
     pub fn max_command_line() -> usize {
         500

@@ -64,6 +64,7 @@ impl Gateway {
                         KernelSettings {
                             public_ip: service.public_ip(),
                             nat_ip,
+                            active_port_20: service.active_from_port_20,
                             ports: service.data_ports,
                             lease_ttl: service.lease_ttl(),
                             flow_idle_timeout: service.data_idle_timeout(),
@@ -72,6 +73,17 @@ impl Gateway {
                 }
                 DataplaneKind::Userspace => Arc::new(UserspaceRelay::new(RelaySettings {
                     bind_ip: *service.listen.ip(),
+                    origin_side_ip: match service.nat_ip {
+                        Some(ip) => ip,
+                        None => crate::dataplane::origin_side_ip(*service.origin.ip())
+                            .with_context(|| {
+                                format!(
+                                    "service `{}`: no route to {}",
+                                    service.name, service.origin
+                                )
+                            })?,
+                    },
+                    active_port_20: service.active_from_port_20,
                     ports: service.data_ports,
                     lease_ttl: service.lease_ttl(),
                     connect_timeout: service.connect_timeout(),

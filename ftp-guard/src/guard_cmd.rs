@@ -59,6 +59,7 @@ pub async fn run(args: GuardArgs) -> anyhow::Result<()> {
         first_port,
         last_port,
         nat_ip: None,
+        active_port_20: false,
     }])?;
     for lease in &args.leases {
         if !(first_port..=last_port).contains(&lease.port()) {

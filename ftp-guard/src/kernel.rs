@@ -95,43 +95,47 @@ pub struct ProtectedRange {
     /// The gateway's origin-facing address NATed data connections come from (kernel
     /// data path); `None` when leases on this range only admit.
     pub nat_ip: Option<Ipv4Addr>,
+    /// Active-mode data connections reach clients from public port 20.
+    pub active_port_20: bool,
 }
 
 /// What a lease lets through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseAction {
-    /// Pass the client's packets to the stack (a userspace relay listens on the port).
+    /// Pass the peer's packets to the stack (a userspace relay listens on the port).
     Admit,
-    /// NAT one connection to `origin`, from `nat` (the gateway's origin-side address and
-    /// a port unique to this lease); the client's SYN must come before `deadline_ns`
-    /// (CLOCK_MONOTONIC, see [`monotonic_ns`]).
+    /// NAT one connection to `target`, appearing to come from `source`; the peer's SYN
+    /// must come before `deadline_ns` (CLOCK_MONOTONIC, see [`monotonic_ns`]).
+    /// Passive: target = the origin's data address, source = the gateway's origin-side
+    /// address and the lease's port. Active: target = the client's data address, source =
+    /// the public address and the lease's port (or 20).
     Nat {
-        origin: SocketAddrV4,
-        nat: SocketAddrV4,
+        target: SocketAddrV4,
+        source: SocketAddrV4,
         deadline_ns: u64,
     },
 }
 
-/// A data-port lease: `client` may open one data connection to `public`.
+/// A lease: `peer` may open one data connection to the gateway's `local` address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lease {
-    pub client: Ipv4Addr,
-    pub public: SocketAddrV4,
+    pub peer: Ipv4Addr,
+    pub local: SocketAddrV4,
     pub action: LeaseAction,
 }
 
 impl Lease {
-    /// An admit-only lease (the guard passes the client's packets to the stack).
-    pub fn admit(client: Ipv4Addr, public: SocketAddrV4) -> Lease {
+    /// An admit-only lease (the guard passes the peer's packets to the stack).
+    pub fn admit(peer: Ipv4Addr, local: SocketAddrV4) -> Lease {
         Lease {
-            client,
-            public,
+            peer,
+            local,
             action: LeaseAction::Admit,
         }
     }
 
     fn key(&self) -> LeaseKey {
-        lease_key(self.client, self.public)
+        lease_key(self.peer, self.local)
     }
 }
 
@@ -154,11 +158,11 @@ fn ip_of(be: u32) -> Ipv4Addr {
     Ipv4Addr::from(be.to_ne_bytes())
 }
 
-pub fn lease_key(client: Ipv4Addr, public: SocketAddrV4) -> LeaseKey {
+pub fn lease_key(peer: Ipv4Addr, local: SocketAddrV4) -> LeaseKey {
     LeaseKey {
-        client_addr_be: u32::from_ne_bytes(client.octets()),
-        public_addr_be: u32::from_ne_bytes(public.ip().octets()),
-        public_port_be: public.port().to_be(),
+        peer_addr_be: be32(peer),
+        addr_be: be32(*local.ip()),
+        port_be: local.port().to_be(),
         _pad: 0,
     }
 }
@@ -364,6 +368,11 @@ impl Kernel {
                 nat_addr_be: r.nat_ip.map_or(0, be32),
                 port_lo: r.first_port,
                 port_hi: r.last_port,
+                flags: if r.active_port_20 {
+                    ftp_guard_common::RANGE_ACTIVE_PORT_20
+                } else {
+                    0
+                },
             };
         }
         self.filter_config
@@ -382,14 +391,14 @@ impl Kernel {
                 ..LeaseValue::default()
             },
             LeaseAction::Nat {
-                origin,
-                nat,
+                target,
+                source,
                 deadline_ns,
             } => LeaseValue {
-                origin_addr_be: be32(*origin.ip()),
-                nat_addr_be: be32(*nat.ip()),
-                origin_port_be: origin.port().to_be(),
-                nat_port_be: nat.port().to_be(),
+                target_addr_be: be32(*target.ip()),
+                source_addr_be: be32(*source.ip()),
+                target_port_be: target.port().to_be(),
+                source_port_be: source.port().to_be(),
                 kind: LEASE_NAT,
                 expires_ns: deadline_ns,
             },
@@ -409,23 +418,16 @@ impl Kernel {
     /// Removes a lease; `Ok(false)` when there was none.
     pub fn remove_lease(
         &mut self,
-        client: Ipv4Addr,
-        public: SocketAddrV4,
+        peer: Ipv4Addr,
+        local: SocketAddrV4,
     ) -> Result<bool, KernelError> {
-        removed(
-            names::LEASES,
-            self.leases.remove(&lease_key(client, public)),
-        )
+        removed(names::LEASES, self.leases.remove(&lease_key(peer, local)))
     }
 
-    /// The client port of the connection a lease admitted, if it admitted one.
-    pub fn claim(
-        &self,
-        client: Ipv4Addr,
-        public: SocketAddrV4,
-    ) -> Result<Option<u16>, KernelError> {
-        match self.claims.get(&lease_key(client, public), 0) {
-            Ok(c) => Ok(Some(u16::from_be(c.client_port_be))),
+    /// The peer's source port of the connection a lease admitted, if it admitted one.
+    pub fn claim(&self, peer: Ipv4Addr, local: SocketAddrV4) -> Result<Option<u16>, KernelError> {
+        match self.claims.get(&lease_key(peer, local), 0) {
+            Ok(c) => Ok(Some(u16::from_be(c.peer_port_be))),
             Err(e) if is_absent(&e) => Ok(None),
             Err(source) => Err(KernelError::Map {
                 map: names::CLAIMS,
@@ -434,7 +436,7 @@ impl Kernel {
         }
     }
 
-    /// Every claimed lease as (client, public address), e.g. to find flows whose lease
+    /// Every claimed lease as (peer, local address), e.g. to find flows whose lease
     /// userspace no longer tracks.
     pub fn claimed_leases(&self) -> Vec<(Ipv4Addr, SocketAddrV4)> {
         self.claims
@@ -442,8 +444,8 @@ impl Kernel {
             .filter_map(Result::ok)
             .map(|k| {
                 (
-                    ip_of(k.client_addr_be),
-                    SocketAddrV4::new(ip_of(k.public_addr_be), u16::from_be(k.public_port_be)),
+                    ip_of(k.peer_addr_be),
+                    SocketAddrV4::new(ip_of(k.addr_be), u16::from_be(k.port_be)),
                 )
             })
             .collect()
@@ -451,13 +453,10 @@ impl Kernel {
 
     pub fn remove_claim(
         &mut self,
-        client: Ipv4Addr,
-        public: SocketAddrV4,
+        peer: Ipv4Addr,
+        local: SocketAddrV4,
     ) -> Result<bool, KernelError> {
-        removed(
-            names::CLAIMS,
-            self.claims.remove(&lease_key(client, public)),
-        )
+        removed(names::CLAIMS, self.claims.remove(&lease_key(peer, local)))
     }
 
     /// One direction of a flow, keyed as its packets arrive at the gateway.

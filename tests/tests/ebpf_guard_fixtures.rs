@@ -42,6 +42,7 @@ fn guarded_kernel() -> Kernel {
             first_port: 40000,
             last_port: 40099,
             nat_ip: None,
+            active_port_20: false,
         }])
         .unwrap();
     kernel
@@ -347,18 +348,21 @@ fn several_ranges_on_several_addresses() {
                 first_port: 40000,
                 last_port: 40009,
                 nat_ip: None,
+                active_port_20: false,
             },
             ProtectedRange {
                 public_ip: PUBLIC,
                 first_port: 50000,
                 last_port: 50009,
                 nat_ip: None,
+                active_port_20: false,
             },
             ProtectedRange {
                 public_ip: OTHER_PUBLIC,
                 first_port: 60000,
                 last_port: 60000,
                 nat_ip: None,
+                active_port_20: false,
             },
         ])
         .unwrap();

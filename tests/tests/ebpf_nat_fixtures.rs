@@ -52,11 +52,11 @@ fn in_empty_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 
 fn nat_lease(port: u16, deadline_ns: u64) -> Lease {
     Lease {
-        client: CLIENT,
-        public: sa(PUBLIC, port),
+        peer: CLIENT,
+        local: sa(PUBLIC, port),
         action: LeaseAction::Nat {
-            origin: sa(ORIGIN, ORIGIN_PORT + (port - PORT)),
-            nat: sa(NAT, port),
+            target: sa(ORIGIN, ORIGIN_PORT + (port - PORT)),
+            source: sa(NAT, port),
             deadline_ns,
         },
     }
@@ -70,6 +70,7 @@ fn kernel_with(sizes: MapSizes, leases: &[Lease]) -> Kernel {
             first_port: 40000,
             last_port: 40099,
             nat_ip: Some(NAT),
+            active_port_20: false,
         }])
         .unwrap();
     for lease in leases {

@@ -154,6 +154,7 @@ fn guard_scenario(tag: &str, mode: XdpAttach, expected: AttachedMode) {
             first_port: 40000,
             last_port: 40099,
             nat_ip: None,
+            active_port_20: false,
         }])
         .unwrap();
     kernel.insert_lease(&lease_for(CLIENT_IP)).unwrap();

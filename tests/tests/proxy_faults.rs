@@ -100,6 +100,8 @@ async fn start_proxy(origin: SocketAddrV4, max_sessions: usize, tweak: fn(&mut S
     tweak(&mut service);
     let relay = UserspaceRelay::new(RelaySettings {
         bind_ip: *service.listen.ip(),
+        origin_side_ip: *service.listen.ip(),
+        active_port_20: false,
         ports: service.data_ports,
         lease_ttl: service.lease_ttl(),
         connect_timeout: service.connect_timeout(),
@@ -258,7 +260,7 @@ async fn bad_lines_get_errors_not_stalls() {
         (b"CWD \xc3\x28\r\n", "501 "),
         (b"\xff\xf4\xff\xf2NOOP\r\n", "200 "),
         (b"AUTH TLS\r\n", "534 "),
-        (b"PORT 127,0,0,1,200,1\r\n", "502 "),
+        (b"PORT 127,0,0,2,200,1\r\n", "504 "),
     ];
     for (line, code) in cases {
         c.send(line).await;

@@ -26,7 +26,10 @@ use std::{
 
 use tracing::{debug, info, warn};
 
-use super::{Dataplane, LeaseError, LeaseGrant, LeaseId, LeaseRequest, ports::PortPool};
+use super::{
+    ActiveGrant, ActiveRequest, Dataplane, LeaseError, LeaseGrant, LeaseId, LeaseRequest,
+    ports::PortPool,
+};
 use crate::{
     config::PortRange,
     kernel::{FlowState, Kernel, KernelError, Lease, LeaseAction, monotonic_ns},
@@ -42,6 +45,9 @@ pub struct KernelSettings {
     pub public_ip: Ipv4Addr,
     /// The gateway's origin-facing address: the source of data connections to the origin.
     pub nat_ip: Ipv4Addr,
+    /// Active mode: data connections reach clients from public port 20 (else from the
+    /// lease's port).
+    pub active_port_20: bool,
     pub ports: PortRange,
     pub lease_ttl: Duration,
     /// A data connection silent for this long is removed.
@@ -70,14 +76,20 @@ pub struct KernelDataplane {
     stats: KernelStats,
 }
 
+/// A lease as userspace follows it. The data connection arrives from `peer` at `local`
+/// and is NATed to `target` from `source`:
+/// passive: client → public:port ⇒ nat:port → origin; active: origin → nat:port ⇒
+/// public:(port|20) → client.
 #[derive(Debug)]
 struct Tracked {
-    client: Ipv4Addr,
-    port: u16,
-    origin: SocketAddrV4,
+    peer: Ipv4Addr,
+    local: SocketAddrV4,
+    target: SocketAddrV4,
+    source: SocketAddrV4,
+    active: bool,
     deadline: Instant,
     revoked: bool,
-    /// The client port of the connection the lease admitted.
+    /// The peer's source port of the connection the lease admitted.
     claimed: Option<u16>,
     /// When the lease entry was deleted without a claim: the port is freed one sweep later.
     deleted: bool,
@@ -133,7 +145,7 @@ impl KernelDataplane {
         leases.retain(|_, t| match self.step(t, now) {
             Ok(keep) => keep,
             Err(e) => {
-                warn!(client = %t.client, port = t.port, error = %e, "lease bookkeeping failed");
+                warn!(peer = %t.peer, port = t.local.port(), error = %e, "lease bookkeeping failed");
                 true
             }
         });
@@ -141,21 +153,26 @@ impl KernelDataplane {
 
     /// Advances one lease; `Ok(false)` when it is over and its port was freed.
     fn step(&self, t: &mut Tracked, now: Instant) -> Result<bool, KernelError> {
-        let public = self.public(t.port);
         let mut kernel = self.kernel();
         if t.claimed.is_none() {
-            t.claimed = kernel.claim(t.client, public)?;
-            if let Some(client_port) = t.claimed {
+            t.claimed = kernel.claim(t.peer, t.local)?;
+            if let Some(peer_port) = t.claimed {
                 self.stats.used.fetch_add(1, Ordering::Relaxed);
-                info!(client = %SocketAddrV4::new(t.client, client_port), port = t.port, origin = %t.origin, "data connection started in the kernel");
+                info!(
+                    mode = if t.active { "active" } else { "passive" },
+                    from = %SocketAddrV4::new(t.peer, peer_port),
+                    to = %t.target,
+                    port = t.local.port(),
+                    "data connection started in the kernel"
+                );
                 // The claim and the flows carry the connection from now on.
-                kernel.remove_lease(t.client, public)?;
+                kernel.remove_lease(t.peer, t.local)?;
             }
         }
-        let Some(client_port) = t.claimed else {
+        let Some(peer_port) = t.claimed else {
             if t.deleted {
                 // A sweep has passed since the delete: no SYN can still be claiming it.
-                self.pool.release(t.port);
+                self.pool.release(t.local.port());
                 return Ok(false);
             }
             if t.revoked || now >= t.deadline {
@@ -165,16 +182,20 @@ impl KernelDataplane {
                     &self.stats.expired
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                debug!(port = t.port, revoked = t.revoked, "unused lease removed");
-                kernel.remove_lease(t.client, public)?;
+                debug!(
+                    port = t.local.port(),
+                    revoked = t.revoked,
+                    "unused lease removed"
+                );
+                kernel.remove_lease(t.peer, t.local)?;
                 t.deleted = true;
             }
             return Ok(true);
         };
-        let to_origin = kernel.flow((SocketAddrV4::new(t.client, client_port), public))?;
-        let nat = SocketAddrV4::new(self.settings.nat_ip, t.port);
-        let to_client = kernel.flow((t.origin, nat))?;
-        let (closed, idle) = match (to_origin, to_client) {
+        let forward_key = (SocketAddrV4::new(t.peer, peer_port), t.local);
+        let forward = kernel.flow(forward_key)?;
+        let reverse = kernel.flow((t.target, t.source))?;
+        let (closed, idle) = match (forward, reverse) {
             (Some(a), Some(b)) => {
                 let closed = (a.fin && b.fin) || a.rst || b.rst;
                 let last = a.last_seen_ns.max(b.last_seen_ns);
@@ -196,30 +217,38 @@ impl KernelDataplane {
             t.closed_since = None;
             return Ok(true);
         }
-        kernel.remove_flow((SocketAddrV4::new(t.client, client_port), public))?;
-        kernel.remove_flow((t.origin, nat))?;
-        kernel.remove_claim(t.client, public)?;
-        kernel.remove_lease(t.client, public)?;
+        kernel.remove_flow(forward_key)?;
+        kernel.remove_flow((t.target, t.source))?;
+        kernel.remove_claim(t.peer, t.local)?;
+        kernel.remove_lease(t.peer, t.local)?;
         drop(kernel);
-        self.finish(t, client_port, to_origin, to_client, idle);
-        self.pool.release(t.port);
+        self.finish(t, peer_port, forward, reverse, idle);
+        self.pool.release(t.local.port());
         Ok(false)
     }
 
     fn finish(
         &self,
         t: &Tracked,
-        client_port: u16,
-        to_origin: Option<FlowState>,
-        to_client: Option<FlowState>,
+        peer_port: u16,
+        forward: Option<FlowState>,
+        reverse: Option<FlowState>,
         idle: bool,
     ) {
-        let up = to_origin.map_or(0, |f| f.bytes);
-        let down = to_client.map_or(0, |f| f.bytes);
-        self.stats.bytes_to_origin.fetch_add(up, Ordering::Relaxed);
+        // Forward is peer → target: client → origin in passive mode, the reverse in active.
+        let (up, down) = if t.active {
+            (reverse, forward)
+        } else {
+            (forward, reverse)
+        };
+        let up_bytes = up.map_or(0, |f| f.bytes);
+        let down_bytes = down.map_or(0, |f| f.bytes);
+        self.stats
+            .bytes_to_origin
+            .fetch_add(up_bytes, Ordering::Relaxed);
         self.stats
             .bytes_to_client
-            .fetch_add(down, Ordering::Relaxed);
+            .fetch_add(down_bytes, Ordering::Relaxed);
         let counter = if idle {
             &self.stats.flows_idle
         } else {
@@ -227,35 +256,31 @@ impl KernelDataplane {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         info!(
-            client = %SocketAddrV4::new(t.client, client_port),
-            port = t.port,
-            origin = %t.origin,
-            bytes_to_client = down,
-            bytes_to_origin = up,
-            packets = to_origin.map_or(0, |f| f.packets) + to_client.map_or(0, |f| f.packets),
+            mode = if t.active { "active" } else { "passive" },
+            from = %SocketAddrV4::new(t.peer, peer_port),
+            to = %t.target,
+            port = t.local.port(),
+            bytes_to_client = down_bytes,
+            bytes_to_origin = up_bytes,
+            packets = up.map_or(0, |f| f.packets) + down.map_or(0, |f| f.packets),
             ended = if idle { "idle timeout" } else { "closed" },
             "data connection done (kernel)"
         );
     }
-}
 
-impl Dataplane for KernelDataplane {
-    fn install(&self, request: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
-        let Some(port) = self.pool.allocate() else {
-            return Err(LeaseError::PortsExhausted(self.pool.capacity()));
-        };
-        let ttl = self.settings.lease_ttl;
+    /// Installs a NAT lease for `peer` → `local`, carried to `target` from `source`.
+    fn install_nat(&self, t: Tracked) -> Result<LeaseId, LeaseError> {
         let lease = Lease {
-            client: request.client,
-            public: self.public(port),
+            peer: t.peer,
+            local: t.local,
             action: LeaseAction::Nat {
-                origin: request.origin,
-                nat: SocketAddrV4::new(self.settings.nat_ip, port),
-                deadline_ns: monotonic_ns() + ttl.as_nanos() as u64,
+                target: t.target,
+                source: t.source,
+                deadline_ns: monotonic_ns() + self.settings.lease_ttl.as_nanos() as u64,
             },
         };
         if let Err(e) = self.kernel().insert_lease(&lease) {
-            self.pool.release(port);
+            self.pool.release(t.local.port());
             return Err(match e {
                 KernelError::LeasesFull(_) => LeaseError::TableFull,
                 other => LeaseError::Io(std::io::Error::other(other.to_string())),
@@ -266,23 +291,73 @@ impl Dataplane for KernelDataplane {
         self.leases
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                id,
-                Tracked {
-                    client: request.client,
-                    port,
-                    origin: request.origin,
-                    deadline: Instant::now() + ttl,
-                    revoked: false,
-                    claimed: None,
-                    deleted: false,
-                    closed_since: None,
-                },
-            );
+            .insert(id, t);
+        Ok(id)
+    }
+
+    fn allocate(&self) -> Result<u16, LeaseError> {
+        self.pool
+            .allocate()
+            .ok_or(LeaseError::PortsExhausted(self.pool.capacity()))
+    }
+
+    fn tracked(
+        &self,
+        peer: Ipv4Addr,
+        local: SocketAddrV4,
+        target: SocketAddrV4,
+        source: SocketAddrV4,
+        active: bool,
+    ) -> Tracked {
+        Tracked {
+            peer,
+            local,
+            target,
+            source,
+            active,
+            deadline: Instant::now() + self.settings.lease_ttl,
+            revoked: false,
+            claimed: None,
+            deleted: false,
+            closed_since: None,
+        }
+    }
+}
+
+impl Dataplane for KernelDataplane {
+    fn install(&self, request: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
+        let port = self.allocate()?;
+        let t = self.tracked(
+            request.client,
+            self.public(port),
+            request.origin,
+            SocketAddrV4::new(self.settings.nat_ip, port),
+            false,
+        );
+        let id = self.install_nat(t)?;
         Ok(LeaseGrant {
             id,
             public_port: port,
         })
+    }
+
+    fn install_active(&self, request: ActiveRequest) -> Result<ActiveGrant, LeaseError> {
+        let port = self.allocate()?;
+        let origin_side = SocketAddrV4::new(self.settings.nat_ip, port);
+        let source_port = if self.settings.active_port_20 {
+            20
+        } else {
+            port
+        };
+        let t = self.tracked(
+            request.origin,
+            origin_side,
+            request.client,
+            self.public(source_port),
+            true,
+        );
+        let id = self.install_nat(t)?;
+        Ok(ActiveGrant { id, origin_side })
     }
 
     fn revoke(&self, id: LeaseId) {
@@ -325,7 +400,7 @@ pub fn setup(services: &[&crate::config::Service], max_leases: u32) -> anyhow::R
     for s in services {
         let nat_ip = match s.nat_ip {
             Some(ip) => ip,
-            None => source_address_towards(*s.origin.ip()).with_context(|| {
+            None => super::origin_side_ip(*s.origin.ip()).with_context(|| {
                 format!(
                     "service `{}`: cannot find the address that reaches {}; set nat_ip",
                     s.name, s.origin
@@ -338,6 +413,7 @@ pub fn setup(services: &[&crate::config::Service], max_leases: u32) -> anyhow::R
             first_port: s.data_ports.first,
             last_port: s.data_ports.last,
             nat_ip: Some(nat_ip),
+            active_port_20: s.active_mode && s.active_from_port_20,
         });
     }
     kernel.set_protected_ranges(&ranges)?;
@@ -377,16 +453,6 @@ pub fn setup(services: &[&crate::config::Service], max_leases: u32) -> anyhow::R
         kernel: Arc::new(Mutex::new(kernel)),
         nat_ips,
     })
-}
-
-/// The local address the kernel uses to reach `dst` (a connected UDP socket sends nothing).
-fn source_address_towards(dst: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
-    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-    socket.connect((dst, 9))?;
-    match socket.local_addr()? {
-        std::net::SocketAddr::V4(a) => Ok(*a.ip()),
-        std::net::SocketAddr::V6(_) => Err(std::io::Error::other("IPv6 source address")),
-    }
 }
 
 /// Keeps the gateway's own sockets off the data ports (they are NAT ports too).

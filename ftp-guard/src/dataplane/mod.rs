@@ -11,12 +11,27 @@ pub mod userspace;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-/// What a lease admits: one data connection from `client` to a public port, carried to
-/// `origin`.
+/// Passive mode: one data connection from `client` to a public port, carried to `origin`
+/// (the address and port from the origin's 227 reply).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseRequest {
     pub client: Ipv4Addr,
     pub origin: SocketAddrV4,
+}
+
+/// Active mode: one data connection from the origin (`origin`, its address) to a port on
+/// the gateway's origin-side address, carried to `client` (the address from PORT/EPRT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActiveRequest {
+    pub origin: Ipv4Addr,
+    pub client: SocketAddrV4,
+}
+
+/// An installed active lease: the origin is told to connect to `origin_side`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActiveGrant {
+    pub id: LeaseId,
+    pub origin_side: SocketAddrV4,
 }
 
 /// Identifies an installed lease for [`Dataplane::revoke`].
@@ -44,6 +59,18 @@ pub enum LeaseError {
 /// network; implementations that need tasks spawn them on the current tokio runtime.
 pub trait Dataplane: Send + Sync {
     fn install(&self, request: LeaseRequest) -> Result<LeaseGrant, LeaseError>;
+    fn install_active(&self, request: ActiveRequest) -> Result<ActiveGrant, LeaseError>;
     /// Revokes a lease not yet used; a data connection already under way goes on to its end.
     fn revoke(&self, id: LeaseId);
+}
+
+/// The gateway's address towards `origin`: the one the kernel picks as source (a connected
+/// UDP socket sends nothing). Data connections to or from the origin use it.
+pub fn origin_side_ip(origin: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.connect((origin, 9))?;
+    match socket.local_addr()? {
+        std::net::SocketAddr::V4(a) => Ok(*a.ip()),
+        std::net::SocketAddr::V6(_) => Err(std::io::Error::other("IPv6 source address")),
+    }
 }

@@ -20,7 +20,10 @@ use tokio::{
 };
 use tracing::{Instrument as _, debug, info, warn};
 
-use super::{Dataplane, LeaseError, LeaseGrant, LeaseId, LeaseRequest, ports::PortPool};
+use super::{
+    ActiveGrant, ActiveRequest, Dataplane, LeaseError, LeaseGrant, LeaseId, LeaseRequest,
+    ports::PortPool,
+};
 use crate::config::PortRange;
 
 /// Bind attempts per lease when a chosen port turns out to be taken by another socket.
@@ -28,8 +31,13 @@ const BIND_ATTEMPTS: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct RelaySettings {
-    /// Local address the data listeners bind to (the service's listen address).
+    /// Local address the passive data listeners bind to (the service's listen address);
+    /// active-mode connections to clients come from it too.
     pub bind_ip: Ipv4Addr,
+    /// The gateway's address towards the origin: active-mode listeners bind to it.
+    pub origin_side_ip: Ipv4Addr,
+    /// Active mode: connect to clients from port 20.
+    pub active_port_20: bool,
     pub ports: PortRange,
     /// How long a lease waits for its client.
     pub lease_ttl: Duration,
@@ -77,13 +85,13 @@ impl UserspaceRelay {
         self.pool.in_use()
     }
 
-    fn bind(&self) -> Result<(u16, TcpListener), LeaseError> {
+    fn bind(&self, ip: Ipv4Addr) -> Result<(u16, TcpListener), LeaseError> {
         let mut last_error = None;
         for _ in 0..BIND_ATTEMPTS {
             let Some(port) = self.pool.allocate() else {
                 return Err(LeaseError::PortsExhausted(self.pool.capacity()));
             };
-            match bind_listener(SocketAddrV4::new(self.settings.bind_ip, port)) {
+            match bind_listener(SocketAddrV4::new(ip, port)) {
                 Ok(listener) => return Ok((port, listener)),
                 Err(e) => {
                     // Someone else's socket holds it: keep it reserved, try another.
@@ -98,6 +106,17 @@ impl UserspaceRelay {
     }
 }
 
+/// Connects to `target`, from `source` when given (port 20 needs SO_REUSEADDR: several
+/// active transfers share it, each with its own 4-tuple).
+async fn connect_from(source: Option<SocketAddrV4>, target: SocketAddrV4) -> io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(source) = source {
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::V4(source))?;
+    }
+    socket.connect(SocketAddr::V4(target)).await
+}
+
 fn bind_listener(addr: SocketAddrV4) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
@@ -106,9 +125,16 @@ fn bind_listener(addr: SocketAddrV4) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-impl Dataplane for UserspaceRelay {
-    fn install(&self, request: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
-        let (port, listener) = self.bind()?;
+impl UserspaceRelay {
+    /// Starts the task that waits for `peer` on `listener` and relays to `target`.
+    fn spawn(
+        &self,
+        port: u16,
+        listener: TcpListener,
+        peer: Ipv4Addr,
+        target: SocketAddrV4,
+        source: Option<SocketAddrV4>,
+    ) -> LeaseId {
         let id = LeaseId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (cancel_tx, cancel_rx) = oneshot::channel();
         self.waiting
@@ -119,7 +145,9 @@ impl Dataplane for UserspaceRelay {
         let lease = Lease {
             id,
             port,
-            request,
+            peer,
+            target,
+            source,
             settings: self.settings.clone(),
             pool: self.pool.clone(),
             waiting: self.waiting.clone(),
@@ -127,9 +155,28 @@ impl Dataplane for UserspaceRelay {
         };
         let span = tracing::info_span!("lease", id = id.0, port);
         tokio::spawn(lease.run(listener, cancel_rx).instrument(span));
+        id
+    }
+}
+
+impl Dataplane for UserspaceRelay {
+    fn install(&self, request: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
+        let (port, listener) = self.bind(self.settings.bind_ip)?;
+        let id = self.spawn(port, listener, request.client, request.origin, None);
         Ok(LeaseGrant {
             id,
             public_port: port,
+        })
+    }
+
+    fn install_active(&self, request: ActiveRequest) -> Result<ActiveGrant, LeaseError> {
+        let (port, listener) = self.bind(self.settings.origin_side_ip)?;
+        let source_port = if self.settings.active_port_20 { 20 } else { 0 };
+        let source = SocketAddrV4::new(self.settings.bind_ip, source_port);
+        let id = self.spawn(port, listener, request.origin, request.client, Some(source));
+        Ok(ActiveGrant {
+            id,
+            origin_side: SocketAddrV4::new(self.settings.origin_side_ip, port),
         })
     }
 
@@ -146,10 +193,14 @@ impl Dataplane for UserspaceRelay {
     }
 }
 
+/// One lease's task: waits for `peer` on the listener, then relays to `target`.
 struct Lease {
     id: LeaseId,
     port: u16,
-    request: LeaseRequest,
+    peer: Ipv4Addr,
+    target: SocketAddrV4,
+    /// Where to connect to `target` from (active mode); `None`: the kernel's choice.
+    source: Option<SocketAddrV4>,
     settings: RelaySettings,
     pool: Arc<PortPool>,
     waiting: Arc<Mutex<HashMap<LeaseId, oneshot::Sender<()>>>>,
@@ -177,7 +228,7 @@ impl Lease {
         self.pool.release(self.port);
     }
 
-    /// The first connection from the lease's client within the TTL; strangers are closed.
+    /// The first connection from the lease's peer within the TTL; strangers are closed.
     async fn wait_for_client(&self, listener: &TcpListener) -> Option<TcpStream> {
         let deadline = tokio::time::Instant::now() + self.settings.lease_ttl;
         loop {
@@ -192,34 +243,41 @@ impl Lease {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Ok(Ok((stream, peer))) => {
-                    if peer.ip() == IpAddr::V4(self.request.client) {
+                    if peer.ip() == IpAddr::V4(self.peer) {
                         return Some(stream);
                     }
                     self.stats.strangers_refused.fetch_add(1, Ordering::Relaxed);
-                    warn!(%peer, client = %self.request.client, "data connection from a stranger refused");
+                    warn!(%peer, expected = %self.peer, "data connection from a stranger refused");
                 }
             }
         }
     }
 
-    async fn relay(&self, mut client: TcpStream) {
+    async fn relay(&self, mut from_peer: TcpStream) {
         let started = Instant::now();
-        let connect = TcpStream::connect(self.request.origin);
-        let mut origin = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
+        let connect = connect_from(self.source, self.target);
+        let mut to_target = match tokio::time::timeout(self.settings.connect_timeout, connect).await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                warn!(origin = %self.request.origin, error = %e, "origin data connection failed");
+                warn!(target = %self.target, error = %e, "data connection to the target failed");
                 return;
             }
             Err(_) => {
-                warn!(origin = %self.request.origin, "origin data connection timed out");
+                warn!(target = %self.target, "data connection to the target timed out");
                 return;
             }
         };
-        let _ = client.set_nodelay(true);
-        let _ = origin.set_nodelay(true);
-        match tokio::io::copy_bidirectional(&mut client, &mut origin).await {
-            Ok((to_origin, to_client)) => {
+        let _ = from_peer.set_nodelay(true);
+        let _ = to_target.set_nodelay(true);
+        match tokio::io::copy_bidirectional(&mut from_peer, &mut to_target).await {
+            Ok((peer_to_target, target_to_peer)) => {
+                // Passive: the peer is the client; active (a source is set): the origin.
+                let (to_origin, to_client) = if self.source.is_some() {
+                    (target_to_peer, peer_to_target)
+                } else {
+                    (peer_to_target, target_to_peer)
+                };
                 self.stats
                     .bytes_to_origin
                     .fetch_add(to_origin, Ordering::Relaxed);

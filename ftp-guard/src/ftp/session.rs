@@ -12,7 +12,7 @@
 //! form it asked for.
 use std::{
     collections::VecDeque,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
 };
 
 use super::{
@@ -26,6 +26,10 @@ use super::{
 /// Limits and addresses of one session.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
+    /// The client's address on the control connection: the only one PORT/EPRT may name.
+    pub client_ip: Ipv4Addr,
+    /// Whether active mode (PORT/EPRT) is offered at all.
+    pub active_mode: bool,
     /// Address advertised to the client in 227 replies.
     pub public_ip: Ipv4Addr,
     /// The origin's control address: also where its passive data ports are.
@@ -51,7 +55,10 @@ pub enum Event<'a> {
     FromOrigin(&'a [u8]),
     /// The lease requested by [`Action::InstallLease`] exists: the client may connect here.
     LeaseInstalled { public_port: u16 },
-    /// The lease could not be installed (ports or map exhausted, internal error).
+    /// The lease requested by [`Action::InstallActiveLease`] exists: the origin is told to
+    /// connect here.
+    ActiveLeaseInstalled { origin_side: SocketAddrV4 },
+    /// The lease (passive or active) could not be installed (ports or map exhausted…).
     LeaseFailed { reason: String },
 }
 
@@ -70,6 +77,10 @@ pub enum Action {
     /// Install a lease: the client may open one data connection that reaches `origin`.
     /// Answer with [`Event::LeaseInstalled`] or [`Event::LeaseFailed`].
     InstallLease { origin: SocketAddrV4 },
+    /// Install an active-mode lease: the origin may open one data connection that reaches
+    /// `client` (the address the client named, already checked to be its own).
+    /// Answer with [`Event::ActiveLeaseInstalled`] or [`Event::LeaseFailed`].
+    InstallActiveLease { client: SocketAddrV4 },
     /// Log a protocol problem (the session goes on unless a `Close` follows).
     Warn(String),
     /// Close both connections after the writes above.
@@ -96,6 +107,9 @@ enum Pending {
     Passive(PassiveForm),
     /// Waiting for the driver to install a lease for a passive reply.
     AwaitingLease(PassiveForm),
+    /// Waiting for the driver to install an active-mode lease; the PORT for the origin
+    /// is sent when it exists, and client input is held until then (command order).
+    AwaitingActive,
     /// QUIT: forward the reply, then close.
     Quit,
     /// A reply made here; sent when it reaches the front.
@@ -109,8 +123,8 @@ impl Pending {
 }
 
 /// Features the gateway removes from FEAT: TLS (not carried yet, and a TLS handshake must
-/// never reach the line parser) and active mode (not supported yet).
-const HIDDEN_FEATURES: &[&str] = &["AUTH", "PBSZ", "PROT", "CCC", "ADAT", "EPRT"];
+/// never reach the line parser); EPRT too when active mode is off.
+const HIDDEN_FEATURES: &[&str] = &["AUTH", "PBSZ", "PROT", "CCC", "ADAT"];
 
 pub struct Session {
     config: SessionConfig,
@@ -125,6 +139,8 @@ pub struct Session {
     epsv_all: bool,
     /// A lease may exist that the next passive request or the end must revoke.
     lease_outstanding: bool,
+    /// Client lines wait in their reader while an active lease is being installed.
+    holding_client: bool,
     closed: bool,
 }
 
@@ -142,6 +158,7 @@ impl Session {
             actions: VecDeque::new(),
             epsv_all: false,
             lease_outstanding: false,
+            holding_client: false,
             closed: false,
         }
     }
@@ -171,7 +188,16 @@ impl Session {
                 self.drain_origin_lines();
             }
             Event::LeaseInstalled { public_port } => self.lease_result(Ok(public_port)),
-            Event::LeaseFailed { reason } => self.lease_result(Err(reason)),
+            Event::ActiveLeaseInstalled { origin_side } => {
+                self.active_lease_result(Ok(origin_side))
+            }
+            Event::LeaseFailed { reason } => {
+                if matches!(self.pending.back(), Some(Pending::AwaitingActive)) {
+                    self.active_lease_result(Err(reason));
+                } else {
+                    self.lease_result(Err(reason));
+                }
+            }
         }
         self.flush();
     }
@@ -203,7 +229,9 @@ impl Session {
     }
 
     fn drain_client_lines(&mut self) {
-        while let Some(line) = self.client_lines.next_line() {
+        while !self.holding_client
+            && let Some(line) = self.client_lines.next_line()
+        {
             if self.closed {
                 return;
             }
@@ -263,14 +291,11 @@ impl Session {
                 }
                 Err(_) => self.local(Reply::new(501, "Syntax error in EPSV argument.")),
             },
-            "PORT" | "EPRT" | "LPRT" | "LPSV" => {
-                let reply = if self.epsv_all {
-                    Reply::new(503, "EPSV ALL in effect: use EPSV.")
-                } else {
-                    Reply::new(502, "Active mode is not available here: use PASV or EPSV.")
-                };
-                self.local(reply);
-            }
+            "PORT" | "EPRT" => self.active(&command),
+            "LPRT" | "LPSV" => self.local(Reply::new(
+                502,
+                "Long address forms are not supported: use PASV, EPSV, PORT or EPRT.",
+            )),
             "AUTH" => self.local(Reply::new(
                 534,
                 "TLS is not available through this gateway; continue without it.",
@@ -292,6 +317,95 @@ impl Session {
             }
             _ => self.forward(&command, Pending::Forward),
         }
+    }
+
+    /// PORT/EPRT: only the client's own address and an unprivileged port (FTP bounce,
+    /// RFC 2577); the origin is told a port of the gateway's instead, once it is leased.
+    fn active(&mut self, command: &Command) {
+        let verb = command.verb.as_str();
+        if self.epsv_all {
+            return self.local(Reply::new(503, "EPSV ALL in effect: use EPSV."));
+        }
+        if !self.config.active_mode {
+            return self.local(Reply::new(
+                502,
+                "Active mode is disabled on this service: use PASV or EPSV.",
+            ));
+        }
+        let arg = command.arg.as_deref().unwrap_or("");
+        let parsed = if verb == "PORT" {
+            address::parse_port_arg(arg).map(SocketAddr::V4)
+        } else {
+            address::parse_eprt_arg(arg)
+        };
+        let addr = match parsed {
+            Ok(SocketAddr::V4(a)) => a,
+            Ok(SocketAddr::V6(_)) => {
+                return self.local(Reply::new(522, "Network protocol not supported, use (1)"));
+            }
+            Err(e) => {
+                self.actions
+                    .push_back(Action::Warn(format!("client: malformed {verb} ({e})")));
+                return self.local(Reply::new(
+                    501,
+                    &format!("Syntax error in {verb} argument."),
+                ));
+            }
+        };
+        if *addr.ip() != self.config.client_ip {
+            self.actions.push_back(Action::Warn(format!(
+                "FTP bounce refused: {verb} names {addr}, the client is {}",
+                self.config.client_ip
+            )));
+            return self.local(Reply::new(
+                504,
+                &format!("Refused: {verb} must name your own address (no third parties)."),
+            ));
+        }
+        if addr.port() < 1024 {
+            self.actions.push_back(Action::Warn(format!(
+                "refused {verb} to privileged port {addr}"
+            )));
+            return self.local(Reply::new(
+                504,
+                "Refused: data ports below 1024 are not allowed.",
+            ));
+        }
+        self.revoke_lease();
+        self.actions
+            .push_back(Action::InstallActiveLease { client: addr });
+        self.lease_outstanding = true;
+        self.pending.push_back(Pending::AwaitingActive);
+        self.holding_client = true;
+    }
+
+    fn active_lease_result(&mut self, result: Result<SocketAddrV4, String>) {
+        if !matches!(self.pending.back(), Some(Pending::AwaitingActive)) {
+            self.actions.push_back(Action::Warn(
+                "active lease result with none requested".into(),
+            ));
+            return;
+        }
+        self.pending.pop_back();
+        self.holding_client = false;
+        match result {
+            Ok(origin_side) => {
+                // The origin is always told PORT: every IPv4 server understands it.
+                let line = format!("PORT {}\r\n", address::port_arg(origin_side));
+                self.actions.push_back(Action::ToOrigin(line.into_bytes()));
+                self.pending.push_back(Pending::Forward);
+            }
+            Err(reason) => {
+                self.lease_outstanding = false;
+                self.actions
+                    .push_back(Action::Warn(format!("no data lease: {reason}")));
+                self.local(Reply::new(
+                    425,
+                    "Can't open data connection: no data port free, try again later.",
+                ));
+            }
+        }
+        self.drain_client_lines();
     }
 
     fn passive(&mut self, form: PassiveForm) {
@@ -354,7 +468,7 @@ impl Session {
                         self.say(reply);
                     }
                 }
-                Some(Pending::AwaitingLease(_)) => return,
+                Some(Pending::AwaitingLease(_) | Pending::AwaitingActive) => return,
                 Some(_) => {
                     let Some(reply) = self.unmatched.pop_front() else {
                         return;
@@ -395,7 +509,7 @@ impl Session {
                 }
             }
             Some(Pending::Feat) => {
-                let filtered = filter_feat(&reply);
+                let filtered = filter_feat(&reply, self.config.active_mode);
                 self.say_scrubbed(&filtered);
             }
             Some(Pending::Quit) => {
@@ -403,7 +517,7 @@ impl Session {
                 self.close();
             }
             Some(Pending::Passive(form)) => self.passive_reply(form, &reply),
-            Some(Pending::AwaitingLease(_)) | Some(Pending::Local(_)) => {
+            Some(Pending::AwaitingLease(_) | Pending::AwaitingActive | Pending::Local(_)) => {
                 unreachable!("flush never matches origin replies to these")
             }
         }
@@ -492,9 +606,10 @@ impl Session {
     }
 }
 
-/// FEAT reply minus [`HIDDEN_FEATURES`], plus EPSV (the gateway offers it whatever the
-/// origin does). Feature lines start with a space (RFC 2389 §3.2).
-fn filter_feat(reply: &Reply) -> Reply {
+/// FEAT reply minus [`HIDDEN_FEATURES`] (and EPRT without active mode), plus EPSV (the
+/// gateway offers it whatever the origin does). Feature lines start with a space
+/// (RFC 2389 §3.2).
+fn filter_feat(reply: &Reply, active_mode: bool) -> Reply {
     if reply.code != 211 || !reply.is_multiline() {
         return reply.clone();
     }
@@ -504,7 +619,9 @@ fn filter_feat(reply: &Reply) -> Reply {
     let mut has_epsv = false;
     for line in &reply.lines[1..n - 1] {
         let name = feature_name(line);
-        if HIDDEN_FEATURES.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        if HIDDEN_FEATURES.iter().any(|h| name.eq_ignore_ascii_case(h))
+            || (!active_mode && name.eq_ignore_ascii_case("EPRT"))
+        {
             continue;
         }
         has_epsv |= name.eq_ignore_ascii_case("EPSV");
@@ -534,8 +651,16 @@ mod tests {
     const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
     const ORIGIN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+
     fn session() -> Session {
+        session_with(true)
+    }
+
+    fn session_with(active_mode: bool) -> Session {
         Session::new(SessionConfig {
+            client_ip: CLIENT,
+            active_mode,
             public_ip: PUBLIC,
             origin_ip: ORIGIN,
             scrubber: Scrubber::new(&[IpAddr::V4(ORIGIN)], PUBLIC),
@@ -647,13 +772,17 @@ mod tests {
     fn replies_keep_command_order_around_local_answers() {
         let mut s = greeted();
         let out = client(&mut s, b"NOOP\r\nAUTH TLS\r\nSYST\r\nPORT 1,2,3,4,5,6\r\n");
-        assert_eq!(out, vec![to_origin("NOOP\r\n"), to_origin("SYST\r\n")]);
+        let sent: Vec<_> = out
+            .iter()
+            .filter(|a| matches!(a, Action::ToOrigin(_)))
+            .collect();
+        assert_eq!(sent, [&to_origin("NOOP\r\n"), &to_origin("SYST\r\n")]);
         let out = origin(&mut s, b"200 ok\r\n");
         let text = client_text(&out);
         assert!(text.starts_with("200 ok\r\n534 "), "{text}");
         assert!(!text.contains("215"), "{text}");
         let text = client_text(&origin(&mut s, b"215 UNIX Type: L8\r\n"));
-        assert!(text.starts_with("215 UNIX Type: L8\r\n502 "), "{text}");
+        assert!(text.starts_with("215 UNIX Type: L8\r\n504 "), "{text}");
     }
 
     #[test]
@@ -790,8 +919,26 @@ mod tests {
         let text = client_text(&origin(&mut s, feat));
         assert_eq!(
             text,
+            "211-Features:\r\n EPRT\r\n SIZE\r\n MDTM\r\n UTF8\r\n EPSV\r\n211 End\r\n"
+        );
+        // Without active mode, EPRT is not offered and PORT/EPRT get a clear refusal.
+        let mut s = session_with(false);
+        s.handle(Event::FromOrigin(b"220 ready\r\n"));
+        drain(&mut s);
+        client(&mut s, b"FEAT\r\n");
+        let text = client_text(&origin(&mut s, feat));
+        assert_eq!(
+            text,
             "211-Features:\r\n SIZE\r\n MDTM\r\n UTF8\r\n EPSV\r\n211 End\r\n"
         );
+        for line in [
+            &b"PORT 203,0,113,2,200,1\r\n"[..],
+            b"EPRT |1|203.0.113.2|51201|\r\n",
+        ] {
+            let out = client(&mut s, line);
+            assert!(client_text(&out).starts_with("502 "), "{out:?}");
+            assert!(!out.iter().any(|a| matches!(a, Action::ToOrigin(_))));
+        }
     }
 
     #[test]
@@ -879,6 +1026,118 @@ mod tests {
             8
         );
         assert_eq!(out.last(), Some(&Action::Close));
+    }
+
+    #[test]
+    fn port_and_eprt_name_a_gateway_port_to_the_origin() {
+        let client_data = SocketAddrV4::new(CLIENT, 51201);
+        for line in [
+            &b"PORT 203,0,113,2,200,1\r\n"[..],
+            b"EPRT |1|203.0.113.2|51201|\r\n",
+            b"eprt !1!203.0.113.2!51201!\r\n",
+        ] {
+            let mut s = greeted();
+            let out = client(&mut s, line);
+            assert_eq!(
+                out,
+                vec![Action::InstallActiveLease {
+                    client: client_data
+                }]
+            );
+            s.handle(Event::ActiveLeaseInstalled {
+                origin_side: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 40005),
+            });
+            assert_eq!(
+                drain(&mut s),
+                vec![to_origin("PORT 198,51,100,1,156,69\r\n")]
+            );
+            let text = client_text(&origin(&mut s, b"200 PORT command successful.\r\n"));
+            assert_eq!(text, "200 PORT command successful.\r\n");
+        }
+    }
+
+    #[test]
+    fn bounce_and_malformed_active_requests_are_refused() {
+        // (line, reply code): nothing may reach the origin, no lease may be asked for.
+        let cases: &[(&[u8], &str)] = &[
+            (b"PORT 192,0,2,66,200,1\r\n", "504 "),
+            (b"PORT 198,51,100,2,0,22\r\n", "504 "),
+            (b"PORT 203,0,113,2,0,21\r\n", "504 "),
+            (b"PORT 203,0,113,2,3,255\r\n", "504 "),
+            (b"EPRT |1|192.0.2.66|51201|\r\n", "504 "),
+            (b"EPRT |1|203.0.113.2|20|\r\n", "504 "),
+            (b"EPRT |2|2001:db8::2|51201|\r\n", "522 "),
+            (b"PORT 203,0,113,2,200\r\n", "501 "),
+            (b"PORT 203,0,113,256,200,1\r\n", "501 "),
+            (b"PORT\r\n", "501 "),
+            (b"PORT 203,0,113,2,200,1,7\r\n", "501 "),
+            (b"EPRT |1|203.0.113.2|\r\n", "501 "),
+            (b"EPRT |3|203.0.113.2|51201|\r\n", "501 "),
+            (b"EPRT 1|203.0.113.2|51201\r\n", "501 "),
+        ];
+        for (line, code) in cases {
+            let mut s = greeted();
+            let out = client(&mut s, line);
+            let text = client_text(&out);
+            let shown = String::from_utf8_lossy(line);
+            assert!(text.starts_with(code), "{shown}: {text}");
+            assert!(
+                !out.iter()
+                    .any(|a| matches!(a, Action::ToOrigin(_) | Action::InstallActiveLease { .. })),
+                "{shown}: {out:?}"
+            );
+            // The session goes on.
+            assert_eq!(client(&mut s, b"NOOP\r\n"), vec![to_origin("NOOP\r\n")]);
+        }
+    }
+
+    #[test]
+    fn commands_after_port_wait_for_its_lease() {
+        let nat = Ipv4Addr::new(198, 51, 100, 1);
+        let mut s = greeted();
+        let out = client(&mut s, b"PORT 203,0,113,2,200,1\r\nRETR f\r\nNOOP\r\n");
+        let client_data = SocketAddrV4::new(CLIENT, 51201);
+        assert_eq!(
+            out,
+            vec![Action::InstallActiveLease {
+                client: client_data
+            }]
+        );
+        s.handle(Event::ActiveLeaseInstalled {
+            origin_side: SocketAddrV4::new(nat, 40000),
+        });
+        assert_eq!(
+            drain(&mut s),
+            vec![
+                to_origin("PORT 198,51,100,1,156,64\r\n"),
+                to_origin("RETR f\r\n"),
+                to_origin("NOOP\r\n")
+            ]
+        );
+        let replies = b"200 PORT ok\r\n150 go\r\n226 done\r\n200 noop\r\n";
+        let text = client_text(&origin(&mut s, replies));
+        assert_eq!(text, String::from_utf8_lossy(replies));
+
+        // A failed lease: 425, and the held commands go on in order.
+        let mut s = greeted();
+        client(&mut s, b"EPRT |1|203.0.113.2|51201|\r\nNOOP\r\n");
+        s.handle(Event::LeaseFailed {
+            reason: "all 2 data ports are leased".into(),
+        });
+        let out = drain(&mut s);
+        assert!(client_text(&out).starts_with("425 "), "{out:?}");
+        assert!(out.contains(&to_origin("NOOP\r\n")));
+
+        // The next data command revokes the active lease.
+        let mut s = greeted();
+        client(&mut s, b"PORT 203,0,113,2,200,1\r\n");
+        s.handle(Event::ActiveLeaseInstalled {
+            origin_side: SocketAddrV4::new(nat, 40000),
+        });
+        drain(&mut s);
+        origin(&mut s, b"200 ok\r\n");
+        let out = client(&mut s, b"PASV\r\n");
+        assert_eq!(out, vec![Action::RevokeLease, to_origin("PASV\r\n")]);
     }
 
     /// The same conversation fed whole and one byte at a time gives the same actions.

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::ServiceContext;
 use crate::{
-    dataplane::{LeaseId, LeaseRequest},
+    dataplane::{ActiveRequest, LeaseId, LeaseRequest},
     ftp::{
         scrub::Scrubber,
         session::{Action, Event, Session, SessionConfig},
@@ -62,6 +62,8 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
     configure_socket(&origin, service.keepalive(), false);
 
     let session = Session::new(SessionConfig {
+        client_ip,
+        active_mode: service.active_mode,
         public_ip: service.public_ip(),
         origin_ip: *service.origin.ip(),
         scrubber: Scrubber::new(&service.hidden_addresses(), service.public_ip()),
@@ -165,6 +167,25 @@ impl Driver {
                             self.lease = Some(grant.id);
                             Event::LeaseInstalled {
                                 public_port: grant.public_port,
+                            }
+                        }
+                        Err(e) => Event::LeaseFailed {
+                            reason: e.to_string(),
+                        },
+                    };
+                    self.session.handle(event);
+                }
+                Action::InstallActiveLease { client } => {
+                    let request = ActiveRequest {
+                        origin: *self.ctx.service.origin.ip(),
+                        client,
+                    };
+                    let event = match self.ctx.dataplane.install_active(request) {
+                        Ok(grant) => {
+                            info!(%client, origin_side = %grant.origin_side, "active data lease installed");
+                            self.lease = Some(grant.id);
+                            Event::ActiveLeaseInstalled {
+                                origin_side: grant.origin_side,
                             }
                         }
                         Err(e) => Event::LeaseFailed {
