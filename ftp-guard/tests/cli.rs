@@ -17,7 +17,10 @@ fn text(bytes: &[u8]) -> String {
 fn version_and_help() {
     let out = ftp_guard(&["--version"]);
     assert!(out.status.success());
-    assert_eq!(text(&out.stdout).trim(), format!("ftp-guard {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("ftp-guard {}", env!("CARGO_PKG_VERSION"))
+    );
     let out = ftp_guard(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
@@ -28,10 +31,17 @@ fn version_and_help() {
 
 #[test]
 fn check_accepts_the_example() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/ftp-guard.example.toml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/ftp-guard.example.toml"
+    );
     let out = ftp_guard(&["check", "--config", example]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("ok (1 service)"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("ok (1 service)"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -52,7 +62,10 @@ fn check_names_the_line_and_key_of_an_error() {
         let out = ftp_guard(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = text(&out.stderr);
-        assert!(err.contains("line 7") && err.contains("max_comand_line"), "{err}");
+        assert!(
+            err.contains("line 7") && err.contains("max_comand_line"),
+            "{err}"
+        );
     }
     let out = ftp_guard(&["check", "--config", "/nonexistent/ftp-guard.toml"]);
     assert_eq!(out.status.code(), Some(1));
