@@ -24,31 +24,42 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound of one connect / one stalled read or write inside a client.
 const IO_TIMEOUT_SECS: u32 = 10;
 
-/// Which passive command the client is told to use.
+/// Which data-connection command the client is told to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PassiveMode {
+pub enum DataMode {
     /// `PASV` / 227 (RFC 959).
     Pasv,
     /// `EPSV` / 229 (RFC 2428), also over IPv4.
     Epsv,
+    /// `PORT` (RFC 959): active, the server connects to the client.
+    Port,
+    /// `EPRT` (RFC 2428), also over IPv4 (not offered by lftp).
+    Eprt,
 }
 
-impl PassiveMode {
-    pub const ALL: [PassiveMode; 2] = [PassiveMode::Pasv, PassiveMode::Epsv];
+impl DataMode {
+    pub const PASSIVE: [DataMode; 2] = [DataMode::Pasv, DataMode::Epsv];
+    pub const ACTIVE: [DataMode; 2] = [DataMode::Port, DataMode::Eprt];
+    pub const ALL: [DataMode; 4] = [
+        DataMode::Pasv,
+        DataMode::Epsv,
+        DataMode::Port,
+        DataMode::Eprt,
+    ];
 
     /// The FTP verb of this mode.
     pub fn verb(self) -> &'static str {
         match self {
-            PassiveMode::Pasv => "PASV",
-            PassiveMode::Epsv => "EPSV",
+            DataMode::Pasv => "PASV",
+            DataMode::Epsv => "EPSV",
+            DataMode::Port => "PORT",
+            DataMode::Eprt => "EPRT",
         }
     }
 
-    fn other(self) -> PassiveMode {
-        match self {
-            PassiveMode::Pasv => PassiveMode::Epsv,
-            PassiveMode::Epsv => PassiveMode::Pasv,
-        }
+    /// The other data-connection verbs: a client that sends one of them fell back.
+    fn others(self) -> impl Iterator<Item = DataMode> {
+        DataMode::ALL.into_iter().filter(move |m| *m != self)
     }
 }
 
@@ -117,9 +128,9 @@ impl ClientRun {
     }
 
     /// Ok when the client sent `mode`'s verb and never the other passive verb (no fallback).
-    pub fn check_mode(&self, mode: PassiveMode) -> Result<()> {
+    pub fn check_mode(&self, mode: DataMode) -> Result<()> {
         ensure!(
-            self.sent(mode.verb()) && !self.sent(mode.other().verb()),
+            self.sent(mode.verb()) && !mode.others().any(|m| self.sent(m.verb())),
             "expected only {} to be used; commands sent: {:?}\n{}",
             mode.verb(),
             self.commands_sent(),
@@ -162,15 +173,18 @@ fn exit_text(status: ExitStatus) -> String {
     }
 }
 
-fn mode_flags_curl(mode: PassiveMode) -> &'static [&'static str] {
+fn mode_flags_curl(mode: DataMode) -> &'static [&'static str] {
     match mode {
-        PassiveMode::Pasv => &["--ftp-pasv", "--disable-epsv"],
+        DataMode::Pasv => &["--ftp-pasv", "--disable-epsv"],
         // curl's default: EPSV first; it would fall back to PASV on an error (visible).
-        PassiveMode::Epsv => &["--ftp-pasv"],
+        DataMode::Epsv => &["--ftp-pasv"],
+        // `-P -`: the address of the control connection's local end.
+        DataMode::Port => &["--ftp-port", "-", "--disable-eprt"],
+        DataMode::Eprt => &["--ftp-port", "-"],
     }
 }
 
-fn curl(ns: &str, login: &Login, mode: PassiveMode, args: &[&OsStr]) -> Result<ClientRun> {
+fn curl(ns: &str, login: &Login, mode: DataMode, args: &[&OsStr]) -> Result<ClientRun> {
     let user = format!("{}:{}", login.user, login.password);
     let max_time = CLIENT_TIMEOUT.as_secs().to_string();
     let connect = IO_TIMEOUT_SECS.to_string();
@@ -195,7 +209,7 @@ pub fn curl_download(
     login: &Login,
     remote: &str,
     dest: &Path,
-    mode: PassiveMode,
+    mode: DataMode,
 ) -> Result<ClientRun> {
     let url = login.url(remote);
     curl(
@@ -212,7 +226,7 @@ pub fn curl_resume_download(
     login: &Login,
     remote: &str,
     dest: &Path,
-    mode: PassiveMode,
+    mode: DataMode,
 ) -> Result<ClientRun> {
     let url = login.url(remote);
     let args: [&OsStr; 5] = [
@@ -231,7 +245,7 @@ pub fn curl_upload(
     src: &Path,
     login: &Login,
     remote: &str,
-    mode: PassiveMode,
+    mode: DataMode,
 ) -> Result<ClientRun> {
     let url = login.url(remote);
     curl(
@@ -243,7 +257,7 @@ pub fn curl_upload(
 }
 
 /// LIST of the directory `dir` ("" for the login directory); the listing is in `stdout`.
-pub fn curl_list(ns: &str, login: &Login, dir: &str, mode: PassiveMode) -> Result<ClientRun> {
+pub fn curl_list(ns: &str, login: &Login, dir: &str, mode: DataMode) -> Result<ClientRun> {
     let dir = dir.trim_matches('/');
     let url = if dir.is_empty() {
         login.url("")
@@ -260,19 +274,22 @@ pub fn curl_list(ns: &str, login: &Login, dir: &str, mode: PassiveMode) -> Resul
 /// `yes`), no TLS, `cmd:fail-exit yes` (the first failing command ends the run with a non-zero
 /// status), one retry at most, 10 s network timeout, `xfer:clobber on`, no rc files (`--norc`).
 /// The trace is lftp's `debug 5` output (`---> CMD` / `<--- reply`) from stderr.
-pub fn lftp_run(ns: &str, login: &Login, script: &str, mode: PassiveMode) -> Result<ClientRun> {
+pub fn lftp_run(ns: &str, login: &Login, script: &str, mode: DataMode) -> Result<ClientRun> {
     for (what, value) in [("user", &login.user), ("password", &login.password)] {
         ensure!(
             !value.contains(['"', '\\', ',', '\n']),
             "lftp_run: the {what} must not contain '\"', '\\\\', ',' or a newline"
         );
     }
-    let prefer_epsv = match mode {
-        PassiveMode::Pasv => "no",
-        PassiveMode::Epsv => "yes",
+    // lftp over IPv4: EPSV only with prefer-epsv; active mode always sends PORT.
+    let (passive, prefer_epsv) = match mode {
+        DataMode::Pasv => ("on", "no"),
+        DataMode::Epsv => ("on", "yes"),
+        DataMode::Port => ("off", "no"),
+        DataMode::Eprt => bail!("lftp sends EPRT only over IPv6"),
     };
     let full = format!(
-        "set cmd:fail-exit yes; set cmd:interactive no; set ftp:passive-mode on; \
+        "set cmd:fail-exit yes; set cmd:interactive no; set ftp:passive-mode {passive}; \
          set ftp:prefer-epsv {prefer_epsv}; set ftp:ssl-allow no; set net:max-retries 1; \
          set net:timeout {IO_TIMEOUT_SECS}; set net:reconnect-interval-base 1; \
          set xfer:clobber on; debug 5; \
@@ -298,7 +315,7 @@ pub fn lftp_run(ns: &str, login: &Login, script: &str, mode: PassiveMode) -> Res
 /// ftplib itself sends EPSV only when the control socket is IPv6: a subclass overrides
 /// `makepasv` to send exactly the requested verb (PASV: the 227 address is ignored, as
 /// ftplib does by default). The trace is `set_debuglevel(2)` (`*cmd* 'EPSV'`), sent to stderr.
-pub fn ftplib_run(ns: &str, login: &Login, ops: &[&str], mode: PassiveMode) -> Result<ClientRun> {
+pub fn ftplib_run(ns: &str, login: &Login, ops: &[&str], mode: DataMode) -> Result<ClientRun> {
     let ip = login.addr.ip().to_string();
     let port = login.addr.port().to_string();
     let timeout = IO_TIMEOUT_SECS.to_string();
@@ -325,6 +342,12 @@ host, port, user, password, mode, timeout = sys.argv[1:7]
 ops = sys.argv[7:]
 
 class FTP(ftplib.FTP):
+    def sendport(self, host, port):
+        # ftplib sends PORT over IPv4; EPRT on request.
+        if mode == "EPRT":
+            return self.sendeprt(host, port)
+        return super().sendport(host, port)
+
     def makepasv(self):
         if mode == "EPSV":
             return ftplib.parse229(self.sendcmd("EPSV"), self.sock.getpeername())
@@ -332,6 +355,7 @@ class FTP(ftplib.FTP):
         return self.sock.getpeername()[0], data_port
 
 ftp = FTP(timeout=float(timeout))
+ftp.set_pasv(mode in ("PASV", "EPSV"))
 ftp.set_debuglevel(2)
 ftp.connect(host, int(port))
 ftp.login(user, password)
@@ -525,10 +549,10 @@ mod tests {
         assert_eq!(lftp.command_lines()[2], "REST 10");
         let ftplib = run("*cmd* 'USER a'\n*put* 'USER a\\r\\n'\n*resp* '331 x'\n*cmd* 'EPSV'\n");
         assert_eq!(ftplib.commands_sent(), ["USER", "EPSV"]);
-        assert!(ftplib.check_mode(PassiveMode::Epsv).is_ok());
-        assert!(ftplib.check_mode(PassiveMode::Pasv).is_err());
+        assert!(ftplib.check_mode(DataMode::Epsv).is_ok());
+        assert!(ftplib.check_mode(DataMode::Pasv).is_err());
         let fallback = run("> EPSV\n< 500 no\n> PASV\n");
-        assert!(fallback.check_mode(PassiveMode::Epsv).is_err());
+        assert!(fallback.check_mode(DataMode::Epsv).is_err());
     }
 
     #[test]

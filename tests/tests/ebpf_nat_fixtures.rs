@@ -370,3 +370,71 @@ fn a_full_flow_table_rolls_back_the_claim() {
         assert_eq!(kernel.claim(CLIENT, sa(PUBLIC, PORT + 1)).unwrap(), None);
     });
 }
+
+/// Active mode: the origin's SYN to the gateway's origin-side port claims the lease and
+/// is NATed to the client's PORT address, from the public address (port 20 here); the
+/// client's answers to public port 20 follow the flow back.
+#[test]
+fn active_mode_both_directions_from_port_20() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let mut kernel = Kernel::load(MapSizes::default()).unwrap();
+        kernel
+            .set_protected_ranges(&[ProtectedRange {
+                public_ip: PUBLIC,
+                first_port: 40000,
+                last_port: 40099,
+                nat_ip: Some(NAT),
+                active_port_20: true,
+            }])
+            .unwrap();
+        let client_data = sa(CLIENT, 51201);
+        let origin_side = sa(NAT, 40007);
+        kernel
+            .insert_lease(&Lease {
+                peer: ORIGIN,
+                local: origin_side,
+                action: LeaseAction::Nat {
+                    target: client_data,
+                    source: sa(PUBLIC, 20),
+                    deadline_ns: far_future(),
+                },
+            })
+            .unwrap();
+        let origin = sa(ORIGIN, 20);
+
+        // Before the origin connects, the client's port-20 traffic is nobody's: passed.
+        let early = tcp(client_data, sa(PUBLIC, 20), flags::ACK, &[]);
+        let (action, out, moved) = run(&kernel, &early);
+        assert_eq!((action, moved), (XDP_PASS, vec!["pass_other_port"]));
+        assert_eq!(out, early);
+
+        let syn = tcp(origin, origin_side, flags::SYN, &[]);
+        let (action, out, moved) = run(&kernel, &syn);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(moved, ["nat_to_client", "forwarded_by_stack"]);
+        assert_rewritten(&out, &syn, sa(PUBLIC, 20), client_data);
+        assert_eq!(kernel.claim(ORIGIN, origin_side).unwrap(), Some(20));
+
+        let syn_ack = tcp(client_data, sa(PUBLIC, 20), flags::SYN | flags::ACK, &[]);
+        let (action, out, moved) = run(&kernel, &syn_ack);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(moved, ["nat_to_origin", "forwarded_by_stack"]);
+        assert_rewritten(&out, &syn_ack, origin_side, origin);
+
+        // Only the origin may claim an active lease, and only once.
+        let stranger = tcp(
+            sa(Ipv4Addr::new(198, 51, 100, 9), 20),
+            origin_side,
+            flags::SYN,
+            &[],
+        );
+        let (action, _, moved) = run(&kernel, &stranger);
+        assert_eq!((action, moved), (XDP_PASS, vec!["pass_no_flow"]));
+        let again = tcp(sa(ORIGIN, 21), origin_side, flags::SYN, &[]);
+        let (action, _, moved) = run(&kernel, &again);
+        assert_eq!((action, moved), (XDP_DROP, vec!["drop_lease_used"]));
+    });
+}

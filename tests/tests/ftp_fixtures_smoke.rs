@@ -10,7 +10,7 @@ use std::{
 
 use ftp_guard_tests::{
     ftp_clients::{
-        ClientRun, PassiveMode, command_line, curl_download, curl_list, curl_resume_download,
+        ClientRun, DataMode, command_line, curl_download, curl_list, curl_resume_download,
         curl_upload, ftplib_run, lftp_run, random_file, sha256_file, unique_temp_dir,
     },
     ftp_servers::{FtpServer, ServerKind, ServerOptions},
@@ -66,7 +66,7 @@ enum Client {
     Ftplib,
 }
 
-fn check(server: &FtpServer, run: anyhow::Result<ClientRun>, mode: PassiveMode) -> ClientRun {
+fn check(server: &FtpServer, run: anyhow::Result<ClientRun>, mode: DataMode) -> ClientRun {
     let run = run
         .and_then(ClientRun::success)
         .unwrap_or_else(|e| panic!("{e:#}\n{}", server.log()));
@@ -87,7 +87,7 @@ fn same_file(server: &FtpServer, a: &Path, b: &Path, what: &str) {
 }
 
 /// LIST, STOR, RETR, REST+RETR with one client in one mode.
-fn exercise(ns: &str, server: &FtpServer, local: &Path, client: Client, mode: PassiveMode) {
+fn exercise(ns: &str, server: &FtpServer, local: &Path, client: Client, mode: DataMode) {
     let tag = format!("{client:?}-{}", mode.verb()).to_lowercase();
     let name = format!("up-{tag}.bin");
     let src = local.join(&name);
@@ -175,7 +175,7 @@ fn smoke(kind: ServerKind) {
         FtpServer::start(&ns.0, kind, ServerOptions::default()).unwrap_or_else(|e| panic!("{e:#}"));
     let local = LocalDir(unique_temp_dir("fgt-smoke-local").unwrap());
     for client in [Client::Curl, Client::Lftp, Client::Ftplib] {
-        for mode in PassiveMode::ALL {
+        for mode in DataMode::PASSIVE {
             exercise(&ns.0, &server, &local.0, client, mode);
         }
     }

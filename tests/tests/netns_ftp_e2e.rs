@@ -12,7 +12,7 @@ use std::{
 use ftp_guard_common::Counter;
 use ftp_guard_tests::{
     ftp_clients::{
-        self, Login, PassiveMode, curl_download, curl_list, curl_resume_download, curl_upload,
+        self, DataMode, Login, curl_download, curl_list, curl_resume_download, curl_upload,
         ftplib_run, lftp_run, random_file, sha256_file,
     },
     ftp_servers::{FtpServer, ServerKind, ServerOptions},
@@ -35,6 +35,13 @@ struct Env {
 impl Env {
     fn start(tag: &str, kind: ServerKind, dataplane: &str) -> Env {
         Self::start_with(tag, kind, dataplane, |_| {}, "pub0", "priv0")
+    }
+
+    /// Replaces the gateway with one whose service has `extra` config lines.
+    fn reconfigure(&mut self, dataplane: &str, extra: &str) {
+        let config = self.config(dataplane, "40000-40099", "pub0", "priv0") + extra;
+        self.gateway.stop();
+        self.gateway = RunningGateway::start(&self.topo, &config).unwrap();
     }
 
     fn config(
@@ -161,7 +168,7 @@ fn clients_in_both_modes(env: &Env) {
     let login = env.login();
     let ns = env.client_ns();
     let remote = env.origin_file("download.bin", 1 << 20);
-    for mode in PassiveMode::ALL {
+    for mode in DataMode::PASSIVE {
         let m = mode.verb();
         // curl: list, download, upload, resume.
         let run = curl_list(ns, &login, "", mode).unwrap().success().unwrap();
@@ -292,7 +299,7 @@ fn kernel_path_100_mib_transfers() {
     let env = Env::start("kbig", ServerKind::Vsftpd, "kernel");
     let login = env.login();
     let remote = env.origin_file("big.bin", 100 << 20);
-    for mode in PassiveMode::ALL {
+    for mode in DataMode::PASSIVE {
         let m = mode.verb();
         let local = env.local(&format!("big-{m}.bin"));
         let started = Instant::now();
@@ -549,7 +556,7 @@ fn many_files_on_one_control_connection() {
         ));
     }
     let ops: Vec<&str> = ops.iter().map(String::as_str).collect();
-    ftplib_run(env.client_ns(), &env.login(), &ops, PassiveMode::Epsv)
+    ftplib_run(env.client_ns(), &env.login(), &ops, DataMode::Epsv)
         .unwrap()
         .success()
         .unwrap();
@@ -613,7 +620,7 @@ fn bridges_as_attach_points() {
         "brpriv",
     );
     let remote = env.origin_file("via-bridge.bin", 8 << 20);
-    for mode in PassiveMode::ALL {
+    for mode in DataMode::PASSIVE {
         let local = env.local(&format!("bridge-{}.bin", mode.verb()));
         curl_download(
             env.client_ns(),
@@ -729,4 +736,224 @@ fn exhausted_data_ports_give_425() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Active mode: curl (PORT and EPRT), Python ftplib (PORT and EPRT) and lftp (PORT),
+/// downloads, uploads and listings with checksums; the origin's data connection reaches
+/// the client from the gateway's public address.
+fn active_clients(env: &Env) {
+    let login = env.login();
+    let ns = env.client_ns();
+    let remote = env.origin_file("active.bin", 1 << 20);
+    for mode in DataMode::ACTIVE {
+        let m = mode.verb();
+        let run = curl_list(ns, &login, "", mode).unwrap().success().unwrap();
+        run.check_mode(mode).unwrap();
+        assert!(run.stdout.contains("active.bin"), "{}", run.describe());
+        let local = env.local(&format!("curl-{m}.bin"));
+        curl_download(ns, &login, "active.bin", &local, mode)
+            .unwrap()
+            .success()
+            .unwrap()
+            .check_mode(mode)
+            .unwrap();
+        assert_same(&remote, &local);
+        curl_upload(ns, &local, &login, &format!("up-curl-{m}.bin"), mode)
+            .unwrap()
+            .success()
+            .unwrap()
+            .check_mode(mode)
+            .unwrap();
+        assert_same(&remote, &env.server.root().join(format!("up-curl-{m}.bin")));
+
+        let got = env.local(&format!("ftplib-{m}.bin"));
+        let retr = format!("RETR active.bin {}", got.display());
+        let stor = format!("STOR {} up-ftplib-{m}.bin", got.display());
+        ftplib_run(ns, &login, &["LIST", &retr, &stor], mode)
+            .unwrap()
+            .success()
+            .unwrap()
+            .check_mode(mode)
+            .unwrap();
+        assert_same(&remote, &got);
+        assert_same(
+            &remote,
+            &env.server.root().join(format!("up-ftplib-{m}.bin")),
+        );
+    }
+    let got = env.local("lftp-port.bin");
+    let script = format!(
+        "cls -1; get active.bin -o {0}; put {0} -o up-lftp-port.bin",
+        got.display()
+    );
+    lftp_run(ns, &login, &script, DataMode::Port)
+        .unwrap()
+        .success()
+        .unwrap()
+        .check_mode(DataMode::Port)
+        .unwrap();
+    assert_same(&remote, &got);
+    assert_same(&remote, &env.server.root().join("up-lftp-port.bin"));
+}
+
+#[test]
+fn active_mode_kernel_vsftpd() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::start("actkvs", ServerKind::Vsftpd, "kernel");
+    active_clients(&env);
+    let c = env.gateway.counters();
+    assert!(
+        c.get(Counter::NatToClient) > 0 && c.get(Counter::Redirected) > 0,
+        "{c:?}"
+    );
+}
+
+#[test]
+fn active_mode_kernel_pyftpdlib() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::start("actkpy", ServerKind::Pyftpdlib, "kernel");
+    active_clients(&env);
+}
+
+#[test]
+fn active_mode_userspace_relay() {
+    if !require_privileged() {
+        return;
+    }
+    for kind in ServerKind::ALL {
+        let env = Env::start(&format!("actu{}", &kind.name()[..2]), kind, "userspace");
+        active_clients(&env);
+    }
+}
+
+/// With `active_from_port_20`, the client sees the data connection come from port 20 of
+/// the public address (what client-side firewalls often expect).
+#[test]
+fn active_mode_from_port_20() {
+    if !require_privileged() {
+        return;
+    }
+    for dataplane in ["kernel", "userspace"] {
+        let mut env = Env::start(
+            &format!("act20-{}", &dataplane[..1]),
+            ServerKind::Vsftpd,
+            dataplane,
+        );
+        env.reconfigure(dataplane, "active_from_port_20 = true\n");
+        let remote = env.origin_file("p20.bin", 300_000);
+        // A listener of our own on the client, so we see the peer address.
+        let listener = env.topo.in_ns(CLIENT, || {
+            std::net::TcpListener::bind((netns::CLIENT_IP, 0)).unwrap()
+        });
+        let port = listener.local_addr().unwrap().port();
+        let mut control = Control::login(&env);
+        let reply = control.cmd(&format!("PORT 203,0,113,2,{},{}", port >> 8, port & 0xff));
+        assert!(reply.starts_with("200"), "{dataplane}: {reply}");
+        let reply = control.cmd("RETR p20.bin");
+        assert!(reply.starts_with("150"), "{dataplane}: {reply}");
+        let (mut data, peer) = listener.accept().unwrap();
+        assert_eq!(
+            peer,
+            SocketAddr::V4(SocketAddrV4::new(VIP, 20)),
+            "{dataplane}"
+        );
+        let mut got = Vec::new();
+        data.read_to_end(&mut got).unwrap();
+        assert!(control.reply().starts_with("226"));
+        assert_eq!(got, std::fs::read(&remote).unwrap(), "{dataplane}");
+    }
+}
+
+/// FTP bounce (RFC 2577): PORT/EPRT naming a third host, on either side of the gateway,
+/// is refused and nothing reaches that host; the origin never sees the command.
+#[test]
+fn ftp_bounce_is_refused() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::start("bounce", ServerKind::Vsftpd, "kernel");
+    env.topo
+        .run(
+            CLIENT,
+            &["ip", "addr", "add", "203.0.113.66/24", "dev", "eth0"],
+        )
+        .unwrap();
+    // Listeners on a third host next to the client and on the origin host itself.
+    let witness_client = env.topo.in_ns(CLIENT, || {
+        std::net::TcpListener::bind((Ipv4Addr::new(203, 0, 113, 66), 2525)).unwrap()
+    });
+    let witness_origin = env.topo.in_ns(ORIGIN, || {
+        std::net::TcpListener::bind((netns::ORIGIN_IP, 2626)).unwrap()
+    });
+    witness_client.set_nonblocking(true).unwrap();
+    witness_origin.set_nonblocking(true).unwrap();
+    env.origin_file("x.bin", 10_000);
+    let mut control = Control::login(&env);
+    for (command, code) in [
+        ("PORT 203,0,113,66,9,221", "504"),
+        ("EPRT |1|203.0.113.66|2525|", "504"),
+        ("PORT 198,51,100,2,10,58", "504"),
+        ("EPRT |1|198.51.100.2|2626|", "504"),
+        ("PORT 198,51,100,1,10,58", "504"),
+        ("PORT 203,0,113,2,0,25", "504"),
+        ("PORT 203,0,113,2,10", "501"),
+        ("EPRT |1|203.0.113.2|70000|", "501"),
+    ] {
+        let reply = control.cmd(command);
+        assert!(reply.starts_with(code), "{command}: {reply}");
+        // Whatever the origin does with a RETR now, it must not connect to the witnesses.
+        let reply = control.cmd("RETR x.bin");
+        assert!(
+            reply.starts_with('4') || reply.starts_with('5'),
+            "{command} then RETR: {reply}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for (name, witness) in [
+        ("client side", &witness_client),
+        ("origin side", &witness_origin),
+    ] {
+        match witness.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("the {name} witness was contacted: {other:?}"),
+        }
+    }
+    assert!(
+        env.server.log().contains("RETR"),
+        "the probe did not reach the server"
+    );
+    assert!(
+        !env.server.log().contains("203.0.113.66"),
+        "a bounce command reached the origin"
+    );
+}
+
+/// The per-service switch: active mode off means a clear 502 and nothing to the origin.
+#[test]
+fn active_mode_can_be_turned_off() {
+    if !require_privileged() {
+        return;
+    }
+    let mut env = Env::start("actoff", ServerKind::Vsftpd, "kernel");
+    env.reconfigure("kernel", "active_mode = false\n");
+    let mut control = Control::login(&env);
+    for command in ["PORT 203,0,113,2,200,1", "EPRT |1|203.0.113.2|51201|"] {
+        let reply = control.cmd(command);
+        assert!(reply.starts_with("502"), "{command}: {reply}");
+    }
+    let feat = control.cmd("FEAT");
+    assert!(!feat.contains("EPRT"), "{feat}");
+    let run = curl_download(
+        env.client_ns(),
+        &env.login(),
+        "nothing",
+        &env.local("x"),
+        DataMode::Port,
+    )
+    .unwrap();
+    assert!(!run.status.success(), "{}", run.describe());
 }

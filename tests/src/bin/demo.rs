@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use ftp_guard_tests::{
     ftp_clients::{
-        Login, PassiveMode, curl_download, curl_upload, lftp_run, random_file, sha256_file,
+        DataMode, Login, curl_download, curl_upload, lftp_run, random_file, sha256_file,
         unique_temp_dir,
     },
     ftp_servers::{FtpServer, ServerKind, ServerOptions},
@@ -121,14 +121,14 @@ fn run(once: bool) -> Result<()> {
     ));
     let local = work.join("big.bin");
     let t = Instant::now();
-    curl_download(ns, &login, "big.bin", &local, PassiveMode::Epsv)?.success()?;
+    curl_download(ns, &login, "big.bin", &local, DataMode::Epsv)?.success()?;
     let down = t.elapsed();
     ensure!(
         sha256_file(&local)? == sha256_file(&big)?,
         "download corrupted"
     );
     let t = Instant::now();
-    curl_upload(ns, &local, &login, "uploaded.bin", PassiveMode::Pasv)?.success()?;
+    curl_upload(ns, &local, &login, "uploaded.bin", DataMode::Pasv)?.success()?;
     let up = t.elapsed();
     ensure!(
         sha256_file(&server.root().join("uploaded.bin"))? == sha256_file(&big)?,
@@ -146,7 +146,7 @@ fn run(once: bool) -> Result<()> {
     );
 
     step("client: lftp lists the directory (EPSV)");
-    let listing = lftp_run(ns, &login, "cls -l", PassiveMode::Epsv)?.success()?;
+    let listing = lftp_run(ns, &login, "cls -l", DataMode::Epsv)?.success()?;
     for line in listing.stdout.lines() {
         println!("    {line}");
     }
