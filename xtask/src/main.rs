@@ -1,4 +1,5 @@
 //! Project tasks for ftp-guard, run as `cargo xtask <command>`.
+mod bench;
 mod build_ebpf;
 mod demo;
 mod run;
@@ -45,6 +46,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Setup, then the benchmark in release mode as root: routing vs ftp-guard's data
+    /// paths, one topology, one run; reports in target/bench/. `cargo xtask bench -- --help`.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Setup, build, then run `ftp-guard demo`.
     Demo {
         /// Run the demo scenario once and exit.
@@ -59,6 +66,7 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf => build_ebpf::run().map(|()| 0),
         Cmd::Run { args } => run::run(&args).map(|()| 0),
         Cmd::Test { args } => test::run(&args),
+        Cmd::Bench { args } => bench::run(&args),
         Cmd::Demo { once } => demo::run(once).map(|()| 0),
     };
     match result {

@@ -30,7 +30,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
 use ftp_guard_common::Counter;
 use ftp_guard_tests::{
-    ftp_clients::{Login, PassiveMode, curl_download, ns_command, random_file, sha256_file},
+    ftp_clients::{DataMode, Login, curl_download, ns_command, random_file, sha256_file},
     ftp_servers::{FtpServer, ServerKind, ServerOptions},
     gateway::RunningGateway,
     netns::{self, CLIENT, GATEWAY, GATEWAY_PRIVATE_IF, GATEWAY_PUBLIC_IF, ORIGIN, Topology},
@@ -58,7 +58,8 @@ struct Args {
     /// Payload size in MiB.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     size_mib: u64,
-    /// Scenarios to run, comma-separated, in this order (default: all).
+    /// Scenarios to run, comma-separated, in this order (default: routing,userspace,kernel,kernel-tc;
+    /// `--list` shows all).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// A tmpfs directory for the payload (the server reads it with sendfile).
@@ -70,6 +71,14 @@ struct Args {
     /// Exit with status 2 when a target ratio is missed.
     #[arg(long)]
     check: bool,
+    /// Repeat a timed run up to this many times when other processes disturbed it (used
+    /// more than 0.1 CPU meanwhile).
+    #[arg(long, default_value_t = 1)]
+    retries: u32,
+    /// Before each timed run, wait up to this many seconds for other processes to go
+    /// quiet (the machine busy less than 0.1 CPU).
+    #[arg(long, default_value_t = 10)]
+    quiet_wait: u64,
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
@@ -134,7 +143,7 @@ const SCENARIOS: &[Scenario] = &[
             dataplane: "kernel",
             kernel_hook: Some("tc"),
         },
-        default: false,
+        default: true,
     },
     Scenario {
         name: "kernel-generic",
@@ -160,6 +169,18 @@ impl Active {
         let gateway = self.gateway.as_ref()?;
         gateway.kernel()?;
         Some(gateway.counters())
+    }
+
+    /// Where the kernel path's programs are attached (`pub0=xdp-native`, …), if it has one.
+    fn attachments(&self) -> Option<Vec<String>> {
+        let kernel = self.gateway.as_ref()?.kernel()?.lock().ok()?;
+        Some(
+            kernel
+                .attachments()
+                .iter()
+                .map(|(ifname, mode)| format!("{ifname}={mode}"))
+                .collect(),
+        )
     }
 }
 
@@ -345,10 +366,10 @@ impl Env {
                 &login,
                 PAYLOAD,
                 &dest,
-                PassiveMode::Epsv,
+                DataMode::Epsv,
             )?
             .success()?;
-            run.check_mode(PassiveMode::Epsv)?;
+            run.check_mode(DataMode::Epsv)?;
             let got = sha256_file(&dest)?;
             ensure!(
                 got == self.payload.sha256,
@@ -390,11 +411,13 @@ impl Env {
             "%{size_download} %{time_total}",
             &login.url(PAYLOAD),
         ]);
+        let others0 = others_cpu();
         let (cpu0, own0) = (MachineCpu::now()?, own_cpu_seconds());
         let started = Instant::now();
         let out = curl.output().context("running curl")?;
         let wall = started.elapsed().as_secs_f64();
         let (cpu1, own1) = (MachineCpu::now()?, own_cpu_seconds());
+        let others = others_cpu_since(&others0, &others_cpu());
         let (bytes, seconds) = parse_curl(&out)?;
         ensure!(
             bytes == self.payload.size,
@@ -408,6 +431,7 @@ impl Env {
                 .map(|(c, n)| (c.name().to_owned(), *n))
                 .collect()
         });
+        let attachments = active.attachments();
         drop(active);
         Ok(Sample {
             bytes,
@@ -416,7 +440,9 @@ impl Env {
             machine_cpu_seconds: cpu1.busy_since(&cpu0),
             softirq_seconds: cpu1.softirq_since(&cpu0),
             gateway_cpu_seconds: own1 - own0,
+            others_cpu_seconds: others,
             counters,
+            attachments,
         })
     }
 }
@@ -487,13 +513,97 @@ impl MachineCpu {
     }
 }
 
-/// CPUs' worth of busy time over one idle second of ours: others' work on the machine.
-fn background_load() -> Result<f64> {
+/// CPUs' worth of busy time over `span` of idleness of ours: others' work on the machine.
+fn background_load(span: Duration) -> Result<f64> {
     let before = MachineCpu::now()?;
     let started = Instant::now();
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(span);
     let after = MachineCpu::now()?;
     Ok(after.busy_since(&before) / started.elapsed().as_secs_f64())
+}
+
+/// Waits until the machine is quiet (see [`BUSY_MACHINE`]) or `max` has passed; returns
+/// the time waited.
+fn wait_for_quiet(max: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        let load = background_load(Duration::from_millis(250))?;
+        if load <= BUSY_MACHINE || started.elapsed() >= max {
+            return Ok(started.elapsed());
+        }
+        if !said {
+            eprintln!("  others use {load:.2} CPUs: waiting up to {max:?} for quiet");
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(750));
+    }
+}
+
+/// CPU ticks (utime+stime+cutime+cstime) of every process that is not part of the
+/// benchmark, by pid: an indicator of other work on the machine during a run. Ours are this
+/// process, its descendants (curl, vsftpd and its sessions) and kernel threads (ksoftirqd
+/// carries our packets). A foreign parent's cutime jumps by a child's whole life when it
+/// reaps it, so this over-counts rather than misses.
+fn others_cpu() -> BTreeMap<u32, u64> {
+    let own = std::process::id();
+    // pid → (ppid, kernel thread, ticks)
+    let mut procs: BTreeMap<u32, (u32, bool, u64)> = BTreeMap::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return BTreeMap::new();
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some(p) = parse_pid_stat(&stat) {
+            procs.insert(pid, p);
+        }
+    }
+    let ours = |mut pid: u32| {
+        for _ in 0..64 {
+            match procs.get(&pid) {
+                _ if pid == own => return true,
+                Some((_, true, _)) => return true,
+                Some((ppid, false, _)) if *ppid > 1 => pid = *ppid,
+                _ => return false,
+            }
+        }
+        false
+    };
+    procs
+        .iter()
+        .filter(|(pid, _)| !ours(**pid))
+        .map(|(pid, (_, _, ticks))| (*pid, *ticks))
+        .collect()
+}
+
+/// (ppid, is a kernel thread, utime+stime+cutime+cstime) from a /proc/<pid>/stat line.
+fn parse_pid_stat(stat: &str) -> Option<(u32, bool, u64)> {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    // The command name is in parentheses and may hold anything: fields follow the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i)?.parse::<u64>().ok();
+    let ppid = u32::try_from(num(1)?).ok()?;
+    let kthread = num(6)? & PF_KTHREAD != 0 || ppid == 2;
+    Some((ppid, kthread, num(11)? + num(12)? + num(13)? + num(14)?))
+}
+
+/// Seconds of CPU that processes other than ours used between two [`others_cpu`] scans.
+fn others_cpu_since(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> f64 {
+    let ticks = after
+        .iter()
+        .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum();
+    ticks_to_seconds(ticks)
 }
 
 fn ticks_to_seconds(ticks: u64) -> f64 {
@@ -527,8 +637,26 @@ struct Sample {
     machine_cpu_seconds: f64,
     softirq_seconds: f64,
     gateway_cpu_seconds: f64,
+    /// CPU used meanwhile by processes that are not part of the benchmark (see
+    /// [`others_cpu`]): the run is disturbed when this is more than a trifle.
+    others_cpu_seconds: f64,
     /// Non-zero kernel path counters, for scenarios with one.
     counters: Option<BTreeMap<String, u64>>,
+    /// Where the kernel path was attached, for scenarios with one.
+    attachments: Option<Vec<String>>,
+}
+
+impl Sample {
+    /// Other processes' CPU during the run, in CPUs (at most the machine's: the measure
+    /// over-counts, see [`others_cpu`]).
+    fn others_load(&self) -> f64 {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        (self.others_cpu_seconds / self.wall_seconds.max(1e-3)).min(cpus as f64)
+    }
+
+    fn disturbed(&self) -> bool {
+        self.others_load() > BUSY_MACHINE
+    }
 }
 
 /// What the report shows per scenario, from one sample.
@@ -693,6 +821,20 @@ const TARGETS: &[Target] = &[
         denominator: "routing",
         bound: Bound::Info,
     },
+    Target {
+        label: "throughput kernel-tc / routing",
+        metric: Metric::Throughput,
+        numerator: "kernel-tc",
+        denominator: "routing",
+        bound: Bound::Info,
+    },
+    Target {
+        label: "throughput kernel-tc / kernel",
+        metric: Metric::Throughput,
+        numerator: "kernel-tc",
+        denominator: "kernel",
+        bound: Bound::Info,
+    },
 ];
 
 struct RatioResult<'a> {
@@ -746,6 +888,8 @@ struct Facts {
     offloads: BTreeMap<String, String>,
     /// CPUs' worth of work the machine did, idle of ours, just before the runs.
     background_cpus: f64,
+    /// Timed runs repeated because other processes disturbed them.
+    retried_runs: u32,
 }
 
 impl Facts {
@@ -846,6 +990,7 @@ impl Facts {
             runs: args.runs,
             offloads,
             background_cpus,
+            retried_runs: 0,
         }
     }
 
@@ -863,6 +1008,7 @@ impl Facts {
             "runs_per_scenario": self.runs,
             "offloads": self.offloads,
             "background_cpus": self.background_cpus,
+            "retried_runs": self.retried_runs,
         })
     }
 }
@@ -949,14 +1095,24 @@ fn markdown(facts: &Facts, results: &[Results<'_>], ratios: &[RatioResult<'_>]) 
         .map(|(k, v)| format!("{k}: {v}"))
         .collect();
     let _ = writeln!(md, "Offloads: {}.  ", offloads.join("; "));
+    let samples = || {
+        results
+            .iter()
+            .flat_map(|r| r.samples.iter().map(|(_, s)| s))
+    };
+    let kept_disturbed = samples().filter(|s| s.disturbed()).count();
+    let worst = samples().map(Sample::others_load).fold(0.0, f64::max);
     let _ = writeln!(
         md,
-        "Background load before the runs: {:.2} CPUs{}\n",
+        "Other processes: {:.2} CPUs busy before the runs, at most {:.2} CPUs during a kept \
+         run; {} runs repeated because disturbed (> {BUSY_MACHINE} CPUs){}\n",
         facts.background_cpus,
-        if facts.background_cpus > BUSY_MACHINE {
-            " (**the machine was busy: figures are noisy**)"
+        worst,
+        facts.retried_runs,
+        if kept_disturbed > 0 {
+            format!(", **{kept_disturbed} kept disturbed: figures are noisy**")
         } else {
-            ""
+            String::new()
         }
     );
 
@@ -998,14 +1154,22 @@ fn markdown(facts: &Facts, results: &[Results<'_>], ratios: &[RatioResult<'_>]) 
         let _ = writeln!(md);
     }
 
+    if results.iter().any(|r| r.counter_totals().is_some()) {
+        let _ = writeln!(md, "Kernel paths:\n");
+    }
     for r in results {
         if let Some(totals) = r.counter_totals() {
             let get = |k: &str| totals.get(k).copied().unwrap_or(0);
             let nat = get(Counter::NatToClient.name()) + get(Counter::NatToOrigin.name());
             let redirected = get(Counter::Redirected.name());
+            let attached = r
+                .samples
+                .first()
+                .and_then(|(_, s)| s.attachments.as_ref())
+                .map_or_else(|| "?".to_owned(), |a| a.join(", "));
             let _ = writeln!(
                 md,
-                "`{}` kernel counters over the timed runs: {} packets NATed, {} redirected by \
+                "- `{}` ({attached}), over the timed runs: {} packets NATed, {} redirected by \
                  the program ({:.1} %), {} forwarded by the stack; drops: {}.",
                 r.scenario.name,
                 nat,
@@ -1054,8 +1218,10 @@ fn to_json(facts: &Facts, results: &[Results<'_>], ratios: &[RatioResult<'_>]) -
                         "machine_cpu_seconds": s.machine_cpu_seconds,
                         "softirq_seconds": s.softirq_seconds,
                         "gateway_process_cpu_seconds": s.gateway_cpu_seconds,
+                        "other_processes_cpu_seconds": s.others_cpu_seconds,
                         "throughput_gbit_s": Metric::Throughput.of(s),
                         "kernel_counters": s.counters,
+                        "kernel_attachments": s.attachments,
                     })
                 })
                 .collect();
@@ -1184,14 +1350,14 @@ fn run(args: &Args) -> Result<bool> {
             .with_context(|| format!("verifying scenario `{}`", s.name))?;
     }
 
-    let background = background_load()?;
+    let background = background_load(Duration::from_secs(1))?;
     if background > BUSY_MACHINE {
         eprintln!(
             "warning: the machine is busy ({background:.2} CPUs of other work): figures will \
              be noisy"
         );
     }
-    let facts = Facts::collect(args, &env, background);
+    let mut facts = Facts::collect(args, &env, background);
 
     let mut results: Vec<Results> = scenarios
         .iter()
@@ -1201,31 +1367,44 @@ fn run(args: &Args) -> Result<bool> {
         })
         .collect();
     let n = scenarios.len();
+    let mut retried = 0;
     for round in 0..args.runs {
         for k in 0..n {
             // Rotate who goes first, so no scenario always follows the same one.
             let i = (k + round as usize) % n;
             ensure!(!INTERRUPTED.load(Ordering::SeqCst), "interrupted");
             let scenario = results[i].scenario;
-            let sample = env
-                .timed(scenario)
-                .with_context(|| format!("round {}, scenario `{}`", round + 1, scenario.name))?;
-            eprintln!(
-                "round {}/{} {:<10} {:>6.2} Gbit/s  machine CPU {:.2} s/GB  softirq {:.2} s/GB  \
-                 ftp-guard {:.3} s/GB",
-                round + 1,
-                args.runs,
-                scenario.name,
-                Metric::Throughput.of(&sample),
-                Metric::MachineCpu.of(&sample),
-                Metric::Softirq.of(&sample),
-                Metric::GatewayCpu.of(&sample),
-            );
+            let mut attempt = 0;
+            let sample = loop {
+                wait_for_quiet(Duration::from_secs(args.quiet_wait))?;
+                let sample = env.timed(scenario).with_context(|| {
+                    format!("round {}, scenario `{}`", round + 1, scenario.name)
+                })?;
+                std::thread::sleep(SETTLE);
+                eprintln!(
+                    "round {}/{} {:<14} {:>6.2} Gbit/s  machine CPU {:.2} s/GB  softirq {:.2} \
+                     s/GB  ftp-guard {:.4} s/GB  others {:.2} CPUs",
+                    round + 1,
+                    args.runs,
+                    scenario.name,
+                    Metric::Throughput.of(&sample),
+                    Metric::MachineCpu.of(&sample),
+                    Metric::Softirq.of(&sample),
+                    Metric::GatewayCpu.of(&sample),
+                    sample.others_load(),
+                );
+                if !sample.disturbed() || attempt >= args.retries {
+                    break sample;
+                }
+                attempt += 1;
+                retried += 1;
+                eprintln!("  disturbed by other processes: once more");
+            };
             results[i].samples.push((round + 1, sample));
-            std::thread::sleep(SETTLE);
         }
     }
 
+    facts.retried_runs = retried;
     let ratios = ratios(&results);
     let md = markdown(&facts, &results, &ratios);
     let json = to_json(&facts, &results, &ratios);
@@ -1279,6 +1458,15 @@ mod tests {
                 assert!(SCENARIOS.iter().any(|s| s.name == name), "{name}");
             }
         }
+    }
+
+    #[test]
+    fn pid_stat_fields() {
+        let stat = "1234 (a (b) c) S 77 1234 1234 0 -1 4194560 100 0 0 0 11 22 33 44 20 0 1 0";
+        assert_eq!(parse_pid_stat(stat), Some((77, false, 11 + 22 + 33 + 44)));
+        let kthread = "15 (ksoftirqd/1) S 2 0 0 0 -1 69238848 0 0 0 0 5 6 0 0 20 0 1 0";
+        assert_eq!(parse_pid_stat(kthread), Some((2, true, 11)));
+        assert_eq!(parse_pid_stat("garbage"), None);
     }
 
     #[test]
