@@ -31,12 +31,19 @@ pub struct Config {
     /// client a 425 at PASV time.
     #[serde(default = "defaults::max_leases")]
     pub max_leases: u32,
+    /// Where the admin HTTP endpoint listens: /metrics (Prometheus), /healthz, /readyz,
+    /// /status (what `ftp-guard status` shows).
+    #[serde(default = "defaults::admin_listen")]
+    pub admin_listen: std::net::SocketAddr,
+    /// SIGTERM: seconds to let sessions and data transfers finish before exiting.
+    #[serde(default = "defaults::shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
     #[serde(rename = "service", default)]
     pub services: Vec<toml::Spanned<Service>>,
 }
 
 /// One protected FTP origin behind one public listen address.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     /// A name for logs and metrics.
@@ -180,6 +187,12 @@ impl<'de> Deserialize<'de> for PortRange {
 mod defaults {
     pub fn max_sessions() -> usize {
         1024
+    }
+    pub fn admin_listen() -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 9640))
+    }
+    pub fn shutdown_grace_secs() -> u64 {
+        30
     }
     pub fn max_leases() -> u32 {
         ftp_guard_common::DEFAULT_MAX_LEASES

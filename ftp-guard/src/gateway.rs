@@ -1,137 +1,343 @@
 //! A running gateway: every service of a configuration with its listener, dataplane and
-//! proxy task, and the kernel path when a service uses it. `ftp-guard run` is this plus
-//! signal handling; tests and benchmarks start it in-process.
-use std::sync::{Arc, Mutex};
+//! proxy task, the kernel path when a service uses it, and the admin endpoint. `ftp-guard
+//! run` is this plus signal handling; tests and benchmarks start it in-process.
+use std::{
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
-use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
-use tracing::info;
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, oneshot},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
 
 use crate::{
-    config::{Config, DataplaneKind},
+    admin::{self, AdminState},
+    config::{Config, DataplaneKind, Service},
     dataplane::{
         Dataplane,
-        kernel::{self as kernel_path, KernelDataplane, KernelSettings},
+        kernel::{self as kernel_path, KernelDataplane, KernelSettings, KernelSetup},
         userspace::{RelaySettings, UserspaceRelay},
     },
     kernel::Kernel,
+    metrics::{Metrics, Sources},
     proxy::{self, ServiceContext},
 };
 
+/// One service accepting clients.
+struct Running {
+    ctx: Arc<ServiceContext>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<TcpListener>,
+}
+
+impl Running {
+    /// Stops accepting and returns the listener; sessions under way go on.
+    async fn stop(self) -> Option<TcpListener> {
+        let _ = self.stop.send(());
+        self.task.await.ok()
+    }
+}
+
 pub struct Gateway {
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-    /// The kernel path's object (programs stay attached while it lives).
-    kernel: Option<Arc<Mutex<Kernel>>>,
-    services: Vec<Arc<ServiceContext>>,
+    config: Config,
+    sessions: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    sources: Arc<Sources>,
+    kernel: Option<KernelSetup>,
+    running: Vec<Running>,
+    admin: Arc<AdminState>,
+    admin_task: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 impl Gateway {
-    /// Binds every service's listener, sets up the kernel path if needed and starts
-    /// accepting. Must run inside a tokio runtime.
+    /// Binds every service's listener and the admin endpoint, sets up the kernel path if
+    /// needed and starts accepting. Must run inside a tokio runtime.
     pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
-        let sessions = Arc::new(Semaphore::new(config.max_sessions));
-        let kernel_services: Vec<_> = config
+        let metrics = Arc::new(Metrics::new());
+        let sources = Arc::new(Sources::default());
+        let admin = Arc::new(AdminState {
+            registry: metrics.registry(sources.clone()),
+            services: RwLock::default(),
+            kernel: Mutex::default(),
+            started: Instant::now(),
+        });
+        let mut gateway = Gateway {
+            config: config.clone(),
+            sessions: Arc::new(Semaphore::new(config.max_sessions)),
+            metrics,
+            sources,
+            kernel: None,
+            running: Vec::new(),
+            admin: admin.clone(),
+            admin_task: None,
+        };
+        gateway.setup_kernel(config)?;
+        for service in config.services() {
+            let running = gateway.start_service(service, None, None).await?;
+            gateway.running.push(running);
+        }
+        gateway.publish();
+        let listener = TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("admin_listen: cannot listen on {}", config.admin_listen))?;
+        info!(listen = %config.admin_listen, "admin endpoint ready (/metrics /healthz /readyz /status)");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(admin::serve(listener, admin, async move {
+            let _ = stopped.await;
+        }));
+        gateway.admin_task = Some((stop, task));
+        Ok(gateway)
+    }
+
+    /// Loads the kernel path for the config's kernel services (if any and not yet loaded),
+    /// or updates its ranges and attachments.
+    fn setup_kernel(&mut self, config: &Config) -> anyhow::Result<()> {
+        let kernel_services: Vec<&Service> = config
             .services()
             .filter(|s| s.dataplane == DataplaneKind::Kernel)
             .collect();
-        let kernel = if kernel_services.is_empty() {
-            None
-        } else {
-            Some(kernel_path::setup(&kernel_services, config.max_leases)?)
-        };
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
-        let mut services = Vec::new();
-        for service in config.services() {
-            let listener = TcpListener::bind(service.listen).await.with_context(|| {
+        if kernel_services.is_empty() {
+            return Ok(());
+        }
+        match &mut self.kernel {
+            None => self.kernel = Some(kernel_path::setup(&kernel_services, config.max_leases)?),
+            Some(setup) => kernel_path::update(setup, &kernel_services)?,
+        }
+        Ok(())
+    }
+
+    fn nat_ip(&self, service: &Service) -> anyhow::Result<std::net::Ipv4Addr> {
+        let setup = self.kernel.as_ref().context("kernel path not set up")?;
+        setup
+            .nat_ips
+            .iter()
+            .find(|(name, _)| *name == service.name)
+            .map(|(_, ip)| *ip)
+            .with_context(|| format!("service `{}`: no NAT address", service.name))
+    }
+
+    fn dataplane(&self, service: &Service) -> anyhow::Result<Arc<dyn Dataplane>> {
+        Ok(match service.dataplane {
+            DataplaneKind::Kernel => {
+                let setup = self.kernel.as_ref().context("kernel path not set up")?;
+                KernelDataplane::start(
+                    setup.kernel.clone(),
+                    KernelSettings {
+                        public_ip: service.public_ip(),
+                        nat_ip: self.nat_ip(service)?,
+                        active_port_20: service.active_from_port_20,
+                        ports: service.data_ports,
+                        lease_ttl: service.lease_ttl(),
+                        flow_idle_timeout: service.data_idle_timeout(),
+                    },
+                )
+            }
+            DataplaneKind::Userspace => Arc::new(UserspaceRelay::new(RelaySettings {
+                bind_ip: *service.listen.ip(),
+                origin_side_ip: match service.nat_ip {
+                    Some(ip) => ip,
+                    None => crate::dataplane::origin_side_ip(*service.origin.ip()).with_context(
+                        || format!("service `{}`: no route to {}", service.name, service.origin),
+                    )?,
+                },
+                active_port_20: service.active_from_port_20,
+                ports: service.data_ports,
+                lease_ttl: service.lease_ttl(),
+                connect_timeout: service.connect_timeout(),
+            })),
+        })
+    }
+
+    /// Starts one service, reusing a listener and a dataplane where given.
+    async fn start_service(
+        &self,
+        service: &Service,
+        listener: Option<TcpListener>,
+        dataplane: Option<Arc<dyn Dataplane>>,
+    ) -> anyhow::Result<Running> {
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(service.listen).await.with_context(|| {
                 format!(
                     "service `{}`: cannot listen on {}",
                     service.name, service.listen
                 )
-            })?;
-            let dataplane: Arc<dyn Dataplane> = match service.dataplane {
-                DataplaneKind::Kernel => {
-                    let setup = kernel.as_ref().expect("set up for kernel services");
-                    let nat_ip = setup
-                        .nat_ips
-                        .iter()
-                        .find(|(name, _)| *name == service.name)
-                        .map(|(_, ip)| *ip)
-                        .expect("one per kernel service");
-                    KernelDataplane::start(
-                        setup.kernel.clone(),
-                        KernelSettings {
-                            public_ip: service.public_ip(),
-                            nat_ip,
-                            active_port_20: service.active_from_port_20,
-                            ports: service.data_ports,
-                            lease_ttl: service.lease_ttl(),
-                            flow_idle_timeout: service.data_idle_timeout(),
-                        },
-                    )
-                }
-                DataplaneKind::Userspace => Arc::new(UserspaceRelay::new(RelaySettings {
-                    bind_ip: *service.listen.ip(),
-                    origin_side_ip: match service.nat_ip {
-                        Some(ip) => ip,
-                        None => crate::dataplane::origin_side_ip(*service.origin.ip())
-                            .with_context(|| {
-                                format!(
-                                    "service `{}`: no route to {}",
-                                    service.name, service.origin
-                                )
-                            })?,
-                    },
-                    active_port_20: service.active_from_port_20,
-                    ports: service.data_ports,
-                    lease_ttl: service.lease_ttl(),
-                    connect_timeout: service.connect_timeout(),
-                })),
-            };
-            info!(
-                service = %service.name,
-                listen = %service.listen,
-                origin = %service.origin,
-                public_ip = %service.public_ip(),
-                data_ports = %service.data_ports,
-                dataplane = ?service.dataplane,
-                "service ready"
+            })?,
+        };
+        let dataplane = match dataplane {
+            Some(d) => d,
+            None => self.dataplane(service)?,
+        };
+        info!(
+            service = %service.name,
+            listen = %service.listen,
+            origin = %service.origin,
+            public_ip = %service.public_ip(),
+            data_ports = %service.data_ports,
+            dataplane = ?service.dataplane,
+            active_mode = service.active_mode,
+            "service ready"
+        );
+        let ctx = Arc::new(ServiceContext::new(
+            service.clone(),
+            dataplane,
+            self.sessions.clone(),
+            self.metrics.clone(),
+        ));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(proxy::serve(listener, ctx.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Ok(Running { ctx, stop, task })
+    }
+
+    /// Tells metrics and the admin endpoint what runs now.
+    fn publish(&self) {
+        let ctxs: Vec<Arc<ServiceContext>> = self.running.iter().map(|r| r.ctx.clone()).collect();
+        *self
+            .sources
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = ctxs
+            .iter()
+            .map(|c| (c.service.name.clone(), Arc::downgrade(&c.dataplane)))
+            .collect();
+        let kernel = self.kernel.as_ref().map(|k| k.kernel.clone());
+        *self
+            .sources
+            .kernel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = kernel.as_ref().map(Arc::downgrade);
+        *self.admin.kernel.lock().unwrap_or_else(|e| e.into_inner()) = kernel;
+        *self
+            .admin
+            .services
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = ctxs;
+    }
+
+    /// Applies a new configuration (SIGHUP). Unchanged services keep running untouched;
+    /// changed ones get a new accept loop (same listener when the address is the same),
+    /// and their sessions under way finish with the old settings; removed ones stop
+    /// accepting. On error the gateway keeps what it had.
+    pub async fn reload(&mut self, config: Config) -> anyhow::Result<()> {
+        if config.admin_listen != self.config.admin_listen {
+            warn!(
+                "admin_listen changes need a restart; keeping {}",
+                self.config.admin_listen
             );
-            let ctx = Arc::new(ServiceContext {
-                service: service.clone(),
-                dataplane,
-                sessions: sessions.clone(),
-            });
-            services.push(ctx.clone());
-            let mut stop = stop_rx.clone();
-            tasks.push(tokio::spawn(proxy::serve(listener, ctx, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })));
         }
-        Ok(Gateway {
-            stop,
-            tasks,
-            kernel: kernel.map(|k| k.kernel),
-            services,
-        })
+        self.setup_kernel(&config)?;
+        // Check everything that can fail before stopping anything.
+        for s in config.services() {
+            let old = self.running.iter().find(|r| r.ctx.service.name == s.name);
+            let same_listener = old.is_some_and(|r| r.ctx.service.listen == s.listen);
+            let listen_taken = self
+                .running
+                .iter()
+                .any(|r| r.ctx.service.listen == s.listen && r.ctx.service.name != s.name);
+            if !same_listener && listen_taken {
+                anyhow::bail!(
+                    "service `{}`: {} is still used by another service",
+                    s.name,
+                    s.listen
+                );
+            }
+        }
+        let mut old = std::mem::take(&mut self.running);
+        let mut next = Vec::new();
+        for s in config.services() {
+            match old.iter().position(|r| r.ctx.service.name == s.name) {
+                Some(i) if old[i].ctx.service == *s => {
+                    next.push(old.swap_remove(i));
+                }
+                Some(i) => {
+                    let previous = old.swap_remove(i);
+                    let keep_dataplane = same_data_path(&previous.ctx.service, s)
+                        .then(|| previous.ctx.dataplane.clone());
+                    let same_address = previous.ctx.service.listen == s.listen;
+                    let listener = previous.stop().await.filter(|_| same_address);
+                    info!(service = %s.name, "service changed: restarting its accept loop");
+                    next.push(self.start_service(s, listener, keep_dataplane).await?);
+                }
+                None => {
+                    info!(service = %s.name, "service added");
+                    next.push(self.start_service(s, None, None).await?);
+                }
+            }
+        }
+        for removed in old {
+            info!(service = %removed.ctx.service.name, "service removed: no new sessions");
+            removed.stop().await;
+        }
+        self.running = next;
+        let (old_max, new_max) = (self.config.max_sessions, config.max_sessions);
+        if new_max > old_max {
+            self.sessions.add_permits(new_max - old_max);
+        } else if new_max < old_max {
+            self.sessions.forget_permits(old_max - new_max);
+        }
+        self.config = config;
+        self.publish();
+        info!(services = self.running.len(), "configuration reloaded");
+        Ok(())
     }
 
     /// The kernel path's maps and counters, when a service uses it.
     pub fn kernel(&self) -> Option<&Arc<Mutex<Kernel>>> {
-        self.kernel.as_ref()
+        self.kernel.as_ref().map(|k| &k.kernel)
     }
 
-    pub fn services(&self) -> &[Arc<ServiceContext>] {
-        &self.services
+    pub fn services(&self) -> Vec<Arc<ServiceContext>> {
+        self.running.iter().map(|r| r.ctx.clone()).collect()
     }
 
-    /// Stops accepting; sessions under way end with the runtime.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+    /// Stops accepting, then waits up to `grace` for sessions and data connections to
+    /// finish; then the programs are detached (when the gateway is dropped).
+    pub async fn shutdown(mut self, grace: Duration) {
+        let running = std::mem::take(&mut self.running);
+        let contexts: Vec<_> = running.iter().map(|r| r.ctx.clone()).collect();
+        for r in running {
+            r.stop().await;
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            let sessions: usize = contexts.iter().map(|c| c.open_sessions().len()).sum();
+            let leases: u64 = contexts.iter().map(|c| c.dataplane.snapshot().active).sum();
+            if sessions == 0 && leases == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    sessions,
+                    leases, "shutdown grace over: closing what is left"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some((stop, task)) = self.admin_task.take() {
+            let _ = stop.send(());
+            let _ = task.await;
         }
         info!("gateway stopped");
     }
+}
+
+/// Whether a changed service can keep its dataplane (and the leases in it).
+fn same_data_path(a: &Service, b: &Service) -> bool {
+    a.dataplane == b.dataplane
+        && a.data_ports == b.data_ports
+        && a.public_ip() == b.public_ip()
+        && a.listen.ip() == b.listen.ip()
+        && a.nat_ip == b.nat_ip
+        && a.origin.ip() == b.origin.ip()
+        && a.lease_ttl_secs == b.lease_ttl_secs
+        && a.data_idle_timeout_secs == b.data_idle_timeout_secs
+        && a.active_from_port_20 == b.active_from_port_20
+        && a.connect_timeout_secs == b.connect_timeout_secs
 }

@@ -7,12 +7,16 @@
 //! - [`kernel`]: the eBPF object and its maps — the only code that touches them;
 //! - [`gateway`]: every configured service running (what `ftp-guard run` starts);
 //! - [`config`]: the TOML configuration;
-//! - [`run_cmd`], [`guard_cmd`]: the CLI subcommands.
+//! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP endpoint;
+//! - [`run_cmd`], [`status_cmd`], [`guard_cmd`]: the CLI subcommands.
+pub mod admin;
 pub mod config;
 pub mod dataplane;
 pub mod ftp;
 pub mod gateway;
 pub mod guard_cmd;
 pub mod kernel;
+pub mod metrics;
 pub mod proxy;
 pub mod run_cmd;
+pub mod status_cmd;

@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use ftp_guard::{guard_cmd, run_cmd};
+use ftp_guard::{guard_cmd, run_cmd, status_cmd};
 use tracing_subscriber::EnvFilter;
 
 /// ftp-guard: transparent FTP protector (userspace control proxy, eBPF/XDP data path).
@@ -19,6 +19,8 @@ enum Command {
     Run(run_cmd::ConfigArgs),
     /// Validate the configuration file and exit (0: valid).
     Check(run_cmd::ConfigArgs),
+    /// Show what a running daemon is doing: services, sessions, leases, kernel counters.
+    Status(status_cmd::StatusArgs),
     /// Run the XDP data-port guard alone, with static leases (diagnostics, demo).
     Guard(guard_cmd::GuardArgs),
 }
@@ -48,6 +50,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Run(args) => run_cmd::run(&args).await,
             Command::Check(args) => run_cmd::check(&args),
+            Command::Status(args) => status_cmd::run(&args).await,
             Command::Guard(args) => guard_cmd::run(args).await,
         }
     });

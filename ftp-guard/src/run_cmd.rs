@@ -1,13 +1,16 @@
 //! `ftp-guard run` and `ftp-guard check`: the daemon and its config check.
 use std::path::PathBuf;
 
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::Args;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::{
     config::{self, Config},
     gateway::Gateway,
-    guard_cmd::{print_counters, shutdown_signal},
+    guard_cmd::print_counters,
 };
 
 #[derive(Debug, Args)]
@@ -40,20 +43,44 @@ pub fn check(args: &ConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs every service until SIGINT or SIGTERM.
+/// Runs every service until SIGTERM (graceful: up to `shutdown_grace_secs` for sessions
+/// and transfers to finish) or SIGINT (at once); SIGHUP reloads the configuration.
 pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+
     let config = Config::load(&args.config)?;
-    let gateway = Gateway::start(&config).await?;
+    let mut gateway = Gateway::start(&config).await?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // Machine-readable line for scripts (the demo and tests wait for it).
     println!("ready services={}", gateway.services().len());
-    shutdown_signal().await?;
-    info!("shutting down");
+    let grace = loop {
+        tokio::select! {
+            _ = hup.recv() => match Config::load(&args.config) {
+                Ok(new) => {
+                    if let Err(e) = gateway.reload(new).await {
+                        error!("reload failed: {e:#}; the previous configuration stays in force");
+                    }
+                }
+                Err(e) => error!("reload refused: {e}; the previous configuration stays in force"),
+            },
+            _ = term.recv() => {
+                info!(grace_secs = config.shutdown_grace_secs, "SIGTERM: stopping gracefully");
+                break Duration::from_secs(config.shutdown_grace_secs);
+            }
+            _ = int.recv() => {
+                info!("SIGINT: stopping now");
+                break Duration::ZERO;
+            }
+        }
+    };
     if let Some(kernel) = gateway.kernel() {
         let kernel = kernel.lock().unwrap_or_else(|e| e.into_inner());
         if let Ok(counters) = kernel.counters() {
             print_counters(&counters);
         }
     }
-    gateway.shutdown().await;
+    gateway.shutdown(grace).await;
     Ok(())
 }

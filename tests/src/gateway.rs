@@ -46,7 +46,7 @@ impl RunningGateway {
                     Ok(gateway) => {
                         let _ = ready_tx.send(Ok(gateway.kernel().cloned()));
                         let _ = stop_rx.await;
-                        gateway.shutdown().await;
+                        gateway.shutdown(std::time::Duration::ZERO).await;
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));

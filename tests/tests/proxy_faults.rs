@@ -106,11 +106,12 @@ async fn start_proxy(origin: SocketAddrV4, max_sessions: usize, tweak: fn(&mut S
         lease_ttl: service.lease_ttl(),
         connect_timeout: service.connect_timeout(),
     });
-    let ctx = Arc::new(ServiceContext {
+    let ctx = Arc::new(ServiceContext::new(
         service,
-        dataplane: Arc::new(relay),
-        sessions: Arc::new(Semaphore::new(max_sessions)),
-    });
+        Arc::new(relay),
+        Arc::new(Semaphore::new(max_sessions)),
+        Arc::new(ftp_guard::metrics::Metrics::new()),
+    ));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(proxy::serve(listener, ctx, async move {
         let _ = stopped.await;

@@ -27,8 +27,8 @@ use std::{
 use tracing::{debug, info, warn};
 
 use super::{
-    ActiveGrant, ActiveRequest, Dataplane, LeaseError, LeaseGrant, LeaseId, LeaseRequest,
-    ports::PortPool,
+    ActiveGrant, ActiveRequest, Dataplane, LeaseError, LeaseGrant, LeaseId, LeaseInfo,
+    LeaseRequest, Snapshot, ports::PortPool,
 };
 use crate::{
     config::PortRange,
@@ -89,6 +89,7 @@ struct Tracked {
     active: bool,
     deadline: Instant,
     revoked: bool,
+    installed: Instant,
     /// The peer's source port of the connection the lease admitted.
     claimed: Option<u16>,
     /// When the lease entry was deleted without a claim: the port is freed one sweep later.
@@ -316,6 +317,7 @@ impl KernelDataplane {
             source,
             active,
             deadline: Instant::now() + self.settings.lease_ttl,
+            installed: Instant::now(),
             revoked: false,
             claimed: None,
             deleted: false,
@@ -360,6 +362,56 @@ impl Dataplane for KernelDataplane {
         Ok(ActiveGrant { id, origin_side })
     }
 
+    fn snapshot(&self) -> Snapshot {
+        let s = &self.stats;
+        Snapshot {
+            installed: s.installed.load(Ordering::Relaxed),
+            used: s.used.load(Ordering::Relaxed),
+            expired: s.expired.load(Ordering::Relaxed),
+            revoked: s.revoked.load(Ordering::Relaxed),
+            active: self.active() as u64,
+            bytes_to_client: s.bytes_to_client.load(Ordering::Relaxed),
+            bytes_to_origin: s.bytes_to_origin.load(Ordering::Relaxed),
+            flows_closed: s.flows_closed.load(Ordering::Relaxed),
+            flows_idle: s.flows_idle.load(Ordering::Relaxed),
+            strangers_refused: 0,
+        }
+    }
+
+    fn leases(&self) -> Vec<LeaseInfo> {
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let kernel = self.kernel();
+        leases
+            .values()
+            .map(|t| {
+                let (peer, state, forward, reverse) = match t.claimed {
+                    Some(port) => {
+                        let peer = SocketAddrV4::new(t.peer, port);
+                        let f = kernel.flow((peer, t.local)).ok().flatten();
+                        let r = kernel.flow((t.target, t.source)).ok().flatten();
+                        (peer.to_string(), "carrying", f, r)
+                    }
+                    None => (t.peer.to_string(), "waiting", None, None),
+                };
+                let (up, down) = if t.active {
+                    (reverse, forward)
+                } else {
+                    (forward, reverse)
+                };
+                LeaseInfo {
+                    mode: if t.active { "active" } else { "passive" }.into(),
+                    port: t.local.port(),
+                    peer,
+                    target: t.target.to_string(),
+                    state: state.into(),
+                    age_secs: t.installed.elapsed().as_secs_f64(),
+                    bytes_to_client: down.map_or(0, |f| f.bytes),
+                    bytes_to_origin: up.map_or(0, |f| f.bytes),
+                }
+            })
+            .collect()
+    }
+
     fn revoke(&self, id: LeaseId) {
         // The sweeper deletes it (and sees a claim that raced in): one place for deletes.
         if let Some(t) = self
@@ -384,17 +436,38 @@ pub struct KernelSetup {
 /// Loads the eBPF object, protects every service's range, attaches to every interface
 /// once and prepares the host (reserved ports, sysctls). Logs what it did.
 pub fn setup(services: &[&crate::config::Service], max_leases: u32) -> anyhow::Result<KernelSetup> {
+    use crate::kernel::MapSizes;
+
+    let kernel = Kernel::load(MapSizes {
+        max_leases,
+        max_flows: max_leases.saturating_mul(2),
+    })?;
+    let mut setup = KernelSetup {
+        kernel: Arc::new(Mutex::new(kernel)),
+        nat_ips: Vec::new(),
+    };
+    update(&mut setup, services)?;
+    match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward") {
+        Ok(v) if v.trim() == "1" => {}
+        _ => warn!(
+            "net.ipv4.ip_forward is not 1: packets the programs cannot redirect themselves (unknown neighbour) will not be forwarded"
+        ),
+    }
+    Ok(setup)
+}
+
+/// Brings a loaded kernel path in line with `services`: NAT addresses, protected ranges
+/// (replaced in one map write) and attachments to interfaces not yet attached. Interfaces
+/// no longer named stay attached until the process exits (their ranges are gone, so the
+/// programs pass everything there).
+pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
     use crate::{
         config::KernelHook,
-        kernel::{MapSizes, ProtectedRange, XdpAttach},
+        kernel::{ProtectedRange, XdpAttach},
     };
 
-    let mut kernel = Kernel::load(MapSizes {
-        max_leases,
-        max_flows: max_leases.saturating_mul(2),
-    })?;
     let mut nat_ips = Vec::new();
     let mut ranges = Vec::new();
     for s in services {
@@ -416,11 +489,10 @@ pub fn setup(services: &[&crate::config::Service], max_leases: u32) -> anyhow::R
             active_port_20: s.active_mode && s.active_from_port_20,
         });
     }
-    kernel.set_protected_ranges(&ranges)?;
-    let mut attached: Vec<String> = Vec::new();
+    let mut kernel = setup.kernel.lock().unwrap_or_else(|e| e.into_inner());
     for s in services {
         for interface in s.interfaces() {
-            if attached.iter().any(|a| a == interface) {
+            if kernel.attachments().iter().any(|(a, _)| a == interface) {
                 continue;
             }
             let mode = match s.kernel_hook {
@@ -439,20 +511,13 @@ pub fn setup(services: &[&crate::config::Service], max_leases: u32) -> anyhow::R
             .with_context(|| format!("service `{}`: attaching to {interface}", s.name))?;
             info!(interface, %mode, "kernel data path attached");
             set_sysctl(&format!("net/ipv4/conf/{interface}/accept_local"), "1");
-            attached.push(interface.to_owned());
         }
     }
+    kernel.set_protected_ranges(&ranges)?;
+    drop(kernel);
     reserve_ports(services.iter().map(|s| s.data_ports));
-    match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward") {
-        Ok(v) if v.trim() == "1" => {}
-        _ => warn!(
-            "net.ipv4.ip_forward is not 1: packets the programs cannot redirect themselves (unknown neighbour) will not be forwarded"
-        ),
-    }
-    Ok(KernelSetup {
-        kernel: Arc::new(Mutex::new(kernel)),
-        nat_ips,
-    })
+    setup.nat_ips = nat_ips;
+    Ok(())
 }
 
 /// Keeps the gateway's own sockets off the data ports (they are NAT ports too).

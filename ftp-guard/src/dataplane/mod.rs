@@ -55,6 +55,51 @@ pub enum LeaseError {
     Io(#[from] std::io::Error),
 }
 
+impl LeaseError {
+    /// The `reason` label of the `leases_failed` metric.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            LeaseError::PortsExhausted(_) => "exhausted",
+            LeaseError::TableFull => "table_full",
+            LeaseError::Io(_) => "error",
+        }
+    }
+}
+
+/// Totals of a dataplane since start, plus the leases alive now (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub installed: u64,
+    pub used: u64,
+    pub expired: u64,
+    pub revoked: u64,
+    pub active: u64,
+    pub bytes_to_client: u64,
+    pub bytes_to_origin: u64,
+    pub flows_closed: u64,
+    pub flows_idle: u64,
+    pub strangers_refused: u64,
+}
+
+/// One live lease, for `ftp-guard status`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LeaseInfo {
+    /// passive or active.
+    pub mode: String,
+    /// The gateway port the peer connects to.
+    pub port: u16,
+    /// Who may connect (passive: the client; active: the origin), with its port once
+    /// connected.
+    pub peer: String,
+    /// Where the connection is carried.
+    pub target: String,
+    /// waiting (for the peer) or carrying (a data connection).
+    pub state: String,
+    pub age_secs: f64,
+    pub bytes_to_client: u64,
+    pub bytes_to_origin: u64,
+}
+
 /// Installs and revokes data-connection leases. Calls are cheap and never block on the
 /// network; implementations that need tasks spawn them on the current tokio runtime.
 pub trait Dataplane: Send + Sync {
@@ -62,6 +107,10 @@ pub trait Dataplane: Send + Sync {
     fn install_active(&self, request: ActiveRequest) -> Result<ActiveGrant, LeaseError>;
     /// Revokes a lease not yet used; a data connection already under way goes on to its end.
     fn revoke(&self, id: LeaseId);
+    /// Totals, for metrics.
+    fn snapshot(&self) -> Snapshot;
+    /// The leases alive now, for status.
+    fn leases(&self) -> Vec<LeaseInfo>;
 }
 
 /// The gateway's address towards `origin`: the one the kernel picks as source (a connected

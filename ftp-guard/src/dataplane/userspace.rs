@@ -21,8 +21,8 @@ use tokio::{
 use tracing::{Instrument as _, debug, info, warn};
 
 use super::{
-    ActiveGrant, ActiveRequest, Dataplane, LeaseError, LeaseGrant, LeaseId, LeaseRequest,
-    ports::PortPool,
+    ActiveGrant, ActiveRequest, Dataplane, LeaseError, LeaseGrant, LeaseId, LeaseInfo,
+    LeaseRequest, Snapshot, ports::PortPool,
 };
 use crate::config::PortRange;
 
@@ -50,6 +50,8 @@ pub struct UserspaceRelay {
     pool: Arc<PortPool>,
     /// Leases still waiting for their client: dropping the sender cancels the wait.
     waiting: Arc<Mutex<HashMap<LeaseId, oneshot::Sender<()>>>>,
+    /// Every lease alive (waiting or carrying), for status.
+    live: Arc<Mutex<HashMap<LeaseId, LeaseInfo>>>,
     next_id: AtomicU64,
     stats: Arc<RelayStats>,
 }
@@ -72,6 +74,7 @@ impl UserspaceRelay {
             pool: Arc::new(PortPool::new(settings.ports)),
             settings,
             waiting: Arc::default(),
+            live: Arc::default(),
             next_id: AtomicU64::new(1),
             stats: Arc::default(),
         }
@@ -142,6 +145,24 @@ impl UserspaceRelay {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, cancel_tx);
         self.stats.installed.fetch_add(1, Ordering::Relaxed);
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id,
+            LeaseInfo {
+                mode: if source.is_some() {
+                    "active"
+                } else {
+                    "passive"
+                }
+                .into(),
+                port,
+                peer: peer.to_string(),
+                target: target.to_string(),
+                state: "waiting".into(),
+                age_secs: 0.0,
+                bytes_to_client: 0,
+                bytes_to_origin: 0,
+            },
+        );
         let lease = Lease {
             id,
             port,
@@ -151,6 +172,8 @@ impl UserspaceRelay {
             settings: self.settings.clone(),
             pool: self.pool.clone(),
             waiting: self.waiting.clone(),
+            live: self.live.clone(),
+            started: Instant::now(),
             stats: self.stats.clone(),
         };
         let span = tracing::info_span!("lease", id = id.0, port);
@@ -180,6 +203,31 @@ impl Dataplane for UserspaceRelay {
         })
     }
 
+    fn snapshot(&self) -> Snapshot {
+        let s = &self.stats;
+        Snapshot {
+            installed: s.installed.load(Ordering::Relaxed),
+            used: s.used.load(Ordering::Relaxed),
+            expired: s.expired.load(Ordering::Relaxed),
+            revoked: s.revoked.load(Ordering::Relaxed),
+            active: self.live.lock().unwrap_or_else(|e| e.into_inner()).len() as u64,
+            bytes_to_client: s.bytes_to_client.load(Ordering::Relaxed),
+            bytes_to_origin: s.bytes_to_origin.load(Ordering::Relaxed),
+            flows_closed: s.used.load(Ordering::Relaxed),
+            flows_idle: 0,
+            strangers_refused: s.strangers_refused.load(Ordering::Relaxed),
+        }
+    }
+
+    fn leases(&self) -> Vec<LeaseInfo> {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn revoke(&self, id: LeaseId) {
         // Dropping the sender wakes the lease task, which ends if it is still waiting.
         let removed = self
@@ -204,10 +252,24 @@ struct Lease {
     settings: RelaySettings,
     pool: Arc<PortPool>,
     waiting: Arc<Mutex<HashMap<LeaseId, oneshot::Sender<()>>>>,
+    live: Arc<Mutex<HashMap<LeaseId, LeaseInfo>>>,
+    started: Instant,
     stats: Arc<RelayStats>,
 }
 
 impl Lease {
+    fn set_live(&self, update: impl FnOnce(&mut LeaseInfo)) {
+        if let Some(info) = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&self.id)
+        {
+            info.age_secs = self.started.elapsed().as_secs_f64();
+            update(info);
+        }
+    }
+
     async fn run(self, listener: TcpListener, mut cancel: oneshot::Receiver<()>) {
         let client = tokio::select! {
             c = self.wait_for_client(&listener) => c,
@@ -223,8 +285,20 @@ impl Lease {
             .remove(&self.id);
         if let Some(client) = client {
             self.stats.used.fetch_add(1, Ordering::Relaxed);
+            let peer = client
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            self.set_live(|i| {
+                i.state = "carrying".into();
+                i.peer = peer;
+            });
             self.relay(client).await;
         }
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
         self.pool.release(self.port);
     }
 

@@ -42,6 +42,7 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
     let service = &ctx.service;
     let Some(client_ip) = ipv4_of(peer.ip()) else {
         warn!("IPv6 clients are not supported yet");
+        ctx.metrics.session_rejected(&service.name, "ipv6");
         let mut client = client;
         let _ = write(
             &mut client,
@@ -53,12 +54,23 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
     configure_socket(&client, service.keepalive(), true);
     info!("client connected");
 
+    let connect_started = Instant::now();
     let connect = TcpStream::connect(service.origin);
     let origin = match tokio::time::timeout(service.connect_timeout(), connect).await {
         Ok(Ok(origin)) => origin,
-        Ok(Err(e)) => return refuse_unreachable(client, &e.to_string()).await,
-        Err(_) => return refuse_unreachable(client, "connect timed out").await,
+        failed => {
+            ctx.metrics.origin_connect_failed(&service.name);
+            ctx.metrics
+                .session_rejected(&service.name, "origin_unreachable");
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "connect timed out".to_owned(),
+            };
+            return refuse_unreachable(client, &why).await;
+        }
     };
+    ctx.metrics
+        .origin_connected(&service.name, connect_started.elapsed());
     configure_socket(&origin, service.keepalive(), false);
 
     let session = Session::new(SessionConfig {
@@ -163,15 +175,23 @@ impl Driver {
                     };
                     let event = match self.ctx.dataplane.install(request) {
                         Ok(grant) => {
+                            self.ctx
+                                .metrics
+                                .lease_installed(&self.ctx.service.name, "passive");
                             info!(public_port = grant.public_port, %origin, "data lease installed");
                             self.lease = Some(grant.id);
                             Event::LeaseInstalled {
                                 public_port: grant.public_port,
                             }
                         }
-                        Err(e) => Event::LeaseFailed {
-                            reason: e.to_string(),
-                        },
+                        Err(e) => {
+                            self.ctx
+                                .metrics
+                                .lease_failed(&self.ctx.service.name, e.metric_reason());
+                            Event::LeaseFailed {
+                                reason: e.to_string(),
+                            }
+                        }
                     };
                     self.session.handle(event);
                 }
@@ -182,15 +202,23 @@ impl Driver {
                     };
                     let event = match self.ctx.dataplane.install_active(request) {
                         Ok(grant) => {
+                            self.ctx
+                                .metrics
+                                .lease_installed(&self.ctx.service.name, "active");
                             info!(%client, origin_side = %grant.origin_side, "active data lease installed");
                             self.lease = Some(grant.id);
                             Event::ActiveLeaseInstalled {
                                 origin_side: grant.origin_side,
                             }
                         }
-                        Err(e) => Event::LeaseFailed {
-                            reason: e.to_string(),
-                        },
+                        Err(e) => {
+                            self.ctx
+                                .metrics
+                                .lease_failed(&self.ctx.service.name, e.metric_reason());
+                            Event::LeaseFailed {
+                                reason: e.to_string(),
+                            }
+                        }
                     };
                     self.session.handle(event);
                 }

@@ -2,7 +2,12 @@
 //! runs one [`connection`] task per client, within a global session limit.
 pub mod connection;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use tokio::{
     io::AsyncWriteExt as _,
@@ -11,7 +16,7 @@ use tokio::{
 };
 use tracing::{Instrument as _, error, info, warn};
 
-use crate::{config::Service, dataplane::Dataplane};
+use crate::{config::Service, dataplane::Dataplane, metrics::Metrics};
 
 /// Everything a session of one service needs, shared by its sessions.
 pub struct ServiceContext {
@@ -19,15 +24,55 @@ pub struct ServiceContext {
     pub dataplane: Arc<dyn Dataplane>,
     /// Global cap on open control sessions (over all services).
     pub sessions: Arc<Semaphore>,
+    pub metrics: Arc<Metrics>,
+    /// The sessions open now, for status.
+    pub open: Mutex<HashMap<u64, OpenSession>>,
 }
 
-/// Accepts clients until `shutdown` resolves. Accept errors (e.g. EMFILE) back off and
-/// retry instead of ending the service.
+/// A control session as status shows it.
+#[derive(Clone, Debug)]
+pub struct OpenSession {
+    pub client: SocketAddr,
+    pub since: Instant,
+}
+
+impl ServiceContext {
+    pub fn new(
+        service: Service,
+        dataplane: Arc<dyn Dataplane>,
+        sessions: Arc<Semaphore>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            service,
+            dataplane,
+            sessions,
+            metrics,
+            open: Mutex::default(),
+        }
+    }
+
+    /// The sessions open now, oldest first.
+    pub fn open_sessions(&self) -> Vec<(u64, OpenSession)> {
+        let mut v: Vec<_> = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, s)| (*id, s.clone()))
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
+    }
+}
+
+/// Accepts clients until `shutdown` resolves, then gives the listener back (a reload may
+/// reuse it). Accept errors (e.g. EMFILE) back off and retry instead of ending the service.
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<ServiceContext>,
     shutdown: impl std::future::Future<Output = ()>,
-) {
+) -> TcpListener {
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(10);
     let mut next_id: u64 = 1;
@@ -54,20 +99,35 @@ pub async fn serve(
         match ctx.sessions.clone().try_acquire_owned() {
             Ok(permit) => {
                 let ctx = ctx.clone();
+                ctx.metrics.session_started(&ctx.service.name);
+                ctx.open.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    id,
+                    OpenSession {
+                        client: peer,
+                        since: Instant::now(),
+                    },
+                );
                 tokio::spawn(
                     async move {
-                        connection::run(stream, peer, ctx).await;
+                        connection::run(stream, peer, ctx.clone()).await;
+                        ctx.open
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&id);
+                        ctx.metrics.session_ended(&ctx.service.name);
                         drop(permit);
                     }
                     .instrument(span),
                 );
             }
             Err(_) => {
+                ctx.metrics.session_rejected(&ctx.service.name, "limit");
                 tokio::spawn(refuse_busy(stream, peer).instrument(span));
             }
         }
     }
     info!(service = %ctx.service.name, "stopped accepting");
+    listener
 }
 
 /// Tells a client over the session limit why it is turned away, without waiting on it.

@@ -1,0 +1,269 @@
+//! Prometheus metrics: counters the proxy updates as things happen, plus values read at
+//! scrape time (dataplane totals, the kernel's packet counters). Every name is listed in
+//! README.md ("Metrics").
+use std::{
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::{dataplane::Dataplane, kernel::Kernel};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// (name, help, how to read it from a dataplane snapshot).
+type SnapshotCounter = (
+    &'static str,
+    &'static str,
+    fn(&crate::dataplane::Snapshot) -> u64,
+);
+
+fn service(name: &str) -> Labels {
+    vec![("service", name.to_owned())]
+}
+
+/// The metrics the proxy updates directly.
+#[derive(Debug)]
+pub struct Metrics {
+    sessions_active: Family<Labels, Gauge>,
+    sessions_total: Family<Labels, Counter>,
+    sessions_rejected: Family<Labels, Counter>,
+    leases_installed: Family<Labels, Counter>,
+    leases_failed: Family<Labels, Counter>,
+    origin_connect_errors: Family<Labels, Counter>,
+    origin_connect_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+fn connect_histogram() -> Histogram {
+    // 0.5 ms … ~4 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self {
+            sessions_active: Family::default(),
+            sessions_total: Family::default(),
+            sessions_rejected: Family::default(),
+            leases_installed: Family::default(),
+            leases_failed: Family::default(),
+            origin_connect_errors: Family::default(),
+            origin_connect_seconds: Family::new_with_constructor(connect_histogram),
+        }
+    }
+
+    pub fn session_started(&self, svc: &str) {
+        self.sessions_total.get_or_create(&service(svc)).inc();
+        self.sessions_active.get_or_create(&service(svc)).inc();
+    }
+
+    pub fn session_ended(&self, svc: &str) {
+        self.sessions_active.get_or_create(&service(svc)).dec();
+    }
+
+    /// `reason`: limit, origin_unreachable, ipv6.
+    pub fn session_rejected(&self, svc: &str, reason: &'static str) {
+        let mut labels = service(svc);
+        labels.push(("reason", reason.to_owned()));
+        self.sessions_rejected.get_or_create(&labels).inc();
+    }
+
+    /// `mode`: passive or active.
+    pub fn lease_installed(&self, svc: &str, mode: &'static str) {
+        let mut labels = service(svc);
+        labels.push(("mode", mode.to_owned()));
+        self.leases_installed.get_or_create(&labels).inc();
+    }
+
+    /// `reason`: exhausted, table_full, error.
+    pub fn lease_failed(&self, svc: &str, reason: &'static str) {
+        let mut labels = service(svc);
+        labels.push(("reason", reason.to_owned()));
+        self.leases_failed.get_or_create(&labels).inc();
+    }
+
+    pub fn origin_connected(&self, svc: &str, took: Duration) {
+        self.origin_connect_seconds
+            .get_or_create(&service(svc))
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn origin_connect_failed(&self, svc: &str) {
+        self.origin_connect_errors
+            .get_or_create(&service(svc))
+            .inc();
+    }
+
+    /// A registry with these metrics and the scrape-time collectors.
+    pub fn registry(self: &Arc<Self>, sources: Arc<Sources>) -> Registry {
+        let mut r = Registry::with_prefix("ftp_guard");
+        r.register(
+            "sessions_active",
+            "Control sessions open now",
+            self.sessions_active.clone(),
+        );
+        r.register(
+            "sessions",
+            "Control sessions accepted",
+            self.sessions_total.clone(),
+        );
+        r.register(
+            "sessions_rejected",
+            "Clients turned away, by reason (limit, origin_unreachable, ipv6)",
+            self.sessions_rejected.clone(),
+        );
+        r.register(
+            "leases_installed",
+            "Data leases installed, by mode (passive, active)",
+            self.leases_installed.clone(),
+        );
+        r.register(
+            "leases_failed",
+            "Data leases that could not be installed (exhausted, table_full, error)",
+            self.leases_failed.clone(),
+        );
+        r.register(
+            "origin_connect_errors",
+            "Control connections to the origin that failed",
+            self.origin_connect_errors.clone(),
+        );
+        r.register(
+            "origin_connect_seconds",
+            "Time to connect to the origin",
+            self.origin_connect_seconds.clone(),
+        );
+        r.register_collector(Box::new(sources));
+        r
+    }
+}
+
+/// What is read at scrape time: each service's dataplane and the kernel object.
+#[derive(Default)]
+pub struct Sources {
+    pub services: Mutex<Vec<(String, Weak<dyn Dataplane>)>>,
+    pub kernel: Mutex<Option<Weak<Mutex<Kernel>>>>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sources")
+    }
+}
+
+impl Collector for Sources {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let services: Vec<(String, Arc<dyn Dataplane>)> = self
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|(n, w)| Some((n.clone(), w.upgrade()?)))
+            .collect();
+        let snapshots: Vec<_> = services
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.snapshot()))
+            .collect();
+        let counters: [SnapshotCounter; 8] = [
+            (
+                "leases_used",
+                "Leases whose data connection was opened",
+                |s| s.used,
+            ),
+            ("leases_expired", "Leases that expired unused", |s| {
+                s.expired
+            }),
+            (
+                "leases_revoked",
+                "Leases revoked unused (new PASV/PORT, session end)",
+                |s| s.revoked,
+            ),
+            (
+                "data_bytes_to_client",
+                "Data bytes carried to clients",
+                |s| s.bytes_to_client,
+            ),
+            (
+                "data_bytes_to_origin",
+                "Data bytes carried to origins",
+                |s| s.bytes_to_origin,
+            ),
+            ("flows_closed", "Data connections ended by FIN/RST", |s| {
+                s.flows_closed
+            }),
+            (
+                "flows_idle",
+                "Data connections removed after the idle timeout",
+                |s| s.flows_idle,
+            ),
+            (
+                "leases_strangers_refused",
+                "Data connections from anyone but the lease's peer (userspace relay)",
+                |s| s.strangers_refused,
+            ),
+        ];
+        for (name, help, get) in counters {
+            let metric = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+            for (svc, snap) in &snapshots {
+                let labels = service(svc);
+                ConstCounter::new(get(snap)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let gauge = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "leases_active",
+            "Leases waiting for or carrying a data connection",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (svc, snap) in &snapshots {
+            ConstGauge::new(snap.active as i64).encode(family.encode_family(&service(svc))?)?;
+        }
+        let kernel = self
+            .kernel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(Weak::upgrade);
+        if let Some(kernel) = kernel {
+            let counters = kernel.lock().unwrap_or_else(|e| e.into_inner()).counters();
+            if let Ok(counters) = counters {
+                let metric = ConstCounter::new(0u64);
+                let mut family = encoder.encode_descriptor(
+                    "kernel_packets",
+                    "Packets seen by the XDP/TC programs, by reason and verdict",
+                    None,
+                    metric.metric_type(),
+                )?;
+                for (counter, value) in counters.0 {
+                    let labels: Labels = vec![
+                        ("reason", counter.name().to_owned()),
+                        (
+                            "verdict",
+                            if counter.is_drop() { "drop" } else { "pass" }.to_owned(),
+                        ),
+                    ];
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
