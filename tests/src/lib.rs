@@ -7,11 +7,13 @@
 //! - [`netns`]: client / gateway / origin (and extra hosts) in network namespaces joined by
 //!   veths, for end-to-end tests.
 //! - [`gateway`]: ftp-guard itself running in-process in the gateway namespace.
+//! - [`scenario`]: topology + origin server + gateway, ready for an end-to-end test.
 pub mod ftp_clients;
 pub mod ftp_servers;
 pub mod gateway;
 pub mod netns;
 pub mod packet;
+pub mod scenario;
 
 /// Gate for tests that need root (BPF, netns). Returns false when the caller should skip.
 /// In CI (`CI=true`) or under `cargo xtask test` (`FTP_GUARD_REQUIRE_PRIVILEGED=1`) a missing

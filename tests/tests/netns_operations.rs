@@ -1,0 +1,365 @@
+//! Operating ftp-guard: the admin endpoint (metrics, probes, status), `ftp-guard status`,
+//! SIGHUP reload and graceful SIGTERM, the last ones against the real binary.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use ftp_guard::admin::{self, Status};
+use ftp_guard_tests::{
+    ftp_clients::{DataMode, curl_download, sha256_file},
+    ftp_servers::{FtpServer, ServerKind, ServerOptions},
+    netns::{self, CLIENT, GATEWAY, ORIGIN, Topology},
+    require_privileged,
+    scenario::{Control, Env},
+};
+
+const ADMIN: &str = "127.0.0.1:9640";
+
+/// GET `path` from the admin endpoint inside the gateway namespace.
+fn admin_get(topo: &Topology, path: &str) -> anyhow::Result<String> {
+    topo.in_ns(GATEWAY, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(admin::get(ADMIN.parse().unwrap(), path))
+    })
+}
+
+/// The value of the first sample of `metric` whose labels contain all of `labels`.
+fn sample(metrics: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|x| l.contains(x)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn admin_endpoint_reports_sessions_leases_metrics_and_readiness() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::start("admin", ServerKind::Vsftpd, "kernel");
+    assert_eq!(admin_get(&env.topo, "/healthz").unwrap(), "ok\n");
+    assert_eq!(admin_get(&env.topo, "/readyz").unwrap(), "ready\n");
+
+    // A session holding a passive lease shows up in /status.
+    let mut control = Control::login(&env);
+    let port = control.epsv();
+    let status: Status = serde_json::from_str(&admin_get(&env.topo, "/status").unwrap()).unwrap();
+    let svc = &status.services[0];
+    assert_eq!(svc.sessions.len(), 1, "{status:?}");
+    assert!(
+        svc.sessions[0].client.starts_with("203.0.113.2:"),
+        "{status:?}"
+    );
+    assert_eq!(svc.leases.len(), 1, "{status:?}");
+    assert_eq!(
+        (svc.leases[0].port, svc.leases[0].state.as_str()),
+        (port, "waiting")
+    );
+    let kernel = status.kernel.as_ref().unwrap();
+    assert_eq!(kernel.attachments.len(), 2, "{kernel:?}");
+
+    // After a transfer, the metrics count it.
+    let remote = env.origin_file("m.bin", 2 << 20);
+    let local = env.local("m.bin");
+    curl_download(
+        env.client_ns(),
+        &env.login(),
+        "m.bin",
+        &local,
+        DataMode::Epsv,
+    )
+    .unwrap()
+    .success()
+    .unwrap();
+    assert_eq!(sha256_file(&remote).unwrap(), sha256_file(&local).unwrap());
+    std::thread::sleep(Duration::from_secs(3)); // the sweeper accounts closed flows
+    let metrics = admin_get(&env.topo, "/metrics").unwrap();
+    let get = |m: &str, l: &[&str]| {
+        sample(&metrics, m, l).unwrap_or_else(|| panic!("{m} {l:?} missing:\n{metrics}"))
+    };
+    assert!(get("ftp_guard_sessions_total", &["service=\"e2e\""]) >= 2.0);
+    assert_eq!(get("ftp_guard_sessions_active", &["service=\"e2e\""]), 1.0);
+    assert!(get("ftp_guard_leases_installed_total", &["mode=\"passive\""]) >= 2.0);
+    assert!(
+        get(
+            "ftp_guard_kernel_packets_total",
+            &["reason=\"nat_to_client\""]
+        ) > 1000.0
+    );
+    assert!(get("ftp_guard_data_bytes_to_client_total", &["service=\"e2e\""]) >= (2 << 20) as f64);
+    assert!(
+        get(
+            "ftp_guard_origin_connect_seconds_count",
+            &["service=\"e2e\""]
+        ) >= 2.0
+    );
+    drop(control);
+
+    // The origin goes away: not ready any more, and the reason is given.
+    // SAFETY: the server's PID, started by this test.
+    unsafe { libc::kill(env.server.pid() as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(300));
+    let err = admin_get(&env.topo, "/readyz").unwrap_err().to_string();
+    assert!(err.contains("503"), "{err}");
+    assert_eq!(admin_get(&env.topo, "/healthz").unwrap(), "ok\n");
+}
+
+/// The real binary in the gateway namespace, with its output in files.
+struct Daemon {
+    pid: u32,
+    log: PathBuf,
+    config: PathBuf,
+}
+
+impl Daemon {
+    fn start(topo: &Topology, dir: &Path, config: &str) -> Daemon {
+        let exe = std::env::current_exe().unwrap();
+        let binary = exe.parent().unwrap().parent().unwrap().join("ftp-guard");
+        assert!(binary.is_file(), "{} not built", binary.display());
+        let config_path = dir.join("ftp-guard.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join("ftp-guard.log");
+        let out = dir.join("ftp-guard.out");
+        let mut cmd = topo.cmd(GATEWAY, binary.to_str().unwrap());
+        cmd.args(["run", "--config"])
+            .arg(&config_path)
+            .env("NO_COLOR", "1")
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let pid = topo.spawn_command(cmd).unwrap();
+        let started = Instant::now();
+        while !std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("ready")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "ftp-guard did not start:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Daemon {
+            pid,
+            log,
+            config: config_path,
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: a PID we spawned.
+        assert_eq!(unsafe { libc::kill(self.pid as i32, signal) }, 0);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `text` (after a signal was handled).
+    fn wait_log(&self, text: &str) {
+        let started = Instant::now();
+        while !self.log().contains(text) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no `{text}` in:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn exited(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z")
+    }
+}
+
+fn service(name: &str, port: u16, data: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nlisten = \"203.0.113.1:{port}\"\norigin = \"198.51.100.2:21\"\n\
+         data_ports = \"{data}\"\nclient_interface = \"pub0\"\norigin_interface = \"priv0\"\n"
+    )
+}
+
+fn connect(topo: &Topology, port: u16) -> std::io::Result<std::net::TcpStream> {
+    topo.in_ns(CLIENT, || {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((netns::GATEWAY_PUBLIC_IP, port)),
+            Duration::from_secs(2),
+        )
+    })
+}
+
+#[test]
+fn reload_status_and_graceful_stop_with_the_binary() {
+    if !require_privileged() {
+        return;
+    }
+    let topo = Topology::standard("ops").unwrap();
+    for role in [CLIENT, ORIGIN] {
+        topo.run(role, &["ethtool", "-K", "eth0", "gro", "on"])
+            .unwrap();
+    }
+    let server = FtpServer::start(
+        topo.ns_name(ORIGIN),
+        ServerKind::Vsftpd,
+        ServerOptions {
+            listen: std::net::SocketAddrV4::new(netns::ORIGIN_IP, 21),
+            ..ServerOptions::default()
+        },
+    )
+    .unwrap();
+    let dir = ftp_guard_tests::ftp_clients::unique_temp_dir("fg-ops").unwrap();
+    let daemon = Daemon::start(&topo, &dir, &service("a", 21, "40000-40049"));
+    let login = ftp_guard_tests::ftp_clients::Login {
+        addr: std::net::SocketAddrV4::new(netns::GATEWAY_PUBLIC_IP, 21),
+        ..server.login()
+    };
+
+    // A session on `a` that must survive every reload below.
+    let mut kept = raw_login(&topo, &login);
+    assert!(connect(&topo, 2121).is_err(), "b exists too early");
+
+    // Add service b.
+    std::fs::write(
+        &daemon.config,
+        service("a", 21, "40000-40049") + &service("b", 2121, "40050-40099"),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("configuration reloaded");
+    assert!(
+        connect(&topo, 2121).is_ok(),
+        "b not added:\n{}",
+        daemon.log()
+    );
+    assert!(
+        cmd(&mut kept, "NOOP").starts_with("200"),
+        "session on a dropped by the reload"
+    );
+
+    // A broken file is refused; everything stays as it was.
+    std::fs::write(&daemon.config, "[[service]]\nname = \"a\"\nbogus = 1\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("reload refused");
+    assert!(connect(&topo, 2121).is_ok());
+    assert!(cmd(&mut kept, "NOOP").starts_with("200"));
+
+    // Remove b again.
+    std::fs::write(&daemon.config, service("a", 21, "40000-40049")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let started = Instant::now();
+    while connect(&topo, 2121).is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "b still accepting"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(cmd(&mut kept, "NOOP").starts_with("200"));
+
+    // `ftp-guard status` shows the session.
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().unwrap().parent().unwrap().join("ftp-guard");
+    let out = Command::new("ip")
+        .args(["netns", "exec", topo.ns_name(GATEWAY)])
+        .arg(&binary)
+        .args(["status", "--admin", ADMIN])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("SESSIONS") && table.contains("203.0.113.2:"),
+        "{table}"
+    );
+    assert!(table.contains("xdp-native"), "{table}");
+
+    // SIGTERM during a download: the download completes, then the daemon exits.
+    let big = server.root().join("big.bin");
+    ftp_guard_tests::ftp_clients::random_file(&big, 200 << 20).unwrap();
+    server.give_to_user(&big).unwrap();
+    let local = dir.join("big.bin");
+    // Throttled so that the signal surely lands mid-transfer (200 MiB at 50 MB/s: ~4 s).
+    let download = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            topo.ns_name(CLIENT),
+            "curl",
+            "-sS",
+            "--limit-rate",
+            "50M",
+        ])
+        .arg("-u")
+        .arg(format!("{}:{}", login.user, login.password))
+        .arg("-o")
+        .arg(&local)
+        .arg(login.url("big.bin"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(kept);
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_log("SIGTERM");
+    let status = download.wait_with_output().unwrap().status;
+    assert!(status.success(), "curl failed: {status}");
+    assert_eq!(sha256_file(&big).unwrap(), sha256_file(&local).unwrap());
+    let started = Instant::now();
+    while !daemon.exited() {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "daemon did not exit:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(daemon.log().contains("gateway stopped"), "{}", daemon.log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn raw_login(
+    topo: &Topology,
+    login: &ftp_guard_tests::ftp_clients::Login,
+) -> std::io::BufReader<std::net::TcpStream> {
+    let stream = connect(topo, login.addr.port()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut r = std::io::BufReader::new(stream);
+    assert!(reply(&mut r).starts_with("220"));
+    assert!(cmd(&mut r, &format!("USER {}", login.user)).starts_with("331"));
+    assert!(cmd(&mut r, &format!("PASS {}", login.password)).starts_with("230"));
+    r
+}
+
+fn reply(r: &mut std::io::BufReader<std::net::TcpStream>) -> String {
+    use std::io::BufRead as _;
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "closed: {all}");
+        all.push_str(&line);
+        let b = line.as_bytes();
+        if b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && b[3] == b' ' {
+            return all;
+        }
+    }
+}
+
+fn cmd(r: &mut std::io::BufReader<std::net::TcpStream>, line: &str) -> String {
+    use std::io::Write as _;
+    r.get_mut()
+        .write_all(format!("{line}\r\n").as_bytes())
+        .unwrap();
+    reply(r)
+}
