@@ -35,6 +35,11 @@ pub struct Config {
     /// /status (what `ftp-guard status` shows).
     #[serde(default = "defaults::admin_listen")]
     pub admin_listen: std::net::SocketAddr,
+    /// A bpffs directory where the kernel path's maps and program links are pinned, so
+    /// that they outlive the process: a restarted ftp-guard adopts them and data
+    /// connections in flight go on. Unset: everything is removed when ftp-guard exits.
+    /// `ftp-guard unpin` removes what is pinned.
+    pub pin_path: Option<std::path::PathBuf>,
     /// SIGTERM: seconds to let sessions and data transfers finish before exiting.
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,

@@ -104,7 +104,13 @@ impl Gateway {
             return Ok(());
         }
         match &mut self.kernel {
-            None => self.kernel = Some(kernel_path::setup(&kernel_services, config.max_leases)?),
+            None => {
+                self.kernel = Some(kernel_path::setup(
+                    &kernel_services,
+                    config.max_leases,
+                    config.pin_path.as_deref(),
+                )?)
+            }
             Some(setup) => kernel_path::update(setup, &kernel_services)?,
         }
         Ok(())

@@ -1,12 +1,20 @@
 //! The one module that owns the eBPF object: loads it, attaches its programs and is the
 //! only code that reads or writes its maps. Everything above speaks in `Ipv4Addr`s and
 //! host-order ports; byte order is handled here.
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, xdp::DevMapHash},
-    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
 };
 use ftp_guard_common::{
     Claim, Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES, DataRange, FilterConfig, FlowKey,
@@ -54,6 +62,64 @@ pub enum KernelError {
     NoInterface(String),
     #[error("the XDP redirect map: {0}")]
     TxPorts(#[from] aya::maps::xdp::XdpMapError),
+    #[error("pinning under {path}: {message}")]
+    Pin { path: PathBuf, message: String },
+}
+
+fn pin_error(path: &Path, e: impl std::fmt::Display) -> KernelError {
+    KernelError::Pin {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// Maps that outlive the process when pinning is on (everything the programs use).
+const PINNED_MAPS: [&str; 6] = [
+    names::FILTER_CONFIG,
+    names::LEASES,
+    names::CLAIMS,
+    names::FLOWS,
+    names::TX_PORTS,
+    names::COUNTERS,
+];
+
+/// BPF_FS_MAGIC from linux/magic.h: pins only work on a bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Checks that `dir` is (or can be created) on a bpffs mount.
+fn prepare_pin_dir(dir: &Path) -> Result<(), KernelError> {
+    std::fs::create_dir_all(dir).map_err(|e| pin_error(dir, e))?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|e| pin_error(dir, e))?;
+    // SAFETY: a valid path and an out-parameter of the right type.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut fs) } != 0 {
+        return Err(pin_error(dir, std::io::Error::last_os_error()));
+    }
+    if fs.f_type as i64 != BPF_FS_MAGIC {
+        return Err(pin_error(
+            dir,
+            "not on a bpffs (mount one: `mount -t bpf bpf /sys/fs/bpf`; note that `ip netns exec` hides the host's /sys/fs/bpf)",
+        ));
+    }
+    Ok(())
+}
+
+/// Removes everything ftp-guard pinned under `dir`: its programs detach once nothing else
+/// holds them, its maps are freed.
+pub fn unpin(dir: &Path) -> Result<usize, KernelError> {
+    let mut removed = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(pin_error(dir, e)),
+    };
+    for entry in entries.flatten() {
+        std::fs::remove_file(entry.path()).map_err(|e| pin_error(&entry.path(), e))?;
+        removed += 1;
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(removed)
 }
 
 /// How the guard's XDP program is attached.
@@ -243,16 +309,37 @@ pub struct Kernel {
     counters: PerCpuArray<MapData, u64>,
     max_leases: u32,
     attachments: Vec<(String, AttachedMode)>,
+    /// Where maps and links are pinned, when they must outlive the process.
+    pin: Option<PathBuf>,
 }
 
 impl Kernel {
     /// Loads and verifies every program of the embedded object. Attaches nothing.
     pub fn load(sizes: MapSizes) -> Result<Self, KernelError> {
-        let mut ebpf = EbpfLoader::new()
+        Self::load_pinned(sizes, None)
+    }
+
+    /// Like [`Kernel::load`], with maps and links pinned under `pin` (a bpffs directory):
+    /// maps already pinned there are reused, with their contents, and links already
+    /// pinned get the new programs (see [`Kernel::attach_guard`]) — a restarted ftp-guard
+    /// adopts what the previous one left, and data connections go on meanwhile.
+    pub fn load_pinned(sizes: MapSizes, pin: Option<&Path>) -> Result<Self, KernelError> {
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::LEASES, sizes.max_leases)
             .map_max_entries(names::CLAIMS, sizes.max_leases)
-            .map_max_entries(names::FLOWS, sizes.max_flows)
-            .load(EBPF_OBJECT)?;
+            .map_max_entries(names::FLOWS, sizes.max_flows);
+        let map_paths: Vec<(&str, PathBuf)> = match pin {
+            Some(dir) => {
+                prepare_pin_dir(dir)?;
+                PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         let program_error = |program| move |source| KernelError::Program { program, source };
         let xdp: &mut Xdp = ebpf
             .program_mut(names::XDP_GUARD)
@@ -276,6 +363,7 @@ impl Kernel {
             ebpf,
             max_leases: sizes.max_leases,
             attachments: Vec::new(),
+            pin: pin.map(Path::to_owned),
         })
     }
 
@@ -306,10 +394,35 @@ impl Kernel {
             XdpAttach::Native => &[(XdpMode::Driver, AttachedMode::Native)],
             XdpAttach::Generic => &[(XdpMode::Skb, AttachedMode::Generic)],
         };
+        let link_path = self
+            .pin
+            .as_ref()
+            .map(|d| d.join(format!("link-xdp-{interface}")));
+        if let Some(path) = link_path.as_ref().filter(|p| p.exists()) {
+            // A link left by the previous ftp-guard: swap in our program, atomically.
+            let link = PinnedLink::from_pin(path).map_err(|e| pin_error(path, e))?;
+            let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| pin_error(path, e))?;
+            let id = program
+                .attach_to_link(link)
+                .map_err(|e| pin_error(path, e))?;
+            // The pin keeps the link; our handle may go.
+            drop(program.take_link(id));
+            let mode = attempts[0].1;
+            tracing::info!(interface, %mode, "adopted the pinned XDP link");
+            self.attachments.push((interface.to_owned(), mode));
+            return Ok(mode);
+        }
         let mut last_error = None;
         for (xdp_mode, attached) in attempts {
             match program.attach(interface, *xdp_mode) {
-                Ok(_link) => {
+                Ok(id) => {
+                    if let Some(path) = &link_path {
+                        let link = program.take_link(id).map_err(|e| pin_error(path, e))?;
+                        FdLink::try_from(link)
+                            .map_err(|e| pin_error(path, e))?
+                            .pin(path)
+                            .map_err(|e| pin_error(path, e))?;
+                    }
                     // XDP can redirect only to devices that take XDP frames: in native
                     // mode those attached natively, in generic mode any device.
                     let ifindex = ifindex(interface)?;
@@ -337,12 +450,34 @@ impl Kernel {
             .program_mut(names::TC_GUARD)
             .and_then(|p| p.try_into().ok())
             .expect("checked at load");
-        program
-            .attach(interface, TcAttachType::Ingress)
-            .map_err(|source| KernelError::AttachTc {
-                interface: interface.to_owned(),
-                source,
-            })?;
+        let link_path = self
+            .pin
+            .as_ref()
+            .map(|d| d.join(format!("link-tcx-{interface}")));
+        if let Some(path) = link_path.as_ref().filter(|p| p.exists()) {
+            let link = PinnedLink::from_pin(path).map_err(|e| pin_error(path, e))?;
+            let link = SchedClassifierLink::try_from(FdLink::from(link))
+                .map_err(|e| pin_error(path, e))?;
+            let id = program
+                .attach_to_link(link)
+                .map_err(|e| pin_error(path, e))?;
+            drop(program.take_link(id));
+            tracing::info!(interface, "adopted the pinned tcx link");
+        } else {
+            let id = program
+                .attach(interface, TcAttachType::Ingress)
+                .map_err(|source| KernelError::AttachTc {
+                    interface: interface.to_owned(),
+                    source,
+                })?;
+            if let Some(path) = &link_path {
+                let link = program.take_link(id).map_err(|e| pin_error(path, e))?;
+                FdLink::try_from(link)
+                    .map_err(|e| pin_error(path, e))?
+                    .pin(path)
+                    .map_err(|e| pin_error(path, e))?;
+            }
+        }
         self.attachments
             .push((interface.to_owned(), AttachedMode::Tcx));
         Ok(AttachedMode::Tcx)
@@ -473,6 +608,38 @@ impl Kernel {
 
     pub fn remove_flow(&mut self, tuple: FlowTuple) -> Result<bool, KernelError> {
         removed(names::FLOWS, self.flows.remove(&flow_key(tuple)))
+    }
+
+    /// Every lease in the map as (peer, local address) — e.g. leases a previous process left.
+    pub fn lease_keys(&self) -> Vec<(Ipv4Addr, SocketAddrV4)> {
+        self.leases
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| {
+                (
+                    ip_of(k.peer_addr_be),
+                    SocketAddrV4::new(ip_of(k.addr_be), u16::from_be(k.port_be)),
+                )
+            })
+            .collect()
+    }
+
+    /// How a flow direction is rewritten: (new source, new destination).
+    pub fn flow_rewrite(
+        &self,
+        tuple: FlowTuple,
+    ) -> Result<Option<(SocketAddrV4, SocketAddrV4)>, KernelError> {
+        match self.flows.get(&flow_key(tuple), 0) {
+            Ok(v) => Ok(Some((
+                SocketAddrV4::new(ip_of(v.new_src_addr_be), u16::from_be(v.new_src_port_be)),
+                SocketAddrV4::new(ip_of(v.new_dst_addr_be), u16::from_be(v.new_dst_port_be)),
+            ))),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(source) => Err(KernelError::Map {
+                map: names::FLOWS,
+                source,
+            }),
+        }
     }
 
     /// Number of flow entries (walks the map: for status and tests).

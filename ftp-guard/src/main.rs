@@ -21,6 +21,8 @@ enum Command {
     Check(run_cmd::ConfigArgs),
     /// Show what a running daemon is doing: services, sessions, leases, kernel counters.
     Status(status_cmd::StatusArgs),
+    /// Remove the programs and maps pinned under the configuration's `pin_path`.
+    Unpin(run_cmd::ConfigArgs),
     /// Run the XDP data-port guard alone, with static leases (diagnostics, demo).
     Guard(guard_cmd::GuardArgs),
 }
@@ -51,6 +53,7 @@ fn main() -> std::process::ExitCode {
             Command::Run(args) => run_cmd::run(&args).await,
             Command::Check(args) => run_cmd::check(&args),
             Command::Status(args) => status_cmd::run(&args).await,
+            Command::Unpin(args) => run_cmd::unpin(&args),
             Command::Guard(args) => guard_cmd::run(args).await,
         }
     });

@@ -84,3 +84,17 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     gateway.shutdown(grace).await;
     Ok(())
 }
+
+/// Removes the maps and program links pinned under the configuration's `pin_path`.
+pub fn unpin(args: &ConfigArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let Some(dir) = config.pin_path else {
+        anyhow::bail!(
+            "{}: no pin_path configured: nothing is pinned",
+            args.config.display()
+        );
+    };
+    let removed = crate::kernel::unpin(&dir)?;
+    println!("{}: removed {removed} pinned objects", dir.display());
+    Ok(())
+}

@@ -363,3 +363,150 @@ fn cmd(r: &mut std::io::BufReader<std::net::TcpStream>, line: &str) -> String {
         .unwrap();
     reply(r)
 }
+
+/// Zero-downtime restart: with `pin_path`, a restarted ftp-guard adopts the pinned maps
+/// and programs; a download in flight during the restart completes without a byte lost.
+#[test]
+fn restart_with_pinning_keeps_transfers_going() {
+    if !require_privileged() {
+        return;
+    }
+    use std::io::Read as _;
+
+    let topo = Topology::standard("pin").unwrap();
+    for role in [CLIENT, ORIGIN] {
+        topo.run(role, &["ethtool", "-K", "eth0", "gro", "on"])
+            .unwrap();
+    }
+    let server = FtpServer::start(
+        topo.ns_name(ORIGIN),
+        ServerKind::Vsftpd,
+        ServerOptions {
+            listen: std::net::SocketAddrV4::new(netns::ORIGIN_IP, 21),
+            ..ServerOptions::default()
+        },
+    )
+    .unwrap();
+    let big = server.root().join("big.bin");
+    ftp_guard_tests::ftp_clients::random_file(&big, 64 << 20).unwrap();
+    server.give_to_user(&big).unwrap();
+    let dir = ftp_guard_tests::ftp_clients::unique_temp_dir("fg-pin").unwrap();
+    // A bpffs of our own: `ip netns exec` hides the host's /sys/fs/bpf.
+    let bpffs = dir.join("bpffs");
+    std::fs::create_dir_all(&bpffs).unwrap();
+    let mount = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&bpffs)
+        .status()
+        .unwrap();
+    assert!(mount.success());
+    let pin = bpffs.join("ftp-guard");
+    let config = format!(
+        "pin_path = \"{}\"\n{}",
+        pin.display(),
+        service("pinned", 21, "40000-40099")
+    );
+    let first = Daemon::start(&topo, &dir, &config);
+    assert!(pin.join("FLOWS").exists() && pin.join("link-xdp-pub0").exists());
+
+    // Start a download and read it slowly: it must span the restart.
+    let login = ftp_guard_tests::ftp_clients::Login {
+        addr: std::net::SocketAddrV4::new(netns::GATEWAY_PUBLIC_IP, 21),
+        ..server.login()
+    };
+    let mut control = raw_login(&topo, &login);
+    assert!(cmd(&mut control, "TYPE I").starts_with("200"));
+    let epsv = cmd(&mut control, "EPSV");
+    let port: u16 = epsv
+        .split("|||")
+        .nth(1)
+        .unwrap()
+        .split('|')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut data = connect(&topo, port).unwrap();
+    assert!(cmd(&mut control, "RETR big.bin").starts_with("150"));
+    let mut got = Vec::with_capacity(64 << 20);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut restarted = None;
+    loop {
+        let n = data.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if restarted.is_none() && got.len() > 8 << 20 {
+            // Mid-transfer: the old process goes at once (SIGINT), a new one starts.
+            first.signal(libc::SIGINT);
+            let started = Instant::now();
+            while !first.exited() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "{}",
+                    first.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let at = got.len();
+            std::fs::rename(&first.log, dir.join("first.log")).unwrap();
+            restarted = Some((Daemon::start(&topo, &dir, &config), at));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(data); // our FIN: the flow can close
+    let (second, at) = restarted.expect("the download ended before the restart");
+    assert!(at < got.len(), "nothing arrived after the restart");
+    assert_eq!(got.len(), 64 << 20, "bytes lost across the restart");
+    assert_eq!(got, std::fs::read(&big).unwrap(), "content differs");
+    second.wait_log("took over the previous process's data connections");
+    second.wait_log("data connection done (kernel)");
+    assert!(
+        second.log().contains("adopted the pinned XDP link"),
+        "{}",
+        second.log()
+    );
+
+    // The new process serves new sessions through the adopted programs.
+    let local = dir.join("after.bin");
+    curl_download(
+        topo.ns_name(CLIENT),
+        &login,
+        "big.bin",
+        &local,
+        DataMode::Epsv,
+    )
+    .unwrap()
+    .success()
+    .unwrap();
+    assert_eq!(sha256_file(&big).unwrap(), sha256_file(&local).unwrap());
+
+    // Stop, unpin: nothing of ours stays attached.
+    second.signal(libc::SIGINT);
+    let started = Instant::now();
+    while !second.exited() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().unwrap().parent().unwrap().join("ftp-guard");
+    let out = Command::new(&binary)
+        .args(["unpin", "--config"])
+        .arg(&second.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pin.exists());
+    let link = topo.run(GATEWAY, &["ip", "link", "show", "pub0"]).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "still attached"
+    );
+    let _ = Command::new("umount").arg(&bpffs).status();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -110,6 +110,7 @@ impl KernelDataplane {
             next_id: AtomicU64::new(1),
             stats: KernelStats::default(),
         });
+        dp.adopt();
         let weak = Arc::downgrade(&dp);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -137,6 +138,62 @@ impl KernelDataplane {
 
     fn kernel(&self) -> std::sync::MutexGuard<'_, Kernel> {
         self.kernel.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn owns(&self, local: SocketAddrV4) -> bool {
+        (*local.ip() == self.settings.public_ip || *local.ip() == self.settings.nat_ip)
+            && self.settings.ports.contains(local.port())
+    }
+
+    /// Takes over what a previous ftp-guard left in pinned maps: data connections under
+    /// way are tracked to their end (their ports stay taken); leases nobody claimed are
+    /// dropped, their control sessions having died with that process.
+    fn adopt(&self) {
+        let kernel = self.kernel();
+        let mut adopted = 0;
+        for (peer, local) in kernel.claimed_leases() {
+            if !self.owns(local) {
+                continue;
+            }
+            let Ok(Some(peer_port)) = kernel.claim(peer, local) else {
+                continue;
+            };
+            let Ok(Some((source, target))) =
+                kernel.flow_rewrite((SocketAddrV4::new(peer, peer_port), local))
+            else {
+                continue;
+            };
+            self.pool.mark(local.port());
+            let mut t = self.tracked(
+                peer,
+                local,
+                target,
+                source,
+                *local.ip() == self.settings.nat_ip,
+            );
+            t.claimed = Some(peer_port);
+            let id = LeaseId(self.next_id.fetch_add(1, Ordering::Relaxed));
+            self.leases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, t);
+            adopted += 1;
+        }
+        drop(kernel);
+        let mut kernel = self.kernel();
+        let mut dropped = 0;
+        for (peer, local) in kernel.lease_keys() {
+            if self.owns(local) && matches!(kernel.claim(peer, local), Ok(None)) {
+                let _ = kernel.remove_lease(peer, local);
+                dropped += 1;
+            }
+        }
+        if adopted + dropped > 0 {
+            info!(
+                adopted,
+                dropped, "took over the previous process's data connections"
+            );
+        }
     }
 
     /// One pass over every tracked lease.
@@ -435,13 +492,20 @@ pub struct KernelSetup {
 
 /// Loads the eBPF object, protects every service's range, attaches to every interface
 /// once and prepares the host (reserved ports, sysctls). Logs what it did.
-pub fn setup(services: &[&crate::config::Service], max_leases: u32) -> anyhow::Result<KernelSetup> {
+pub fn setup(
+    services: &[&crate::config::Service],
+    max_leases: u32,
+    pin: Option<&std::path::Path>,
+) -> anyhow::Result<KernelSetup> {
     use crate::kernel::MapSizes;
 
-    let kernel = Kernel::load(MapSizes {
-        max_leases,
-        max_flows: max_leases.saturating_mul(2),
-    })?;
+    let kernel = Kernel::load_pinned(
+        MapSizes {
+            max_leases,
+            max_flows: max_leases.saturating_mul(2),
+        },
+        pin,
+    )?;
     let mut setup = KernelSetup {
         kernel: Arc::new(Mutex::new(kernel)),
         nat_ips: Vec::new(),

@@ -35,6 +35,16 @@ impl PortPool {
             })
     }
 
+    /// Marks `port` as taken (a connection adopted from a previous process).
+    pub fn mark(&self, port: u16) {
+        if self.range.contains(port) {
+            self.in_use
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(port);
+        }
+    }
+
     pub fn release(&self, port: u16) {
         self.in_use
             .lock()
