@@ -952,7 +952,9 @@ impl Facts {
             let wanted = [
                 "tx-checksumming",
                 "scatter-gather",
-                "tcp-segmentation-offload",
+                // The real TSO state (the parent `tcp-segmentation-offload` says "on" when
+                // any child, e.g. accecn, is on).
+                "tx-tcp-segmentation",
                 "generic-segmentation-offload",
                 "generic-receive-offload",
             ];
@@ -1017,7 +1019,7 @@ fn abbreviate(feature: &str) -> &str {
     match feature {
         "tx-checksumming" => "tx-csum",
         "scatter-gather" => "sg",
-        "tcp-segmentation-offload" => "tso",
+        "tx-tcp-segmentation" => "tso",
         "generic-segmentation-offload" => "gso",
         "generic-receive-offload" => "gro",
         other => other,
