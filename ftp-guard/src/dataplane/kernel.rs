@@ -606,8 +606,13 @@ fn reserve_ports(ranges: impl Iterator<Item = PortRange>) {
     }
 }
 
+/// Sets a sysctl unless it already has `value` (in containers /proc/sys is often
+/// read-only and set by the platform).
 fn set_sysctl(key: &str, value: &str) {
     let path = format!("/proc/sys/{key}");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == value) {
+        return;
+    }
     match std::fs::write(&path, value) {
         Ok(()) => info!(key = %key.replace('/', "."), value, "sysctl set"),
         Err(e) => warn!(key = %key.replace('/', "."), value, error = %e, "cannot set sysctl"),
