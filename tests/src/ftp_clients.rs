@@ -1,7 +1,8 @@
-//! Real FTP clients (curl, lftp, Python ftplib) run inside a network namespace with
-//! `ip netns exec`, each returning its exit status, its output and its protocol trace, so a
-//! test can check which commands were really sent (a silent EPSV → PASV fallback shows up
-//! in [`ClientRun::commands_sent`]).
+//! Real FTP clients (curl, lftp, Python ftplib, wget, tnftp) run inside a network namespace
+//! with `ip netns exec`, each returning its exit status, its output and its protocol trace,
+//! so a test can check which commands were really sent (a silent EPSV → PASV fallback shows
+//! up in [`ClientRun::commands_sent`]). [`ClientKind`] tells which modes each can be made to
+//! use over IPv4.
 //!
 //! Also: payload helpers ([`random_file`], [`sha256_file`]) and the process helpers shared
 //! with [`crate::ftp_servers`].
@@ -12,17 +13,131 @@ use std::{
     io::{BufWriter, Write as _},
     net::SocketAddrV4,
     path::{Path, PathBuf},
-    process::{Command, ExitStatus, Output},
-    sync::atomic::{AtomicU32, Ordering},
+    process::{Command, ExitStatus, Output, Stdio},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-/// Wall-clock bound of one client run (curl `--max-time`; a `timeout` wrapper for all).
+/// Default wall-clock bound of one client run (curl `--max-time`; a `timeout` wrapper for
+/// all); see [`set_client_timeout`].
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bound of one connect / one stalled read or write inside a client.
 const IO_TIMEOUT_SECS: u32 = 10;
+
+static CLIENT_TIMEOUT_SECS: AtomicU64 = AtomicU64::new(CLIENT_TIMEOUT.as_secs());
+
+/// Changes the wall-clock bound of every later client run in this process (at least 1 s),
+/// e.g. a short one for a matrix of small transfers where a hang must not eat the budget.
+pub fn set_client_timeout(limit: Duration) {
+    CLIENT_TIMEOUT_SECS.store(limit.as_secs().max(1), Ordering::Relaxed);
+}
+
+/// The wall-clock bound of one client run now in force.
+pub fn client_timeout() -> Duration {
+    Duration::from_secs(CLIENT_TIMEOUT_SECS.load(Ordering::Relaxed))
+}
+
+/// The real clients, and what each can be made to do over IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientKind {
+    /// curl: [`curl_list`], [`curl_download`], [`curl_upload`], [`curl_resume_download`].
+    Curl,
+    /// lftp: [`lftp_run`].
+    Lftp,
+    /// Python's ftplib: [`ftplib_run`].
+    Ftplib,
+    /// GNU wget: [`wget_list`], [`wget_download`], [`wget_resume_download`].
+    Wget,
+    /// tnftp, the NetBSD ftp client (Debian's `ftp` is the same program): [`tnftp_run`].
+    Tnftp,
+}
+
+impl ClientKind {
+    pub const ALL: [ClientKind; 5] = [
+        ClientKind::Curl,
+        ClientKind::Lftp,
+        ClientKind::Ftplib,
+        ClientKind::Wget,
+        ClientKind::Tnftp,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientKind::Curl => "curl",
+            ClientKind::Lftp => "lftp",
+            ClientKind::Ftplib => "ftplib",
+            ClientKind::Wget => "wget",
+            ClientKind::Tnftp => "tnftp",
+        }
+    }
+
+    /// Why this client cannot be made to use `mode` over IPv4, if it cannot.
+    pub fn unsupported_mode(self, mode: DataMode) -> Option<&'static str> {
+        match (self, mode) {
+            (ClientKind::Lftp, DataMode::Eprt) => Some("lftp sends EPRT only over IPv6"),
+            (ClientKind::Wget, DataMode::Epsv) => {
+                Some("wget sends EPSV only over IPv6 (no option to ask for it)")
+            }
+            (ClientKind::Wget, DataMode::Eprt) => {
+                Some("wget sends EPRT only over IPv6 (no option to ask for it)")
+            }
+            _ => None,
+        }
+    }
+
+    /// Why this client cannot upload, if it cannot.
+    pub fn cannot_upload(self) -> Option<&'static str> {
+        (self == ClientKind::Wget).then_some("wget cannot upload")
+    }
+
+    /// The installed version: the Debian package's, or (ftplib) Python's.
+    pub fn version(self) -> Result<String> {
+        match self {
+            ClientKind::Curl => deb_version("curl"),
+            ClientKind::Lftp => deb_version("lftp"),
+            ClientKind::Wget => deb_version("wget"),
+            ClientKind::Tnftp => deb_version("tnftp"),
+            ClientKind::Ftplib => {
+                let mut cmd = Command::new(require_program("python3")?);
+                cmd.args([
+                    "-c",
+                    "import platform; print('Python', platform.python_version())",
+                ]);
+                let out = cmd
+                    .output()
+                    .with_context(|| format!("could not run `{}`", command_line(&cmd)))?;
+                ensure!(
+                    out.status.success(),
+                    "`{}` failed ({}): {}",
+                    command_line(&cmd),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            }
+        }
+    }
+}
+
+/// `dpkg-query`'s version of an installed Debian package.
+pub fn deb_version(package: &str) -> Result<String> {
+    let mut cmd = Command::new(require_program("dpkg-query")?);
+    cmd.args(["-W", "-f=${Version}", package]);
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not run `{}`", command_line(&cmd)))?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    ensure!(
+        out.status.success() && !version.is_empty(),
+        "`{}` failed ({}): {}",
+        command_line(&cmd),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(version)
+}
 
 /// Which data-connection command the client is told to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,7 +203,8 @@ pub struct ClientRun {
     pub status: ExitStatus,
     /// The client's standard output (listings; downloads go to files).
     pub stdout: String,
-    /// The protocol trace: curl `-v`, lftp `debug 5`, ftplib `set_debuglevel(2)` (stderr).
+    /// The protocol trace: curl `-v`, lftp `debug 5`, ftplib `set_debuglevel(2)`, wget `-d`
+    /// (stderr); tnftp `-d` (its stdout, then its stderr).
     pub trace: String,
 }
 
@@ -152,7 +268,7 @@ impl ClientRun {
 }
 
 /// The command in one trace line, if the line shows a command the client sent.
-/// curl: `> EPSV`; lftp: `---> EPSV`; ftplib: `*cmd* 'EPSV'`.
+/// curl: `> EPSV`; lftp and tnftp: `---> EPSV`; ftplib: `*cmd* 'EPSV'`; wget: `--> EPSV`.
 fn sent_line(line: &str) -> Option<&str> {
     let line = line.trim_end();
     if let Some(rest) = line.strip_prefix("*cmd* ") {
@@ -162,7 +278,8 @@ fn sent_line(line: &str) -> Option<&str> {
     if let Some(at) = line.find("---> ") {
         return Some(&line[at + 5..]);
     }
-    line.strip_prefix("> ")
+    line.strip_prefix("--> ")
+        .or_else(|| line.strip_prefix("> "))
 }
 
 fn exit_text(status: ExitStatus) -> String {
@@ -186,7 +303,7 @@ fn mode_flags_curl(mode: DataMode) -> &'static [&'static str] {
 
 fn curl(ns: &str, login: &Login, mode: DataMode, args: &[&OsStr]) -> Result<ClientRun> {
     let user = format!("{}:{}", login.user, login.password);
-    let max_time = CLIENT_TIMEOUT.as_secs().to_string();
+    let max_time = client_timeout().as_secs().to_string();
     let connect = IO_TIMEOUT_SECS.to_string();
     let mut all: Vec<&OsStr> = vec![
         "-sS".as_ref(),
@@ -200,7 +317,7 @@ fn curl(ns: &str, login: &Login, mode: DataMode, args: &[&OsStr]) -> Result<Clie
     ];
     all.extend(mode_flags_curl(mode).iter().map(OsStr::new));
     all.extend_from_slice(args);
-    run_client(ns, "curl", &all)
+    run_client(ns, "curl", &all, None)
 }
 
 /// `curl` RETR of `remote` (relative to the login directory) into `dest`.
@@ -303,6 +420,7 @@ pub fn lftp_run(ns: &str, login: &Login, script: &str, mode: DataMode) -> Result
         ns,
         "lftp",
         &["--norc".as_ref(), "-c".as_ref(), full.as_ref()],
+        None,
     )
 }
 
@@ -311,6 +429,7 @@ pub fn lftp_run(ns: &str, login: &Login, script: &str, mode: DataMode) -> Result
 /// - `RETR remote local`, `STOR local remote`
 /// - `REST n RETR remote local`: resumes: `local` is cut to `n` bytes and written from there
 /// - `QUOTE line...`: a raw command; its reply goes to `stdout`
+/// - `SLEEP seconds`: pauses (e.g. to pace many transfers)
 ///
 /// ftplib itself sends EPSV only when the control socket is IPv6: a subclass overrides
 /// `makepasv` to send exactly the requested verb (PASV: the 227 address is ignored, as
@@ -331,11 +450,11 @@ pub fn ftplib_run(ns: &str, login: &Login, ops: &[&str], mode: DataMode) -> Resu
         timeout.as_ref(),
     ];
     args.extend(ops.iter().map(OsStr::new));
-    run_client(ns, "python3", &args)
+    run_client(ns, "python3", &args, None)
 }
 
 const FTPLIB_SCRIPT: &str = r#"
-import ftplib, functools, os, sys
+import ftplib, functools, os, sys, time
 # ftplib prints its debug trace with print(): send it to stderr, keep stdout for listings.
 ftplib.print = functools.partial(print, file=sys.stderr, flush=True)
 host, port, user, password, mode, timeout = sys.argv[1:7]
@@ -378,25 +497,247 @@ for op in ops:
             ftp.retrbinary("RETR " + w[3], f.write, rest=offset)
     elif verb == "QUOTE" and len(w) > 1:
         print(ftp.sendcmd(" ".join(w[1:])), flush=True)
+    elif verb == "SLEEP" and len(w) == 2:
+        time.sleep(float(w[1]))
     else:
         sys.exit("ftplib_run: unknown op %r" % op)
 ftp.quit()
 "#;
 
-/// Runs `program args` in `ns` under `timeout`, capturing stdout and (as the trace) stderr.
-fn run_client(ns: &str, program: &str, args: &[&OsStr]) -> Result<ClientRun> {
+/// wget's mode flags: passive (PASV) is its default, `--no-passive-ftp` gives PORT. Over IPv4
+/// wget 1.21 never sends EPSV or EPRT (it picks them by address family).
+fn wget_mode_flags(mode: DataMode) -> Result<&'static [&'static str]> {
+    match mode {
+        DataMode::Pasv => Ok(&[]),
+        DataMode::Port => Ok(&["--no-passive-ftp"]),
+        DataMode::Epsv | DataMode::Eprt => bail!(
+            "{}",
+            ClientKind::Wget
+                .unsupported_mode(mode)
+                .unwrap_or("wget cannot use this mode")
+        ),
+    }
+}
+
+/// wget with debug output (the trace), no config files or HSTS database, one try (a retry
+/// would hide a failure), 10 s network timeout.
+fn wget(ns: &str, login: &Login, mode: DataMode, args: &[&OsStr]) -> Result<ClientRun> {
+    let user = format!("--user={}", login.user);
+    let password = format!("--password={}", login.password);
+    let timeout = format!("--timeout={IO_TIMEOUT_SECS}");
+    let mut all: Vec<&OsStr> = vec![
+        "-d".as_ref(),
+        "--no-config".as_ref(),
+        "--no-hsts".as_ref(),
+        "--tries=1".as_ref(),
+        timeout.as_ref(),
+        user.as_ref(),
+        password.as_ref(),
+    ];
+    all.extend(wget_mode_flags(mode)?.iter().map(OsStr::new));
+    all.extend_from_slice(args);
+    run_client(ns, "wget", &all, None)
+}
+
+/// `wget` RETR of `remote` (relative to the login directory) into `dest`.
+pub fn wget_download(
+    ns: &str,
+    login: &Login,
+    remote: &str,
+    dest: &Path,
+    mode: DataMode,
+) -> Result<ClientRun> {
+    let url = login.url(remote);
+    wget(
+        ns,
+        login,
+        mode,
+        &["-O".as_ref(), dest.as_os_str(), url.as_ref()],
+    )
+}
+
+/// `wget -c`: resumes into `dest` from its current length (REST n, then RETR).
+pub fn wget_resume_download(
+    ns: &str,
+    login: &Login,
+    remote: &str,
+    dest: &Path,
+    mode: DataMode,
+) -> Result<ClientRun> {
+    let url = login.url(remote);
+    wget(
+        ns,
+        login,
+        mode,
+        &["-c".as_ref(), "-O".as_ref(), dest.as_os_str(), url.as_ref()],
+    )
+}
+
+/// LIST of the directory `dir` ("" for the login directory) with wget
+/// (`--no-remove-listing`): the raw listing wget saved as `.listing` is put in `stdout`.
+/// `work` is an empty directory of the caller's for wget's files.
+pub fn wget_list(
+    ns: &str,
+    login: &Login,
+    dir: &str,
+    mode: DataMode,
+    work: &Path,
+) -> Result<ClientRun> {
+    let dir = dir.trim_matches('/');
+    let url = if dir.is_empty() {
+        login.url("")
+    } else {
+        login.url(&format!("{dir}/"))
+    };
+    let index = work.join("index.html");
+    let prefix = work.as_os_str();
+    let mut run = wget(
+        ns,
+        login,
+        mode,
+        &[
+            "--no-remove-listing".as_ref(),
+            "--directory-prefix".as_ref(),
+            prefix,
+            "-O".as_ref(),
+            index.as_os_str(),
+            url.as_ref(),
+        ],
+    )?;
+    let listing = work.join(".listing");
+    if run.status.success() {
+        run.stdout = fs::read_to_string(&listing).with_context(|| {
+            format!(
+                "wget left no readable {}: {}",
+                listing.display(),
+                run.describe()
+            )
+        })?;
+    }
+    Ok(run)
+}
+
+/// Runs tnftp `script` (one command per line, e.g. `ls . /tmp/list.txt`, `get a /tmp/a`,
+/// `put /tmp/b b`, `reget a /tmp/a`) after logging in to `login`, then `quit`.
+///
+/// Settings: `binary`, `epsv4 on|off` and `passive on|off` pick the mode (tnftp falls back
+/// neither from passive to active nor, with these settings, silently: a failed EPSV shows as
+/// PASV in the trace); `-i` no prompts, `-n` no auto-login (`user` from the script), `-q 10`
+/// gives up on a 10 s stall. The trace is tnftp's `-d` output (`---> CMD`, replies).
+///
+/// tnftp exits 0 after a failed command in a script: when its output shows a failure (a 4xx
+/// or 5xx reply to a login, mode or transfer command, "Not connected.", or an error line of
+/// its own on stderr), the returned status is exit code 1 and the trace ends with the reason.
+pub fn tnftp_run(ns: &str, login: &Login, script: &str, mode: DataMode) -> Result<ClientRun> {
+    for (what, value) in [("user", &login.user), ("password", &login.password)] {
+        ensure!(
+            !value.contains(char::is_whitespace) && !value.is_empty(),
+            "tnftp_run: the {what} must be non-empty, without whitespace"
+        );
+    }
+    let (passive, epsv4) = match mode {
+        DataMode::Pasv => ("on", "off"),
+        DataMode::Epsv => ("on", "on"),
+        DataMode::Port => ("off", "off"),
+        DataMode::Eprt => ("off", "on"),
+    };
+    let input = format!(
+        "user {} {}\nbinary\nepsv4 {epsv4}\npassive {passive}\n{}\nquit\n",
+        login.user,
+        login.password,
+        script.trim_end()
+    );
+    let ip = login.addr.ip().to_string();
+    let port = login.addr.port().to_string();
+    let args: [&OsStr; 8] = [
+        "-i".as_ref(),
+        "-n".as_ref(),
+        "-d".as_ref(),
+        "-v".as_ref(),
+        "-q".as_ref(),
+        "10".as_ref(),
+        ip.as_ref(),
+        port.as_ref(),
+    ];
+    let mut run = run_client(ns, "tnftp", &args, Some(input.as_bytes()))?;
+    // Everything tnftp says about the protocol is on stdout; its own errors on stderr.
+    let stderr = std::mem::take(&mut run.trace);
+    let failure = tnftp_failure(&run.stdout, &stderr);
+    run.trace = format!("{}\n{}", run.stdout.trim_end(), stderr.trim_end());
+    if let Some(reason) = failure
+        && run.status.success()
+    {
+        use std::os::unix::process::ExitStatusExt as _;
+        run.status = ExitStatus::from_raw(1 << 8);
+        let _ = write!(
+            run.trace,
+            "\n(ftp-guard-tests: tnftp exited 0, but {reason})"
+        );
+    }
+    Ok(run)
+}
+
+/// The first sign of failure in tnftp's output, if any (see [`tnftp_run`]).
+fn tnftp_failure(stdout: &str, stderr: &str) -> Option<String> {
+    const CHECKED: [&str; 14] = [
+        "USER", "PASS", "TYPE", "CWD", "PASV", "EPSV", "PORT", "EPRT", "LIST", "NLST", "RETR",
+        "STOR", "APPE", "REST",
+    ];
+    if let Some(line) = stderr.lines().map(str::trim).find(|l| !l.is_empty()) {
+        return Some(format!("it printed an error: {line:?}"));
+    }
+    let mut last_verb = String::new();
+    for line in stdout.lines().map(str::trim_end) {
+        if line == "Not connected." || line == "Login failed." {
+            return Some(format!("it said {line:?}"));
+        }
+        if let Some(cmd) = sent_line(line) {
+            last_verb = cmd
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            continue;
+        }
+        let b = line.as_bytes();
+        let final_reply = b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && b[3] == b' ';
+        if final_reply && matches!(b[0], b'4' | b'5') && CHECKED.contains(&last_verb.as_str()) {
+            return Some(format!("{last_verb} got {line:?}"));
+        }
+    }
+    None
+}
+
+/// Runs `program args` in `ns` under `timeout`, capturing stdout and (as the trace) stderr;
+/// `input`, if any, is its standard input (else /dev/null).
+fn run_client(ns: &str, program: &str, args: &[&OsStr], input: Option<&[u8]>) -> Result<ClientRun> {
     let path = require_program(program)?;
     let timeout = require_program("timeout")?;
-    let limit = format!("{}s", CLIENT_TIMEOUT.as_secs() + 10);
+    let limit = format!("{}s", client_timeout().as_secs() + 10);
     let mut cmd = ns_command(ns)?;
     cmd.arg(timeout)
         .args(["--kill-after=5s", &limit])
         .arg(&path)
-        .args(args);
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let command = command_line(&cmd);
-    let out: Output = cmd
-        .output()
+    let mut child = cmd
+        .spawn()
         .with_context(|| format!("could not run `{command}`"))?;
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        // Scripts are small (far below a pipe's buffer): no deadlock with the output pipes. A
+        // client that exits early closes its end; what it did shows in its output.
+        let _ = stdin.write_all(bytes);
+    }
+    let out: Output = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for `{command}`"))?;
     Ok(ClientRun {
         command,
         status: out.status,
@@ -553,6 +894,55 @@ mod tests {
         assert!(ftplib.check_mode(DataMode::Pasv).is_err());
         let fallback = run("> EPSV\n< 500 no\n> PASV\n");
         assert!(fallback.check_mode(DataMode::Epsv).is_err());
+        let wget = run(
+            "--2026-11-24 10:19:33--  ftp://127.0.0.1/a\n==> PASV ... \n--> PASV\n\n\
+             227 Entering Passive Mode (127,0,0,1,117,110).\n--> REST 3\n--> RETR a\n",
+        );
+        assert_eq!(wget.commands_sent(), ["PASV", "REST", "RETR"]);
+        assert!(wget.check_mode(DataMode::Pasv).is_ok());
+        let tnftp = run("Connected to x.\n---> USER a\n---> PASS XXXX\n---> EPRT |1|1.2.3.4|5|\n");
+        assert_eq!(tnftp.commands_sent(), ["USER", "PASS", "EPRT"]);
+        assert_eq!(tnftp.command_lines()[2], "EPRT |1|1.2.3.4|5|");
+    }
+
+    #[test]
+    fn tnftp_failures_are_found_in_its_output() {
+        let ok = "220 hi\n---> USER a\n331 pw\n---> PASS XXXX\n230 in\n---> SIZE x\n\
+                  550 no such file\n---> EPSV\n229 ok (|||3|)\n---> RETR x\n150 go\n226 done\n";
+        assert_eq!(tnftp_failure(ok, ""), None);
+        let refused = "---> PASV\n227 ok (1,2,3,4,5,6)\n---> RETR x\n425 Can't open\n";
+        let reason = tnftp_failure(refused, "").unwrap();
+        assert!(
+            reason.contains("RETR") && reason.contains("425"),
+            "{reason}"
+        );
+        let login = "---> USER a\n331 pw\n---> PASS XXXX\n530 Login incorrect.\nLogin failed.\n";
+        assert!(tnftp_failure(login, "").unwrap().contains("530"));
+        assert!(tnftp_failure("Not connected.\n", "").is_some());
+        // Continuation lines of a multi-line reply are not final replies.
+        assert_eq!(
+            tnftp_failure("---> LIST\n150-x\n 500 y\n226 ok\n", ""),
+            None
+        );
+        assert!(
+            tnftp_failure("", "tnftp: Can't connect to `1.2.3.4:21'\n")
+                .unwrap()
+                .contains("Can't connect")
+        );
+    }
+
+    #[test]
+    fn client_kinds_name_what_they_cannot_do() {
+        for client in ClientKind::ALL {
+            // Passive PASV and active PORT work with every client.
+            assert_eq!(client.unsupported_mode(DataMode::Pasv), None);
+            assert_eq!(client.unsupported_mode(DataMode::Port), None);
+        }
+        assert!(ClientKind::Wget.unsupported_mode(DataMode::Epsv).is_some());
+        assert!(ClientKind::Lftp.unsupported_mode(DataMode::Eprt).is_some());
+        assert_eq!(ClientKind::Tnftp.unsupported_mode(DataMode::Eprt), None);
+        assert!(ClientKind::Wget.cannot_upload().is_some());
+        assert_eq!(ClientKind::Curl.cannot_upload(), None);
     }
 
     #[test]

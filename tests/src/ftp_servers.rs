@@ -1,9 +1,15 @@
-//! Real FTP servers (vsftpd, pyftpdlib) run in the foreground inside a network namespace,
-//! each with a private temp directory (FTP root, config, logs) that goes away with the
-//! [`FtpServer`].
+//! Real FTP servers (vsftpd, ProFTPD, Pure-FTPd, pyftpdlib) run in the foreground inside a
+//! network namespace, each with a private temp directory (FTP root, config, logs) that goes
+//! away with the [`FtpServer`].
 //!
-//! vsftpd needs a system user: [`FtpServer::start`] creates it when absent (home `/`, shell
-//! `/bin/bash`, a cheap SHA-512 password hash) — so it must run as root.
+//! vsftpd, ProFTPD and Pure-FTPd log in a system user: [`FtpServer::start`] creates it when
+//! absent (home `/`, shell `/bin/bash`, a cheap SHA-512 password hash) — so it must run as
+//! root.
+//!
+//! vsftpd, proftpd-core and pure-ftpd conflict as Debian packages (each `Provides` and
+//! `Conflicts` `ftp-server`): `cargo xtask setup` installs vsftpd with apt and unpacks the
+//! other two into [`PRIVATE_PREFIX`]`/<package>` (`apt-get download` + `dpkg-deb -x`). A
+//! system-wide install found on PATH is used when the private one is missing.
 use std::{
     collections::HashSet,
     fs::{self, File},
@@ -22,10 +28,19 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::ftp_clients::{Login, command_line, ns_command, require_program, unique_temp_dir};
+use crate::ftp_clients::{
+    Login, command_line, deb_version, ns_command, require_program, unique_temp_dir,
+};
 
 /// How long a daemon may take to accept its first connection.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where `cargo xtask setup` unpacks the Debian packages that conflict with vsftpd, one
+/// directory per package (`/opt/ftp-guard-test/proftpd-core/usr/sbin/proftpd`). Keep in step
+/// with `xtask/src/setup.rs`.
+pub const PRIVATE_PREFIX: &str = "/opt/ftp-guard-test";
+/// In each unpacked package's directory: the Debian version that was unpacked.
+pub const PRIVATE_VERSION_FILE: &str = ".ftp-guard-version";
 
 /// Which FTP server to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -34,17 +49,74 @@ pub enum ServerKind {
     Vsftpd,
     /// pyftpdlib 2.x (pip, for the `python3` first on PATH), a virtual user.
     Pyftpdlib,
+    /// ProFTPD 1.3.8 (Debian proftpd-core, unpacked privately), in inetd mode behind
+    /// `systemd-socket-activate --inetd --accept`: standalone 1.3.8 waits ~200 ms before
+    /// serving each new session (upstream issue #1623), inetd mode does not. A local system
+    /// user (mod_auth_unix, no PAM), chrooted (`DefaultRoot`) into the FTP root.
+    Proftpd,
+    /// Pure-FTPd 1.0.50 (Debian pure-ftpd, unpacked privately), standalone. The system user
+    /// logs in through a PureDB entry carrying its uid, gid and SHA-512 hash from
+    /// `/etc/shadow` and the FTP root as its (chrooted) home: with `-l unix` the login
+    /// directory would be the user's home, `/`.
+    PureFtpd,
 }
 
 impl ServerKind {
-    pub const ALL: [ServerKind; 2] = [ServerKind::Vsftpd, ServerKind::Pyftpdlib];
+    pub const ALL: [ServerKind; 4] = [
+        ServerKind::Vsftpd,
+        ServerKind::Pyftpdlib,
+        ServerKind::Proftpd,
+        ServerKind::PureFtpd,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             ServerKind::Vsftpd => "vsftpd",
             ServerKind::Pyftpdlib => "pyftpdlib",
+            ServerKind::Proftpd => "proftpd",
+            ServerKind::PureFtpd => "pure-ftpd",
         }
     }
+
+    /// The installed version: the Debian package's (vsftpd; the unpacked proftpd-core and
+    /// pure-ftpd record theirs), or pyftpdlib's own.
+    pub fn version(self) -> Result<String> {
+        match self {
+            ServerKind::Vsftpd => deb_version("vsftpd"),
+            ServerKind::Proftpd => private_or_deb_version("proftpd-core"),
+            ServerKind::PureFtpd => private_or_deb_version("pure-ftpd"),
+            ServerKind::Pyftpdlib => {
+                let mut cmd = Command::new(require_program("python3")?);
+                cmd.args(["-c", "import pyftpdlib; print(pyftpdlib.__ver__)"]);
+                Ok(run_checked(&mut cmd)?.trim().to_owned())
+            }
+        }
+    }
+}
+
+fn private_or_deb_version(package: &str) -> Result<String> {
+    let stamp = Path::new(PRIVATE_PREFIX)
+        .join(package)
+        .join(PRIVATE_VERSION_FILE);
+    match fs::read_to_string(&stamp) {
+        Ok(v) => Ok(v.trim().to_owned()),
+        Err(_) => deb_version(package),
+    }
+}
+
+/// `program` from the package unpacked under [`PRIVATE_PREFIX`] (at `rel`, e.g.
+/// `usr/sbin/proftpd`), else from PATH, else an error naming `cargo xtask setup`.
+fn private_program(package: &str, rel: &str, program: &str) -> Result<PathBuf> {
+    let private = Path::new(PRIVATE_PREFIX).join(package).join(rel);
+    if fs::metadata(&private).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
+        return Ok(private);
+    }
+    require_program(program).with_context(|| {
+        format!(
+            "{} is missing too (the Debian package {package} unpacked by `cargo xtask setup`)",
+            private.display()
+        )
+    })
 }
 
 /// Where the server listens and whom it lets in.
@@ -79,7 +151,8 @@ pub struct FtpServer {
     opts: ServerOptions,
     dir: PathBuf,
     root: PathBuf,
-    log_file: PathBuf,
+    /// The daemon's own log files (protocol, system, transfer), in the temp dir.
+    log_files: Vec<PathBuf>,
     output_file: PathBuf,
     /// Owner given to files by [`FtpServer::give_to_user`] (vsftpd's system user).
     owner: Option<(u32, u32)>,
@@ -109,7 +182,7 @@ impl FtpServer {
         let dir = unique_temp_dir(&format!("fgt-{}", kind.name()))?;
         // From here on `dir` must be removed on every error path.
         let prepared = prepare(kind, &opts, &dir, &mut cmd);
-        let (owner, log_file) = match prepared {
+        let (owner, log_files) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 let _ = fs::remove_dir_all(&dir);
@@ -140,7 +213,7 @@ impl FtpServer {
             ns: ns.to_owned(),
             root: dir.join("root"),
             dir,
-            log_file,
+            log_files,
             output_file,
             owner,
             opts,
@@ -199,18 +272,27 @@ impl FtpServer {
         Ok(())
     }
 
-    /// The daemon's log file (vsftpd: every command and reply; pyftpdlib: sessions and
-    /// transfers) followed by what it printed, for assertion messages.
+    /// The daemon's log files (vsftpd: every command and reply; proftpd: every command and
+    /// reply, errors, transfers; pure-ftpd: transfers only, the rest goes to syslog;
+    /// pyftpdlib: sessions and transfers) followed by what it printed, for assertion
+    /// messages.
     pub fn log(&self) -> String {
         let read = |p: &Path| fs::read_to_string(p).unwrap_or_else(|e| format!("({e})"));
-        format!(
-            "--- {} log {} ---\n{}\n--- {} stdout/stderr ---\n{}",
-            self.kind.name(),
-            self.log_file.display(),
-            read(&self.log_file).trim_end(),
+        let mut text = String::new();
+        for file in &self.log_files {
+            text.push_str(&format!(
+                "--- {} log {} ---\n{}\n",
+                self.kind.name(),
+                file.display(),
+                read(file).trim_end()
+            ));
+        }
+        text.push_str(&format!(
+            "--- {} stdout/stderr ---\n{}",
             self.kind.name(),
             read(&self.output_file).trim_end()
-        )
+        ));
+        text
     }
 
     fn wait_ready(&mut self) -> Result<()> {
@@ -257,14 +339,17 @@ impl Drop for FtpServer {
     }
 }
 
+/// The owner (uid, gid) to give the FTP root's files, if any, and the daemon's log files.
+type Prepared = (Option<(u32, u32)>, Vec<PathBuf>);
+
 /// Writes the config, fills in `cmd` (already `ip netns exec <ns>`), and returns the file
-/// owner for the FTP root's files and the log path.
+/// owner for the FTP root's files and the log paths.
 fn prepare(
     kind: ServerKind,
     opts: &ServerOptions,
     dir: &Path,
     cmd: &mut Command,
-) -> Result<(Option<(u32, u32)>, PathBuf)> {
+) -> Result<Prepared> {
     let root = dir.join("root");
     fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
     // The daemon user must reach `root` through `dir`.
@@ -283,7 +368,7 @@ fn prepare(
             fs::write(&conf, vsftpd_config(opts, &root, &empty, &log))
                 .with_context(|| format!("writing {}", conf.display()))?;
             cmd.arg(vsftpd).arg(&conf);
-            Ok((Some((uid, gid)), log))
+            Ok((Some((uid, gid)), vec![log]))
         }
         ServerKind::Pyftpdlib => {
             let python = require_program("python3")?;
@@ -302,9 +387,158 @@ fn prepare(
                 .arg(&opts.password)
                 .arg(&root)
                 .arg(&log);
-            Ok((None, log))
+            Ok((None, vec![log]))
+        }
+        ServerKind::Proftpd => {
+            let proftpd = private_program("proftpd-core", "usr/sbin/proftpd", "proftpd")?;
+            let activate = require_program("systemd-socket-activate")?;
+            let (uid, gid) = ensure_system_user(&opts.user, &opts.password)?;
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid))
+                .with_context(|| format!("chown {uid}:{gid} {}", root.display()))?;
+            let group = group_name(gid)?;
+            let logs = ProftpdLogs {
+                protocol: dir.join("proftpd-protocol.log"),
+                system: dir.join("proftpd-system.log"),
+                transfer: dir.join("proftpd-xferlog"),
+            };
+            let conf = dir.join("proftpd.conf");
+            fs::write(&conf, proftpd_config(opts, &group, dir, &root, &logs))
+                .with_context(|| format!("writing {}", conf.display()))?;
+            // In inetd mode a bad config would only show at the first connection.
+            run_checked(Command::new(&proftpd).arg("-t").arg("-c").arg(&conf))?;
+            // One proftpd per connection, the socket as its stdin/stdout; the children get
+            // SIGTERM when systemd-socket-activate dies (and share its process group).
+            cmd.arg(activate)
+                .args(["--inetd", "--accept", "--listen"])
+                .arg(opts.listen.to_string())
+                .arg(&proftpd)
+                .arg("-c")
+                .arg(&conf);
+            Ok((
+                Some((uid, gid)),
+                vec![logs.protocol, logs.system, logs.transfer],
+            ))
+        }
+        ServerKind::PureFtpd => {
+            let pure_ftpd = private_program("pure-ftpd", "usr/sbin/pure-ftpd", "pure-ftpd")?;
+            let pure_pw = private_program("pure-ftpd", "usr/bin/pure-pw", "pure-pw")?;
+            let (uid, gid) = ensure_system_user(&opts.user, &opts.password)?;
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid))
+                .with_context(|| format!("chown {uid}:{gid} {}", root.display()))?;
+            let root_text = root.to_str().context("temp dir path is not UTF-8")?;
+            ensure!(
+                !root_text.contains(':'),
+                "{root_text}: a PureDB home cannot contain ':'"
+            );
+            // The system user's own SHA-512 hash, uid and gid; home = the FTP root, `/./`
+            // chroots there.
+            let hash = shadow_hash(&opts.user)?;
+            let passwd = dir.join("pureftpd.passwd");
+            fs::write(
+                &passwd,
+                format!(
+                    "{}:{hash}:{uid}:{gid}::{root_text}/./::::::::::::\n",
+                    opts.user
+                ),
+            )
+            .with_context(|| format!("writing {}", passwd.display()))?;
+            fs::set_permissions(&passwd, fs::Permissions::from_mode(0o600))?;
+            let pdb = dir.join("pureftpd.pdb");
+            run_checked(
+                Command::new(pure_pw)
+                    .arg("mkdb")
+                    .arg(&pdb)
+                    .arg("-f")
+                    .arg(&passwd),
+            )?;
+            let log = dir.join("pure-ftpd-transfers.log");
+            let (pasv_min, pasv_max) = opts.passive_ports;
+            let mut login = std::ffi::OsString::from("puredb:");
+            login.push(&pdb);
+            let mut altlog = std::ffi::OsString::from("clf:");
+            altlog.push(&log);
+            // Foreground (no -B). Defaults kept: PORT only to the client's own address (no
+            // -w), passive data only from it, no anonymous user (-E makes it explicit).
+            cmd.arg(pure_ftpd)
+                .arg("--bind")
+                .arg(format!("{},{}", opts.listen.ip(), opts.listen.port()))
+                .arg("--passiveportrange")
+                .arg(format!("{pasv_min}:{pasv_max}"))
+                .arg("--noanonymous")
+                .arg("--login")
+                .arg(login)
+                // Every session comes from the gateway's one address: the per-IP default
+                // (and the 50-client default) would cap concurrency tests.
+                .args(["--maxclientsnumber", "500", "--maxclientsperip", "500"])
+                .arg("--dontresolve")
+                // Command logging goes only to syslog (none in a test namespace): the
+                // transfer log is what there is.
+                .arg("--altlog")
+                .arg(altlog);
+            Ok((Some((uid, gid)), vec![log]))
         }
     }
+}
+
+struct ProftpdLogs {
+    protocol: PathBuf,
+    system: PathBuf,
+    transfer: PathBuf,
+}
+
+fn proftpd_config(
+    opts: &ServerOptions,
+    group: &str,
+    dir: &Path,
+    root: &Path,
+    logs: &ProftpdLogs,
+) -> String {
+    let (pasv_min, pasv_max) = opts.passive_ports;
+    format!(
+        "\
+# inetd mode: systemd-socket-activate accepts and runs one proftpd per connection (1.3.8's
+# standalone daemon waits ~200 ms before serving each new session, upstream issue #1623).
+ServerType inetd
+ServerName \"ftp-guard test origin\"
+DefaultServer on
+DefaultAddress {ip}
+Port {port}
+UseIPv6 off
+UseReverseDNS off
+WtmpLog off
+# mod_delay pads USER/PASS replies (timing-attack defence): not what the tests measure.
+DelayEngine off
+User {user}
+Group {group}
+Umask 022
+PidFile {dir}/proftpd.pid
+ScoreboardFile {dir}/proftpd.scoreboard
+# A local system user from /etc/passwd and /etc/shadow (mod_auth_unix), no PAM config needed.
+AuthPAM off
+AuthOrder mod_auth_unix.c
+# Chrooted into the FTP root.
+DefaultRoot {root}
+PassivePorts {pasv_min} {pasv_max}
+# Kept as default: no AllowForeignAddress, so PORT/EPRT only to the control peer and passive
+# data connections only from it; the gateway must pass these same-IP checks.
+AllowOverwrite on
+AllowStoreRestart on
+AllowRetrieveRestart on
+# Every command and reply, errors, transfers: to files in the temp dir.
+SystemLog {system}
+TransferLog {transfer}
+LogFormat protocol \"%{{iso8601}} %a %m %J -> %s %S\"
+ExtendedLog {protocol} ALL protocol
+",
+        ip = opts.listen.ip(),
+        port = opts.listen.port(),
+        user = opts.user,
+        dir = dir.display(),
+        root = root.display(),
+        system = logs.system.display(),
+        transfer = logs.transfer.display(),
+        protocol = logs.protocol.display(),
+    )
 }
 
 fn vsftpd_config(opts: &ServerOptions, root: &Path, empty: &Path, log: &Path) -> String {
@@ -526,9 +760,11 @@ fn passwd_entry(user: &str) -> Result<Option<PasswdEntry>> {
     Ok(None)
 }
 
-fn run_checked(cmd: &mut Command) -> Result<()> {
+/// Runs `cmd` to completion; returns its stdout, or an error with the command line and output.
+fn run_checked(cmd: &mut Command) -> Result<String> {
     let line = command_line(cmd);
     let out = cmd
+        .stdin(Stdio::null())
         .output()
         .with_context(|| format!("could not run `{line}`"))?;
     ensure!(
@@ -538,5 +774,32 @@ fn run_checked(cmd: &mut Command) -> Result<()> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The password hash of `user` in /etc/shadow.
+fn shadow_hash(user: &str) -> Result<String> {
+    let text = fs::read_to_string("/etc/shadow").context("reading /etc/shadow")?;
+    let hash = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| *name == user)
+        .and_then(|(_, rest)| rest.split(':').next())
+        .with_context(|| format!("no entry for {user} in /etc/shadow"))?;
+    ensure!(
+        hash.starts_with('$'),
+        "{user} has no usable password hash in /etc/shadow ({:?})",
+        hash.chars().take(3).collect::<String>()
+    );
+    Ok(hash.to_owned())
+}
+
+/// The name of group `gid` in /etc/group.
+fn group_name(gid: u32) -> Result<String> {
+    let text = fs::read_to_string("/etc/group").context("reading /etc/group")?;
+    text.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 3 && f[2].parse() == Ok(gid))
+        .map(|f| f[0].to_owned())
+        .with_context(|| format!("no group with gid {gid} in /etc/group"))
 }

@@ -1,7 +1,7 @@
-//! The FTP fixtures themselves, with no proxy: each real server (vsftpd, pyftpdlib) in a
-//! namespace of its own, and each real client (curl, lftp, ftplib) in PASV and in EPSV mode
-//! lists, uploads 1 MiB, downloads it back and resumes a download; checksums must match and
-//! the trace must show the requested passive command and never the other one.
+//! The FTP fixtures themselves, with no proxy: each real server (vsftpd, pyftpdlib, proftpd,
+//! pure-ftpd) in a namespace of its own, and each real client (curl, lftp, ftplib) in PASV and
+//! in EPSV mode lists, uploads 1 MiB, downloads it back and resumes a download; checksums must
+//! match and the trace must show the requested passive command and never the other one.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -189,4 +189,14 @@ fn vsftpd_with_every_client_and_mode() {
 #[test]
 fn pyftpdlib_with_every_client_and_mode() {
     smoke(ServerKind::Pyftpdlib);
+}
+
+#[test]
+fn proftpd_with_every_client_and_mode() {
+    smoke(ServerKind::Proftpd);
+}
+
+#[test]
+fn pure_ftpd_with_every_client_and_mode() {
+    smoke(ServerKind::PureFtpd);
 }

@@ -2,6 +2,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod interop;
 mod run;
 mod setup;
 mod test;
@@ -52,6 +53,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Setup, then the FTP interoperability matrix as root: every server × client × data
+    /// mode × operation through ftp-guard; writes docs/interop.md, exits 1 if a cell that
+    /// should pass failed. `cargo xtask interop -- --help`.
+    Interop {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Setup, build, then run `ftp-guard demo`.
     Demo {
         /// Run the demo scenario once and exit.
@@ -67,6 +75,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run::run(&args).map(|()| 0),
         Cmd::Test { args } => test::run(&args),
         Cmd::Bench { args } => bench::run(&args),
+        Cmd::Interop { args } => interop::run(&args),
         Cmd::Demo { once } => demo::run(once).map(|()| 0),
     };
     match result {

@@ -1,5 +1,7 @@
 //! `cargo xtask setup`: installs what building, testing and demoing ftp-guard needs on
 //! Debian 12. Every step checks first, so a second run installs nothing and is fast.
+//! proftpd-core and pure-ftpd conflict with vsftpd as packages: they are unpacked into
+//! `/opt/ftp-guard-test/<package>` instead (see `PRIVATE_PACKAGES`).
 use std::{
     collections::BTreeSet,
     env, fs,
@@ -24,6 +26,18 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const PYFTPDLIB: &str = "pyftpdlib>=2,<3";
 const BPFFS: &str = "/sys/fs/bpf";
 
+/// FTP servers whose Debian packages conflict with vsftpd (each `Provides` and `Conflicts`
+/// `ftp-server`): unpacked into `PRIVATE_PREFIX/<package>` (`apt-get download` + `dpkg-deb
+/// -x`) instead of installed; with the binaries checked with `ldd`. tests/src/ftp_servers.rs
+/// looks for them there (keep the paths in step).
+const PRIVATE_PACKAGES: &[(&str, &[&str])] = &[
+    ("proftpd-core", &["usr/sbin/proftpd"]),
+    ("pure-ftpd", &["usr/sbin/pure-ftpd", "usr/bin/pure-pw"]),
+];
+const PRIVATE_PREFIX: &str = "/opt/ftp-guard-test";
+/// In each unpacked package's directory: the version that was unpacked.
+const PRIVATE_VERSION_FILE: &str = ".ftp-guard-version";
+
 /// Debian's rustc-web: the one compiler here whose own library source is installable
 /// (rustup cannot fetch rust-src on these machines), needed for `-Z build-std=core`.
 const DEBIAN_TOOLCHAIN_PACKAGES: &[&str] =
@@ -41,6 +55,18 @@ const PACKAGES: &[&str] = &[
     "curl",
     "lftp",
     "python3-pip",
+    // more FTP clients for the interoperability matrix (`cargo xtask interop`)
+    "wget",
+    "tnftp",
+    // systemd-socket-activate runs the unpacked proftpd in inetd mode
+    "systemd",
+    // libraries of the unpacked proftpd-core and pure-ftpd (not in a base system; the
+    // others are checked with ldd after unpacking)
+    "libhiredis0.14",
+    "libmemcached11",
+    "libmemcachedutil2",
+    "libpcre2-posix3",
+    "libsodium23",
     // debugging
     "tcpdump",
 ];
@@ -62,6 +88,9 @@ pub fn run() -> Result<()> {
     }
     bpf_linker()?;
     pyftpdlib()?;
+    for (package, binaries) in PRIVATE_PACKAGES {
+        private_package(package, binaries)?;
+    }
     bpffs()?;
     println!("setup done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
@@ -409,6 +438,117 @@ fn pyftpdlib() -> Result<()> {
         .context("pip installed pyftpdlib, but `python3 -c 'import pyftpdlib'` still fails")?;
     println!("ok: pyftpdlib {}", found.trim());
     Ok(())
+}
+
+/// Unpacks apt's candidate version of the Debian `package` into `PRIVATE_PREFIX/<package>`
+/// unless a complete unpacked copy is there already (remove the directory to get a newer
+/// version: asking apt each time costs ~0.4 s where apt's pkgcache is off, as in Docker
+/// images); then checks that `binaries` find their libraries.
+fn private_package(package: &str, binaries: &[&str]) -> Result<()> {
+    let dir = Path::new(PRIVATE_PREFIX).join(package);
+    let unpacked = fs::read_to_string(dir.join(PRIVATE_VERSION_FILE))
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|_| binaries.iter().all(|b| is_executable(&dir.join(b))));
+    if let Some(version) = &unpacked {
+        check_libraries(&dir, binaries)?;
+        println!("ok: {package} {version} unpacked in {}", dir.display());
+        return Ok(());
+    }
+    let mut candidate = candidate_version(package)?;
+    if candidate.is_none() {
+        // A fresh machine's package lists may be empty.
+        run_cmd(Command::new("apt-get").args(["-q", "update"]))?;
+        candidate = candidate_version(package)?;
+    }
+    let version = candidate.with_context(|| {
+        format!("apt has no installable version of {package} (is bookworm in sources.list?)")
+    })?;
+    println!(
+        "installing: {package} {version} unpacked into {} (apt-get download + dpkg-deb -x; it \
+         conflicts with vsftpd as a package)",
+        dir.display()
+    );
+    let downloads = Path::new(PRIVATE_PREFIX).join(".downloads");
+    let staging = Path::new(PRIVATE_PREFIX).join(format!(".{package}.new"));
+    for d in [&downloads, &staging] {
+        if d.exists() {
+            fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
+        }
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    // As root into a root-owned dir: no `_apt` sandbox user (it could not write there).
+    run_cmd(
+        Command::new("apt-get")
+            .current_dir(&downloads)
+            .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
+            .arg(format!("{package}={version}")),
+    )?;
+    let debs: Vec<PathBuf> = fs::read_dir(&downloads)
+        .with_context(|| format!("reading {}", downloads.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    let [deb] = debs.as_slice() else {
+        bail!(
+            "`apt-get download {package}={version}` left {} .deb files in {}",
+            debs.len(),
+            downloads.display()
+        );
+    };
+    run_cmd(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&staging))?;
+    fs::write(staging.join(PRIVATE_VERSION_FILE), format!("{version}\n"))
+        .with_context(|| format!("writing the version into {}", staging.display()))?;
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    fs::rename(&staging, &dir)
+        .with_context(|| format!("renaming {} to {}", staging.display(), dir.display()))?;
+    fs::remove_dir_all(&downloads).with_context(|| format!("removing {}", downloads.display()))?;
+    for b in binaries {
+        ensure!(
+            is_executable(&dir.join(b)),
+            "{package} {version} has no executable {b}"
+        );
+    }
+    check_libraries(&dir, binaries)
+}
+
+/// apt's candidate version of `package`, if it knows one.
+fn candidate_version(package: &str) -> Result<Option<String>> {
+    let policy = output(Command::new("apt-cache").arg("policy").arg(package))?;
+    Ok(policy
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate:"))
+        .map(str::trim)
+        .filter(|v| *v != "(none)")
+        .map(str::to_owned))
+}
+
+/// Fails when `ldd` finds a library missing for one of the unpacked binaries (apt did not
+/// install the package's dependencies): names the libraries and where to add their packages.
+fn check_libraries(dir: &Path, binaries: &[&str]) -> Result<()> {
+    for b in binaries {
+        let path = dir.join(b);
+        let listing = output(Command::new("ldd").arg(&path))?;
+        let missing: Vec<&str> = listing
+            .lines()
+            .filter(|l| l.contains("not found"))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        ensure!(
+            missing.is_empty(),
+            "{} needs {}, which no installed package provides: add the Debian packages that \
+             ship them to PACKAGES in xtask/src/setup.rs",
+            path.display(),
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn is_executable(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 fn bpffs() -> Result<()> {
