@@ -686,6 +686,54 @@ fn removed(map: &'static str, result: Result<(), MapError>) -> Result<bool, Kern
     }
 }
 
+/// The driver behind `interface` (ethtool's GDRVINFO, in the caller's network namespace):
+/// "veth", "bridge", "mlx5_core"…; `None` when the device does not say.
+pub fn driver_name(interface: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    if interface.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: plain C structs, zero is a valid start.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(interface.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: a socket we own, a valid request that points to a live DrvInfo.
+    let ok = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let rc = libc::ioctl(fd, SIOCETHTOOL as _, &mut req);
+        libc::close(fd);
+        rc == 0
+    };
+    if !ok {
+        return None;
+    }
+    let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 fn ifindex(interface: &str) -> Result<u32, KernelError> {
     let name = std::ffi::CString::new(interface)
         .map_err(|_| KernelError::NoInterface(interface.to_owned()))?;

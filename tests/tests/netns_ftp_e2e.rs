@@ -94,7 +94,9 @@ fn kernel_path_vsftpd() {
     if !require_privileged() {
         return;
     }
-    let env = Env::start("kvs", ServerKind::Vsftpd, "kernel");
+    // XDP in driver mode, chosen explicitly (auto picks TC on veth, see the next test).
+    let mut env = Env::start("kvs", ServerKind::Vsftpd, "kernel");
+    env.reconfigure("kernel", "kernel_hook = \"xdp\"\n");
     clients_in_both_modes(&env);
     let c = env.gateway.counters();
     assert!(
@@ -126,6 +128,15 @@ fn kernel_path_pyftpdlib() {
         c.get(Counter::NatToOrigin) > 0 && c.get(Counter::NatToClient) > 0,
         "{c:?}"
     );
+    assert!(c.get(Counter::Redirected) > 0, "{c:?}");
+    // `auto` on veth: TC, which redirects skbs without XDP's per-packet copy.
+    let kernel = env.gateway.kernel().unwrap().lock().unwrap();
+    let modes: Vec<_> = kernel
+        .attachments()
+        .iter()
+        .map(|(i, m)| format!("{i}={m}"))
+        .collect();
+    assert_eq!(modes, ["pub0=tcx-ingress", "priv0=tcx-ingress"]);
 }
 
 #[test]

@@ -282,7 +282,7 @@ fn reload_status_and_graceful_stop_with_the_binary() {
         table.contains("SESSIONS") && table.contains("203.0.113.2:"),
         "{table}"
     );
-    assert!(table.contains("xdp-native"), "{table}");
+    assert!(table.contains("tcx-ingress"), "{table}");
 
     // SIGTERM during a download: the download completes, then the daemon exits.
     let big = server.root().join("big.bin");
@@ -371,9 +371,14 @@ fn restart_with_pinning_keeps_transfers_going() {
     if !require_privileged() {
         return;
     }
+    restart_with_pinning("xdp", "link-xdp-pub0", "adopted the pinned XDP link");
+    restart_with_pinning("tc", "link-tcx-pub0", "adopted the pinned tcx link");
+}
+
+fn restart_with_pinning(hook: &str, link: &str, adopted: &str) {
     use std::io::Read as _;
 
-    let topo = Topology::standard("pin").unwrap();
+    let topo = Topology::standard(&format!("pin{hook}")).unwrap();
     for role in [CLIENT, ORIGIN] {
         topo.run(role, &["ethtool", "-K", "eth0", "gro", "on"])
             .unwrap();
@@ -402,12 +407,12 @@ fn restart_with_pinning_keeps_transfers_going() {
     assert!(mount.success());
     let pin = bpffs.join("ftp-guard");
     let config = format!(
-        "pin_path = \"{}\"\n{}",
+        "pin_path = \"{}\"\n{}kernel_hook = \"{hook}\"\n",
         pin.display(),
         service("pinned", 21, "40000-40099")
     );
     let first = Daemon::start(&topo, &dir, &config);
-    assert!(pin.join("FLOWS").exists() && pin.join("link-xdp-pub0").exists());
+    assert!(pin.join("FLOWS").exists() && pin.join(link).exists());
 
     // Start a download and read it slowly: it must span the restart.
     let login = ftp_guard_tests::ftp_clients::Login {
@@ -462,11 +467,7 @@ fn restart_with_pinning_keeps_transfers_going() {
     assert_eq!(got, std::fs::read(&big).unwrap(), "content differs");
     second.wait_log("took over the previous process's data connections");
     second.wait_log("data connection done (kernel)");
-    assert!(
-        second.log().contains("adopted the pinned XDP link"),
-        "{}",
-        second.log()
-    );
+    assert!(second.log().contains(adopted), "{}", second.log());
 
     // The new process serves new sessions through the adopted programs.
     let local = dir.join("after.bin");
@@ -502,11 +503,21 @@ fn restart_with_pinning_keeps_transfers_going() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!pin.exists());
-    let link = topo.run(GATEWAY, &["ip", "link", "show", "pub0"]).unwrap();
-    assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
-        "still attached"
-    );
+    // The kernel releases a link asynchronously once its last reference is gone.
+    let started = Instant::now();
+    loop {
+        let shown = topo.run(GATEWAY, &["ip", "link", "show", "pub0"]).unwrap();
+        let text = String::from_utf8_lossy(&shown.stdout).into_owned();
+        if !text.contains("prog/xdp") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "XDP still attached: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!pin.join(link).exists());
     let _ = Command::new("umount").arg(&bpffs).status();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -37,8 +37,10 @@ use crate::{
 
 /// How often the sweeper looks at the leases.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(200);
-/// How long a closed flow keeps its entries, so the last ACKs still pass.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a closed flow keeps its entries, so the last ACKs still pass (they follow the
+/// FINs within a round trip). Its port is busy meanwhile: a range of N ports carries about
+/// N / (CLOSE_GRACE + SWEEP_EVERY) new data connections per second.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct KernelSettings {
@@ -560,14 +562,18 @@ pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> 
                 continue;
             }
             let mode = match s.kernel_hook {
-                KernelHook::Auto => {
-                    kernel
+                KernelHook::Auto => match crate::kernel::driver_name(interface) {
+                    Some(driver) if SKB_DRIVERS.contains(&driver.as_str()) => {
+                        info!(interface, %driver, "software device: using TC (XDP would copy every packet)");
+                        kernel.attach_tc(interface)
+                    }
+                    _ => kernel
                         .attach_guard(interface, XdpAttach::Native)
                         .or_else(|e| {
                             info!(interface, reason = %e, "native XDP unavailable: using TC");
                             kernel.attach_tc(interface)
-                        })
-                }
+                        }),
+                },
                 KernelHook::Xdp => kernel.attach_guard(interface, XdpAttach::Native),
                 KernelHook::XdpGeneric => kernel.attach_guard(interface, XdpAttach::Generic),
                 KernelHook::Tc => kernel.attach_tc(interface),
@@ -583,6 +589,21 @@ pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> 
     setup.nat_ips = nat_ips;
     Ok(())
 }
+
+/// Drivers of software devices, where `kernel_hook = "auto"` picks TC: their native XDP
+/// (veth) copies each packet into a new page before the program runs and rebuilds an skb
+/// after a redirect, and bridges, bonds and VLANs cannot take redirected XDP frames at all.
+/// Measured on veth (`cargo xtask bench`): XDP 0.88×, TC 1.05× plain routing.
+const SKB_DRIVERS: &[&str] = &[
+    "veth",
+    "bridge",
+    "bonding",
+    "802.1Q VLAN Support",
+    "macvlan",
+    "team",
+    "tun",
+    "dummy",
+];
 
 /// Keeps the gateway's own sockets off the data ports (they are NAT ports too).
 fn reserve_ports(ranges: impl Iterator<Item = PortRange>) {

@@ -90,18 +90,28 @@ impl UserspaceRelay {
 
     fn bind(&self, ip: Ipv4Addr) -> Result<(u16, TcpListener), LeaseError> {
         let mut last_error = None;
+        let mut busy = Vec::new();
         for _ in 0..BIND_ATTEMPTS {
             let Some(port) = self.pool.allocate() else {
-                return Err(LeaseError::PortsExhausted(self.pool.capacity()));
+                break;
             };
             match bind_listener(SocketAddrV4::new(ip, port)) {
-                Ok(listener) => return Ok((port, listener)),
+                Ok(listener) => {
+                    busy.into_iter().for_each(|p| self.pool.release(p));
+                    return Ok((port, listener));
+                }
                 Err(e) => {
-                    // Someone else's socket holds it: keep it reserved, try another.
+                    // Someone else's socket holds it right now: try another, and give
+                    // this one back afterwards (it may be free next time).
                     debug!(port, error = %e, "data port unavailable");
+                    busy.push(port);
                     last_error = Some(e);
                 }
             }
+        }
+        busy.into_iter().for_each(|p| self.pool.release(p));
+        if last_error.is_none() {
+            return Err(LeaseError::PortsExhausted(self.pool.capacity()));
         }
         Err(LeaseError::Io(last_error.unwrap_or_else(|| {
             io::Error::new(io::ErrorKind::AddrInUse, "no bindable data port")
@@ -123,6 +133,8 @@ async fn connect_from(source: Option<SocketAddrV4>, target: SocketAddrV4) -> io:
 fn bind_listener(addr: SocketAddrV4) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
+    // The previous data connection on this port may linger in TIME_WAIT for a minute.
+    socket.set_reuse_address(true)?;
     socket.bind(&SocketAddr::V4(addr).into())?;
     socket.listen(1)?;
     TcpListener::from_std(socket.into())

@@ -401,7 +401,7 @@ impl Session {
                     .push_back(Action::Warn(format!("no data lease: {reason}")));
                 self.local(Reply::new(
                     425,
-                    "Can't open data connection: no data port free, try again later.",
+                    "Can't open data connection now, try again later.",
                 ));
             }
         }
@@ -570,7 +570,7 @@ impl Session {
                     .push_back(Action::Warn(format!("no data lease: {reason}")));
                 self.say(Reply::new(
                     425,
-                    "Can't open data connection: no data port free, try again later.",
+                    "Can't open data connection now, try again later.",
                 ));
             }
         }
