@@ -71,8 +71,8 @@ pub struct Service {
     /// Kernel data path: the gateway's origin-facing address that data connections come
     /// from (default: the address the kernel picks to reach the origin).
     pub nat_ip: Option<Ipv4Addr>,
-    /// Kernel data path: which hook carries packets (auto: XDP in driver mode where the
-    /// driver supports it, else TC).
+    /// Kernel data path: which hook carries packets (auto: TC on software devices, XDP in
+    /// driver mode on NICs).
     #[serde(default)]
     pub kernel_hook: KernelHook,
     /// Kernel data path: seconds a data connection may stay silent before it is removed.
@@ -121,7 +121,8 @@ pub enum DataplaneKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KernelHook {
-    /// XDP in driver mode where the driver supports it, else TC (tcx).
+    /// TC (tcx) on software devices (veth, bridge, bond, VLAN…), where native XDP copies
+    /// packets or cannot redirect; XDP in driver mode on NICs, TC if that fails.
     #[default]
     Auto,
     /// XDP in driver mode only.
