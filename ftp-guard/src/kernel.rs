@@ -224,6 +224,14 @@ fn ip_of(be: u32) -> Ipv4Addr {
     Ipv4Addr::from(be.to_ne_bytes())
 }
 
+/// The inverse of [`lease_key`]: (peer, local address).
+fn lease_of(k: &LeaseKey) -> (Ipv4Addr, SocketAddrV4) {
+    (
+        ip_of(k.peer_addr_be),
+        SocketAddrV4::new(ip_of(k.addr_be), u16::from_be(k.port_be)),
+    )
+}
+
 pub fn lease_key(peer: Ipv4Addr, local: SocketAddrV4) -> LeaseKey {
     LeaseKey {
         peer_addr_be: be32(peer),
@@ -561,14 +569,8 @@ impl Kernel {
 
     /// The peer's source port of the connection a lease admitted, if it admitted one.
     pub fn claim(&self, peer: Ipv4Addr, local: SocketAddrV4) -> Result<Option<u16>, KernelError> {
-        match self.claims.get(&lease_key(peer, local), 0) {
-            Ok(c) => Ok(Some(u16::from_be(c.peer_port_be))),
-            Err(e) if is_absent(&e) => Ok(None),
-            Err(source) => Err(KernelError::Map {
-                map: names::CLAIMS,
-                source,
-            }),
-        }
+        let claim = found(names::CLAIMS, self.claims.get(&lease_key(peer, local), 0))?;
+        Ok(claim.map(|c| u16::from_be(c.peer_port_be)))
     }
 
     /// Every claimed lease as (peer, local address), e.g. to find flows whose lease
@@ -577,12 +579,7 @@ impl Kernel {
         self.claims
             .keys()
             .filter_map(Result::ok)
-            .map(|k| {
-                (
-                    ip_of(k.peer_addr_be),
-                    SocketAddrV4::new(ip_of(k.addr_be), u16::from_be(k.port_be)),
-                )
-            })
+            .map(|k| lease_of(&k))
             .collect()
     }
 
@@ -596,14 +593,7 @@ impl Kernel {
 
     /// One direction of a flow, keyed as its packets arrive at the gateway.
     pub fn flow(&self, tuple: FlowTuple) -> Result<Option<FlowState>, KernelError> {
-        match self.flows.get(&flow_key(tuple), 0) {
-            Ok(v) => Ok(Some(v.into())),
-            Err(e) if is_absent(&e) => Ok(None),
-            Err(source) => Err(KernelError::Map {
-                map: names::FLOWS,
-                source,
-            }),
-        }
+        Ok(found(names::FLOWS, self.flows.get(&flow_key(tuple), 0))?.map(FlowState::from))
     }
 
     pub fn remove_flow(&mut self, tuple: FlowTuple) -> Result<bool, KernelError> {
@@ -615,12 +605,7 @@ impl Kernel {
         self.leases
             .keys()
             .filter_map(Result::ok)
-            .map(|k| {
-                (
-                    ip_of(k.peer_addr_be),
-                    SocketAddrV4::new(ip_of(k.addr_be), u16::from_be(k.port_be)),
-                )
-            })
+            .map(|k| lease_of(&k))
             .collect()
     }
 
@@ -629,17 +614,13 @@ impl Kernel {
         &self,
         tuple: FlowTuple,
     ) -> Result<Option<(SocketAddrV4, SocketAddrV4)>, KernelError> {
-        match self.flows.get(&flow_key(tuple), 0) {
-            Ok(v) => Ok(Some((
+        let value = found(names::FLOWS, self.flows.get(&flow_key(tuple), 0))?;
+        Ok(value.map(|v| {
+            (
                 SocketAddrV4::new(ip_of(v.new_src_addr_be), u16::from_be(v.new_src_port_be)),
                 SocketAddrV4::new(ip_of(v.new_dst_addr_be), u16::from_be(v.new_dst_port_be)),
-            ))),
-            Err(e) if is_absent(&e) => Ok(None),
-            Err(source) => Err(KernelError::Map {
-                map: names::FLOWS,
-                source,
-            }),
-        }
+            )
+        }))
     }
 
     /// Number of flow entries (walks the map: for status and tests).
@@ -674,6 +655,15 @@ fn is_absent(e: &MapError) -> bool {
         MapError::KeyNotFound => true,
         MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
         _ => false,
+    }
+}
+
+/// A map lookup's result: `Ok(None)` when the key is not there.
+fn found<V>(map: &'static str, result: Result<V, MapError>) -> Result<Option<V>, KernelError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_absent(&e) => Ok(None),
+        Err(source) => Err(KernelError::Map { map, source }),
     }
 }
 
