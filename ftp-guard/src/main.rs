@@ -38,6 +38,7 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,6 +64,30 @@ fn main() -> std::process::ExitCode {
             tracing::error!("{e:#}");
             eprintln!("ftp-guard: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Each control session holds two sockets: lift the soft open-files limit to the hard one
+/// (often 1024 → 524288) so that `max_sessions` and not EMFILE is what bounds sessions.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let before = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(
+                    from = before,
+                    to = limit.rlim_max,
+                    "open-files limit raised"
+                );
+            }
         }
     }
 }
