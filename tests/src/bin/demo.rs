@@ -151,7 +151,7 @@ fn run(once: bool) -> Result<()> {
         println!("    {line}");
     }
 
-    step("intruder 203.0.113.66 probes ten data ports: XDP drops every SYN");
+    step("intruder 203.0.113.66 probes ten data ports: the kernel path drops every SYN");
     let refused = topo.in_ns(CLIENT, || {
         (40000..40010)
             .filter(|port| probe(Ipv4Addr::new(203, 0, 113, 66), *port).is_err())
