@@ -18,6 +18,28 @@ use crate::{
 /// The address clients connect to.
 pub const VIP: Ipv4Addr = netns::GATEWAY_PUBLIC_IP;
 
+/// The standard topology, ready for the kernel path: XDP redirect into a veth needs NAPI
+/// on the receiving end, and GRO on the client's and origin's `eth0` turns it on.
+pub fn standard_topology(tag: &str) -> anyhow::Result<Topology> {
+    let topo = Topology::standard(tag)?;
+    for role in [CLIENT, ORIGIN] {
+        topo.run(role, &["ethtool", "-K", "eth0", "gro", "on"])?;
+    }
+    Ok(topo)
+}
+
+/// `kind` serving on the origin's address, port 21, with the default test login.
+pub fn origin_server(topo: &Topology, kind: ServerKind) -> anyhow::Result<FtpServer> {
+    FtpServer::start(
+        topo.ns_name(ORIGIN),
+        kind,
+        ServerOptions {
+            listen: SocketAddrV4::new(netns::ORIGIN_IP, 21),
+            ..ServerOptions::default()
+        },
+    )
+}
+
 /// One topology with an origin server and ftp-guard in front of it.
 pub struct Env {
     pub topo: Topology,
@@ -70,22 +92,9 @@ impl Env {
         client_if: &str,
         origin_if: &str,
     ) -> Env {
-        let topo = Topology::standard(tag).unwrap();
-        // XDP redirect into a veth needs NAPI on the receiving end: GRO turns it on.
-        for role in [CLIENT, ORIGIN] {
-            topo.run(role, &["ethtool", "-K", "eth0", "gro", "on"])
-                .unwrap();
-        }
+        let topo = standard_topology(tag).unwrap();
         adjust(&topo);
-        let server = FtpServer::start(
-            topo.ns_name(ORIGIN),
-            kind,
-            ServerOptions {
-                listen: SocketAddrV4::new(netns::ORIGIN_IP, 21),
-                ..ServerOptions::default()
-            },
-        )
-        .unwrap();
+        let server = origin_server(&topo, kind).unwrap();
         let config = gateway_config(
             server.addr(),
             dataplane,

@@ -9,10 +9,10 @@ use std::{
 use ftp_guard::admin::{self, Status};
 use ftp_guard_tests::{
     ftp_clients::{DataMode, curl_download, sha256_file},
-    ftp_servers::{FtpServer, ServerKind, ServerOptions},
-    netns::{self, CLIENT, GATEWAY, ORIGIN, Topology},
+    ftp_servers::ServerKind,
+    netns::{self, CLIENT, GATEWAY, Topology},
     require_privileged,
-    scenario::{Control, Env},
+    scenario::{Control, Env, origin_server, standard_topology},
 };
 
 const ADMIN: &str = "127.0.0.1:9640";
@@ -200,20 +200,8 @@ fn reload_status_and_graceful_stop_with_the_binary() {
     if !require_privileged() {
         return;
     }
-    let topo = Topology::standard("ops").unwrap();
-    for role in [CLIENT, ORIGIN] {
-        topo.run(role, &["ethtool", "-K", "eth0", "gro", "on"])
-            .unwrap();
-    }
-    let server = FtpServer::start(
-        topo.ns_name(ORIGIN),
-        ServerKind::Vsftpd,
-        ServerOptions {
-            listen: std::net::SocketAddrV4::new(netns::ORIGIN_IP, 21),
-            ..ServerOptions::default()
-        },
-    )
-    .unwrap();
+    let topo = standard_topology("ops").unwrap();
+    let server = origin_server(&topo, ServerKind::Vsftpd).unwrap();
     let dir = ftp_guard_tests::ftp_clients::unique_temp_dir("fg-ops").unwrap();
     let daemon = Daemon::start(&topo, &dir, &service("a", 21, "40000-40049"));
     let login = ftp_guard_tests::ftp_clients::Login {
@@ -378,20 +366,8 @@ fn restart_with_pinning_keeps_transfers_going() {
 fn restart_with_pinning(hook: &str, link: &str, adopted: &str) {
     use std::io::Read as _;
 
-    let topo = Topology::standard(&format!("pin{hook}")).unwrap();
-    for role in [CLIENT, ORIGIN] {
-        topo.run(role, &["ethtool", "-K", "eth0", "gro", "on"])
-            .unwrap();
-    }
-    let server = FtpServer::start(
-        topo.ns_name(ORIGIN),
-        ServerKind::Vsftpd,
-        ServerOptions {
-            listen: std::net::SocketAddrV4::new(netns::ORIGIN_IP, 21),
-            ..ServerOptions::default()
-        },
-    )
-    .unwrap();
+    let topo = standard_topology(&format!("pin{hook}")).unwrap();
+    let server = origin_server(&topo, ServerKind::Vsftpd).unwrap();
     let big = server.root().join("big.bin");
     ftp_guard_tests::ftp_clients::random_file(&big, 64 << 20).unwrap();
     server.give_to_user(&big).unwrap();

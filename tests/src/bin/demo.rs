@@ -19,8 +19,9 @@ use ftp_guard_tests::{
         DataMode, Login, curl_download, curl_upload, lftp_run, random_file, sha256_file,
         unique_temp_dir,
     },
-    ftp_servers::{FtpServer, ServerKind, ServerOptions},
-    netns::{self, CLIENT, GATEWAY, ORIGIN, Topology},
+    ftp_servers::ServerKind,
+    netns::{self, CLIENT, GATEWAY},
+    scenario::{origin_server, standard_topology},
 };
 
 const VIP: Ipv4Addr = netns::GATEWAY_PUBLIC_IP;
@@ -57,11 +58,7 @@ fn run(once: bool) -> Result<()> {
     step(
         "building the topology: client 203.0.113.2 | gateway 203.0.113.1 + 198.51.100.1 | origin 198.51.100.2",
     );
-    let topo = Topology::standard("demo")?;
-    for role in [CLIENT, ORIGIN] {
-        // XDP redirect into a veth needs NAPI on the receiving end: GRO turns it on.
-        topo.run(role, &["ethtool", "-K", "eth0", "gro", "on"])?;
-    }
+    let topo = standard_topology("demo")?;
     // A second address on the client's network, for the intruder.
     topo.run(
         CLIENT,
@@ -69,14 +66,7 @@ fn run(once: bool) -> Result<()> {
     )?;
 
     step("starting vsftpd on the origin (passive ports 30000-30099)");
-    let server = FtpServer::start(
-        topo.ns_name(ORIGIN),
-        ServerKind::Vsftpd,
-        ServerOptions {
-            listen: SocketAddrV4::new(netns::ORIGIN_IP, 21),
-            ..ServerOptions::default()
-        },
-    )?;
+    let server = origin_server(&topo, ServerKind::Vsftpd)?;
     let big = server.root().join("big.bin");
     random_file(&big, FILE_MIB << 20)?;
     server.give_to_user(&big)?;
