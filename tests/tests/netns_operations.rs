@@ -48,6 +48,29 @@ fn admin_endpoint_reports_sessions_leases_metrics_and_readiness() {
     // A session holding a passive lease shows up in /status.
     let mut control = Control::login(&env);
     let port = control.epsv();
+    // Both legs of the idle control session carry TCP keepalive (transfers keep it idle).
+    // `ss` shows the keepalive timer once no retransmission timer is pending.
+    let started = Instant::now();
+    loop {
+        let ss = env
+            .topo
+            .run(GATEWAY, &["ss", "-tnoH", "state", "established"])
+            .unwrap();
+        let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
+        let leg = |needle: &str| ss.lines().find(|l| l.contains(needle)).map(str::to_owned);
+        let legs = [leg("203.0.113.1:21 "), leg("198.51.100.2:21 ")];
+        if legs
+            .iter()
+            .all(|l| l.as_deref().is_some_and(|l| l.contains("keepalive")))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "no keepalive on both legs:\n{ss}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let status: Status = serde_json::from_str(&admin_get(&env.topo, "/status").unwrap()).unwrap();
     let svc = &status.services[0];
     assert_eq!(svc.sessions.len(), 1, "{status:?}");
