@@ -2,12 +2,14 @@
 //!
 //! - [`ftp_servers`], [`ftp_clients`]: real FTP daemons (vsftpd, pyftpdlib) and clients (curl,
 //!   lftp, Python ftplib) run in a network namespace, with protocol traces.
+//! - [`fixture`]: runs packet fixtures through the programs (BPF_PROG_TEST_RUN).
 //! - [`packet`]: builds Ethernet/IPv4/TCP frames with correct checksums for
 //!   `BPF_PROG_TEST_RUN` fixtures, and checks checksums of what a program emits.
 //! - [`netns`]: client / gateway / origin (and extra hosts) in network namespaces joined by
 //!   veths, for end-to-end tests.
 //! - [`gateway`]: ftp-guard itself running in-process in the gateway namespace.
 //! - [`scenario`]: topology + origin server + gateway, ready for an end-to-end test.
+pub mod fixture;
 pub mod ftp_clients;
 pub mod ftp_servers;
 pub mod gateway;

@@ -3,16 +3,13 @@
 //! expected counter; the output frame must equal the input (the guard never rewrites).
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use aya::programs::{TestRun, TestRunOptions};
 use ftp_guard::kernel::{Kernel, Lease, MapSizes, ProtectedRange};
 use ftp_guard_common::Counter;
 use ftp_guard_tests::{
+    fixture::{XDP_DROP, XDP_PASS, run_xdp},
     packet::{self, Ipv4Frame, flags},
     require_privileged,
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const OTHER_PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
@@ -53,16 +50,8 @@ fn guarded_kernel() -> Kernel {
 
 /// Runs one frame through the program; returns the action and the output frame.
 fn run(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    opts.data_out = Some(&mut out);
-    let result = kernel
-        .guard_program()
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+    let (action, out, _) = run_xdp(kernel, frame);
+    (action, out)
 }
 
 struct Case {
@@ -271,14 +260,7 @@ fn guard_fixtures() {
     let kernel = guarded_kernel();
     let mut failures = Vec::new();
     for case in cases() {
-        let before = kernel.counters().unwrap();
-        let (action, out) = run(&kernel, &case.frame);
-        let after = kernel.counters().unwrap();
-        let bumped: Vec<_> = Counter::ALL
-            .iter()
-            .filter(|c| after.get(**c) != before.get(**c))
-            .map(|c| c.name())
-            .collect();
+        let (action, out, bumped) = run_xdp(&kernel, &case.frame);
         if action != case.action {
             failures.push(format!(
                 "{}: action {action}, want {}",

@@ -7,16 +7,12 @@
 //! redirect itself is covered by the netns tests.
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use aya::programs::{TestRun, TestRunOptions};
 use ftp_guard::kernel::{Kernel, Lease, LeaseAction, MapSizes, ProtectedRange, monotonic_ns};
-use ftp_guard_common::Counter;
 use ftp_guard_tests::{
+    fixture::{XDP_DROP, XDP_PASS, run_xdp},
     packet::{self, Ipv4Frame, flags, parse_tcp},
     require_privileged,
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
@@ -83,27 +79,6 @@ fn far_future() -> u64 {
     monotonic_ns() + 3_600_000_000_000
 }
 
-/// Runs one frame; returns the action, the output frame and which counters moved.
-fn run(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>, Vec<&'static str>) {
-    let before = kernel.counters().unwrap();
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    opts.data_out = Some(&mut out);
-    let result = kernel
-        .guard_program()
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(result.data_size_out as usize);
-    let after = kernel.counters().unwrap();
-    let moved = Counter::ALL
-        .iter()
-        .filter(|c| after.get(**c) != before.get(**c))
-        .map(|c| c.name())
-        .collect();
-    (result.return_value, out, moved)
-}
-
 fn tcp(src: SocketAddrV4, dst: SocketAddrV4, tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
     Ipv4Frame::tcp(src, dst, tcp_flags, payload).build()
 }
@@ -138,7 +113,7 @@ fn both_directions_are_nated_with_valid_checksums() {
         let nat = sa(NAT, PORT);
 
         let syn = tcp(client, public, flags::SYN, &[]);
-        let (action, out, moved) = run(&kernel, &syn);
+        let (action, out, moved) = run_xdp(&kernel, &syn);
         assert_eq!(action, XDP_PASS);
         assert_eq!(moved, ["nat_to_origin", "forwarded_by_stack"]);
         assert_rewritten(&out, &syn, nat, origin);
@@ -146,17 +121,17 @@ fn both_directions_are_nated_with_valid_checksums() {
         assert_eq!(kernel.flow_count(), 2);
 
         let syn_ack = tcp(origin, nat, flags::SYN | flags::ACK, &[]);
-        let (action, out, moved) = run(&kernel, &syn_ack);
+        let (action, out, moved) = run_xdp(&kernel, &syn_ack);
         assert_eq!(action, XDP_PASS);
         assert_eq!(moved, ["nat_to_client", "forwarded_by_stack"]);
         assert_rewritten(&out, &syn_ack, public, client);
 
         // Data both ways, then FIN both ways: bytes and flags land in the flow entries.
         let data = tcp(origin, nat, flags::ACK | flags::PSH, &[0x5a; 1000]);
-        let (_, out, _) = run(&kernel, &data);
+        let (_, out, _) = run_xdp(&kernel, &data);
         assert_rewritten(&out, &data, public, client);
-        run(&kernel, &tcp(origin, nat, flags::FIN | flags::ACK, &[]));
-        run(&kernel, &tcp(client, public, flags::FIN | flags::ACK, &[]));
+        run_xdp(&kernel, &tcp(origin, nat, flags::FIN | flags::ACK, &[]));
+        run_xdp(&kernel, &tcp(client, public, flags::FIN | flags::ACK, &[]));
         let down = kernel.flow((origin, nat)).unwrap().unwrap();
         let up = kernel.flow((client, public)).unwrap().unwrap();
         assert_eq!(down.packets, 3);
@@ -173,8 +148,8 @@ fn retransmitted_syn_follows_the_flow() {
     in_empty_netns(|| {
         let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
         let syn = tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]);
-        run(&kernel, &syn);
-        let (action, out, moved) = run(&kernel, &syn);
+        run_xdp(&kernel, &syn);
+        let (action, out, moved) = run_xdp(&kernel, &syn);
         assert_eq!(action, XDP_PASS);
         assert_eq!(moved, ["nat_to_origin", "forwarded_by_stack"]);
         assert_rewritten(&out, &syn, sa(NAT, PORT), sa(ORIGIN, ORIGIN_PORT));
@@ -197,7 +172,7 @@ fn drop_reasons() {
             ],
         );
         // The first connection claims the lease on PORT.
-        run(
+        run_xdp(
             &kernel,
             &tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]),
         );
@@ -282,7 +257,7 @@ fn drop_reasons() {
             ),
         ];
         for (name, frame, want_action, want_counter) in cases {
-            let (action, out, moved) = run(&kernel, frame);
+            let (action, out, moved) = run_xdp(&kernel, frame);
             assert_eq!(action, *want_action, "{name}");
             assert_eq!(moved, [*want_counter], "{name}");
             if action == XDP_PASS {
@@ -305,7 +280,7 @@ fn ip_options_and_broken_checksums_survive_nat() {
         let mut f = Ipv4Frame::tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]);
         f.ip_options = vec![0x01; 8];
         let with_options = f.build();
-        let (action, out, _) = run(&kernel, &with_options);
+        let (action, out, _) = run_xdp(&kernel, &with_options);
         assert_eq!(action, XDP_PASS);
         let p = parse_tcp(&out).unwrap();
         assert_eq!((p.src, p.dst), (sa(NAT, PORT), sa(ORIGIN, ORIGIN_PORT)));
@@ -323,7 +298,7 @@ fn ip_options_and_broken_checksums_survive_nat() {
         let last = bad.len() - 1;
         bad[last] ^= 0x01;
         assert!(!parse_tcp(&bad).unwrap().tcp_checksum_ok);
-        let (_, out, _) = run(&kernel, &bad);
+        let (_, out, _) = run_xdp(&kernel, &bad);
         let p = parse_tcp(&out).unwrap();
         assert_eq!(p.dst, sa(ORIGIN, ORIGIN_PORT));
         assert!(p.ip_checksum_ok);
@@ -351,7 +326,7 @@ fn a_full_flow_table_rolls_back_the_claim() {
                 nat_lease(PORT + 1, far_future()),
             ],
         );
-        run(
+        run_xdp(
             &kernel,
             &tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]),
         );
@@ -363,7 +338,7 @@ fn a_full_flow_table_rolls_back_the_claim() {
             flags::SYN,
             &[],
         );
-        let (action, _, moved) = run(&kernel, &syn);
+        let (action, _, moved) = run_xdp(&kernel, &syn);
         assert_eq!(action, XDP_DROP);
         assert_eq!(moved, ["drop_flow_table_full"]);
         assert_eq!(kernel.flow_count(), 2);
@@ -407,19 +382,19 @@ fn active_mode_both_directions_from_port_20() {
 
         // Before the origin connects, the client's port-20 traffic is nobody's: passed.
         let early = tcp(client_data, sa(PUBLIC, 20), flags::ACK, &[]);
-        let (action, out, moved) = run(&kernel, &early);
+        let (action, out, moved) = run_xdp(&kernel, &early);
         assert_eq!((action, moved), (XDP_PASS, vec!["pass_other_port"]));
         assert_eq!(out, early);
 
         let syn = tcp(origin, origin_side, flags::SYN, &[]);
-        let (action, out, moved) = run(&kernel, &syn);
+        let (action, out, moved) = run_xdp(&kernel, &syn);
         assert_eq!(action, XDP_PASS);
         assert_eq!(moved, ["nat_to_client", "forwarded_by_stack"]);
         assert_rewritten(&out, &syn, sa(PUBLIC, 20), client_data);
         assert_eq!(kernel.claim(ORIGIN, origin_side).unwrap(), Some(20));
 
         let syn_ack = tcp(client_data, sa(PUBLIC, 20), flags::SYN | flags::ACK, &[]);
-        let (action, out, moved) = run(&kernel, &syn_ack);
+        let (action, out, moved) = run_xdp(&kernel, &syn_ack);
         assert_eq!(action, XDP_PASS);
         assert_eq!(moved, ["nat_to_origin", "forwarded_by_stack"]);
         assert_rewritten(&out, &syn_ack, origin_side, origin);
@@ -431,10 +406,10 @@ fn active_mode_both_directions_from_port_20() {
             flags::SYN,
             &[],
         );
-        let (action, _, moved) = run(&kernel, &stranger);
+        let (action, _, moved) = run_xdp(&kernel, &stranger);
         assert_eq!((action, moved), (XDP_PASS, vec!["pass_no_flow"]));
         let again = tcp(sa(ORIGIN, 21), origin_side, flags::SYN, &[]);
-        let (action, _, moved) = run(&kernel, &again);
+        let (action, _, moved) = run_xdp(&kernel, &again);
         assert_eq!((action, moved), (XDP_DROP, vec!["drop_lease_used"]));
     });
 }
