@@ -617,6 +617,14 @@ Handler.passive_ports = range(int(pasv_min), int(pasv_max) + 1)
 # Keep the data-peer == control-peer check (the default): the gateway must pass it.
 Handler.permit_foreign_addresses = False
 server = FTPServer((host, int(port)), Handler)
+# No session cap of pyftpdlib's own (512 by default): the benchmark holds 10,000 sessions.
+server.max_cons = 0
+try:
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+except (ImportError, ValueError, OSError):
+    pass
 server.serve_forever()
 "#;
 
