@@ -75,6 +75,7 @@ impl Gateway {
             admin: admin.clone(),
             admin_task: None,
         };
+        warn_if_fd_limit_too_low(config);
         gateway.setup_kernel(config)?;
         for service in config.services() {
             let running = gateway.start_service(service, None, None).await?;
@@ -287,6 +288,7 @@ impl Gateway {
         } else if new_max < old_max {
             self.sessions.forget_permits(old_max - new_max);
         }
+        warn_if_fd_limit_too_low(&config);
         self.config = config;
         self.publish();
         info!(services = self.running.len(), "configuration reloaded");
@@ -346,4 +348,40 @@ fn same_data_path(a: &Service, b: &Service) -> bool {
         && a.data_idle_timeout_secs == b.data_idle_timeout_secs
         && a.active_from_port_20 == b.active_from_port_20
         && a.connect_timeout_secs == b.connect_timeout_secs
+}
+
+/// Open files a session can hold: its two control sockets, and with the userspace relay a
+/// listener and both legs of a data connection.
+fn files_per_session(config: &Config) -> u64 {
+    let relay = config
+        .services()
+        .any(|s| s.dataplane == crate::config::DataplaneKind::Userspace);
+    if relay { 5 } else { 2 }
+}
+
+/// Warns when `max_sessions` cannot be reached because the open-files limit runs out
+/// first: sessions beyond it would fail with EMFILE instead of a clean 421 at the limit.
+fn warn_if_fd_limit_too_low(config: &Config) {
+    /// Listeners, the admin endpoint, BPF maps and programs, logs.
+    const RESERVE: u64 = 64;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let per = files_per_session(config);
+    let needed = config.max_sessions as u64 * per + RESERVE;
+    if limit.rlim_cur != libc::RLIM_INFINITY && needed > limit.rlim_cur {
+        warn!(
+            max_sessions = config.max_sessions,
+            open_files_needed = needed,
+            open_files_limit = limit.rlim_cur,
+            sessions_possible = limit.rlim_cur.saturating_sub(RESERVE) / per,
+            "the open-files limit is below what max_sessions needs: raise it (LimitNOFILE=, \
+             ulimit -n) or lower max_sessions"
+        );
+    }
 }

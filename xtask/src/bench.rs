@@ -14,6 +14,19 @@ pub fn run(extra: &[String]) -> Result<i32> {
     );
     let start = Instant::now();
     setup::run()?;
+    // The memory figure runs the daemon itself, next to the benchmark's binary.
+    let mut build = util::cargo();
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "ftp-guard",
+        "--bin",
+        "ftp-guard",
+    ]);
+    println!("running: {}", util::cmdline(&build));
+    let built = util::status(&mut build)?;
+    ensure!(built.success(), "building ftp-guard failed");
     let mut cmd = util::cargo();
     // Release: the figures are about the data path, not about a debug build of the relay.
     cmd.args([

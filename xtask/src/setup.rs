@@ -58,6 +58,8 @@ const PACKAGES: &[&str] = &[
     // more FTP clients for the interoperability matrix (`cargo xtask interop`)
     "wget",
     "tnftp",
+    // the kernel FTP helper baseline of `cargo xtask bench` (nftables DNAT + ct helper ftp)
+    "nftables",
     // systemd-socket-activate runs the unpacked proftpd in inetd mode
     "systemd",
     // libraries of the unpacked proftpd-core and pure-ftpd (not in a base system; the

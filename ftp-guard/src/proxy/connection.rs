@@ -55,6 +55,9 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
     info!("client connected");
 
     let connect_started = Instant::now();
+    // The origin must accept and then greet within the connect timeout: FTP servers speak
+    // first, so an origin that never greets would otherwise hold the client in silence.
+    let greeting_due = tokio::time::Instant::now() + service.connect_timeout();
     let connect = TcpStream::connect(service.origin);
     let origin = match tokio::time::timeout(service.connect_timeout(), connect).await {
         Ok(Ok(origin)) => origin,
@@ -91,6 +94,7 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
         origin,
         session,
         lease: None,
+        greeting_due: Some(greeting_due),
     };
     let end = driver.run().await;
     if let Some(id) = driver.lease.take() {
@@ -111,32 +115,49 @@ struct Driver {
     origin: TcpStream,
     session: Session,
     lease: Option<LeaseId>,
+    /// Until the origin's first byte: when its greeting is overdue.
+    greeting_due: Option<tokio::time::Instant>,
 }
 
 impl Driver {
     async fn run(&mut self) -> End {
         let idle = self.ctx.service.idle_timeout();
-        let mut client_buf = vec![0u8; READ_BUFFER];
-        let mut origin_buf = vec![0u8; READ_BUFFER];
         loop {
             if let Some(end) = self.perform_actions().await {
                 return end;
             }
-            tokio::select! {
-                r = read_some(&self.client, &mut client_buf) => match r {
-                    Ok(0) => { debug!("client closed"); self.session.client_closed() }
-                    Ok(n) => self.session.handle(Event::FromClient(&client_buf[..n])),
+            // Wait for readiness without a buffer: an idle session then holds no read
+            // buffers (memory per idle session is a figure operators size by). The buffer
+            // below lives on the stack only while a poll runs, not in the task.
+            let ready = tokio::select! {
+                r = self.client.readable() => Ready::Client(r),
+                r = self.origin.readable() => Ready::Origin(r),
+                () = tokio::time::sleep(idle) => Ready::Idle,
+            };
+            let mut buf = [0u8; READ_BUFFER];
+            match ready {
+                Ready::Client(r) => match r.and_then(|()| self.client.try_read(&mut buf)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Ok(0) => {
+                        debug!("client closed");
+                        self.session.client_closed()
+                    }
+                    Ok(n) => self.session.handle(Event::FromClient(&buf[..n])),
                     Err(e) => return End::ClientIo(e),
                 },
-                r = read_some(&self.origin, &mut origin_buf) => match r {
-                    Ok(0) => { info!("origin closed the control connection"); self.session.origin_closed() }
-                    Ok(n) => self.session.handle(Event::FromOrigin(&origin_buf[..n])),
+                Ready::Origin(r) => match r.and_then(|()| self.origin.try_read(&mut buf)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Ok(0) => {
+                        info!("origin closed the control connection");
+                        self.session.origin_closed()
+                    }
+                    Ok(n) => self.session.handle(Event::FromOrigin(&buf[..n])),
                     Err(e) => {
                         warn!(error = %e, "origin read failed");
                         self.session.origin_closed();
                     }
                 },
-                () = tokio::time::sleep(idle) => {
+                Ready::Idle => {
                     info!(secs = idle.as_secs(), "idle timeout");
                     self.session.idle_timeout();
                 }
@@ -234,17 +255,14 @@ impl Driver {
     }
 }
 
-/// Reads what is available. Unlike `AsyncReadExt::read`, a short read does not make tokio
-/// assume the socket is drained: TCP stops a read at the urgent mark (a client's ABOR sent
-/// as urgent data), and the bytes behind it would otherwise wait for the next event.
-async fn read_some(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        match stream.try_read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            r => return r,
-        }
-    }
+/// What woke a session. Reading is `readable` + `try_read` rather than
+/// `AsyncReadExt::read`: there a short read makes tokio assume the socket is drained, but
+/// TCP stops a read at the urgent mark (a client's ABOR sent as urgent data), and the bytes
+/// behind it would wait for the next event.
+enum Ready {
+    Client(io::Result<()>),
+    Origin(io::Result<()>),
+    Idle,
 }
 
 async fn refuse_unreachable(mut client: TcpStream, why: &str) {

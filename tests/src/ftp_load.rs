@@ -1,0 +1,278 @@
+//! A minimal blocking FTP client for load generation (the benchmark's sessions/s, reply
+//! latency, lease rate and idle-session figures): thousands of sessions where spawning
+//! curl per session would measure curl. Errors are returned, never panicked, so a load run
+//! can count them.
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, SocketAddrV4, TcpStream},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+/// One FTP reply: its code and its text (all lines, CRLF removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub text: String,
+}
+
+/// A control connection.
+pub struct FtpControl {
+    reader: BufReader<TcpStream>,
+    peer: SocketAddrV4,
+}
+
+impl FtpControl {
+    /// Connects and reads the 220 greeting.
+    pub fn connect(addr: SocketAddrV4, timeout: Duration) -> Result<FtpControl> {
+        let stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        let mut control = FtpControl {
+            reader: BufReader::new(stream),
+            peer: addr,
+        };
+        control.expect_reply(220).context("greeting")?;
+        Ok(control)
+    }
+
+    /// Connects, logs in and switches to binary mode.
+    pub fn login(
+        addr: SocketAddrV4,
+        user: &str,
+        password: &str,
+        timeout: Duration,
+    ) -> Result<FtpControl> {
+        let mut control = FtpControl::connect(addr, timeout)?;
+        control.expect(&format!("USER {user}"), 331)?;
+        control.expect(&format!("PASS {password}"), 230)?;
+        control.expect("TYPE I", 200)?;
+        Ok(control)
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    pub fn reply(&mut self) -> Result<Reply> {
+        let mut text = String::new();
+        let mut first_code: Option<u16> = None;
+        loop {
+            let mut line = String::new();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .context("reading a reply")?;
+            ensure!(n > 0, "the server closed the connection (after {text:?})");
+            let line = line.trim_end_matches(['\r', '\n']);
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(line);
+            let b = line.as_bytes();
+            let code = (b.len() >= 3 && b[..3].iter().all(u8::is_ascii_digit))
+                .then(|| line[..3].parse::<u16>().ok())
+                .flatten();
+            match (first_code, code) {
+                // The first line fixes the code; a multi-line reply ends with "<code> ".
+                (None, Some(c)) if b.get(3) == Some(&b'-') => first_code = Some(c),
+                (None, Some(c)) => return Ok(Reply { code: c, text }),
+                (None, None) => bail!("not an FTP reply: {line:?}"),
+                (Some(f), Some(c)) if c == f && b.get(3).is_none_or(|&x| x == b' ') => {
+                    return Ok(Reply { code: c, text });
+                }
+                (Some(_), _) => {}
+            }
+        }
+    }
+
+    /// Sends one command line and reads its reply.
+    pub fn command(&mut self, line: &str) -> Result<Reply> {
+        self.reader
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .with_context(|| format!("sending {line:?}"))?;
+        self.reply()
+    }
+
+    /// Sends a command; its reply must have `code`.
+    pub fn expect(&mut self, line: &str, code: u16) -> Result<Reply> {
+        let reply = self.command(line)?;
+        ensure!(
+            reply.code == code,
+            "{line:?} got {:?}, expected {code}",
+            reply.text
+        );
+        Ok(reply)
+    }
+
+    fn expect_reply(&mut self, code: u16) -> Result<Reply> {
+        let reply = self.reply()?;
+        ensure!(reply.code == code, "got {:?}, expected {code}", reply.text);
+        Ok(reply)
+    }
+
+    /// EPSV: the data port the server announced.
+    pub fn epsv(&mut self) -> Result<u16> {
+        let reply = self.expect("EPSV", 229)?;
+        epsv_port(&reply.text).with_context(|| format!("no port in {:?}", reply.text))
+    }
+
+    /// EPSV + RETR of `path`: returns the bytes received (the data connection goes to the
+    /// control connection's address, as EPSV says).
+    pub fn retr(&mut self, path: &str) -> Result<u64> {
+        let port = self.epsv()?;
+        let data_addr = SocketAddrV4::new(*self.peer.ip(), port);
+        let timeout = self
+            .reader
+            .get_ref()
+            .read_timeout()?
+            .unwrap_or(Duration::MAX);
+        let mut data = TcpStream::connect_timeout(&SocketAddr::V4(data_addr), timeout)
+            .with_context(|| format!("data connection to {data_addr}"))?;
+        data.set_read_timeout(Some(timeout))?;
+        let mark = self.command(&format!("RETR {path}"))?;
+        ensure!(
+            mark.code == 150 || mark.code == 125,
+            "RETR got {:?}",
+            mark.text
+        );
+        let mut buf = [0u8; 16 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = data.read(&mut buf).context("reading the data connection")?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        self.expect_reply(226).context("end of transfer")?;
+        Ok(total)
+    }
+
+    /// QUIT, expecting 221.
+    pub fn quit(mut self) -> Result<()> {
+        self.expect("QUIT", 221).map(drop)
+    }
+}
+
+/// The port of a 229 reply: "229 Entering Extended Passive Mode (|||port|)" with any
+/// delimiter.
+pub fn epsv_port(text: &str) -> Option<u16> {
+    let inner = text.split_once('(')?.1.split_once(')')?.0;
+    let delim = inner.chars().next()?;
+    let fields: Vec<&str> = inner.split(delim).collect();
+    // "", "", "", port, ""
+    if fields.len() != 5 {
+        return None;
+    }
+    fields[3].parse().ok()
+}
+
+/// One whole short session, as a busy FTP site sees them: connect, log in, EPSV, RETR of
+/// `path` (must be `expected` bytes), QUIT. Returns how long it took.
+pub fn session(
+    addr: SocketAddrV4,
+    user: &str,
+    password: &str,
+    path: &str,
+    expected: u64,
+    timeout: Duration,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let mut control = FtpControl::login(addr, user, password, timeout)?;
+    let got = control.retr(path)?;
+    ensure!(
+        got == expected,
+        "RETR {path}: {got} bytes, expected {expected}"
+    );
+    control.quit()?;
+    Ok(started.elapsed())
+}
+
+/// The `q`-quantile (0..=1) of sorted values, nearest-rank.
+pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, TcpListener};
+
+    #[test]
+    fn epsv_ports() {
+        assert_eq!(
+            epsv_port("229 Entering Extended Passive Mode (|||40001|)"),
+            Some(40001)
+        );
+        assert_eq!(epsv_port("229 ok (!!!21!)"), Some(21));
+        assert_eq!(epsv_port("229 ok (|||x|)"), None);
+        assert_eq!(epsv_port("229 ok (||40001|)"), None);
+        assert_eq!(epsv_port("229 no parentheses"), None);
+    }
+
+    #[test]
+    fn quantiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), Some(50.0));
+        assert_eq!(quantile(&v, 0.99), Some(99.0));
+        assert_eq!(quantile(&v, 1.0), Some(100.0));
+        assert_eq!(quantile(&v, 0.0), Some(1.0));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    /// A scripted server on loopback: sends `script` after each line it reads (the first
+    /// entry right away), so replies can be checked without an FTP daemon.
+    fn scripted(script: &'static [&'static str]) -> SocketAddrV4 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            unreachable!()
+        };
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            for (i, out) in script.iter().enumerate() {
+                if i > 0 {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap() == 0 {
+                        return;
+                    }
+                }
+                s.write_all(out.as_bytes()).unwrap();
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn multi_line_replies_and_codes() {
+        let addr = scripted(&[
+            "220-hello\r\n220-more\r\n220 there\r\n",
+            "211-Features:\r\n EPSV\r\n 211 not the end\r\n211 End\r\n",
+            "500 no\r\n",
+        ]);
+        let mut c = FtpControl::connect(addr, Duration::from_secs(5)).unwrap();
+        let feat = c.command("FEAT").unwrap();
+        assert_eq!(feat.code, 211);
+        assert_eq!(feat.text.lines().count(), 4, "{feat:?}");
+        let err = c.expect("NOOP", 200).unwrap_err();
+        assert!(format!("{err:#}").contains("500 no"), "{err:#}");
+    }
+
+    #[test]
+    fn a_closed_connection_or_garbage_is_an_error() {
+        let addr = scripted(&["220 hi\r\n", "garbage\r\n"]);
+        let mut c = FtpControl::connect(addr, Duration::from_secs(5)).unwrap();
+        assert!(c.command("NOOP").is_err());
+        let addr = scripted(&["220 hi\r\n"]);
+        let mut c = FtpControl::connect(addr, Duration::from_secs(5)).unwrap();
+        assert!(c.command("NOOP").is_err());
+        let addr = scripted(&["421 busy\r\n"]);
+        assert!(FtpControl::connect(addr, Duration::from_secs(5)).is_err());
+    }
+}
