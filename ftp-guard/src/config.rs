@@ -98,7 +98,8 @@ pub struct Service {
     /// Seconds a passive lease waits for the client's data connection.
     #[serde(default = "defaults::lease_ttl_secs")]
     pub lease_ttl_secs: u64,
-    /// Seconds to wait for the origin to accept a control or data connection.
+    /// Seconds to wait for the origin to accept a data connection, or to accept a control
+    /// connection and send its greeting.
     #[serde(default = "defaults::connect_timeout_secs")]
     pub connect_timeout_secs: u64,
     /// Seconds of silence before TCP keepalive probes start, on both legs.

@@ -78,7 +78,7 @@ impl Metrics {
         self.sessions_active.get_or_create(&service(svc)).dec();
     }
 
-    /// `reason`: limit, origin_unreachable, ipv6.
+    /// `reason`: limit, origin_unreachable, origin_silent (connected but no greeting), ipv6.
     pub fn session_rejected(&self, svc: &str, reason: &'static str) {
         let mut labels = service(svc);
         labels.push(("reason", reason.to_owned()));
@@ -126,7 +126,7 @@ impl Metrics {
         );
         r.register(
             "sessions_rejected",
-            "Clients turned away, by reason (limit, origin_unreachable, ipv6)",
+            "Clients turned away, by reason (limit, origin_unreachable, origin_silent, ipv6)",
             self.sessions_rejected.clone(),
         );
         r.register(

@@ -214,6 +214,108 @@ async fn origin_hanging_up_is_reported() {
     assert!(c.closed().await);
 }
 
+/// An origin whose connections are accepted by the kernel but never greeted: it stands for
+/// a server whose kernel completed the handshake (e.g. with a SYN cookie) and then lost it
+/// in a full accept queue, or a daemon that is stuck. Counts the connections that the proxy
+/// closed (EOF on the origin side).
+async fn silent_origin() -> (SocketAddrV4, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+        unreachable!()
+    };
+    let closed = Arc::new(Mutex::new(0));
+    let c = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let _ = stream.read_to_end(&mut sink).await;
+                *c.lock().unwrap() += 1;
+            });
+        }
+    });
+    (addr, closed)
+}
+
+#[tokio::test]
+async fn origin_that_never_greets_gives_421() {
+    let (origin, closed) = silent_origin().await;
+    // The test config's connect timeout (2 s) covers the greeting too.
+    let proxy = start_proxy(origin, 8, |_| {}).await;
+    let started = std::time::Instant::now();
+    let mut c = Client::connect(proxy.addr).await;
+    // A client that does not wait for the greeting gets the same answer.
+    c.send(b"USER anonymous\r\n").await;
+    let reply = c.reply().await;
+    assert_eq!(
+        reply,
+        "421 Service not available: the server did not answer.\r\n"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(4),
+        "421 after {waited:?}, the connect timeout is 2 s"
+    );
+    assert!(c.closed().await);
+    for _ in 0..100 {
+        if *closed.lock().unwrap() == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the silent origin connection was not closed");
+}
+
+#[tokio::test]
+async fn origin_closing_before_its_greeting_gives_421() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let SocketAddr::V4(origin) = listener.local_addr().unwrap() else {
+        unreachable!()
+    };
+    // Accepts and hangs up at once, like a daemon over its connection limit without a reply.
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let proxy = start_proxy(origin, 8, |_| {}).await;
+    let mut c = Client::connect(proxy.addr).await;
+    let reply = c.reply().await;
+    assert!(reply.starts_with("421 "), "{reply}");
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn slow_greeting_within_the_connect_timeout_is_served() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let SocketAddr::V4(origin) = listener.local_addr().unwrap() else {
+        unreachable!()
+    };
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Half the 2 s connect timeout, like a server doing a slow ident lookup.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = stream.write_all(b"220 late but here\r\n").await;
+                let mut lines = BufReader::new(stream);
+                let mut line = String::new();
+                while lines.read_line(&mut line).await.is_ok_and(|n| n > 0) {
+                    let _ = lines.get_mut().write_all(b"200 ok\r\n").await;
+                    line.clear();
+                }
+            });
+        }
+    });
+    let proxy = start_proxy(origin, 8, |_| {}).await;
+    let mut c = Client::connect(proxy.addr).await;
+    assert_eq!(c.reply().await, "220 late but here\r\n");
+    // Past the greeting the connect timeout no longer applies.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.send(b"NOOP\r\n").await;
+    assert_eq!(c.reply().await, "200 ok\r\n");
+}
+
 #[tokio::test]
 async fn idle_timeout_gives_421() {
     let origin = FakeOrigin::start("220 hi\r\n", answer_everything).await;

@@ -219,6 +219,18 @@ impl Session {
         self.close();
     }
 
+    /// The origin accepted the connection but did not greet in time.
+    pub fn greeting_timeout(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.say(Reply::new(
+            421,
+            "Service not available: the server did not answer.",
+        ));
+        self.close();
+    }
+
     /// The control connection was idle too long.
     pub fn idle_timeout(&mut self) {
         if self.closed {
@@ -1013,6 +1025,21 @@ mod tests {
         let mut s = greeted();
         s.idle_timeout();
         assert!(client_text(&drain(&mut s)).starts_with("421 Idle"));
+
+        // Before any greeting: a client that already sent a command gets only the 421.
+        let mut s = session();
+        assert_eq!(client(&mut s, b"USER a\r\n"), vec![to_origin("USER a\r\n")]);
+        s.greeting_timeout();
+        let out = drain(&mut s);
+        assert_eq!(
+            out,
+            vec![
+                to_client("421 Service not available: the server did not answer.\r\n"),
+                Action::Close
+            ]
+        );
+        s.greeting_timeout();
+        assert_eq!(drain(&mut s), vec![]);
     }
 
     #[test]

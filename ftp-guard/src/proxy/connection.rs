@@ -129,9 +129,14 @@ impl Driver {
             // Wait for readiness without a buffer: an idle session then holds no read
             // buffers (memory per idle session is a figure operators size by). The buffer
             // below lives on the stack only while a poll runs, not in the task.
+            let greeting_due = self.greeting_due;
+            // Polled only while the greeting is awaited (any instant will do otherwise).
+            let no_greeting =
+                tokio::time::sleep_until(greeting_due.unwrap_or_else(tokio::time::Instant::now));
             let ready = tokio::select! {
                 r = self.client.readable() => Ready::Client(r),
                 r = self.origin.readable() => Ready::Origin(r),
+                () = no_greeting, if greeting_due.is_some() => Ready::NoGreeting,
                 () = tokio::time::sleep(idle) => Ready::Idle,
             };
             let mut buf = [0u8; READ_BUFFER];
@@ -151,12 +156,29 @@ impl Driver {
                         info!("origin closed the control connection");
                         self.session.origin_closed()
                     }
-                    Ok(n) => self.session.handle(Event::FromOrigin(&buf[..n])),
+                    Ok(n) => {
+                        self.greeting_due = None;
+                        self.session.handle(Event::FromOrigin(&buf[..n]));
+                    }
                     Err(e) => {
                         warn!(error = %e, "origin read failed");
                         self.session.origin_closed();
                     }
                 },
+                Ready::NoGreeting => {
+                    // E.g. a handshake that the origin's kernel completed with a SYN cookie
+                    // and then dropped because its accept queue was full: connected here,
+                    // unknown there, and neither side ever speaks.
+                    let name = &self.ctx.service.name;
+                    warn!(
+                        secs = self.ctx.service.connect_timeout_secs,
+                        "origin accepted the connection but sent no greeting"
+                    );
+                    self.ctx.metrics.origin_connect_failed(name);
+                    self.ctx.metrics.session_rejected(name, "origin_silent");
+                    self.greeting_due = None;
+                    self.session.greeting_timeout();
+                }
                 Ready::Idle => {
                     info!(secs = idle.as_secs(), "idle timeout");
                     self.session.idle_timeout();
@@ -262,6 +284,8 @@ impl Driver {
 enum Ready {
     Client(io::Result<()>),
     Origin(io::Result<()>),
+    /// The origin's greeting is overdue.
+    NoGreeting,
     Idle,
 }
 
