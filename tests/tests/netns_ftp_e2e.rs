@@ -204,7 +204,8 @@ fn kernel_path_100_mib_transfers() {
 }
 
 /// Someone else on the client's network races for the leased port and gets nothing; the
-/// client's own transfer works; a second connection to the used lease gets nothing either.
+/// client's own transfer works; a second connection to the used lease gets nothing either,
+/// nor does one to a lease the next EPSV superseded.
 #[test]
 fn leases_serve_only_their_client_once() {
     if !require_privileged() {
@@ -225,7 +226,23 @@ fn leases_serve_only_their_client_once() {
             .unwrap();
         let remote = env.origin_file("secret.bin", 256 * 1024);
         let mut control = Control::login(&env);
+        // A lease superseded by the next EPSV serves nobody, not even its client.
+        let superseded = control.epsv();
         let port = control.epsv();
+        assert_ne!(superseded, port, "{dataplane}");
+        let no_lease_before = env.gateway.counters().get(Counter::DropNoLease);
+        assert!(
+            connect_from(&env, netns::CLIENT_IP, superseded).is_err(),
+            "{dataplane}: connection to a superseded lease"
+        );
+        // Dropped at the gateway, not refused by the origin behind it.
+        if dataplane == "kernel" {
+            let c = env.gateway.counters();
+            assert!(
+                c.get(Counter::DropNoLease) > no_lease_before,
+                "superseded lease not dropped: {c:?}"
+            );
+        }
 
         // The attacker connects first.
         match connect_from(&env, attacker, port) {

@@ -3,8 +3,8 @@
 //! and no data byte passes through userspace.
 //!
 //! Userspace's part is bookkeeping, done by a sweeper task every [`SWEEP_EVERY`]:
-//! - an unclaimed lease that was revoked or outlived its TTL is deleted, and its port is
-//!   freed one sweep later if no claim raced in meanwhile;
+//! - an unclaimed lease that outlived its TTL is deleted (a revoked one is deleted at once
+//!   by `revoke`), and its port is freed one sweep later if no claim raced in meanwhile;
 //! - a claimed lease's flow is watched: when both directions have sent FIN, or either
 //!   sent RST, and [`CLOSE_GRACE`] has passed (for the last ACKs), or when it has been idle
 //!   for the flow idle timeout, its flow entries, claim and lease are deleted, its byte
@@ -472,14 +472,26 @@ impl Dataplane for KernelDataplane {
     }
 
     fn revoke(&self, id: LeaseId) {
-        // The sweeper deletes it (and sees a claim that raced in): one place for deletes.
-        if let Some(t) = self
-            .leases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&id)
-        {
-            t.revoked = true;
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = leases.get_mut(&id) else {
+            return;
+        };
+        t.revoked = true;
+        if t.claimed.is_some() || t.deleted {
+            return;
+        }
+        // Delete the unused lease now rather than at the next sweep: a client that sends
+        // PASV after PASV then keeps ports out of the pool for one sweep, not two. The port
+        // itself returns only after the next sweep has looked for a claim that raced in.
+        match self.kernel().remove_lease(t.peer, t.local) {
+            Ok(_) => {
+                t.deleted = true;
+                self.stats.revoked.fetch_add(1, Ordering::Relaxed);
+                debug!(port = t.local.port(), "unused lease removed (revoked)");
+            }
+            Err(e) => {
+                warn!(port = t.local.port(), error = %e, "revoking a lease failed; the sweeper retries")
+            }
         }
     }
 }
