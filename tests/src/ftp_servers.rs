@@ -35,6 +35,15 @@ use crate::ftp_clients::{
 /// How long a daemon may take to accept its first connection.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Pure-FTPd's client limit (`--maxclientsnumber`, and per IP: every session through the
+/// gateway comes from its one address) when the passive range allows it. Pure-FTPd lowers
+/// its limit to half the passive range, silently, and sizes its listen backlog from the
+/// limit: 3 + clients / 8. So the default 1000 passive ports give 500 clients and a backlog
+/// of 65; the old 100 gave 50 and 9, which a burst of 50 sessions overflowed: the retried
+/// SYNs got SYN cookies, and a cookie handshake whose last ACK met the full accept queue
+/// left a connection open at the gateway and unknown to Pure-FTPd, never greeted.
+pub const PURE_FTPD_MAX_CLIENTS: u32 = 500;
+
 /// Where `cargo xtask setup` unpacks the Debian packages that conflict with vsftpd, one
 /// directory per package (`/opt/ftp-guard-test/proftpd-core/usr/sbin/proftpd`). Keep in step
 /// with `xtask/src/setup.rs`.
@@ -124,7 +133,8 @@ fn private_program(package: &str, rel: &str, program: &str) -> Result<PathBuf> {
 pub struct ServerOptions {
     /// Control address (inside the namespace); the port must not be 0.
     pub listen: SocketAddrV4,
-    /// Passive data ports, inclusive.
+    /// Passive data ports, inclusive. Pure-FTPd serves at most half as many clients at once
+    /// (see [`PURE_FTPD_MAX_CLIENTS`]).
     pub passive_ports: (u16, u16),
     /// vsftpd: a system user, created if absent (and its password set); pyftpdlib: virtual.
     pub user: String,
@@ -135,7 +145,8 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 21),
-            passive_ports: (30000, 30099),
+            // 1000: Pure-FTPd's client limit and listen backlog follow from the range.
+            passive_ports: (30000, 30999),
             user: "fgtest".into(),
             password: "fgtest-pw".into(),
         }
@@ -453,6 +464,10 @@ fn prepare(
             )?;
             let log = dir.join("pure-ftpd-transfers.log");
             let (pasv_min, pasv_max) = opts.passive_ports;
+            // What Pure-FTPd would lower the limit to anyway: the command line shows the
+            // limit in force.
+            let ports = u32::from(pasv_max - pasv_min) + 1;
+            let clients = PURE_FTPD_MAX_CLIENTS.min(ports / 2).max(1).to_string();
             let mut login = std::ffi::OsString::from("puredb:");
             login.push(&pdb);
             let mut altlog = std::ffi::OsString::from("clf:");
@@ -469,7 +484,12 @@ fn prepare(
                 .arg(login)
                 // Every session comes from the gateway's one address: the per-IP default
                 // (and the 50-client default) would cap concurrency tests.
-                .args(["--maxclientsnumber", "500", "--maxclientsperip", "500"])
+                .args([
+                    "--maxclientsnumber",
+                    &clients,
+                    "--maxclientsperip",
+                    &clients,
+                ])
                 .arg("--dontresolve")
                 // Command logging goes only to syslog (none in a test namespace): the
                 // transfer log is what there is.

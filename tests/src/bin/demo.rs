@@ -19,7 +19,7 @@ use ftp_guard_tests::{
         DataMode, Login, curl_download, curl_upload, lftp_run, random_file, sha256_file,
         unique_temp_dir,
     },
-    ftp_servers::ServerKind,
+    ftp_servers::{ServerKind, ServerOptions},
     netns::{self, CLIENT, GATEWAY},
     scenario::{origin_server, standard_topology},
 };
@@ -65,7 +65,10 @@ fn run(once: bool) -> Result<()> {
         &["ip", "addr", "add", "203.0.113.66/24", "dev", "eth0"],
     )?;
 
-    step("starting vsftpd on the origin (passive ports 30000-30099)");
+    let (pasv_min, pasv_max) = ServerOptions::default().passive_ports;
+    step(&format!(
+        "starting vsftpd on the origin (passive ports {pasv_min}-{pasv_max})"
+    ));
     let server = origin_server(&topo, ServerKind::Vsftpd)?;
     let big = server.root().join("big.bin");
     random_file(&big, FILE_MIB << 20)?;

@@ -30,7 +30,7 @@ use ftp_guard_tests::{
         curl_resume_download, curl_upload, ftplib_run, lftp_run, random_file, set_client_timeout,
         sha256_file, tnftp_run, unique_temp_dir, wget_download, wget_list, wget_resume_download,
     },
-    ftp_servers::{FtpServer, ServerKind, ServerOptions},
+    ftp_servers::{FtpServer, PURE_FTPD_MAX_CLIENTS, ServerKind, ServerOptions},
     gateway::RunningGateway,
     netns::{self, CLIENT, ORIGIN, Topology},
 };
@@ -192,6 +192,8 @@ struct ServerReport {
     elapsed: Duration,
     attachments: String,
     counters: String,
+    /// The origin kernel's accept-queue trouble during this server's run (empty if none).
+    origin_tcp: String,
     /// Only in the first server's report: the harness check (failures are detected).
     self_check: Option<Outcome>,
 }
@@ -350,11 +352,15 @@ struct Meta {
     args: String,
 }
 
+/// ftp-guard's origin connect timeout (control: up to the greeting): below the clients' own
+/// 10 s connect timeout, so an origin that never greets shows as ftp-guard's `421`.
+const GATEWAY_CONNECT_TIMEOUT_SECS: u64 = 5;
+
 fn gateway_config(origin: SocketAddrV4, dataplane: &str, data_ports: &str) -> String {
     format!(
         "[[service]]\nname = \"interop\"\nlisten = \"{VIP}:21\"\norigin = \"{origin}\"\n\
          data_ports = \"{data_ports}\"\nclient_interface = \"{}\"\norigin_interface = \"{}\"\n\
-         dataplane = \"{dataplane}\"\n",
+         dataplane = \"{dataplane}\"\nconnect_timeout_secs = {GATEWAY_CONNECT_TIMEOUT_SECS}\n",
         netns::GATEWAY_PUBLIC_IF,
         netns::GATEWAY_PRIVATE_IF,
     )
@@ -408,8 +414,10 @@ fn server_matrix(
         elapsed: Duration::ZERO,
         attachments: String::new(),
         counters: String::new(),
+        origin_tcp: String::new(),
         self_check: None,
     };
+    let origin_tcp_before = OriginTcp::read(topo);
     eprintln!(
         "\n== {} {} ({} data path) ==",
         kind.name(),
@@ -510,17 +518,41 @@ fn server_matrix(
     if args.sessions > 0 {
         let t = Instant::now();
         let mut peak = 0;
+        let before = OriginTcp::read(topo);
+        let result =
+            concurrent_sessions(&ctx, args.sessions, args.session_file_size).map(|p| peak = p);
+        // A burst of connections to the origin is where its accept queue can overflow: say
+        // so beside a failure (a connection lost that way is never greeted).
+        let trouble = OriginTcp::growth(before, OriginTcp::read(topo));
+        let result = result.map_err(|mut f| {
+            let _ = write!(
+                f.detail,
+                "\n\norigin kernel during this cell: {}",
+                if trouble.is_empty() {
+                    "no accept-queue overflow, no SYN cookie".to_owned()
+                } else {
+                    trouble.clone()
+                }
+            );
+            f
+        });
         let outcome = record(
             &ctx,
             format!("{}: {} concurrent sessions", kind.name(), args.sessions),
-            concurrent_sessions(&ctx, args.sessions, args.session_file_size).map(|p| peak = p),
+            result,
             &mut report.failures,
         );
-        let note = if peak > 0 {
+        let mut note = if peak > 0 {
             format!("up to {peak} clients running at once")
         } else {
             String::new()
         };
+        if !trouble.is_empty() {
+            if !note.is_empty() {
+                note.push_str("; ");
+            }
+            let _ = write!(note, "origin kernel: {trouble}");
+        }
         eprintln!(
             "  {} concurrent sessions: {} {note}",
             args.sessions,
@@ -539,6 +571,7 @@ fn server_matrix(
         .map(|k| format!("{}={}", k.name(), c.get(*k)))
         .collect::<Vec<_>>()
         .join(", ");
+    report.origin_tcp = OriginTcp::growth(origin_tcp_before, OriginTcp::read(topo));
     drop(gateway);
     drop(server);
     finish(report, started)
@@ -550,6 +583,67 @@ fn finish(mut report: ServerReport, started: Instant) -> ServerReport {
     }
     report.elapsed = started.elapsed();
     report
+}
+
+/// The origin namespace's TCP listener counters (`TcpExt` in /proc/net/netstat) that show
+/// an accept queue overflowing: a SYN or a handshake's last ACK dropped, a SYN answered
+/// with a cookie. None if they cannot be read.
+#[derive(Clone, Copy, Debug, Default)]
+struct OriginTcp {
+    listen_overflows: u64,
+    listen_drops: u64,
+    syncookies_sent: u64,
+}
+
+impl OriginTcp {
+    fn read(topo: &Topology) -> Option<OriginTcp> {
+        let out = topo.run(ORIGIN, &["cat", "/proc/net/netstat"]).ok()?;
+        Self::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// `TcpExt:` names on one line, their values on the next.
+    fn parse(netstat: &str) -> Option<OriginTcp> {
+        let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (names, values) = (lines.next()?, lines.next()?);
+        let get = |name: &str| {
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, v)| v.parse().ok())
+        };
+        Some(OriginTcp {
+            listen_overflows: get("ListenOverflows")?,
+            listen_drops: get("ListenDrops")?,
+            syncookies_sent: get("SyncookiesSent")?,
+        })
+    }
+
+    /// What grew from `before` to `now`, as text; empty when nothing did (or nothing was
+    /// read).
+    fn growth(before: Option<Self>, now: Option<Self>) -> String {
+        let (Some(before), Some(now)) = (before, now) else {
+            return String::new();
+        };
+        [
+            (
+                "accept-queue overflows",
+                now.listen_overflows,
+                before.listen_overflows,
+            ),
+            ("listen drops", now.listen_drops, before.listen_drops),
+            (
+                "SYN cookies sent",
+                now.syncookies_sent,
+                before.syncookies_sent,
+            ),
+        ]
+        .iter()
+        .filter(|(_, n, b)| n > b)
+        .map(|(what, n, b)| format!("{what} {}", n - b))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
 }
 
 fn outcome_text(o: &Outcome) -> String {
@@ -1256,9 +1350,12 @@ fn report(meta: &Meta, reports: &[ServerReport], reuse: &[ReuseReport], args: &A
         w,
         "Topology (network namespaces): client 203.0.113.2 → ftp-guard on the gateway \
          (VIP 203.0.113.1, origin side 198.51.100.1) → origin 198.51.100.2:21 with passive \
-         range 30000-30099 and its same-IP checks on (data connections only from the control \
+         range {}-{} and its same-IP checks on (data connections only from the control \
          connection's peer, PORT only to it). A fresh origin and a fresh ftp-guard per server \
-         and data path.\n"
+         and data path; ftp-guard gives the origin {GATEWAY_CONNECT_TIMEOUT_SECS} s to accept \
+         and greet.\n",
+        ServerOptions::default().passive_ports.0,
+        ServerOptions::default().passive_ports.1,
     );
     let _ = writeln!(
         w,
@@ -1340,8 +1437,10 @@ fn report(meta: &Meta, reports: &[ServerReport], reuse: &[ReuseReport], args: &A
          in the foreground; the system user through a PureDB entry with its own uid, gid and \
          SHA-512 hash and the FTP root as chrooted home (with `-l unix` the login directory \
          would be the user's home, `/`); `--maxclientsnumber`/`--maxclientsperip` raised from \
-         the default 50 because every session comes from the gateway's one address; FXP off \
-         (default). It logs commands only to syslog (none in the test namespaces): the \
+         the default 50 to {PURE_FTPD_MAX_CLIENTS} because every session comes from the \
+         gateway's one address; the passive range holds twice that, since Pure-FTPd lowers \
+         its limit to half the range and sizes its listen backlog from the limit (3 + \
+         limit/8); FXP off (default). It logs commands only to syslog (none in the test namespaces): the \
          transfer log goes to a file.\n\
          - **pyftpdlib** (PyPI): a virtual user, `permit_foreign_addresses=False`.\n"
     );
@@ -1404,7 +1503,7 @@ fn server_section(w: &mut String, r: &ServerReport, args: &Args) {
         w,
         "\n- {} small files on one control connection: {}\n\
          - {} concurrent sessions: {}\n\
-         - Server total: {:.1} s{}\n",
+         - Server total: {:.1} s{}{}\n",
         args.files,
         bulk_cell(&r.many_files),
         args.sessions,
@@ -1414,6 +1513,11 @@ fn server_section(w: &mut String, r: &ServerReport, args: &Args) {
             String::new()
         } else {
             format!("; kernel path counters: {}", r.counters)
+        },
+        if r.origin_tcp.is_empty() {
+            String::new()
+        } else {
+            format!("; origin kernel: {}", r.origin_tcp)
         }
     );
 }
@@ -1553,5 +1657,27 @@ mod tests {
             "1\n[… 3 lines …]\n5\n6"
         );
         assert_eq!(trim_lines("1\n2", 1, 2), "1\n2");
+    }
+
+    #[test]
+    fn origin_tcp_counters_are_parsed_and_compared() {
+        let netstat = |overflows: u64, cookies: u64| {
+            format!(
+                "TcpExt: SyncookiesSent SyncookiesRecv ListenOverflows ListenDrops TW\n\
+                 TcpExt: {cookies} 0 {overflows} {overflows} 7\n\
+                 IpExt: InNoRoutes\nIpExt: 0\n"
+            )
+        };
+        let before = OriginTcp::parse(&netstat(9, 1));
+        assert_eq!(
+            OriginTcp::growth(before, OriginTcp::parse(&netstat(9, 1))),
+            ""
+        );
+        assert_eq!(
+            OriginTcp::growth(before, OriginTcp::parse(&netstat(27, 9))),
+            "accept-queue overflows 18, listen drops 18, SYN cookies sent 8"
+        );
+        assert!(OriginTcp::parse("IpExt: InNoRoutes\nIpExt: 0\n").is_none());
+        assert_eq!(OriginTcp::growth(None, before), "");
     }
 }
