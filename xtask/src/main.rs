@@ -41,9 +41,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, then run all workspace tests (privileged ones included) as root:
-    /// `cargo xtask test [-- TEST-BINARY-ARGS...]`.
+    /// Setup, then run all workspace tests (privileged ones included) and the FTP
+    /// interoperability matrix on both data paths (report: target/interop/interop.md) as
+    /// root: `cargo xtask test [--no-interop] [-- TEST-BINARY-ARGS...]`.
     Test {
+        /// Skip the interoperability matrix (e.g. when running a few tests by name).
+        #[arg(long)]
+        no_interop: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -73,7 +77,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run().map(|()| 0),
         Cmd::BuildEbpf => build_ebpf::run().map(|()| 0),
         Cmd::Run { args } => run::run(&args).map(|()| 0),
-        Cmd::Test { args } => test::run(&args),
+        Cmd::Test { no_interop, args } => test::run(&args, !no_interop),
         Cmd::Bench { args } => bench::run(&args),
         Cmd::Interop { args } => interop::run(&args),
         Cmd::Demo { once } => demo::run(once).map(|()| 0),

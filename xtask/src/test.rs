@@ -1,13 +1,14 @@
-//! `cargo xtask test [-- ARGS]`: setup, then the whole workspace's tests, privileged ones
-//! included, one at a time.
+//! `cargo xtask test [--no-interop] [-- ARGS]`: setup, then the whole workspace's tests,
+//! privileged ones included, one at a time, then the interoperability matrix on both data
+//! paths (report: target/interop/interop.md). Fails if either fails.
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
 
-use crate::{setup, util};
+use crate::{interop, setup, util};
 
-/// Returns the exit code of `cargo test`, to be passed through.
-pub fn run(extra: &[String]) -> Result<i32> {
+/// Returns the exit code to pass on: `cargo test`'s if it failed, else the matrix's.
+pub fn run(extra: &[String], with_interop: bool) -> Result<i32> {
     ensure!(
         util::is_root(),
         "cargo xtask test needs root (CAP_BPF, CAP_NET_ADMIN, netns): run it as root"
@@ -30,11 +31,45 @@ pub fn run(extra: &[String]) -> Result<i32> {
     // Privileged tests fail instead of skipping: here they are the point.
     .env("FTP_GUARD_REQUIRE_PRIVILEGED", "1");
     println!("running: {}", util::cmdline(&cmd));
-    let status = util::status(&mut cmd)?;
+    let tests = util::status(&mut cmd)?;
+    let tests_secs = start.elapsed().as_secs_f64();
+    // The matrix runs even after a test failure: one CI run then tells both stories.
+    let matrix = if with_interop {
+        let report = interop::test_report();
+        let args = [
+            "--dataplane".to_owned(),
+            "both".to_owned(),
+            "--report".to_owned(),
+            report.display().to_string(),
+        ];
+        let t = Instant::now();
+        let status = interop::matrix(&args)?;
+        println!(
+            "interop matrix: {} ({:.1} s; report {})",
+            if status.success() { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64(),
+            report.display()
+        );
+        Some(status)
+    } else {
+        None
+    };
+    let ok = tests.success() && matrix.is_none_or(|m| m.success());
     println!(
-        "cargo xtask test: {} (wall time {:.1} s)",
-        if status.success() { "ok" } else { "FAILED" },
+        "cargo xtask test: {} (tests {} in {:.1} s; interop matrix {}; wall time {:.1} s)",
+        if ok { "ok" } else { "FAILED" },
+        if tests.success() { "ok" } else { "FAILED" },
+        tests_secs,
+        match matrix {
+            None => "skipped",
+            Some(m) if m.success() => "ok",
+            Some(_) => "FAILED",
+        },
         start.elapsed().as_secs_f64()
     );
-    Ok(util::exit_code(status))
+    Ok(if !tests.success() {
+        util::exit_code(tests)
+    } else {
+        matrix.map_or(0, util::exit_code)
+    })
 }
