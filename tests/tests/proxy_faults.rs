@@ -469,3 +469,81 @@ async fn passive_lease_admits_the_client_once() {
     // Single use: the listener is gone.
     assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
 }
+
+#[tokio::test]
+async fn active_transfer_reply_waits_for_the_relayed_data() {
+    // An origin that does an active-mode LIST as fast as it can: 150, connect to the PORT
+    // address (the relay's listener: the handshake completes in the kernel at once), send
+    // the listing (it fits in the socket buffers), close, 226. The relay still has to
+    // accept, connect to the client and copy; the client makes that connect slow (its
+    // listener's accept queue is full, so the relay's SYN is dropped and sent again a second
+    // later). The 226 must still come after the data: curl fails a transfer whose 226 comes
+    // before the data connection.
+    const LISTING: usize = 64 << 10;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let SocketAddr::V4(origin) = listener.local_addr().unwrap() else {
+        unreachable!()
+    };
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let _ = write.write_all(b"220 hi\r\n").await;
+                let mut lines = BufReader::new(read).lines();
+                let mut port_to = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(arg) = line.strip_prefix("PORT ") {
+                        let n: Vec<u8> = arg.split(',').filter_map(|x| x.parse().ok()).collect();
+                        port_to = Some(SocketAddrV4::new(
+                            std::net::Ipv4Addr::new(n[0], n[1], n[2], n[3]),
+                            u16::from(n[4]) << 8 | u16::from(n[5]),
+                        ));
+                        let _ = write.write_all(b"200 PORT ok\r\n").await;
+                    } else if line == "LIST" {
+                        let _ = write.write_all(b"150 Here it comes\r\n").await;
+                        let mut data = TcpStream::connect(port_to.unwrap()).await.unwrap();
+                        data.write_all(&vec![b'x'; LISTING]).await.unwrap();
+                        drop(data);
+                        let _ = write.write_all(b"226 Transfer complete\r\n").await;
+                    } else {
+                        let _ = write.write_all(b"200 ok\r\n").await;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = start_proxy(origin, 8, |_| {}).await;
+    let mut c = Client::connect(proxy.addr).await;
+    c.reply().await;
+    // The client's data listener, its accept queue (one connection) filled by a stranger.
+    let data_socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    data_socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    data_socket.listen(0).unwrap();
+    let data_listener: std::net::TcpListener = data_socket.into();
+    let data_addr = data_listener.local_addr().unwrap();
+    let _stranger = std::net::TcpStream::connect(data_addr).unwrap();
+    data_listener.set_nonblocking(true).unwrap();
+    let port = data_addr.port();
+    c.send(format!("PORT 127,0,0,1,{},{}\r\nLIST\r\n", port >> 8, port & 0xff).as_bytes())
+        .await;
+    assert!(c.reply().await.starts_with("200 "));
+    assert!(c.reply().await.starts_with("150 "));
+    // The origin is done by now; the relay's connect waits for room.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (stranger, _) = data_listener.accept().unwrap();
+    drop(stranger);
+    assert_eq!(c.reply().await, "226 Transfer complete\r\n");
+    // By the 226 the relayed data connection is there, all of it.
+    let (data, _) = data_listener
+        .accept()
+        .expect("the 226 came before the data connection");
+    data.set_nonblocking(false).unwrap();
+    data.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut &data, &mut got).expect("the data was not all there");
+    assert_eq!(got.len(), LISTING);
+}

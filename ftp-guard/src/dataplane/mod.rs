@@ -100,6 +100,9 @@ pub struct LeaseInfo {
     pub bytes_to_origin: u64,
 }
 
+/// Resolves when a lease's data connection is over (see [`Dataplane::data_done`]).
+pub type DataDone = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Installs and revokes data-connection leases. Calls are cheap and never block on the
 /// network; implementations that need tasks spawn them on the current tokio runtime.
 pub trait Dataplane: Send + Sync {
@@ -111,6 +114,14 @@ pub trait Dataplane: Send + Sync {
     fn snapshot(&self) -> Snapshot;
     /// The leases alive now, for status.
     fn leases(&self) -> Vec<LeaseInfo>;
+    /// What to wait for before the client may hear that a transfer over lease `id` is
+    /// complete: `Some` while the lease may still carry data the client has not received.
+    /// A dataplane that forwards packets as they come (the kernel path: the origin's data
+    /// connection reaches the client end to end) never holds any back: `None`, the default.
+    fn data_done(&self, id: LeaseId) -> Option<DataDone> {
+        let _ = id;
+        None
+    }
 }
 
 /// The gateway's address towards `origin`: the one the kernel picks as source (a connected

@@ -15,13 +15,14 @@ use std::{
 };
 
 use tokio::{
+    io::AsyncWriteExt as _,
     net::{TcpListener, TcpStream},
-    sync::oneshot,
+    sync::{oneshot, watch},
 };
 use tracing::{Instrument as _, debug, info, warn};
 
 use super::{
-    ActiveGrant, ActiveRequest, Dataplane, LeaseError, LeaseGrant, LeaseId, LeaseInfo,
+    ActiveGrant, ActiveRequest, DataDone, Dataplane, LeaseError, LeaseGrant, LeaseId, LeaseInfo,
     LeaseRequest, Snapshot, ports::PortPool,
 };
 use crate::config::PortRange;
@@ -52,6 +53,11 @@ pub struct UserspaceRelay {
     waiting: Arc<Mutex<HashMap<LeaseId, oneshot::Sender<()>>>>,
     /// Every lease alive (waiting or carrying), for status.
     live: Arc<Mutex<HashMap<LeaseId, LeaseInfo>>>,
+    /// Every lease alive: its task signals (or, ending, drops the sender) once everything
+    /// towards the client has been passed on. The origin's side ends at the relay, so the
+    /// origin can report a transfer complete while the relay is still connecting to the
+    /// client or copying.
+    done: Arc<Mutex<HashMap<LeaseId, watch::Receiver<()>>>>,
     next_id: AtomicU64,
     stats: Arc<RelayStats>,
 }
@@ -75,6 +81,7 @@ impl UserspaceRelay {
             settings,
             waiting: Arc::default(),
             live: Arc::default(),
+            done: Arc::default(),
             next_id: AtomicU64::new(1),
             stats: Arc::default(),
         }
@@ -175,6 +182,11 @@ impl UserspaceRelay {
                 bytes_to_origin: 0,
             },
         );
+        let (done_tx, done_rx) = watch::channel(());
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, done_rx);
         let lease = Lease {
             id,
             port,
@@ -185,6 +197,8 @@ impl UserspaceRelay {
             pool: self.pool.clone(),
             waiting: self.waiting.clone(),
             live: self.live.clone(),
+            done: self.done.clone(),
+            done_tx,
             started: Instant::now(),
             stats: self.stats.clone(),
         };
@@ -240,6 +254,19 @@ impl Dataplane for UserspaceRelay {
             .collect()
     }
 
+    fn data_done(&self, id: LeaseId) -> Option<DataDone> {
+        let mut done = self
+            .done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)?
+            .clone();
+        // A change: the data towards the client is passed on; an error: the task ended.
+        Some(Box::pin(async move {
+            let _ = done.changed().await;
+        }))
+    }
+
     fn revoke(&self, id: LeaseId) {
         // Dropping the sender wakes the lease task, which ends if it is still waiting.
         let removed = self
@@ -251,6 +278,42 @@ impl Dataplane for UserspaceRelay {
             self.stats.revoked.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    PeerToTarget,
+    TargetToPeer,
+}
+
+/// Copies both ways until both have ended (each end of stream passed on as a shutdown);
+/// signals `done` as soon as the direction `to_client` has. An error in either direction
+/// ends both. Returns the bytes copied (peer to target, target to peer).
+async fn copy_both_ways(
+    peer: &mut TcpStream,
+    target: &mut TcpStream,
+    to_client: Direction,
+    done: &watch::Sender<()>,
+) -> io::Result<(u64, u64)> {
+    let (mut peer_read, mut peer_write) = peer.split();
+    let (mut target_read, mut target_write) = target.split();
+    let peer_to_target = async {
+        let n = tokio::io::copy(&mut peer_read, &mut target_write).await?;
+        target_write.shutdown().await?;
+        if to_client == Direction::PeerToTarget {
+            done.send_replace(());
+        }
+        io::Result::Ok(n)
+    };
+    let target_to_peer = async {
+        let n = tokio::io::copy(&mut target_read, &mut peer_write).await?;
+        peer_write.shutdown().await?;
+        if to_client == Direction::TargetToPeer {
+            done.send_replace(());
+        }
+        io::Result::Ok(n)
+    };
+    tokio::try_join!(peer_to_target, target_to_peer)
 }
 
 /// One lease's task: waits for `peer` on the listener, then relays to `target`.
@@ -265,6 +328,10 @@ struct Lease {
     pool: Arc<PortPool>,
     waiting: Arc<Mutex<HashMap<LeaseId, oneshot::Sender<()>>>>,
     live: Arc<Mutex<HashMap<LeaseId, LeaseInfo>>>,
+    done: Arc<Mutex<HashMap<LeaseId, watch::Receiver<()>>>>,
+    /// Signalled when the data towards the client has been passed on (end of stream
+    /// included); dropped with the lease, when its data connection is over or never came.
+    done_tx: watch::Sender<()>,
     started: Instant,
     stats: Arc<RelayStats>,
 }
@@ -308,6 +375,10 @@ impl Lease {
             self.relay(client).await;
         }
         self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+        self.done
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
@@ -356,7 +427,14 @@ impl Lease {
         };
         let _ = from_peer.set_nodelay(true);
         let _ = to_target.set_nodelay(true);
-        match tokio::io::copy_bidirectional(&mut from_peer, &mut to_target).await {
+        // Active (a source is set): the peer is the origin, so data to the client flows
+        // from the peer to the target; passive: the other way.
+        let to_client = if self.source.is_some() {
+            Direction::PeerToTarget
+        } else {
+            Direction::TargetToPeer
+        };
+        match copy_both_ways(&mut from_peer, &mut to_target, to_client, &self.done_tx).await {
             Ok((peer_to_target, target_to_peer)) => {
                 // Passive: the peer is the client; active (a source is set): the origin.
                 let (to_origin, to_client) = if self.source.is_some() {

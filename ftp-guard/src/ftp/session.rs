@@ -74,6 +74,11 @@ pub enum Action {
     ToOriginUrgent(Vec<u8>),
     /// Revoke the current unused lease (a new passive request or the end of the session).
     RevokeLease,
+    /// Before the actions after this one: let the data connections of the leases installed
+    /// so far finish. Comes before a transfer's final success reply, which must not reach
+    /// the client ahead of the data (a dataplane that ends the origin's connection at the
+    /// gateway and copies from there could otherwise deliver it first).
+    AwaitData,
     /// Install a lease: the client may open one data connection that reaches `origin`.
     /// Answer with [`Event::LeaseInstalled`] or [`Event::LeaseFailed`].
     InstallLease { origin: SocketAddrV4 },
@@ -101,6 +106,9 @@ enum Pending {
     Greeting,
     /// Forward the origin's reply (scrubbed).
     Forward,
+    /// A command that moves data over a data connection (RETR, STOR, LIST…): forward the
+    /// reply, a success after a preliminary reply only once the data connection is over.
+    Transfer { preliminary: bool },
     /// FEAT: forward minus what the gateway cannot carry.
     Feat,
     /// PASV sent to the origin for a client PASV/EPSV.
@@ -317,6 +325,9 @@ impl Session {
                 "Security exchange not in effect (no AUTH).",
             )),
             "FEAT" => self.forward(&command, Pending::Feat),
+            "RETR" | "STOR" | "STOU" | "APPE" | "LIST" | "NLST" | "MLSD" => {
+                self.forward(&command, Pending::Transfer { preliminary: false })
+            }
             "QUIT" => {
                 self.revoke_lease();
                 self.forward(&command, Pending::Quit);
@@ -507,12 +518,28 @@ impl Session {
         // A 1xx reply is preliminary: the command waits for its final reply.
         let preliminary = reply.class() == 1;
         let front = if preliminary {
+            if let Some(Pending::Transfer { preliminary }) = self.pending.front_mut() {
+                *preliminary = true;
+            }
             None
         } else {
             self.pending.pop_front()
         };
         match front {
             None => self.say_scrubbed(&reply),
+            Some(Pending::Transfer { preliminary }) => {
+                // The origin opened a data connection and reports success: the client
+                // hears it once the data has arrived (curl in active mode, for one, fails
+                // a transfer whose 226 comes before the data connection).
+                if preliminary && reply.class() == 2 {
+                    self.actions.push_back(Action::AwaitData);
+                }
+                let closing = reply.code == 421;
+                self.say_scrubbed(&reply);
+                if closing {
+                    self.close();
+                }
+            }
             Some(Pending::Greeting | Pending::Forward) => {
                 let closing = reply.code == 421;
                 self.say_scrubbed(&reply);
@@ -1040,6 +1067,45 @@ mod tests {
         );
         s.greeting_timeout();
         assert_eq!(drain(&mut s), vec![]);
+    }
+
+    #[test]
+    fn a_transfer_success_waits_for_its_data_connection() {
+        for verb in ["RETR f", "STOR f", "STOU", "APPE f", "LIST", "NLST", "MLSD"] {
+            let mut s = greeted();
+            client(&mut s, format!("{verb}\r\n").as_bytes());
+            assert_eq!(
+                origin(&mut s, b"150 Opening data connection\r\n"),
+                vec![to_client("150 Opening data connection\r\n")]
+            );
+            assert_eq!(
+                origin(&mut s, b"226 Transfer complete\r\n"),
+                vec![Action::AwaitData, to_client("226 Transfer complete\r\n")],
+                "{verb}"
+            );
+        }
+        // Failures, replies without a data connection, other commands: no wait.
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"RETR f\r\n", b"550 No such file\r\n"),
+            (b"RETR f\r\n", b"150 Opening\r\n426 Connection closed\r\n"),
+            (b"LIST\r\n", b"425 Can't open data connection\r\n"),
+            (b"NOOP\r\n", b"200 ok\r\n"),
+            (b"SIZE f\r\n", b"213 5\r\n"),
+        ];
+        for (command, replies) in cases {
+            let mut s = greeted();
+            client(&mut s, command);
+            let out = origin(&mut s, replies);
+            assert!(!out.contains(&Action::AwaitData), "{out:?}");
+            assert_eq!(client_text(&out), String::from_utf8_lossy(replies));
+        }
+        // ABOR during a download: the 426 ends RETR, the 226 answers ABOR; nothing waits.
+        let mut s = greeted();
+        client(&mut s, b"RETR f\r\n");
+        origin(&mut s, b"150 Opening\r\n");
+        client(&mut s, b"ABOR\r\n");
+        let out = origin(&mut s, b"426 Aborted\r\n226 ABOR ok\r\n");
+        assert!(!out.contains(&Action::AwaitData), "{out:?}");
     }
 
     #[test]

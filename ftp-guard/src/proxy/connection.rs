@@ -22,6 +22,9 @@ use crate::{
 
 /// A peer that does not read what it is sent for this long is given up on.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a transfer's final reply waits for its data connection to be over (a client
+/// that stops reading the data holds it up; the reply goes out then anyway).
+const DATA_DONE_TIMEOUT: Duration = WRITE_TIMEOUT;
 const READ_BUFFER: usize = 4096;
 /// Limits of origin replies (the origin is trusted more than clients, but not blindly).
 const MAX_REPLY_LINE: usize = 8192;
@@ -94,6 +97,7 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
         origin,
         session,
         lease: None,
+        unsettled: Vec::new(),
         greeting_due: Some(greeting_due),
     };
     let end = driver.run().await;
@@ -115,6 +119,9 @@ struct Driver {
     origin: TcpStream,
     session: Session,
     lease: Option<LeaseId>,
+    /// Leases installed since the last [`Action::AwaitData`]: their data connections may
+    /// still be under way.
+    unsettled: Vec<LeaseId>,
     /// Until the origin's first byte: when its greeting is overdue.
     greeting_due: Option<tokio::time::Instant>,
 }
@@ -187,6 +194,24 @@ impl Driver {
         }
     }
 
+    /// Waits until the data connections of the leases installed so far are over, as far
+    /// as the dataplane can hold data back (the userspace relay), within a bound.
+    async fn await_data(&mut self) {
+        let deadline = tokio::time::Instant::now() + DATA_DONE_TIMEOUT;
+        for id in std::mem::take(&mut self.unsettled) {
+            let Some(done) = self.ctx.dataplane.data_done(id) else {
+                continue;
+            };
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                warn!(
+                    secs = DATA_DONE_TIMEOUT.as_secs(),
+                    "data connection still busy: passing the transfer's reply on anyway"
+                );
+                return;
+            }
+        }
+    }
+
     /// Carries out queued actions; `Some` when the session is over.
     async fn perform_actions(&mut self) -> Option<End> {
         while let Some(action) = self.session.poll_action() {
@@ -206,6 +231,7 @@ impl Driver {
                         return Some(End::OriginIo(e));
                     }
                 }
+                Action::AwaitData => self.await_data().await,
                 Action::RevokeLease => {
                     if let Some(id) = self.lease.take() {
                         self.ctx.dataplane.revoke(id);
@@ -223,6 +249,7 @@ impl Driver {
                                 .lease_installed(&self.ctx.service.name, "passive");
                             info!(public_port = grant.public_port, %origin, "data lease installed");
                             self.lease = Some(grant.id);
+                            self.unsettled.push(grant.id);
                             Event::LeaseInstalled {
                                 public_port: grant.public_port,
                             }
@@ -250,6 +277,7 @@ impl Driver {
                                 .lease_installed(&self.ctx.service.name, "active");
                             info!(%client, origin_side = %grant.origin_side, "active data lease installed");
                             self.lease = Some(grant.id);
+                            self.unsettled.push(grant.id);
                             Event::ActiveLeaseInstalled {
                                 origin_side: grant.origin_side,
                             }
