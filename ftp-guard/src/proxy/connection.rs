@@ -194,6 +194,15 @@ impl Driver {
         }
     }
 
+    /// Remembers a new lease for [`Driver::await_data`], forgetting those with nothing
+    /// left to wait for (all of them on the kernel path), so the list stays short.
+    fn note_unsettled(&mut self, id: LeaseId) {
+        let dataplane = &self.ctx.dataplane;
+        self.unsettled
+            .retain(|old| dataplane.data_done(*old).is_some());
+        self.unsettled.push(id);
+    }
+
     /// Waits until the data connections of the leases installed so far are over, as far
     /// as the dataplane can hold data back (the userspace relay), within a bound.
     async fn await_data(&mut self) {
@@ -249,7 +258,7 @@ impl Driver {
                                 .lease_installed(&self.ctx.service.name, "passive");
                             info!(public_port = grant.public_port, %origin, "data lease installed");
                             self.lease = Some(grant.id);
-                            self.unsettled.push(grant.id);
+                            self.note_unsettled(grant.id);
                             Event::LeaseInstalled {
                                 public_port: grant.public_port,
                             }
@@ -277,7 +286,7 @@ impl Driver {
                                 .lease_installed(&self.ctx.service.name, "active");
                             info!(%client, origin_side = %grant.origin_side, "active data lease installed");
                             self.lease = Some(grant.id);
-                            self.unsettled.push(grant.id);
+                            self.note_unsettled(grant.id);
                             Event::ActiveLeaseInstalled {
                                 origin_side: grant.origin_side,
                             }
