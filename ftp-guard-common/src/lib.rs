@@ -20,9 +20,9 @@ pub mod names {
     pub const LEASES: &str = "LEASES";
     /// Per-CPU array of `u64` packet counters indexed by [`Counter`](super::Counter).
     pub const COUNTERS: &str = "COUNTERS";
-    /// Hash map [`LeaseKey`](super::LeaseKey) → [`Claim`](super::Claim): the one data
-    /// connection a lease admitted (inserted by the kernel with NOEXIST: single use).
-    pub const CLAIMS: &str = "CLAIMS";
+    /// Hash map of the gateway's own IPv6 addresses (`[u8; 16]` → `u32`, value unused):
+    /// IPv6 aimed at one of them on a data port is dropped (IPv6 is not carried yet).
+    pub const LOCAL_V6: &str = "LOCAL_V6";
     /// Hash map [`FlowKey`](super::FlowKey) → [`FlowValue`](super::FlowValue): both
     /// directions of every NATed data connection.
     pub const FLOWS: &str = "FLOWS";
@@ -33,7 +33,7 @@ pub mod names {
 /// How many (public address, data-port range) pairs the guard can protect.
 pub const MAX_DATA_RANGES: usize = 16;
 
-/// Default capacity of the lease and claim maps (at least 65,536 concurrent leases).
+/// Default capacity of the lease map (at least 65,536 concurrent leases).
 pub const DEFAULT_MAX_LEASES: u32 = 65_536;
 /// Default capacity of the flow map: two entries (one per direction) per lease.
 pub const DEFAULT_MAX_FLOWS: u32 = 2 * DEFAULT_MAX_LEASES;
@@ -111,25 +111,18 @@ pub struct LeaseValue {
     pub source_addr_be: u32,
     /// Target port, network order.
     pub target_port_be: u16,
-    /// Source port, network order: the lease's own port, unique while the lease lives
-    /// (see README, "NAT ports"), or 20 for active mode where configured.
+    /// Source port, network order: chosen by userspace so that (source, target) is unique
+    /// among live leases and flows (passive: a NAT port; active: the lease's public port
+    /// or 20).
     pub source_port_be: u16,
     /// [`LEASE_ADMIT`] or [`LEASE_NAT`].
     pub kind: u32,
     /// CLOCK_MONOTONIC deadline (ns) for the client's SYN; 0 = none.
     pub expires_ns: u64,
-}
-
-/// The data connection a lease admitted.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Claim {
-    /// The peer's source port, network order.
-    pub peer_port_be: u16,
-    pub _pad: u16,
-    pub _pad2: u32,
-    /// CLOCK_MONOTONIC time (ns) of the SYN.
-    pub created_ns: u64,
+    /// Interface that leads to the target (host order), used until the target's own
+    /// packets show the way; 0 = unknown (the FIB decides).
+    pub target_ifindex: u32,
+    pub _pad: u32,
 }
 
 /// A TCP connection as seen arriving at the gateway (one direction).
@@ -145,8 +138,18 @@ pub struct FlowKey {
 /// [`FlowValue::flags`] bits, set by the kernel as packets pass.
 pub const FLOW_FIN: u32 = 1;
 pub const FLOW_RST: u32 = 2;
+/// [`FlowValue::dst_mac`] / [`FlowValue::src_mac`] are known (learned from the other
+/// direction's packets): XDP can redirect this direction by itself.
+pub const FLOW_L2: u32 = 4;
+/// The other direction's entry has learned its link-layer addresses from this direction's
+/// packets already: nothing more to learn.
+pub const FLOW_PAIR_L2: u32 = 8;
+/// This entry is the direction whose SYN claimed the lease (peer → gateway): how
+/// userspace tells a connection's two entries apart, e.g. when adopting pinned flows.
+pub const FLOW_CLAIMER: u32 = 16;
 
-/// How to rewrite one direction of a NATed data connection, and what passed that way.
+/// How to rewrite one direction of a NATed data connection, where to send it, and what
+/// passed that way.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -154,10 +157,17 @@ pub struct FlowValue {
     pub new_dst_addr_be: u32,
     pub new_src_port_be: u16,
     pub new_dst_port_be: u16,
-    /// The lease this flow belongs to.
-    pub lease: LeaseKey,
-    /// [`FLOW_FIN`] / [`FLOW_RST`] seen in this direction.
+    /// The other direction's key (the two entries are created and removed as a pair).
+    pub reverse: FlowKey,
+    /// [`FLOW_FIN`], [`FLOW_RST`], [`FLOW_L2`], [`FLOW_PAIR_L2`], [`FLOW_CLAIMER`].
     pub flags: u32,
+    /// Interface to send this direction out of (host order): where the other direction's
+    /// packets arrive; 0 = unknown (the FIB decides).
+    pub egress_ifindex: u32,
+    /// Next hop's MAC on the egress interface (valid with [`FLOW_L2`]).
+    pub dst_mac: [u8; 6],
+    /// The gateway's own MAC on the egress interface (valid with [`FLOW_L2`]).
+    pub src_mac: [u8; 6],
     pub _pad: u32,
     pub packets: u64,
     /// IP bytes (header included) that passed this way.
@@ -196,28 +206,41 @@ pub enum Counter {
     NatToClient = 9,
     /// A NATed packet redirected by the program itself.
     Redirected = 10,
-    /// A NATed packet handed to the stack to forward (no route or neighbour known yet).
+    /// A NATed packet handed to the stack to forward (no way out known; needs forwarding
+    /// enabled — the programs avoid this whenever they know the egress interface).
     ForwardedByStack = 11,
+    /// XDP left a data-connection packet untouched for the TC program on the same
+    /// interface (next hop not learned yet, or a checksum the hardware must complete).
+    DeferredToTc = 12,
+    /// An ICMP error about a NATed data connection, translated for the other side.
+    IcmpTranslated = 13,
     /// TCP to the data range with no lease for (client, address, port).
-    DropNoLease = 12,
+    DropNoLease = 14,
     /// First fragment aimed at the data range: the data path never handles fragments.
-    DropFragment = 13,
+    DropFragment = 15,
     /// TCP to a protected address whose TCP header cannot be read (truncated, tiny fragment).
-    DropTruncated = 14,
+    DropTruncated = 16,
     /// A second connection to a lease that already admitted one.
-    DropLeaseUsed = 15,
+    DropLeaseUsed = 17,
     /// A SYN after the lease's deadline.
-    DropLeaseExpired = 16,
+    DropLeaseExpired = 18,
     /// Not a SYN and no flow: nothing to continue.
-    DropNoFlow = 17,
+    DropNoFlow = 19,
     /// The flow table is full: the connection cannot be NATed.
-    DropFlowTableFull = 18,
+    DropFlowTableFull = 20,
     /// The TTL would expire: left to be dropped here rather than forwarded.
-    DropTtl = 19,
+    DropTtl = 21,
+    /// Not TCP (UDP, SCTP…) to a public address's data range: never ours to carry.
+    DropNotTcp = 22,
+    /// IPv6 TCP/UDP to a data-range port on one of the gateway's own IPv6 addresses
+    /// (IPv6 is not carried yet; it must not reach whatever listens there).
+    DropIpv6 = 23,
+    /// The redirect helper refused the packet (egress interface gone).
+    DropRedirect = 24,
 }
 
 /// Number of [`Counter`] values: the size of the counter map.
-pub const COUNTER_COUNT: u32 = 20;
+pub const COUNTER_COUNT: u32 = 25;
 
 impl Counter {
     /// Every counter in index order.
@@ -234,6 +257,8 @@ impl Counter {
         Counter::NatToClient,
         Counter::Redirected,
         Counter::ForwardedByStack,
+        Counter::DeferredToTc,
+        Counter::IcmpTranslated,
         Counter::DropNoLease,
         Counter::DropFragment,
         Counter::DropTruncated,
@@ -242,6 +267,9 @@ impl Counter {
         Counter::DropNoFlow,
         Counter::DropFlowTableFull,
         Counter::DropTtl,
+        Counter::DropNotTcp,
+        Counter::DropIpv6,
+        Counter::DropRedirect,
     ];
 
     /// Stable snake_case name, used in logs and metric labels.
@@ -259,6 +287,8 @@ impl Counter {
             Counter::NatToClient => "nat_to_client",
             Counter::Redirected => "redirected",
             Counter::ForwardedByStack => "forwarded_by_stack",
+            Counter::DeferredToTc => "deferred_to_tc",
+            Counter::IcmpTranslated => "icmp_translated",
             Counter::DropNoLease => "drop_no_lease",
             Counter::DropFragment => "drop_fragment",
             Counter::DropTruncated => "drop_truncated",
@@ -267,6 +297,9 @@ impl Counter {
             Counter::DropNoFlow => "drop_no_flow",
             Counter::DropFlowTableFull => "drop_flow_table_full",
             Counter::DropTtl => "drop_ttl",
+            Counter::DropNotTcp => "drop_not_tcp",
+            Counter::DropIpv6 => "drop_ipv6",
+            Counter::DropRedirect => "drop_redirect",
         }
     }
 
@@ -280,10 +313,9 @@ impl Counter {
 const _: () = assert!(core::mem::size_of::<DataRange>() == 16);
 const _: () = assert!(core::mem::size_of::<FilterConfig>() == 4 + 16 * MAX_DATA_RANGES);
 const _: () = assert!(core::mem::size_of::<LeaseKey>() == 12);
-const _: () = assert!(core::mem::size_of::<LeaseValue>() == 24);
-const _: () = assert!(core::mem::size_of::<Claim>() == 16);
+const _: () = assert!(core::mem::size_of::<LeaseValue>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 56);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 72);
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);
 
 #[cfg(feature = "user")]
@@ -294,7 +326,6 @@ mod pod {
     unsafe impl aya::Pod for super::FilterConfig {}
     unsafe impl aya::Pod for super::LeaseKey {}
     unsafe impl aya::Pod for super::LeaseValue {}
-    unsafe impl aya::Pod for super::Claim {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
 }

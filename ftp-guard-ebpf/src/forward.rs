@@ -1,6 +1,16 @@
-//! Forwarding a NATed packet: a FIB lookup for its new destination, then the next hop's
-//! MAC addresses, a TTL decrement and a redirect. When the kernel knows no neighbour yet
-//! (or the route is not a plain forward), the packet goes to the stack, which forwards it.
+//! Sending a packet of a NATed data connection on, without the host's IP forwarding
+//! (`net.ipv4.ip_forward` may be 0: the gateway is not a router).
+//!
+//! Where it goes out: the flow entry knows the egress interface (learned from the other
+//! direction's packets, or given by userspace with the lease) and, once the other
+//! direction has been seen, the next hop's MAC (`FLOW_L2`).
+//! - TC: with the MACs, `bpf_redirect`; with only the interface, `bpf_redirect_neigh`,
+//!   which routes out of that interface and resolves the neighbour itself (queueing the
+//!   packet while it does); with neither, a FIB lookup (which needs forwarding enabled).
+//! - XDP: with the MACs and an interface that takes XDP frames, a devmap redirect;
+//!   otherwise, or when the packet's checksum must be completed by the device, the packet
+//!   is left untouched for the TC program attached to the same interface.
+//! A VLAN-tagged frame is NATed and handed to the stack (the tag would need rewriting).
 use core::mem::size_of;
 
 use aya_ebpf::{
@@ -9,136 +19,258 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT,
         TC_ACT_SHOT, bpf_fib_lookup, xdp_action,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh},
     programs::{TcContext, XdpContext},
 };
-use ftp_guard_common::Counter;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use ftp_guard_common::{Counter, FLOW_FIN, FLOW_L2, FLOW_RST, FlowValue};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
-use crate::{guard::Rewritten, maps::TX_PORTS, nat, packet::ptr_at};
+use crate::{
+    guard::Hit,
+    maps::TX_PORTS,
+    nat,
+    packet::{Packet, ptr_at},
+};
 
 const AF_INET: u8 = 2;
+/// bpf_l4_csum_replace: the field is part of the pseudo-header (addresses).
+const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
+/// Offset of the checksum in the TCP header.
+const TCP_CHECK_OFFSET: usize = 16;
 
-/// Result of the route lookup for a rewritten packet.
-enum Route {
-    /// Next hop resolved: egress interface and both MAC addresses.
-    Resolved {
+/// How a packet leaves.
+enum Out {
+    /// Interface and both MAC addresses known.
+    Link {
         ifindex: u32,
         smac: [u8; 6],
         dmac: [u8; 6],
     },
-    /// Route found, neighbour unknown.
-    NoNeighbour { ifindex: u32 },
-    /// Anything else (local, blackhole, needs fragmentation…): the stack decides.
-    Stack,
+    /// Interface known, the kernel resolves the next hop (TC only).
+    Neighbour { ifindex: u32 },
+    /// Nothing known: the stack forwards it (needs IP forwarding), or XDP defers to TC.
+    Unknown,
 }
 
+/// The way out for a packet from `src_be` to `dst_be` according to the FIB. Fails with
+/// forwarding disabled on `ingress_ifindex` (the kernel checks it), hence only a fallback.
 #[inline(always)]
-fn route(ctx: *mut core::ffi::c_void, ip: &Ipv4Hdr, ingress_ifindex: u32) -> Route {
+fn fib(ctx: *mut core::ffi::c_void, ip: &Ipv4Hdr, src_be: u32, dst_be: u32, ingress: u32) -> Out {
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is a valid start.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = ip.proto;
     params.__bindgen_anon_1.tot_len = ip.tot_len();
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
-    params.ifindex = ingress_ifindex;
+    params.__bindgen_anon_3.ipv4_src = src_be;
+    params.__bindgen_anon_4.ipv4_dst = dst_be;
+    params.ifindex = ingress;
     // SAFETY: ctx is the program's context, params a valid struct of the size given.
     let rc = unsafe { fib_lookup(ctx, &mut params, size_of::<bpf_fib_lookup>() as i32, 0) };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Route::Resolved {
+        BPF_FIB_LKUP_RET_SUCCESS => Out::Link {
             ifindex: params.ifindex,
             smac: params.smac,
             dmac: params.dmac,
         },
-        BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeighbour {
+        BPF_FIB_LKUP_RET_NO_NEIGH => Out::Neighbour {
             ifindex: params.ifindex,
         },
-        _ => Route::Stack,
+        _ => Out::Unknown,
     }
 }
 
-/// Sets the MAC addresses and decrements the TTL; false (packet untouched) if the TTL
-/// would expire.
+/// The way out that `flow` knows by itself.
 #[inline(always)]
-fn prepare<P: crate::packet::Packet>(p: &P, r: &Rewritten, smac: &[u8; 6], dmac: &[u8; 6]) -> bool {
+fn known(flow: &FlowValue) -> Out {
+    if flow.flags & FLOW_L2 != 0 && flow.egress_ifindex != 0 {
+        Out::Link {
+            ifindex: flow.egress_ifindex,
+            smac: flow.src_mac,
+            dmac: flow.dst_mac,
+        }
+    } else if flow.egress_ifindex != 0 {
+        Out::Neighbour {
+            ifindex: flow.egress_ifindex,
+        }
+    } else {
+        Out::Unknown
+    }
+}
+
+/// Counts the packet on its flow and notes FIN/RST.
+#[inline(always)]
+fn account(flow: &mut FlowValue, ip: &Ipv4Hdr, tcp: &TcpHdr) {
+    // Racing CPUs may lose an increment: statistics, not state.
+    flow.packets += 1;
+    flow.bytes += u64::from(ip.tot_len());
+    // SAFETY: a helper without preconditions.
+    flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    if tcp.fin() != 0 {
+        flow.flags |= FLOW_FIN;
+    }
+    if tcp.rst() != 0 {
+        flow.flags |= FLOW_RST;
+    }
+}
+
+/// Sets the frame's MAC addresses.
+#[inline(always)]
+fn set_link<P: Packet>(p: &P, smac: &[u8; 6], dmac: &[u8; 6]) -> bool {
     let Some(eth) = ptr_at::<EthHdr, P>(p, 0) else {
         return false;
     };
-    // SAFETY: the IPv4 header was bounds-checked by the guard; eth just now.
+    // SAFETY: bounds checked by ptr_at.
     unsafe {
-        if !nat::decrement_ttl(&mut *r.ip) {
-            return false;
-        }
         (*eth).dst_addr = *dmac;
         (*eth).src_addr = *smac;
     }
     true
 }
 
-/// XDP: redirect when the egress interface can take XDP frames, else the stack forwards.
+/// XDP: rewrite and redirect when the way out is known and the checksum complete; else
+/// leave the packet untouched for TC.
 #[inline(always)]
-pub fn xdp(ctx: &XdpContext, r: &Rewritten) -> (u32, Counter) {
-    // A VLAN-tagged frame would need its tag rewritten for the egress: leave it to the stack.
-    if r.l3_offset != EthHdr::LEN {
-        return (xdp_action::XDP_PASS, Counter::ForwardedByStack);
+pub fn xdp(ctx: &XdpContext, hit: &Hit, icmp: bool) -> (u32, Counter) {
+    const DEFER: (u32, Counter) = (xdp_action::XDP_PASS, Counter::DeferredToTc);
+    if hit.l3_offset != EthHdr::LEN {
+        return DEFER;
     }
-    // SAFETY: checked by the guard.
-    let ip = unsafe { &*r.ip };
-    match route(ctx.as_ptr(), ip, ctx.ingress_ifindex() as u32) {
-        Route::Resolved {
-            ifindex,
-            smac,
-            dmac,
-        } if TX_PORTS.get(ifindex).is_some() => {
-            if !prepare(ctx, r, &smac, &dmac) {
-                return (xdp_action::XDP_DROP, Counter::DropTtl);
-            }
-            match TX_PORTS.redirect(ifindex, 0) {
-                Ok(action) => (action, Counter::Redirected),
-                Err(_) => (xdp_action::XDP_DROP, Counter::DropFlowTableFull),
-            }
+    // SAFETY: the guard checked the headers and the flow pointer.
+    let (ip, flow) = unsafe { (&mut *hit.ip, &mut *hit.flow) };
+    // SAFETY: a TCP hit has a complete TCP header.
+    if !icmp && unsafe { nat::looks_partial(hit.ip, hit.tcp) } {
+        return DEFER;
+    }
+    let out = match known(flow) {
+        Out::Link { .. } => known(flow),
+        _ if icmp => Out::Unknown,
+        _ => fib(
+            ctx.as_ptr(),
+            ip,
+            flow.new_src_addr_be,
+            flow.new_dst_addr_be,
+            ctx.ingress_ifindex() as u32,
+        ),
+    };
+    let Out::Link {
+        ifindex,
+        smac,
+        dmac,
+    } = out
+    else {
+        return DEFER;
+    };
+    if TX_PORTS.get(ifindex).is_none() {
+        return DEFER;
+    }
+    if ip.ttl <= 1 {
+        return (xdp_action::XDP_DROP, Counter::DropTtl);
+    }
+    if !icmp {
+        // SAFETY: a TCP hit has a complete TCP header.
+        unsafe {
+            account(flow, ip, &*hit.tcp);
+            let old = nat::rewrite(hit.ip, hit.tcp, flow);
+            nat::complete_checksum(hit.tcp, &old, flow);
         }
-        _ => (xdp_action::XDP_PASS, Counter::ForwardedByStack),
+    }
+    nat::decrement_ttl(ip);
+    if !set_link(ctx, &smac, &dmac) {
+        return (xdp_action::XDP_DROP, Counter::DropTruncated);
+    }
+    match TX_PORTS.redirect(ifindex, 0) {
+        Ok(action) => (action, Counter::Redirected),
+        Err(_) => (xdp_action::XDP_DROP, Counter::DropRedirect),
     }
 }
 
-/// TC: redirect to any device; an unknown neighbour is resolved by bpf_redirect_neigh.
+/// TC: rewrite (the kernel updates the TCP checksum for the skb's checksum state) and
+/// redirect by what the flow knows, else by the FIB, else via the stack.
 #[inline(always)]
-pub fn tc(ctx: &TcContext, r: &Rewritten) -> (i32, Counter) {
-    if r.l3_offset != EthHdr::LEN {
-        return (TC_ACT_OK as i32, Counter::ForwardedByStack);
+pub fn tc(ctx: &TcContext, hit: &Hit, icmp: bool) -> (i32, Counter) {
+    // SAFETY: the guard checked the headers and the flow pointer.
+    let (ip, flow) = unsafe { (&mut *hit.ip, &mut *hit.flow) };
+    let tagged = hit.l3_offset != EthHdr::LEN;
+    let out = match known(flow) {
+        Out::Unknown if !icmp && !tagged => {
+            // SAFETY: the context pointer is the program's own skb.
+            let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+            fib(
+                ctx.as_ptr(),
+                ip,
+                flow.new_src_addr_be,
+                flow.new_dst_addr_be,
+                ingress,
+            )
+        }
+        _ if tagged => Out::Unknown,
+        out => out,
+    };
+    let redirect = !matches!(out, Out::Unknown);
+    if redirect && ip.ttl <= 1 {
+        return (TC_ACT_SHOT as i32, Counter::DropTtl);
     }
-    // SAFETY: checked by the guard.
-    let ip = unsafe { &*r.ip };
-    // SAFETY: the context pointer is the program's own skb.
-    let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    match route(ctx.as_ptr(), ip, ingress) {
-        Route::Resolved {
-            ifindex,
-            smac,
-            dmac,
-        } => {
-            if !prepare(ctx, r, &smac, &dmac) {
-                return (TC_ACT_SHOT as i32, Counter::DropTtl);
-            }
+    let mut replaced = None;
+    if !icmp {
+        // SAFETY: a TCP hit has a complete TCP header.
+        unsafe {
+            account(flow, ip, &*hit.tcp);
+            replaced = Some(nat::rewrite(hit.ip, hit.tcp, flow));
+        }
+    }
+    if redirect {
+        nat::decrement_ttl(ip);
+    }
+    if let Out::Link { smac, dmac, .. } = &out {
+        if !set_link(ctx, smac, dmac) {
+            return (TC_ACT_SHOT as i32, Counter::DropTruncated);
+        }
+    }
+    // Last: these helpers may move the packet, so no header pointer is used after them.
+    if let Some(old) = replaced {
+        let at = hit.l4_offset + TCP_CHECK_OFFSET;
+        let ok = ctx
+            .l4_csum_replace(
+                at,
+                u64::from(old.src_addr),
+                u64::from(flow.new_src_addr_be),
+                BPF_F_PSEUDO_HDR | 4,
+            )
+            .and_then(|_| {
+                ctx.l4_csum_replace(
+                    at,
+                    u64::from(old.dst_addr),
+                    u64::from(flow.new_dst_addr_be),
+                    BPF_F_PSEUDO_HDR | 4,
+                )
+            })
+            .and_then(|_| {
+                ctx.l4_csum_replace(at, u64::from(old.ports), u64::from(nat::new_ports(flow)), 4)
+            });
+        if ok.is_err() {
+            return (TC_ACT_SHOT as i32, Counter::DropTruncated);
+        }
+    }
+    match out {
+        Out::Link { ifindex, .. } => {
             // SAFETY: a helper without memory arguments.
             let rc = unsafe { bpf_redirect(ifindex, 0) };
-            (rc as i32, Counter::Redirected)
-        }
-        Route::NoNeighbour { ifindex } => {
-            // SAFETY: checked by the guard.
-            if !nat::decrement_ttl(unsafe { &mut *r.ip }) {
-                return (TC_ACT_SHOT as i32, Counter::DropTtl);
+            if rc == i64::from(TC_ACT_REDIRECT) {
+                (rc as i32, Counter::Redirected)
+            } else {
+                (TC_ACT_SHOT as i32, Counter::DropRedirect)
             }
-            // SAFETY: a null params pointer asks the kernel to use the packet's destination.
+        }
+        Out::Neighbour { ifindex } => {
+            // SAFETY: a null params pointer asks the kernel to route the packet's
+            // destination out of `ifindex` and resolve its neighbour.
             let rc = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
             if rc == i64::from(TC_ACT_REDIRECT) {
                 (rc as i32, Counter::Redirected)
             } else {
-                (TC_ACT_SHOT as i32, Counter::DropFlowTableFull)
+                (TC_ACT_SHOT as i32, Counter::DropRedirect)
             }
         }
-        Route::Stack => (TC_ACT_OK as i32, Counter::ForwardedByStack),
+        Out::Unknown => (TC_ACT_OK as i32, Counter::ForwardedByStack),
     }
 }

@@ -1,33 +1,42 @@
 //! The data-port guard and NAT state machine, shared by the XDP and TC entry points.
 //!
 //! Rules, in order (each outcome is a `Counter`):
-//! 1. not IPv4 / unparseable link or IP header → pass (the stack judges it);
-//! 2. not TCP, or to neither a protected public address nor a NAT address → pass;
-//! 3. a later fragment (offset ≠ 0) → pass: no ports in it, and it cannot reassemble
-//!    without the first fragment, which rule 4 checks;
-//! 4. TCP header unreadable → drop; port outside every data range → pass;
-//! 5. a first fragment aimed at the data range → drop (the data path never fragments);
-//! 6. a packet of a known flow → NAT it (either direction) and forward;
-//! 7. a lease for (source, destination, port) — passive leases on the client side, active
+//! 1. IPv6 TCP/UDP to a data-range port on one of the gateway's own IPv6 addresses → drop
+//!    (IPv6 is not carried yet); anything else not IPv4, or unparseable → pass;
+//! 2. an ICMP error to a guarded address about a NATed data connection → translated for
+//!    the other side and forwarded (see `icmp`); other ICMP → pass;
+//! 3. not TCP: to a public address's data range → drop; otherwise pass;
+//! 4. TCP to neither a protected public address nor a NAT address → pass;
+//! 5. a later fragment (offset ≠ 0) → pass: no ports in it, and it cannot reassemble
+//!    without the first fragment, which rule 6 checks;
+//! 6. TCP header unreadable → drop; port outside every data range → pass;
+//! 7. a first fragment aimed at the data range → drop (the data path never fragments);
+//! 8. a packet of a known flow → NAT it (either direction) and forward;
+//! 9. a lease for (source, destination, port) — passive leases on the client side, active
 //!    leases on the origin side: an admit-only lease → pass; a NAT lease: only a SYN
-//!    within the deadline may claim it, once; the claim creates both flow entries (rolled
-//!    back together on failure) → NAT and forward;
-//! 8. no lease: from a client → drop; from the origin's side → pass (nothing listens
-//!    there: the stack resets it).
+//!    within the deadline may claim it, by deleting it (so exactly one SYN wins, and the
+//!    key is free at once for the peer's next lease on that port); the claim creates both
+//!    flow entries (rolled back together on failure) → NAT and forward;
+//! 10. no lease: from a client → drop; from the origin's side → pass (nothing listens
+//!     there: the stack resets it).
+//!
+//! The guard only decides; rewriting and sending are the entry points' job (`forward`),
+//! because XDP and TC differ in what they can send and how checksums must be updated.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ftp_guard_common::{
-    Claim, Counter, FLOW_FIN, FLOW_RST, FilterConfig, FlowKey, FlowValue, LEASE_ADMIT, LeaseKey,
-    LeaseValue, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20,
+    Counter, FLOW_CLAIMER, FLOW_L2, FLOW_PAIR_L2, FilterConfig, FlowKey, FlowValue, LEASE_ADMIT,
+    LeaseKey, LeaseValue, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20,
 };
 use network_types::{
+    eth::EthHdr,
     ip::{IpProto, Ipv4Hdr},
     tcp::TcpHdr,
 };
 
 use crate::{
-    maps::{CLAIMS, FILTER_CONFIG, FLOWS, LEASES},
-    nat,
-    packet::{self, L3, Packet},
+    icmp,
+    maps::{FILTER_CONFIG, FLOWS, LEASES, LOCAL_V6},
+    packet::{self, Ipv6, L3, Packet},
 };
 
 /// IPv4 "more fragments" flag within the 3-bit flags field.
@@ -39,19 +48,26 @@ const BPF_NOEXIST: u64 = 1;
 pub enum Verdict {
     Pass,
     Drop,
-    /// The packet was rewritten for its new destination: forward it.
-    Forward(Rewritten),
+    /// A packet of a NATed data connection: rewrite it by `Hit::flow` and send it on.
+    Forward(Hit),
+    /// An ICMP error already rewritten for the peer of `Hit::flow`'s direction: send it on.
+    ForwardIcmp(Hit),
 }
 
-/// A NATed packet's headers, for the forwarding step.
-pub struct Rewritten {
+/// A packet that belongs to a flow, with what forwarding needs.
+pub struct Hit {
     pub ip: *mut Ipv4Hdr,
+    /// The TCP header (TCP packets only; null for an ICMP error).
+    pub tcp: *mut TcpHdr,
     pub l3_offset: usize,
+    pub l4_offset: usize,
+    /// The flow entry that says how to rewrite and where to send the packet.
+    pub flow: *mut FlowValue,
 }
 
 /// Which side of the gateway a destination address belongs to.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
+pub enum Side {
     /// A public address: the packet comes from a client.
     Client,
     /// A NAT address: the packet comes from the origin.
@@ -59,27 +75,46 @@ enum Side {
 }
 
 #[inline(always)]
-pub fn process<P: Packet>(p: &P) -> (Verdict, Counter) {
+pub fn process<P: Packet>(p: &P, ingress_ifindex: u32) -> (Verdict, Counter) {
     let hdr = match packet::ipv4(p) {
         L3::Ipv4(h) => h,
+        L3::Ipv6(h) => return ipv6(p, &h),
         L3::NotIpv4 => return (Verdict::Pass, Counter::PassNotIpv4),
         L3::Malformed => return (Verdict::Pass, Counter::PassMalformed),
     };
-    // SAFETY: packet::ipv4 checked that the whole header is inside the packet.
-    let ip = unsafe { &*hdr.ip };
-    if ip.proto != IpProto::Tcp as u8 {
-        return (Verdict::Pass, Counter::PassNotTcp);
-    }
     let Some(config) = FILTER_CONFIG.get(0) else {
         return (Verdict::Pass, Counter::PassOtherAddress);
     };
+    // SAFETY: packet::ipv4 checked that the whole header is inside the packet.
+    let ip = unsafe { &*hdr.ip };
     // Addresses and ports stay in network order end to end: no byte swapping.
     let dst_be = u32::from_ne_bytes(ip.dst_addr);
     let Some(side) = side_of(config, dst_be) else {
         return (Verdict::Pass, Counter::PassOtherAddress);
     };
+    if ip.proto == IpProto::Icmp as u8 {
+        if ip.frag_offset() != 0 || ip.frag_flags() & IP_MF != 0 {
+            return (Verdict::Pass, Counter::PassNotTcp);
+        }
+        return match icmp::translate(p, &hdr) {
+            Some(flow) => (
+                Verdict::ForwardIcmp(Hit {
+                    ip: hdr.ip,
+                    tcp: core::ptr::null_mut(),
+                    l3_offset: hdr.l3_offset,
+                    l4_offset: hdr.l4_offset,
+                    flow,
+                }),
+                Counter::IcmpTranslated,
+            ),
+            None => (Verdict::Pass, Counter::PassNotTcp),
+        };
+    }
     if ip.frag_offset() != 0 {
         return (Verdict::Pass, Counter::PassLaterFragment);
+    }
+    if ip.proto != IpProto::Tcp as u8 {
+        return not_tcp(p, config, side, dst_be, ip.proto, hdr.l4_offset);
     }
     // The destination port decides whether the guard cares; read it before the whole
     // header so that a truncated packet to another port is left to the stack.
@@ -109,8 +144,16 @@ pub fn process<P: Packet>(p: &P) -> (Verdict, Counter) {
         Side::Client => Counter::NatToOrigin,
         Side::Origin => Counter::NatToClient,
     };
+    let hit = |flow| Hit {
+        ip: hdr.ip,
+        tcp,
+        l3_offset: hdr.l3_offset,
+        l4_offset: hdr.l4_offset,
+        flow,
+    };
     if let Some(flow) = FLOWS.get_ptr_mut(&flow_key) {
-        return forward_flow(hdr.ip, tcp, hdr.l3_offset, flow, nat_counter);
+        learn_l2(p, hdr.l3_offset, flow, ingress_ifindex);
+        return (Verdict::Forward(hit(flow)), nat_counter);
     }
     if port_class == PortClass::ActiveSource {
         // Port 20 is shared by every active flow: no flow, nothing of ours.
@@ -122,8 +165,8 @@ pub fn process<P: Packet>(p: &P) -> (Verdict, Counter) {
         port_be: flow_key.dst_port_be,
         _pad: 0,
     };
-    // SAFETY: the value is only read; userspace replaces values whole, never in place.
-    let Some(lease) = (unsafe { LEASES.get(&lease_key) }) else {
+    // SAFETY: the value is copied out at once; userspace replaces values whole.
+    let Some(lease) = (unsafe { LEASES.get(&lease_key) }).copied() else {
         return match side {
             Side::Client => (Verdict::Drop, Counter::DropNoLease),
             Side::Origin => (Verdict::Pass, Counter::PassNoFlow),
@@ -137,102 +180,179 @@ pub fn process<P: Packet>(p: &P) -> (Verdict, Counter) {
     if t.syn() == 0 || t.ack() != 0 {
         return (Verdict::Drop, Counter::DropNoFlow);
     }
-    if let Err(reason) = claim(&flow_key, &lease_key, lease) {
+    let link = link_of(p, hdr.l3_offset);
+    if let Err(reason) = claim(&flow_key, &lease_key, &lease, ingress_ifindex, link) {
         return (Verdict::Drop, reason);
     }
     match FLOWS.get_ptr_mut(&flow_key) {
-        Some(flow) => forward_flow(hdr.ip, tcp, hdr.l3_offset, flow, nat_counter),
+        Some(flow) => (Verdict::Forward(hit(flow)), nat_counter),
         None => (Verdict::Drop, Counter::DropFlowTableFull),
     }
 }
 
-/// Claims `lease` for the connection `key` (single use) and creates both flow entries.
+/// IPv6 is not carried yet: TCP or UDP aimed at a data-range port on one of the gateway's
+/// own addresses must not reach whatever listens there; everything else passes.
 #[inline(always)]
-fn claim(key: &FlowKey, lease_key: &LeaseKey, lease: &LeaseValue) -> Result<(), Counter> {
+fn ipv6<P: Packet>(p: &P, h: &Ipv6) -> (Verdict, Counter) {
+    // SAFETY: packet::ipv4 checked that the fixed header is inside the packet.
+    let ip = unsafe { &*h.ip };
+    if ip.next_hdr != IpProto::Tcp as u8 && ip.next_hdr != IpProto::Udp as u8 {
+        return (Verdict::Pass, Counter::PassNotIpv4);
+    }
+    // SAFETY: a plain lookup; the value is not used.
+    if unsafe { LOCAL_V6.get(&ip.dst_addr) }.is_none() {
+        return (Verdict::Pass, Counter::PassNotIpv4);
+    }
+    let Some(config) = FILTER_CONFIG.get(0) else {
+        return (Verdict::Pass, Counter::PassNotIpv4);
+    };
+    let Some(ports) = packet::ptr_at::<[u8; 4], P>(p, h.l4_offset) else {
+        return (Verdict::Drop, Counter::DropTruncated);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let ports = unsafe { *ports };
+    if in_any_range(config, u16::from_be_bytes([ports[2], ports[3]])) {
+        return (Verdict::Drop, Counter::DropIpv6);
+    }
+    (Verdict::Pass, Counter::PassNotIpv4)
+}
+
+/// UDP, SCTP… to a public address's data range: dropped (only leased TCP belongs there).
+#[inline(always)]
+fn not_tcp<P: Packet>(
+    p: &P,
+    config: &FilterConfig,
+    side: Side,
+    dst_be: u32,
+    proto: u8,
+    l4_offset: usize,
+) -> (Verdict, Counter) {
+    let ported = proto == IpProto::Udp as u8
+        || proto == IpProto::Sctp as u8
+        || proto == IpProto::UdpLite as u8
+        || proto == IpProto::Dccp as u8;
+    if side != Side::Client || !ported {
+        return (Verdict::Pass, Counter::PassNotTcp);
+    }
+    let Some(ports) = packet::ptr_at::<[u8; 4], P>(p, l4_offset) else {
+        return (Verdict::Pass, Counter::PassNotTcp);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let ports = unsafe { *ports };
+    let port = u16::from_be_bytes([ports[2], ports[3]]);
+    if classify_port(config, side, dst_be, port) == PortClass::Data {
+        return (Verdict::Drop, Counter::DropNotTcp);
+    }
+    (Verdict::Pass, Counter::PassNotTcp)
+}
+
+/// The link-layer addresses of an untagged Ethernet frame: (source, destination).
+#[inline(always)]
+fn link_of<P: Packet>(p: &P, l3_offset: usize) -> Option<([u8; 6], [u8; 6])> {
+    if l3_offset != EthHdr::LEN {
+        return None;
+    }
+    let eth = packet::ptr_at::<EthHdr, P>(p, 0)?;
+    // SAFETY: bounds checked by ptr_at.
+    let eth = unsafe { &*eth };
+    Some((eth.src_addr, eth.dst_addr))
+}
+
+/// A packet of `flow` arrived on `ingress_ifindex` from the MAC it carries: that is the
+/// way back for the other direction. Written once per flow (then FLOW_PAIR_L2 is set).
+#[inline(always)]
+fn learn_l2<P: Packet>(p: &P, l3_offset: usize, flow: *mut FlowValue, ingress_ifindex: u32) {
+    // SAFETY: map value pointers stay valid for the program run.
+    let f = unsafe { &mut *flow };
+    if f.flags & FLOW_PAIR_L2 != 0 {
+        return;
+    }
+    let Some((src, dst)) = link_of(p, l3_offset) else {
+        return;
+    };
+    if let Some(pair) = FLOWS.get_ptr_mut(&f.reverse) {
+        // SAFETY: as above. Racing CPUs write the same values.
+        let pair = unsafe { &mut *pair };
+        pair.egress_ifindex = ingress_ifindex;
+        pair.dst_mac = src;
+        pair.src_mac = dst;
+        pair.flags |= FLOW_L2;
+    }
+    f.flags |= FLOW_PAIR_L2;
+}
+
+/// Claims `lease` for the connection `key` (single use) and creates both flow entries.
+/// The reverse entry (towards the claiming peer) leaves by the interface the claim came in
+/// on, to the MAC it came from; the forward one by the lease's target interface.
+#[inline(always)]
+fn claim(
+    key: &FlowKey,
+    lease_key: &LeaseKey,
+    lease: &LeaseValue,
+    ingress_ifindex: u32,
+    link: Option<([u8; 6], [u8; 6])>,
+) -> Result<(), Counter> {
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if lease.expires_ns != 0 && now > lease.expires_ns {
         return Err(Counter::DropLeaseExpired);
     }
-    let claim = Claim {
-        peer_port_be: key.src_port_be,
-        _pad: 0,
-        _pad2: 0,
-        created_ns: now,
-    };
-    // NOEXIST makes the claim atomic: of two racing SYNs only one inserts.
-    if CLAIMS.insert(lease_key, &claim, BPF_NOEXIST).is_err() {
+    // Deleting is the claim: of two racing SYNs only one deletes; a lease userspace
+    // revoked meanwhile is gone too.
+    if LEASES.remove(lease_key).is_err() {
         return Err(Counter::DropLeaseUsed);
     }
-    let forward = FlowValue {
-        new_src_addr_be: lease.source_addr_be,
-        new_dst_addr_be: lease.target_addr_be,
-        new_src_port_be: lease.source_port_be,
-        new_dst_port_be: lease.target_port_be,
-        lease: *lease_key,
-        last_seen_ns: now,
-        ..FlowValue::default()
-    };
     let reverse_key = FlowKey {
         src_addr_be: lease.target_addr_be,
         dst_addr_be: lease.source_addr_be,
         src_port_be: lease.target_port_be,
         dst_port_be: lease.source_port_be,
     };
-    let reverse = FlowValue {
+    let forward = FlowValue {
+        new_src_addr_be: lease.source_addr_be,
+        new_dst_addr_be: lease.target_addr_be,
+        new_src_port_be: lease.source_port_be,
+        new_dst_port_be: lease.target_port_be,
+        reverse: reverse_key,
+        egress_ifindex: lease.target_ifindex,
+        flags: if link.is_some() {
+            FLOW_CLAIMER | FLOW_PAIR_L2
+        } else {
+            FLOW_CLAIMER
+        },
+        last_seen_ns: now,
+        ..FlowValue::default()
+    };
+    let mut reverse = FlowValue {
         new_src_addr_be: key.dst_addr_be,
         new_dst_addr_be: key.src_addr_be,
         new_src_port_be: key.dst_port_be,
         new_dst_port_be: key.src_port_be,
-        lease: *lease_key,
+        reverse: *key,
+        egress_ifindex: ingress_ifindex,
         last_seen_ns: now,
         ..FlowValue::default()
     };
-    // Both directions or neither: roll back what was inserted.
+    if let Some((src, dst)) = link {
+        reverse.dst_mac = src;
+        reverse.src_mac = dst;
+        reverse.flags = FLOW_L2;
+    }
+    // Both directions or neither. A key already taken means a stale entry of an earlier
+    // connection with the same ports: refuse rather than hijack it.
     if FLOWS.insert(key, &forward, BPF_NOEXIST).is_err() {
-        let _ = CLAIMS.remove(lease_key);
         return Err(Counter::DropFlowTableFull);
     }
     if FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST).is_err() {
         let _ = FLOWS.remove(key);
-        let _ = CLAIMS.remove(lease_key);
         return Err(Counter::DropFlowTableFull);
     }
     Ok(())
 }
 
-/// Accounts the packet to `flow`, rewrites it and asks for forwarding.
-#[inline(always)]
-fn forward_flow(
-    ip: *mut Ipv4Hdr,
-    tcp: *mut TcpHdr,
-    l3_offset: usize,
-    flow: *mut FlowValue,
-    counter: Counter,
-) -> (Verdict, Counter) {
-    // SAFETY: map value pointers stay valid for the program run; headers are in bounds.
-    unsafe {
-        let f = &mut *flow;
-        let t = &*tcp;
-        let len = u64::from((*ip).tot_len());
-        // Racing CPUs may lose an increment: statistics, not state.
-        f.packets += 1;
-        f.bytes += len;
-        f.last_seen_ns = bpf_ktime_get_ns();
-        if t.fin() != 0 {
-            f.flags |= FLOW_FIN;
-        }
-        if t.rst() != 0 {
-            f.flags |= FLOW_RST;
-        }
-        nat::rewrite(ip, tcp, f);
-    }
-    (Verdict::Forward(Rewritten { ip, l3_offset }), counter)
-}
-
 /// The side `addr_be` belongs to, if any data range is on it.
 #[inline(always)]
-fn side_of(config: &FilterConfig, addr_be: u32) -> Option<Side> {
+pub fn side_of(config: &FilterConfig, addr_be: u32) -> Option<Side> {
     let mut i = 0;
     while i < MAX_DATA_RANGES {
         if i as u32 >= config.range_count {
@@ -248,6 +368,22 @@ fn side_of(config: &FilterConfig, addr_be: u32) -> Option<Side> {
         i += 1;
     }
     None
+}
+
+/// True when `port` lies in any protected range (whatever its address).
+#[inline(always)]
+fn in_any_range(config: &FilterConfig, port: u16) -> bool {
+    let mut i = 0;
+    while i < MAX_DATA_RANGES {
+        if i as u32 >= config.range_count {
+            break;
+        }
+        if config.ranges[i].contains(port) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// What a destination port means on a guarded address.

@@ -6,6 +6,7 @@
 mod csum;
 mod forward;
 mod guard;
+mod icmp;
 mod maps;
 mod nat;
 mod packet;
@@ -18,36 +19,52 @@ use aya_ebpf::{
 use guard::Verdict;
 
 /// XDP on the gateway's interfaces: drops unleased traffic to the data ports, NATs and
-/// forwards leased data connections in both directions.
+/// redirects leased data connections in both directions once their way out is known
+/// (the TC program on the same interface carries the rest).
 #[xdp]
 pub fn xdp_guard(ctx: XdpContext) -> u32 {
-    let (verdict, counter) = guard::process(&ctx);
-    maps::count(counter);
+    let (verdict, counter) = guard::process(&ctx, ctx.ingress_ifindex() as u32);
     match verdict {
-        Verdict::Pass => xdp_action::XDP_PASS,
-        Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Forward(rewritten) => {
-            let (action, how) = forward::xdp(&ctx, &rewritten);
-            maps::count(how);
-            action
-        }
+        Verdict::Pass => pass_or_drop(counter, xdp_action::XDP_PASS),
+        Verdict::Drop => pass_or_drop(counter, xdp_action::XDP_DROP),
+        Verdict::Forward(hit) => forwarded(counter, forward::xdp(&ctx, &hit, false)),
+        Verdict::ForwardIcmp(hit) => forwarded(counter, forward::xdp(&ctx, &hit, true)),
     }
 }
 
-/// The same as a TC (tcx) ingress program, for devices where XDP cannot redirect.
+/// The same as a TC (tcx) ingress program: for devices where XDP cannot redirect, and
+/// behind XDP for what it defers.
 #[classifier]
 pub fn tc_guard(ctx: TcContext) -> i32 {
-    let (verdict, counter) = guard::process(&ctx);
-    maps::count(counter);
+    // SAFETY: the context pointer is the program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (verdict, counter) = guard::process(&ctx, ifindex);
     match verdict {
-        Verdict::Pass => TC_ACT_OK as i32,
-        Verdict::Drop => TC_ACT_SHOT as i32,
-        Verdict::Forward(rewritten) => {
-            let (action, how) = forward::tc(&ctx, &rewritten);
-            maps::count(how);
-            action
-        }
+        Verdict::Pass => pass_or_drop(counter, TC_ACT_OK as i32),
+        Verdict::Drop => pass_or_drop(counter, TC_ACT_SHOT as i32),
+        Verdict::Forward(hit) => forwarded(counter, forward::tc(&ctx, &hit, false)),
+        Verdict::ForwardIcmp(hit) => forwarded(counter, forward::tc(&ctx, &hit, true)),
     }
+}
+
+#[inline(always)]
+fn pass_or_drop<A>(counter: ftp_guard_common::Counter, action: A) -> A {
+    maps::count(counter);
+    action
+}
+
+/// Counts a forwarded packet's verdict (NAT direction, ICMP) and how it left; a packet
+/// XDP defers is counted only by how it left (TC counts it again when it carries it).
+#[inline(always)]
+fn forwarded<A>(
+    verdict: ftp_guard_common::Counter,
+    (action, how): (A, ftp_guard_common::Counter),
+) -> A {
+    if how != ftp_guard_common::Counter::DeferredToTc {
+        maps::count(verdict);
+    }
+    maps::count(how);
+    action
 }
 
 #[cfg(not(test))]

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
 use ftp_guard_common::{
-    COUNTER_COUNT, Claim, Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES, FilterConfig, FlowKey,
+    COUNTER_COUNT, Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES, FilterConfig, FlowKey,
     FlowValue, LeaseKey, LeaseValue,
 };
 
@@ -14,12 +14,13 @@ use ftp_guard_common::{
 pub static FILTER_CONFIG: Array<FilterConfig> = Array::with_max_entries(1, 0);
 
 /// Leases written by the control proxy: (client, public address, public port) → origin.
+/// The SYN that claims one deletes it.
 #[map(name = "LEASES")]
 pub static LEASES: HashMap<LeaseKey, LeaseValue> = HashMap::with_max_entries(DEFAULT_MAX_LEASES, 0);
 
-/// The connection each used lease admitted; inserted with NOEXIST, so a lease is used once.
-#[map(name = "CLAIMS")]
-pub static CLAIMS: HashMap<LeaseKey, Claim> = HashMap::with_max_entries(DEFAULT_MAX_LEASES, 0);
+/// The gateway's own IPv6 addresses (value unused): IPv6 to their data ports is dropped.
+#[map(name = "LOCAL_V6")]
+pub static LOCAL_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256, 0);
 
 /// NAT state of every data connection, one entry per direction, keyed as packets arrive.
 #[map(name = "FLOWS")]

@@ -1,39 +1,104 @@
-//! Rewriting one packet of a NATed flow: addresses and ports, with both checksums updated
-//! incrementally. Never called on a packet whose TCP header is not entirely present.
+//! Rewriting one packet of a NATed flow: addresses and ports, the IPv4 header checksum,
+//! and the TCP checksum when the packet's checksum is complete. Never called on a packet
+//! whose TCP header is not entirely present.
+//!
+//! TCP checksums come in two states. A packet from the wire carries a complete checksum,
+//! updated here incrementally (RFC 1624). A packet from a local sender, from GRO or from a
+//! veth with offloads on carries only the pseudo-header's sum (CHECKSUM_PARTIAL), which
+//! the device that finally sends it completes: its address part must change, its port
+//! part must not (the device sums the ports itself). The TC program lets the kernel's
+//! `bpf_l4_csum_replace` pick the right update (it knows the skb's state); XDP cannot see
+//! the state, so it hands packets that look partial to TC (`looks_partial`).
 use ftp_guard_common::FlowValue;
 use network_types::{ip::Ipv4Hdr, tcp::TcpHdr};
 
 use crate::csum;
 
-/// Rewrites `ip`/`tcp` to `flow`'s new addresses and ports.
+/// What a rewrite replaced, as the words lie in the packet (native loads of network-order
+/// bytes): for the checksum updates that follow it.
+#[derive(Clone, Copy)]
+pub struct Replaced {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    /// Source and destination port, as one 32-bit word.
+    pub ports: u32,
+}
+
+/// The new ports of `flow` as one word, laid out like [`Replaced::ports`].
+#[inline(always)]
+pub fn new_ports(flow: &FlowValue) -> u32 {
+    let s = flow.new_src_port_be.to_ne_bytes();
+    let d = flow.new_dst_port_be.to_ne_bytes();
+    u32::from_ne_bytes([s[0], s[1], d[0], d[1]])
+}
+
+/// Rewrites addresses and ports to `flow`'s and updates the IPv4 header checksum (always
+/// complete); the TCP checksum is left to the caller.
 ///
 /// # Safety
 /// `ip` and `tcp` must point to complete headers inside the packet.
 #[inline(always)]
-pub unsafe fn rewrite(ip: *mut Ipv4Hdr, tcp: *mut TcpHdr, flow: &FlowValue) {
+pub unsafe fn rewrite(ip: *mut Ipv4Hdr, tcp: *mut TcpHdr, flow: &FlowValue) -> Replaced {
     // SAFETY: the caller guarantees both headers are in bounds.
     let (ip, tcp) = unsafe { (&mut *ip, &mut *tcp) };
-    let old_src = u32::from_ne_bytes(ip.src_addr);
-    let old_dst = u32::from_ne_bytes(ip.dst_addr);
-    let old_sport = u16::from_ne_bytes(tcp.source);
-    let old_dport = u16::from_ne_bytes(tcp.dest);
-
+    let old = Replaced {
+        src_addr: u32::from_ne_bytes(ip.src_addr),
+        dst_addr: u32::from_ne_bytes(ip.dst_addr),
+        ports: u32::from_ne_bytes([tcp.source[0], tcp.source[1], tcp.dest[0], tcp.dest[1]]),
+    };
     let mut ip_check = u16::from_ne_bytes(ip.check);
-    ip_check = csum::replace32(ip_check, old_src, flow.new_src_addr_be);
-    ip_check = csum::replace32(ip_check, old_dst, flow.new_dst_addr_be);
+    ip_check = csum::replace32(ip_check, old.src_addr, flow.new_src_addr_be);
+    ip_check = csum::replace32(ip_check, old.dst_addr, flow.new_dst_addr_be);
     ip.check = ip_check.to_ne_bytes();
     ip.src_addr = flow.new_src_addr_be.to_ne_bytes();
     ip.dst_addr = flow.new_dst_addr_be.to_ne_bytes();
-
-    // The TCP checksum covers the pseudo-header (both addresses) and the ports.
-    let mut tcp_check = u16::from_ne_bytes(tcp.check);
-    tcp_check = csum::replace32(tcp_check, old_src, flow.new_src_addr_be);
-    tcp_check = csum::replace32(tcp_check, old_dst, flow.new_dst_addr_be);
-    tcp_check = csum::replace16(tcp_check, old_sport, flow.new_src_port_be);
-    tcp_check = csum::replace16(tcp_check, old_dport, flow.new_dst_port_be);
-    tcp.check = tcp_check.to_ne_bytes();
     tcp.source = flow.new_src_port_be.to_ne_bytes();
     tcp.dest = flow.new_dst_port_be.to_ne_bytes();
+    old
+}
+
+/// Updates a complete TCP checksum for what [`rewrite`] replaced: the pseudo-header's
+/// addresses and the ports.
+///
+/// # Safety
+/// `tcp` must point to a complete header inside the packet.
+#[inline(always)]
+pub unsafe fn complete_checksum(tcp: *mut TcpHdr, old: &Replaced, flow: &FlowValue) {
+    // SAFETY: the caller guarantees the header is in bounds.
+    let tcp = unsafe { &mut *tcp };
+    let mut check = u16::from_ne_bytes(tcp.check);
+    check = csum::replace32(check, old.src_addr, flow.new_src_addr_be);
+    check = csum::replace32(check, old.dst_addr, flow.new_dst_addr_be);
+    check = csum::replace32(check, old.ports, new_ports(flow));
+    tcp.check = check.to_ne_bytes();
+}
+
+/// True when the TCP checksum field holds exactly the pseudo-header's sum: the mark of a
+/// CHECKSUM_PARTIAL packet (a complete checksum equals it by chance once in 65,536
+/// packets, and such a packet merely takes the TC path, which knows the real state).
+///
+/// # Safety
+/// `ip` and `tcp` must point to complete headers inside the packet.
+#[inline(always)]
+pub unsafe fn looks_partial(ip: *const Ipv4Hdr, tcp: *const TcpHdr) -> bool {
+    // SAFETY: the caller guarantees both headers are in bounds.
+    let (ip, tcp) = unsafe { (&*ip, &*tcp) };
+    let tcp_len = ip.tot_len().wrapping_sub(u16::from(ip.ihl()));
+    let words = [
+        u16::from_ne_bytes([ip.src_addr[0], ip.src_addr[1]]),
+        u16::from_ne_bytes([ip.src_addr[2], ip.src_addr[3]]),
+        u16::from_ne_bytes([ip.dst_addr[0], ip.dst_addr[1]]),
+        u16::from_ne_bytes([ip.dst_addr[2], ip.dst_addr[3]]),
+        u16::from_ne_bytes([0, ip.proto]),
+        u16::from_ne_bytes(tcp_len.to_be_bytes()),
+    ];
+    let mut sum = 0u32;
+    for w in words {
+        sum += u32::from(w);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    u16::from_ne_bytes(tcp.check) == sum as u16
 }
 
 /// Decrements the TTL (a router's duty when the program forwards by itself); false when it

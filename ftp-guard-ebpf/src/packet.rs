@@ -1,12 +1,16 @@
 //! Bounds-checked access to packet bytes for XDP and TC alike: the only place that does
 //! pointer arithmetic on packets.
 use aya_ebpf::programs::{TcContext, XdpContext};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 
 /// 802.1Q and 802.1ad ethertypes, network order (one tag is skipped).
 const ETH_P_8021Q_BE: u16 = 0x8100u16.to_be();
 const ETH_P_8021AD_BE: u16 = 0x88a8u16.to_be();
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
+const ETH_P_IPV6_BE: u16 = 0x86DDu16.to_be();
 const VLAN_TAG_LEN: usize = 4;
 
 /// What XDP and TC contexts have in common for direct packet access.
@@ -57,16 +61,25 @@ pub struct Ipv4 {
     pub l4_offset: usize,
 }
 
-/// Outcome of looking for an IPv4 header behind the link layer.
+/// Where an IPv6 header is (only the fixed header is parsed).
+pub struct Ipv6 {
+    pub ip: *mut Ipv6Hdr,
+    /// Offset of the header after the fixed one (extension headers are not followed).
+    pub l4_offset: usize,
+}
+
+/// Outcome of looking for an IP header behind the link layer.
 pub enum L3 {
     Ipv4(Ipv4),
+    Ipv6(Ipv6),
     /// Some other ethertype.
     NotIpv4,
     /// Too short or inconsistent to parse.
     Malformed,
 }
 
-/// Finds the IPv4 header (behind at most one VLAN tag) and where its payload starts.
+/// Finds the IPv4 (or IPv6) header, behind at most one VLAN tag, and where its payload
+/// starts.
 #[inline(always)]
 pub fn ipv4<P: Packet>(p: &P) -> L3 {
     let Some(eth) = ptr_at::<EthHdr, P>(p, 0) else {
@@ -83,6 +96,15 @@ pub fn ipv4<P: Packet>(p: &P) -> L3 {
         // SAFETY: bounds checked by ptr_at.
         ether_type = u16::from_ne_bytes(unsafe { *inner });
         l3_offset += VLAN_TAG_LEN;
+    }
+    if ether_type == ETH_P_IPV6_BE {
+        return match ptr_at::<Ipv6Hdr, P>(p, l3_offset) {
+            Some(ip) => L3::Ipv6(Ipv6 {
+                ip,
+                l4_offset: l3_offset + Ipv6Hdr::LEN,
+            }),
+            None => L3::Malformed,
+        };
     }
     if ether_type != ETH_P_IPV4_BE {
         return L3::NotIpv4;

@@ -140,6 +140,17 @@ impl Gateway {
                         ports: service.data_ports,
                         lease_ttl: service.lease_ttl(),
                         flow_idle_timeout: service.data_idle_timeout(),
+                        origin_ifindex: service
+                            .origin_interface
+                            .as_deref()
+                            .or(service.client_interface.as_deref())
+                            .and_then(crate::kernel::interface_index)
+                            .unwrap_or(0),
+                        client_ifindex: service
+                            .client_interface
+                            .as_deref()
+                            .and_then(crate::kernel::interface_index)
+                            .unwrap_or(0),
                     },
                 )
             }

@@ -17,8 +17,8 @@ use aya::{
     },
 };
 use ftp_guard_common::{
-    Claim, Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES, DataRange, FilterConfig, FlowKey,
-    FlowValue, LEASE_ADMIT, LEASE_NAT, LeaseKey, LeaseValue, MAX_DATA_RANGES, names,
+    Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES, DataRange, FilterConfig, FlowKey, FlowValue,
+    LEASE_ADMIT, LEASE_NAT, LeaseKey, LeaseValue, MAX_DATA_RANGES, names,
 };
 
 /// The eBPF object built by build.rs (crate `ftp-guard-ebpf`), embedded in the binary.
@@ -77,7 +77,7 @@ fn pin_error(path: &Path, e: impl std::fmt::Display) -> KernelError {
 const PINNED_MAPS: [&str; 6] = [
     names::FILTER_CONFIG,
     names::LEASES,
-    names::CLAIMS,
+    names::LOCAL_V6,
     names::FLOWS,
     names::TX_PORTS,
     names::COUNTERS,
@@ -179,6 +179,9 @@ pub enum LeaseAction {
         target: SocketAddrV4,
         source: SocketAddrV4,
         deadline_ns: u64,
+        /// The interface that leads to `target` (0: unknown, the FIB decides): where the
+        /// connection's first packet leaves; later ones follow where the target's come from.
+        target_ifindex: u32,
     },
 }
 
@@ -257,7 +260,7 @@ impl Counters {
 /// Sizes of the maps; userspace decides them at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
-    /// Leases (and claims) at once.
+    /// Leases at once.
     pub max_leases: u32,
     /// Flow entries at once: two per NATed data connection.
     pub max_flows: u32,
@@ -311,7 +314,7 @@ pub struct Kernel {
     ebpf: Ebpf,
     filter_config: Array<MapData, FilterConfig>,
     leases: HashMap<MapData, LeaseKey, LeaseValue>,
-    claims: HashMap<MapData, LeaseKey, Claim>,
+    local_v6: HashMap<MapData, [u8; 16], u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     tx_ports: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, u64>,
@@ -335,7 +338,6 @@ impl Kernel {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::LEASES, sizes.max_leases)
-            .map_max_entries(names::CLAIMS, sizes.max_leases)
             .map_max_entries(names::FLOWS, sizes.max_flows);
         let map_paths: Vec<(&str, PathBuf)> = match pin {
             Some(dir) => {
@@ -364,7 +366,7 @@ impl Kernel {
         Ok(Self {
             filter_config: take_map(&mut ebpf, names::FILTER_CONFIG)?,
             leases: take_map(&mut ebpf, names::LEASES)?,
-            claims: take_map(&mut ebpf, names::CLAIMS)?,
+            local_v6: take_map(&mut ebpf, names::LOCAL_V6)?,
             flows: take_map(&mut ebpf, names::FLOWS)?,
             tx_ports: take_map(&mut ebpf, names::TX_PORTS)?,
             counters: take_map(&mut ebpf, names::COUNTERS)?,
@@ -381,6 +383,22 @@ impl Kernel {
             .program(names::XDP_GUARD)
             .and_then(|p| p.try_into().ok())
             .expect("checked at load")
+    }
+
+    /// The TC program, e.g. for `BPF_PROG_TEST_RUN` packet fixtures.
+    pub fn tc_program(&self) -> &SchedClassifier {
+        self.ebpf
+            .program(names::TC_GUARD)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked at load")
+    }
+
+    /// Lets the XDP program redirect to `interface` (done by [`Kernel::attach_guard`] for
+    /// every interface it attaches to; packet fixtures use it directly).
+    pub fn allow_xdp_redirect(&mut self, interface: &str) -> Result<(), KernelError> {
+        let index = ifindex(interface)?;
+        self.tx_ports.insert(index, index, None, 0)?;
+        Ok(())
     }
 
     /// Attaches the guard to `interface` (in the caller thread's network namespace).
@@ -537,6 +555,7 @@ impl Kernel {
                 target,
                 source,
                 deadline_ns,
+                target_ifindex,
             } => LeaseValue {
                 target_addr_be: be32(*target.ip()),
                 source_addr_be: be32(*source.ip()),
@@ -544,6 +563,8 @@ impl Kernel {
                 source_port_be: source.port().to_be(),
                 kind: LEASE_NAT,
                 expires_ns: deadline_ns,
+                target_ifindex,
+                _pad: 0,
             },
         };
         match self.leases.insert(lease.key(), value, 0) {
@@ -567,28 +588,50 @@ impl Kernel {
         removed(names::LEASES, self.leases.remove(&lease_key(peer, local)))
     }
 
-    /// The peer's source port of the connection a lease admitted, if it admitted one.
-    pub fn claim(&self, peer: Ipv4Addr, local: SocketAddrV4) -> Result<Option<u16>, KernelError> {
-        let claim = found(names::CLAIMS, self.claims.get(&lease_key(peer, local), 0))?;
-        Ok(claim.map(|c| u16::from_be(c.peer_port_be)))
+    /// True while a lease waits in the map (the SYN that claims it deletes it).
+    pub fn has_lease(&self, peer: Ipv4Addr, local: SocketAddrV4) -> Result<bool, KernelError> {
+        Ok(found(names::LEASES, self.leases.get(&lease_key(peer, local), 0))?.is_some())
     }
 
-    /// Every claimed lease as (peer, local address), e.g. to find flows whose lease
-    /// userspace no longer tracks.
-    pub fn claimed_leases(&self) -> Vec<(Ipv4Addr, SocketAddrV4)> {
-        self.claims
-            .keys()
+    /// Every connection in the flow map, by the direction that claimed its lease:
+    /// (peer's address, gateway address it connected to, new source, new destination).
+    pub fn claimed_flows(&self) -> Vec<(SocketAddrV4, SocketAddrV4, SocketAddrV4, SocketAddrV4)> {
+        self.flows
+            .iter()
             .filter_map(Result::ok)
-            .map(|k| lease_of(&k))
+            .filter(|(_, v)| v.flags & ftp_guard_common::FLOW_CLAIMER != 0)
+            .map(|(k, v)| {
+                (
+                    SocketAddrV4::new(ip_of(k.src_addr_be), u16::from_be(k.src_port_be)),
+                    SocketAddrV4::new(ip_of(k.dst_addr_be), u16::from_be(k.dst_port_be)),
+                    SocketAddrV4::new(ip_of(v.new_src_addr_be), u16::from_be(v.new_src_port_be)),
+                    SocketAddrV4::new(ip_of(v.new_dst_addr_be), u16::from_be(v.new_dst_port_be)),
+                )
+            })
             .collect()
     }
 
-    pub fn remove_claim(
-        &mut self,
-        peer: Ipv4Addr,
-        local: SocketAddrV4,
-    ) -> Result<bool, KernelError> {
-        removed(names::CLAIMS, self.claims.remove(&lease_key(peer, local)))
+    /// Replaces the set of the gateway's own IPv6 addresses (IPv6 to their data ports is
+    /// dropped).
+    pub fn set_local_ipv6(&mut self, addrs: &[std::net::Ipv6Addr]) -> Result<(), KernelError> {
+        let map_error = |source| KernelError::Map {
+            map: names::LOCAL_V6,
+            source,
+        };
+        let wanted: Vec<[u8; 16]> = addrs.iter().map(|a| a.octets()).collect();
+        let stale: Vec<[u8; 16]> = self
+            .local_v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for k in stale {
+            self.local_v6.remove(&k).map_err(map_error)?;
+        }
+        for k in wanted {
+            self.local_v6.insert(k, 0, 0).map_err(map_error)?;
+        }
+        Ok(())
     }
 
     /// One direction of a flow, keyed as its packets arrive at the gateway.
@@ -722,6 +765,11 @@ pub fn driver_name(interface: &str) -> Option<String> {
     }
     let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// The index of `interface` in the caller's network namespace, if it exists.
+pub fn interface_index(interface: &str) -> Option<u32> {
+    ifindex(interface).ok()
 }
 
 fn ifindex(interface: &str) -> Result<u32, KernelError> {

@@ -1,24 +1,40 @@
 //! Running packet fixtures through the real programs with BPF_PROG_TEST_RUN.
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{ProgramError, TestRun, TestRunOptions, TestRunResult};
 use ftp_guard::kernel::Kernel;
 use ftp_guard_common::Counter;
 
 /// XDP return codes (enum xdp_action).
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
+/// TC return codes.
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
 
 /// Runs one frame through the XDP program: its action, the frame as the program left it,
-/// and the names of the counters that moved.
+/// and the names of the counters that moved. The frame arrives on `lo` of the caller's
+/// network namespace.
 pub fn run_xdp(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>, Vec<&'static str>) {
+    run(kernel, frame, |opts| kernel.guard_program().test_run(opts))
+}
+
+/// The same through the TC program (the skb arrives on `lo`, its checksum state "none").
+pub fn run_tc(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>, Vec<&'static str>) {
+    run(kernel, frame, |opts| kernel.tc_program().test_run(opts))
+}
+
+fn run(
+    kernel: &Kernel,
+    frame: &[u8],
+    test_run: impl FnOnce(TestRunOptions<'_>) -> Result<TestRunResult, ProgramError>,
+) -> (u32, Vec<u8>, Vec<&'static str>) {
     let before = kernel.counters().expect("read counters");
     let mut out = vec![0u8; frame.len() + 256];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
     opts.data_out = Some(&mut out);
-    let result = kernel
-        .guard_program()
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN");
+    let result = test_run(opts).expect("BPF_PROG_TEST_RUN");
     out.truncate(result.data_size_out as usize);
     let after = kernel.counters().expect("read counters");
     let moved = Counter::ALL

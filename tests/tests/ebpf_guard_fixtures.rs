@@ -45,6 +45,10 @@ fn guarded_kernel() -> Kernel {
     kernel
         .insert_lease(&Lease::admit(CLIENT, to(PUBLIC, LEASED_PORT)))
         .unwrap();
+    // The destination of packet::ipv6_tcp_syn is one of the gateway's addresses.
+    kernel
+        .set_local_ipv6(&["2001:db8::1".parse().unwrap()])
+        .unwrap();
     kernel
 }
 
@@ -222,12 +226,35 @@ fn cases() -> Vec<Case> {
         Case {
             name: "UDP to the data range",
             frame: Ipv4Frame::udp(from(CLIENT), to(PUBLIC, UNLEASED_PORT), b"x").build(),
+            action: XDP_DROP,
+            counter: Counter::DropNotTcp,
+        },
+        Case {
+            name: "UDP to another port of the public address",
+            frame: Ipv4Frame::udp(from(CLIENT), to(PUBLIC, 53), b"x").build(),
             action: XDP_PASS,
             counter: Counter::PassNotTcp,
         },
         Case {
-            name: "IPv6 TCP to the data port",
+            name: "IPv6 TCP to the data port of a gateway address",
             frame: packet::ipv6_tcp_syn(UNLEASED_PORT),
+            action: XDP_DROP,
+            counter: Counter::DropIpv6,
+        },
+        Case {
+            name: "IPv6 TCP to another port of a gateway address",
+            frame: packet::ipv6_tcp_syn(22),
+            action: XDP_PASS,
+            counter: Counter::PassNotIpv4,
+        },
+        Case {
+            name: "IPv6 TCP to the data port of an address not the gateway's",
+            frame: {
+                let mut f = packet::ipv6_tcp_syn(UNLEASED_PORT);
+                // Destination 2001:db8::1 → 2001:db8::77 (last byte of the IPv6 header).
+                f[packet::ETH_HLEN + 39] = 0x77;
+                f
+            },
             action: XDP_PASS,
             counter: Counter::PassNotIpv4,
         },

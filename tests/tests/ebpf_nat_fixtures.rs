@@ -2,15 +2,19 @@
 //! for each direction and each drop reason, the input frame, the expected action, the
 //! expected output frame (addresses, ports, valid checksums) and the expected counters.
 //!
-//! Each test runs on a thread inside a fresh, empty network namespace, so the program's
-//! route lookup finds nothing and hands NATed packets to the stack (XDP_PASS) — the
-//! redirect itself is covered by the netns tests.
+//! Each test runs on a thread inside a fresh, empty network namespace (forwarding off, only
+//! `lo`), so a FIB lookup finds nothing: a packet whose way out the flow does not know yet
+//! is NATed and handed to the stack by TC (`forwarded_by_stack`), and left untouched by
+//! XDP for TC (`deferred_to_tc`); once the other direction has been seen on `lo`, both
+//! redirect it there by themselves. The redirect itself is covered by the netns tests.
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ftp_guard::kernel::{Kernel, Lease, LeaseAction, MapSizes, ProtectedRange, monotonic_ns};
 use ftp_guard_tests::{
-    fixture::{XDP_DROP, XDP_PASS, run_xdp},
-    packet::{self, Ipv4Frame, flags, parse_tcp},
+    fixture::{
+        TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, run_tc, run_xdp,
+    },
+    packet::{self, Ipv4Frame, flags, internet_checksum, parse_tcp},
     require_privileged,
 };
 
@@ -54,6 +58,7 @@ fn nat_lease(port: u16, deadline_ns: u64) -> Lease {
             target: sa(ORIGIN, ORIGIN_PORT + (port - PORT)),
             source: sa(NAT, port),
             deadline_ns,
+            target_ifindex: 0,
         },
     }
 }
@@ -100,6 +105,27 @@ fn assert_rewritten(out: &[u8], input: &[u8], src: SocketAddrV4, dst: SocketAddr
     );
 }
 
+/// Like [`assert_rewritten`] for a packet the program redirected itself: TTL one less, and
+/// the MAC addresses swapped from what arrived from the other side.
+fn assert_redirected(out: &[u8], input: &[u8], src: SocketAddrV4, dst: SocketAddrV4) {
+    let p = parse_tcp(out).unwrap();
+    assert_eq!((p.src, p.dst), (src, dst), "rewritten addresses");
+    assert!(p.ip_checksum_ok, "IPv4 header checksum wrong after NAT");
+    assert!(p.tcp_checksum_ok, "TCP checksum wrong after NAT");
+    assert_eq!(
+        p.ttl + 1,
+        parse_tcp(input).unwrap().ttl,
+        "TTL not decremented"
+    );
+    // Every fixture frame goes from the same MAC to the same MAC: the way back swaps them.
+    assert_eq!(
+        out[0..6],
+        input[6..12],
+        "destination MAC = where the peer's came from"
+    );
+    assert_eq!(out[6..12], input[0..6], "source MAC = the gateway's own");
+}
+
 #[test]
 fn both_directions_are_nated_with_valid_checksums() {
     if !require_privileged() {
@@ -113,25 +139,34 @@ fn both_directions_are_nated_with_valid_checksums() {
         let nat = sa(NAT, PORT);
 
         let syn = tcp(client, public, flags::SYN, &[]);
-        let (action, out, moved) = run_xdp(&kernel, &syn);
-        assert_eq!(action, XDP_PASS);
+        let (action, out, moved) = run_tc(&kernel, &syn);
+        assert_eq!(action, TC_ACT_OK);
         assert_eq!(moved, ["nat_to_origin", "forwarded_by_stack"]);
         assert_rewritten(&out, &syn, nat, origin);
-        assert_eq!(kernel.claim(CLIENT, public).unwrap(), Some(CLIENT_PORT));
+        // The SYN consumed the lease: the same client may be given this port again.
+        assert!(!kernel.has_lease(CLIENT, public).unwrap());
         assert_eq!(kernel.flow_count(), 2);
 
+        // The way back to the client was learned from its SYN: redirected, not routed.
         let syn_ack = tcp(origin, nat, flags::SYN | flags::ACK, &[]);
-        let (action, out, moved) = run_xdp(&kernel, &syn_ack);
-        assert_eq!(action, XDP_PASS);
-        assert_eq!(moved, ["nat_to_client", "forwarded_by_stack"]);
-        assert_rewritten(&out, &syn_ack, public, client);
+        let (action, out, moved) = run_tc(&kernel, &syn_ack);
+        assert_eq!(action, TC_ACT_REDIRECT);
+        assert_eq!(moved, ["nat_to_client", "redirected"]);
+        assert_redirected(&out, &syn_ack, public, client);
 
         // Data both ways, then FIN both ways: bytes and flags land in the flow entries.
         let data = tcp(origin, nat, flags::ACK | flags::PSH, &[0x5a; 1000]);
-        let (_, out, _) = run_xdp(&kernel, &data);
-        assert_rewritten(&out, &data, public, client);
-        run_xdp(&kernel, &tcp(origin, nat, flags::FIN | flags::ACK, &[]));
-        run_xdp(&kernel, &tcp(client, public, flags::FIN | flags::ACK, &[]));
+        let (_, out, _) = run_tc(&kernel, &data);
+        assert_redirected(&out, &data, public, client);
+        run_tc(&kernel, &tcp(origin, nat, flags::FIN | flags::ACK, &[]));
+        // ...and the way to the origin from the origin's packets.
+        let fin = tcp(client, public, flags::FIN | flags::ACK, &[]);
+        let (action, out, moved) = run_tc(&kernel, &fin);
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_REDIRECT, vec!["nat_to_origin", "redirected"])
+        );
+        assert_redirected(&out, &fin, nat, origin);
         let down = kernel.flow((origin, nat)).unwrap().unwrap();
         let up = kernel.flow((client, public)).unwrap().unwrap();
         assert_eq!(down.packets, 3);
@@ -148,9 +183,9 @@ fn retransmitted_syn_follows_the_flow() {
     in_empty_netns(|| {
         let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
         let syn = tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]);
-        run_xdp(&kernel, &syn);
-        let (action, out, moved) = run_xdp(&kernel, &syn);
-        assert_eq!(action, XDP_PASS);
+        run_tc(&kernel, &syn);
+        let (action, out, moved) = run_tc(&kernel, &syn);
+        assert_eq!(action, TC_ACT_OK);
         assert_eq!(moved, ["nat_to_origin", "forwarded_by_stack"]);
         assert_rewritten(&out, &syn, sa(NAT, PORT), sa(ORIGIN, ORIGIN_PORT));
     });
@@ -171,11 +206,12 @@ fn drop_reasons() {
                 nat_lease(PORT + 2, far_future()),
             ],
         );
-        // The first connection claims the lease on PORT.
-        run_xdp(
+        // The first connection claims the lease on PORT (XDP claims, then leaves it to TC).
+        let (action, _, moved) = run_xdp(
             &kernel,
             &tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]),
         );
+        assert_eq!((action, moved), (XDP_PASS, vec!["deferred_to_tc"]));
         let cases: &[(&str, Vec<u8>, u32, &str)] = &[
             (
                 "second connection to a used lease",
@@ -186,7 +222,7 @@ fn drop_reasons() {
                     &[],
                 ),
                 XDP_DROP,
-                "drop_lease_used",
+                "drop_no_lease",
             ),
             (
                 "leased port from a stranger",
@@ -266,7 +302,7 @@ fn drop_reasons() {
         }
         // The refused connections created no state.
         assert_eq!(kernel.flow_count(), 2);
-        assert_eq!(kernel.claimed_leases().len(), 1);
+        assert_eq!(kernel.claimed_flows().len(), 1);
     });
 }
 
@@ -280,8 +316,8 @@ fn ip_options_and_broken_checksums_survive_nat() {
         let mut f = Ipv4Frame::tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]);
         f.ip_options = vec![0x01; 8];
         let with_options = f.build();
-        let (action, out, _) = run_xdp(&kernel, &with_options);
-        assert_eq!(action, XDP_PASS);
+        let (action, out, _) = run_tc(&kernel, &with_options);
+        assert_eq!(action, TC_ACT_OK);
         let p = parse_tcp(&out).unwrap();
         assert_eq!((p.src, p.dst), (sa(NAT, PORT), sa(ORIGIN, ORIGIN_PORT)));
         assert!(p.ip_checksum_ok && p.tcp_checksum_ok, "{p:?}");
@@ -298,7 +334,7 @@ fn ip_options_and_broken_checksums_survive_nat() {
         let last = bad.len() - 1;
         bad[last] ^= 0x01;
         assert!(!parse_tcp(&bad).unwrap().tcp_checksum_ok);
-        let (_, out, _) = run_xdp(&kernel, &bad);
+        let (_, out, _) = run_tc(&kernel, &bad);
         let p = parse_tcp(&out).unwrap();
         assert_eq!(p.dst, sa(ORIGIN, ORIGIN_PORT));
         assert!(p.ip_checksum_ok);
@@ -326,7 +362,7 @@ fn a_full_flow_table_rolls_back_the_claim() {
                 nat_lease(PORT + 1, far_future()),
             ],
         );
-        run_xdp(
+        run_tc(
             &kernel,
             &tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]),
         );
@@ -338,11 +374,11 @@ fn a_full_flow_table_rolls_back_the_claim() {
             flags::SYN,
             &[],
         );
-        let (action, _, moved) = run_xdp(&kernel, &syn);
-        assert_eq!(action, XDP_DROP);
+        let (action, _, moved) = run_tc(&kernel, &syn);
+        assert_eq!(action, TC_ACT_SHOT);
         assert_eq!(moved, ["drop_flow_table_full"]);
         assert_eq!(kernel.flow_count(), 2);
-        assert_eq!(kernel.claim(CLIENT, sa(PUBLIC, PORT + 1)).unwrap(), None);
+        assert_eq!(kernel.claimed_flows().len(), 1);
     });
 }
 
@@ -375,6 +411,7 @@ fn active_mode_both_directions_from_port_20() {
                     target: client_data,
                     source: sa(PUBLIC, 20),
                     deadline_ns: far_future(),
+                    target_ifindex: 0,
                 },
             })
             .unwrap();
@@ -382,22 +419,26 @@ fn active_mode_both_directions_from_port_20() {
 
         // Before the origin connects, the client's port-20 traffic is nobody's: passed.
         let early = tcp(client_data, sa(PUBLIC, 20), flags::ACK, &[]);
-        let (action, out, moved) = run_xdp(&kernel, &early);
-        assert_eq!((action, moved), (XDP_PASS, vec!["pass_other_port"]));
+        let (action, out, moved) = run_tc(&kernel, &early);
+        assert_eq!((action, moved), (TC_ACT_OK, vec!["pass_other_port"]));
         assert_eq!(out, early);
 
         let syn = tcp(origin, origin_side, flags::SYN, &[]);
-        let (action, out, moved) = run_xdp(&kernel, &syn);
-        assert_eq!(action, XDP_PASS);
+        let (action, out, moved) = run_tc(&kernel, &syn);
+        assert_eq!(action, TC_ACT_OK);
         assert_eq!(moved, ["nat_to_client", "forwarded_by_stack"]);
         assert_rewritten(&out, &syn, sa(PUBLIC, 20), client_data);
-        assert_eq!(kernel.claim(ORIGIN, origin_side).unwrap(), Some(20));
+        assert!(!kernel.has_lease(ORIGIN, origin_side).unwrap());
+        assert_eq!(
+            kernel.claimed_flows(),
+            [(origin, origin_side, sa(PUBLIC, 20), client_data)]
+        );
 
         let syn_ack = tcp(client_data, sa(PUBLIC, 20), flags::SYN | flags::ACK, &[]);
-        let (action, out, moved) = run_xdp(&kernel, &syn_ack);
-        assert_eq!(action, XDP_PASS);
-        assert_eq!(moved, ["nat_to_origin", "forwarded_by_stack"]);
-        assert_rewritten(&out, &syn_ack, origin_side, origin);
+        let (action, out, moved) = run_tc(&kernel, &syn_ack);
+        assert_eq!(action, TC_ACT_REDIRECT);
+        assert_eq!(moved, ["nat_to_origin", "redirected"]);
+        assert_redirected(&out, &syn_ack, origin_side, origin);
 
         // Only the origin may claim an active lease, and only once.
         let stranger = tcp(
@@ -406,10 +447,134 @@ fn active_mode_both_directions_from_port_20() {
             flags::SYN,
             &[],
         );
-        let (action, _, moved) = run_xdp(&kernel, &stranger);
-        assert_eq!((action, moved), (XDP_PASS, vec!["pass_no_flow"]));
+        let (action, _, moved) = run_tc(&kernel, &stranger);
+        assert_eq!((action, moved), (TC_ACT_OK, vec!["pass_no_flow"]));
+        // The lease is consumed: a second SYN finds none (the stack resets it).
         let again = tcp(sa(ORIGIN, 21), origin_side, flags::SYN, &[]);
-        let (action, _, moved) = run_xdp(&kernel, &again);
-        assert_eq!((action, moved), (XDP_DROP, vec!["drop_lease_used"]));
+        let (action, _, moved) = run_tc(&kernel, &again);
+        assert_eq!((action, moved), (TC_ACT_OK, vec!["pass_no_flow"]));
     });
+}
+
+/// XDP carries a connection by itself once both directions have been seen (it knows the
+/// next hop's MAC and the egress accepts XDP frames); before that, and for a checksum the
+/// device must still complete, it leaves the packet untouched to TC.
+#[test]
+fn xdp_redirects_what_it_knows_and_defers_the_rest_to_tc() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let mut kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+        kernel.allow_xdp_redirect("lo").unwrap();
+        let (client, public) = (sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT));
+        let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
+
+        let syn = tcp(client, public, flags::SYN, &[]);
+        let (action, out, moved) = run_xdp(&kernel, &syn);
+        assert_eq!((action, moved), (XDP_PASS, vec!["deferred_to_tc"]));
+        assert_eq!(out, syn, "a deferred packet must reach TC unchanged");
+        assert_eq!(kernel.flow_count(), 2, "XDP claimed the lease");
+        let (action, out, _) = run_tc(&kernel, &syn);
+        assert_eq!(action, TC_ACT_OK);
+        assert_rewritten(&out, &syn, nat, origin);
+
+        let syn_ack = tcp(origin, nat, flags::SYN | flags::ACK, &[]);
+        let (action, out, moved) = run_xdp(&kernel, &syn_ack);
+        assert_eq!(
+            (action, moved),
+            (XDP_REDIRECT, vec!["nat_to_client", "redirected"])
+        );
+        assert_redirected(&out, &syn_ack, public, client);
+
+        // The SYN-ACK showed the way to the origin: the client's packets go by XDP now.
+        let ack = tcp(client, public, flags::ACK, b"data");
+        let (action, out, moved) = run_xdp(&kernel, &ack);
+        assert_eq!(
+            (action, moved),
+            (XDP_REDIRECT, vec!["nat_to_origin", "redirected"])
+        );
+        assert_redirected(&out, &ack, nat, origin);
+
+        // A CHECKSUM_PARTIAL packet (its checksum field holds the pseudo-header's sum
+        // only) must not be updated as if complete: XDP leaves it to TC, which knows.
+        let mut partial = tcp(client, public, flags::ACK, b"more");
+        let tcp_at = packet::ETH_HLEN + 20;
+        let len = (partial.len() - tcp_at) as u16;
+        let seed = pseudo_header_sum(CLIENT, PUBLIC, len);
+        partial[tcp_at + 16..tcp_at + 18].copy_from_slice(&seed.to_be_bytes());
+        let (action, out, moved) = run_xdp(&kernel, &partial);
+        assert_eq!((action, moved), (XDP_PASS, vec!["deferred_to_tc"]));
+        assert_eq!(out, partial);
+    });
+}
+
+/// The folded (not inverted) one's-complement sum of the TCP pseudo-header: what Linux
+/// leaves in the checksum field of a CHECKSUM_PARTIAL segment.
+fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, tcp_len: u16) -> u16 {
+    let mut words = Vec::new();
+    words.extend_from_slice(&src.octets());
+    words.extend_from_slice(&dst.octets());
+    words.extend_from_slice(&[0, packet::PROTO_TCP]);
+    words.extend_from_slice(&tcp_len.to_be_bytes());
+    !internet_checksum(&words)
+}
+
+/// An ICMP "fragmentation needed" from a router on the origin's side, about a segment the
+/// gateway sent to the origin, reaches the client as if about the segment the client sent:
+/// from the public address, quoting (client → public address and port), checksums valid.
+#[test]
+fn icmp_errors_about_a_data_connection_are_translated() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+        let (client, public) = (sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT));
+        let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
+        run_tc(&kernel, &tcp(client, public, flags::SYN, &[]));
+
+        let router = Ipv4Addr::new(198, 51, 100, 254);
+        let quoted = tcp(nat, origin, flags::ACK, &[0x11; 1400]);
+        let error = icmp_frag_needed(router, NAT, &quoted[packet::ETH_HLEN..], 1280);
+        let (action, out, moved) = run_tc(&kernel, &error);
+        assert_eq!(action, TC_ACT_REDIRECT, "{moved:?}");
+        assert_eq!(moved, ["redirected", "icmp_translated"]);
+        let ip = &out[packet::ETH_HLEN..];
+        assert_eq!(ip[12..16], PUBLIC.octets(), "outer source");
+        assert_eq!(ip[16..20], CLIENT.octets(), "outer destination");
+        assert_eq!(internet_checksum(&ip[..20]), 0, "outer IPv4 checksum");
+        assert_eq!(ip[8] + 1, error[packet::ETH_HLEN + 8], "TTL decremented");
+        let icmp = &ip[20..];
+        assert_eq!(internet_checksum(icmp), 0, "ICMP checksum");
+        assert_eq!(icmp[..2], [3, 4]);
+        assert_eq!(icmp[6..8], 1280u16.to_be_bytes(), "MTU kept");
+        let inner = &icmp[8..];
+        assert_eq!(inner[12..16], CLIENT.octets(), "quoted source");
+        assert_eq!(inner[16..20], PUBLIC.octets(), "quoted destination");
+        assert_eq!(internet_checksum(&inner[..20]), 0, "quoted IPv4 checksum");
+        assert_eq!(inner[20..22], CLIENT_PORT.to_be_bytes());
+        assert_eq!(inner[22..24], PORT.to_be_bytes());
+
+        // About a connection the gateway does not carry: left to the stack, untouched.
+        let other = tcp(sa(NAT, 40077), origin, flags::ACK, &[0; 8]);
+        let error = icmp_frag_needed(router, NAT, &other[packet::ETH_HLEN..], 1280);
+        let (action, out, moved) = run_tc(&kernel, &error);
+        assert_eq!((action, moved), (TC_ACT_OK, vec!["pass_not_tcp"]));
+        assert_eq!(out, error);
+    });
+}
+
+/// An Ethernet frame with ICMP type 3 code 4 from `src` to `dst` quoting the first 48
+/// bytes of `packet` (an IPv4 packet: its header, the TCP header and 8 bytes of data).
+fn icmp_frag_needed(src: Ipv4Addr, dst: Ipv4Addr, packet: &[u8], mtu: u16) -> Vec<u8> {
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&packet[..48]);
+    let sum = internet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = Ipv4Frame::tcp(sa(src, 0), sa(dst, 0), 0, &[]);
+    frame.protocol = 1;
+    frame.payload = icmp;
+    frame.build()
 }

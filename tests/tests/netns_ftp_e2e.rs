@@ -113,7 +113,22 @@ fn kernel_path_vsftpd() {
         .iter()
         .map(|(i, m)| format!("{i}={m}"))
         .collect();
-    assert_eq!(modes, ["pub0=xdp-native", "priv0=xdp-native"]);
+    // TC behind XDP carries what XDP defers: a connection's first packets, before the
+    // next hop towards their destination has been seen.
+    assert_eq!(
+        modes,
+        [
+            "pub0=xdp-native",
+            "pub0=tcx-ingress",
+            "priv0=xdp-native",
+            "priv0=tcx-ingress"
+        ]
+    );
+    let nated = c.get(Counter::NatToOrigin) + c.get(Counter::NatToClient);
+    assert!(
+        c.get(Counter::DeferredToTc) * 4 < nated,
+        "XDP left most packets to TC: {c:?}"
+    );
 }
 
 #[test]

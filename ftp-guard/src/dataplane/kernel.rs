@@ -1,19 +1,21 @@
 //! Data connections carried by the eBPF programs: a lease here is an entry in the
-//! kernel's lease map; the client's SYN claims it and creates the NAT flow in the kernel,
-//! and no data byte passes through userspace.
+//! kernel's lease map; the client's SYN claims it (deleting it) and creates the NAT flow
+//! in the kernel, and no data byte passes through userspace.
 //!
-//! Userspace's part is bookkeeping, done by a sweeper task every [`SWEEP_EVERY`]:
-//! - an unclaimed lease that outlived its TTL is deleted (a revoked one is deleted at once
-//!   by `revoke`), and its port is freed one sweep later if no claim raced in meanwhile;
-//! - a claimed lease's flow is watched: when both directions have sent FIN, or either
-//!   sent RST, and [`CLOSE_GRACE`] has passed (for the last ACKs), or when it has been idle
-//!   for the flow idle timeout, its flow entries, claim and lease are deleted, its byte
-//!   counts are logged and its port is freed.
-//!
-//! NAT ports: the source port towards the origin is the lease's public port. Public ports
-//! are unique while a lease or its flow lives, so NAT ports never collide with each other;
-//! the data range is added to `net.ipv4.ip_local_reserved_ports` at start-up so that the
+//! Ports (see `ports`): a public port is held only against the peer whose lease waits on
+//! it, and is free for that peer again the moment its lease is claimed or gone — learned
+//! synchronously where it matters (revoking a lease, or a peer that holds every port),
+//! otherwise by the sweeper. Different peers share ports freely. The source port towards
+//! the origin (the NAT port) is chosen separately, unique per (NAT port, origin address and
+//! port); the data range is added to `net.ipv4.ip_local_reserved_ports` at start-up so the
 //! gateway's own sockets never pick one as an ephemeral port.
+//!
+//! A sweeper task runs every [`SWEEP_EVERY`]:
+//! - a waiting lease past its TTL is deleted;
+//! - a carried connection is watched: when both directions have sent FIN, or either sent
+//!   RST, and [`CLOSE_GRACE`] has passed (for the last ACKs), or when it has been idle for
+//!   the flow idle timeout, its flow entries are deleted and its byte counts logged. This
+//!   frees only its flow entries and NAT port: its public port was free at the claim.
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddrV4},
@@ -28,7 +30,8 @@ use tracing::{debug, info, warn};
 
 use super::{
     ActiveGrant, ActiveRequest, Dataplane, LeaseError, LeaseGrant, LeaseId, LeaseInfo,
-    LeaseRequest, Snapshot, ports::PortPool,
+    LeaseRequest, Snapshot,
+    ports::{NatPorts, PeerPorts},
 };
 use crate::{
     config::PortRange,
@@ -38,8 +41,7 @@ use crate::{
 /// How often the sweeper looks at the leases.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(200);
 /// How long a closed flow keeps its entries, so the last ACKs still pass (they follow the
-/// FINs within a round trip). Its port is busy meanwhile: a range of N ports carries about
-/// N / (CLOSE_GRACE + SWEEP_EVERY) new data connections per second.
+/// FINs within a round trip).
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
@@ -54,6 +56,12 @@ pub struct KernelSettings {
     pub lease_ttl: Duration,
     /// A data connection silent for this long is removed.
     pub flow_idle_timeout: Duration,
+    /// The interface towards the origin (0: unknown), where a passive connection's first
+    /// packet leaves.
+    pub origin_ifindex: u32,
+    /// The interface towards clients (0: unknown), where an active connection's first
+    /// packet leaves.
+    pub client_ifindex: u32,
 }
 
 /// Totals since start.
@@ -72,15 +80,29 @@ pub struct KernelStats {
 pub struct KernelDataplane {
     kernel: Arc<Mutex<Kernel>>,
     settings: KernelSettings,
-    pool: PortPool,
+    /// Public ports (passive) and origin-side ports (active) held by waiting leases.
+    ports: PeerPorts,
+    /// Passive connections' source ports towards the origin.
+    nat_ports: NatPorts,
     leases: Mutex<HashMap<LeaseId, Tracked>>,
     next_id: AtomicU64,
     stats: KernelStats,
 }
 
+/// Where a lease is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// In the kernel's lease map, waiting for the peer's SYN; its port is held.
+    Waiting,
+    /// Claimed by a connection from the peer's `peer_port`, carried by the kernel.
+    Carrying { peer_port: u16 },
+    /// Deleted unclaimed (revoked or expired), or its claim rolled back: nothing left.
+    Gone,
+}
+
 /// A lease as userspace follows it. The data connection arrives from `peer` at `local`
 /// and is NATed to `target` from `source`:
-/// passive: client → public:port ⇒ nat:port → origin; active: origin → nat:port ⇒
+/// passive: client → public:port ⇒ nat:nat_port → origin; active: origin → nat:port ⇒
 /// public:(port|20) → client.
 #[derive(Debug)]
 struct Tracked {
@@ -92,10 +114,7 @@ struct Tracked {
     deadline: Instant,
     revoked: bool,
     installed: Instant,
-    /// The peer's source port of the connection the lease admitted.
-    claimed: Option<u16>,
-    /// When the lease entry was deleted without a claim: the port is freed one sweep later.
-    deleted: bool,
+    stage: Stage,
     /// When the flow was first seen closed.
     closed_since: Option<Instant>,
 }
@@ -106,7 +125,8 @@ impl KernelDataplane {
     pub fn start(kernel: Arc<Mutex<Kernel>>, settings: KernelSettings) -> Arc<Self> {
         let dp = Arc::new(Self {
             kernel,
-            pool: PortPool::new(settings.ports),
+            ports: PeerPorts::new(settings.ports),
+            nat_ports: NatPorts::new(settings.ports),
             settings,
             leases: Mutex::default(),
             next_id: AtomicU64::new(1),
@@ -129,13 +149,13 @@ impl KernelDataplane {
         &self.stats
     }
 
-    /// Leases (claimed or not) still tracked.
+    /// Leases (waiting or carrying) still tracked.
     pub fn active(&self) -> usize {
-        self.leases.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.tracked_leases().len()
     }
 
-    fn public(&self, port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(self.settings.public_ip, port)
+    fn tracked_leases(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseId, Tracked>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn kernel(&self) -> std::sync::MutexGuard<'_, Kernel> {
@@ -148,45 +168,30 @@ impl KernelDataplane {
     }
 
     /// Takes over what a previous ftp-guard left in pinned maps: data connections under
-    /// way are tracked to their end (their ports stay taken); leases nobody claimed are
-    /// dropped, their control sessions having died with that process.
+    /// way are tracked to their end; leases nobody claimed are dropped, their control
+    /// sessions having died with that process.
     fn adopt(&self) {
-        let kernel = self.kernel();
+        let mut kernel = self.kernel();
         let mut adopted = 0;
-        for (peer, local) in kernel.claimed_leases() {
+        for (peer, local, source, target) in kernel.claimed_flows() {
             if !self.owns(local) {
                 continue;
             }
-            let Ok(Some(peer_port)) = kernel.claim(peer, local) else {
-                continue;
+            let active = *local.ip() == self.settings.nat_ip;
+            if !active {
+                self.nat_ports.mark(source.port(), target);
+            }
+            let mut t = self.tracked(*peer.ip(), local, target, source, active);
+            t.stage = Stage::Carrying {
+                peer_port: peer.port(),
             };
-            let Ok(Some((source, target))) =
-                kernel.flow_rewrite((SocketAddrV4::new(peer, peer_port), local))
-            else {
-                continue;
-            };
-            self.pool.mark(local.port());
-            let mut t = self.tracked(
-                peer,
-                local,
-                target,
-                source,
-                *local.ip() == self.settings.nat_ip,
-            );
-            t.claimed = Some(peer_port);
             let id = LeaseId(self.next_id.fetch_add(1, Ordering::Relaxed));
-            self.leases
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, t);
+            self.tracked_leases().insert(id, t);
             adopted += 1;
         }
-        drop(kernel);
-        let mut kernel = self.kernel();
         let mut dropped = 0;
         for (peer, local) in kernel.lease_keys() {
-            if self.owns(local) && matches!(kernel.claim(peer, local), Ok(None)) {
-                let _ = kernel.remove_lease(peer, local);
+            if self.owns(local) && matches!(kernel.remove_lease(peer, local), Ok(true)) {
                 dropped += 1;
             }
         }
@@ -201,7 +206,7 @@ impl KernelDataplane {
     /// One pass over every tracked lease.
     pub fn sweep(&self) {
         let now = Instant::now();
-        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let mut leases = self.tracked_leases();
         leases.retain(|_, t| match self.step(t, now) {
             Ok(keep) => keep,
             Err(e) => {
@@ -211,46 +216,70 @@ impl KernelDataplane {
         });
     }
 
-    /// Advances one lease; `Ok(false)` when it is over and its port was freed.
-    fn step(&self, t: &mut Tracked, now: Instant) -> Result<bool, KernelError> {
-        let mut kernel = self.kernel();
-        if t.claimed.is_none() {
-            t.claimed = kernel.claim(t.peer, t.local)?;
-            if let Some(peer_port) = t.claimed {
+    /// A waiting lease is no longer in the kernel's map: claimed (its connection's flow
+    /// exists) or its claim rolled back. Either way its port is free for its peer again.
+    fn settle_claim(&self, t: &mut Tracked, kernel: &Kernel) -> Result<(), KernelError> {
+        // The target's direction is keyed by the (target, source) pair userspace chose.
+        t.stage = match kernel.flow_rewrite((t.target, t.source))? {
+            Some((_, peer)) => {
                 self.stats.used.fetch_add(1, Ordering::Relaxed);
                 info!(
                     mode = if t.active { "active" } else { "passive" },
-                    from = %SocketAddrV4::new(t.peer, peer_port),
+                    from = %peer,
                     to = %t.target,
                     port = t.local.port(),
                     "data connection started in the kernel"
                 );
-                // The claim and the flows carry the connection from now on.
-                kernel.remove_lease(t.peer, t.local)?;
+                Stage::Carrying {
+                    peer_port: peer.port(),
+                }
+            }
+            None => Stage::Gone,
+        };
+        self.ports.release(t.peer, t.local);
+        Ok(())
+    }
+
+    /// Deletes a waiting lease (revoked or expired); if the peer's SYN deleted it first,
+    /// the lease is settled as claimed instead.
+    fn withdraw(&self, t: &mut Tracked, kernel: &mut Kernel) -> Result<(), KernelError> {
+        if kernel.remove_lease(t.peer, t.local)? {
+            let counter = if t.revoked {
+                &self.stats.revoked
+            } else {
+                &self.stats.expired
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            debug!(
+                port = t.local.port(),
+                revoked = t.revoked,
+                "unused lease removed"
+            );
+            t.stage = Stage::Gone;
+            self.ports.release(t.peer, t.local);
+            Ok(())
+        } else {
+            self.settle_claim(t, kernel)
+        }
+    }
+
+    /// Advances one lease; `Ok(false)` when it is over and forgotten.
+    fn step(&self, t: &mut Tracked, now: Instant) -> Result<bool, KernelError> {
+        let mut kernel = self.kernel();
+        if t.stage == Stage::Waiting {
+            if !kernel.has_lease(t.peer, t.local)? {
+                self.settle_claim(t, &kernel)?;
+            } else if t.revoked || now >= t.deadline {
+                self.withdraw(t, &mut kernel)?;
             }
         }
-        let Some(peer_port) = t.claimed else {
-            if t.deleted {
-                // A sweep has passed since the delete: no SYN can still be claiming it.
-                self.pool.release(t.local.port());
+        let peer_port = match t.stage {
+            Stage::Waiting => return Ok(true),
+            Stage::Gone => {
+                self.release_nat_port(t);
                 return Ok(false);
             }
-            if t.revoked || now >= t.deadline {
-                let counter = if t.revoked {
-                    &self.stats.revoked
-                } else {
-                    &self.stats.expired
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                debug!(
-                    port = t.local.port(),
-                    revoked = t.revoked,
-                    "unused lease removed"
-                );
-                kernel.remove_lease(t.peer, t.local)?;
-                t.deleted = true;
-            }
-            return Ok(true);
+            Stage::Carrying { peer_port } => peer_port,
         };
         let forward_key = (SocketAddrV4::new(t.peer, peer_port), t.local);
         let forward = kernel.flow(forward_key)?;
@@ -265,7 +294,7 @@ impl KernelDataplane {
                     idle_ns > self.settings.flow_idle_timeout.as_nanos() as u64,
                 )
             }
-            // Rolled back in the kernel (flow table full): nothing left to carry.
+            // Gone from the kernel (removed by hand, or a previous process's leftovers).
             _ => (true, false),
         };
         if closed && !idle {
@@ -279,12 +308,16 @@ impl KernelDataplane {
         }
         kernel.remove_flow(forward_key)?;
         kernel.remove_flow((t.target, t.source))?;
-        kernel.remove_claim(t.peer, t.local)?;
-        kernel.remove_lease(t.peer, t.local)?;
         drop(kernel);
         self.finish(t, peer_port, forward, reverse, idle);
-        self.pool.release(t.local.port());
+        self.release_nat_port(t);
         Ok(false)
+    }
+
+    fn release_nat_port(&self, t: &Tracked) {
+        if !t.active {
+            self.nat_ports.release(t.source.port(), t.target);
+        }
     }
 
     fn finish(
@@ -328,8 +361,33 @@ impl KernelDataplane {
         );
     }
 
-    /// Installs a NAT lease for `peer` → `local`, carried to `target` from `source`.
-    fn install_nat(&self, t: Tracked) -> Result<LeaseId, LeaseError> {
+    /// A port of `local` for `peer`'s next lease. When the peer holds every port, its
+    /// waiting leases are checked against the kernel first: a claim frees a port at once.
+    fn allocate(&self, peer: Ipv4Addr, local: Ipv4Addr) -> Result<u16, LeaseError> {
+        if let Some(port) = self.ports.allocate(peer, local) {
+            return Ok(port);
+        }
+        {
+            let mut leases = self.tracked_leases();
+            let kernel = self.kernel();
+            for t in leases.values_mut() {
+                if t.peer == peer
+                    && *t.local.ip() == local
+                    && t.stage == Stage::Waiting
+                    && matches!(kernel.has_lease(t.peer, t.local), Ok(false))
+                {
+                    let _ = self.settle_claim(t, &kernel);
+                }
+            }
+        }
+        self.ports
+            .allocate(peer, local)
+            .ok_or(LeaseError::PortsExhausted(self.ports.capacity()))
+    }
+
+    /// Installs a NAT lease for `peer` → `local`, carried to `target` from `source`; on
+    /// failure its ports are given back.
+    fn install_nat(&self, t: Tracked, target_ifindex: u32) -> Result<LeaseId, LeaseError> {
         let lease = Lease {
             peer: t.peer,
             local: t.local,
@@ -337,10 +395,12 @@ impl KernelDataplane {
                 target: t.target,
                 source: t.source,
                 deadline_ns: monotonic_ns() + self.settings.lease_ttl.as_nanos() as u64,
+                target_ifindex,
             },
         };
         if let Err(e) = self.kernel().insert_lease(&lease) {
-            self.pool.release(t.local.port());
+            self.ports.release(t.peer, t.local);
+            self.release_nat_port(&t);
             return Err(match e {
                 KernelError::LeasesFull(_) => LeaseError::TableFull,
                 other => LeaseError::Io(std::io::Error::other(other.to_string())),
@@ -348,17 +408,8 @@ impl KernelDataplane {
         }
         let id = LeaseId(self.next_id.fetch_add(1, Ordering::Relaxed));
         self.stats.installed.fetch_add(1, Ordering::Relaxed);
-        self.leases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, t);
+        self.tracked_leases().insert(id, t);
         Ok(id)
-    }
-
-    fn allocate(&self) -> Result<u16, LeaseError> {
-        self.pool
-            .allocate()
-            .ok_or(LeaseError::PortsExhausted(self.pool.capacity()))
     }
 
     fn tracked(
@@ -378,8 +429,7 @@ impl KernelDataplane {
             deadline: Instant::now() + self.settings.lease_ttl,
             installed: Instant::now(),
             revoked: false,
-            claimed: None,
-            deleted: false,
+            stage: Stage::Waiting,
             closed_since: None,
         }
     }
@@ -387,15 +437,21 @@ impl KernelDataplane {
 
 impl Dataplane for KernelDataplane {
     fn install(&self, request: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
-        let port = self.allocate()?;
+        let public_ip = self.settings.public_ip;
+        let port = self.allocate(request.client, public_ip)?;
+        let local = SocketAddrV4::new(public_ip, port);
+        let Some(nat_port) = self.nat_ports.allocate(request.origin) else {
+            self.ports.release(request.client, local);
+            return Err(LeaseError::PortsExhausted(self.ports.capacity()));
+        };
         let t = self.tracked(
             request.client,
-            self.public(port),
+            local,
             request.origin,
-            SocketAddrV4::new(self.settings.nat_ip, port),
+            SocketAddrV4::new(self.settings.nat_ip, nat_port),
             false,
         );
-        let id = self.install_nat(t)?;
+        let id = self.install_nat(t, self.settings.origin_ifindex)?;
         Ok(LeaseGrant {
             id,
             public_port: port,
@@ -403,8 +459,9 @@ impl Dataplane for KernelDataplane {
     }
 
     fn install_active(&self, request: ActiveRequest) -> Result<ActiveGrant, LeaseError> {
-        let port = self.allocate()?;
-        let origin_side = SocketAddrV4::new(self.settings.nat_ip, port);
+        let nat_ip = self.settings.nat_ip;
+        let port = self.allocate(request.origin, nat_ip)?;
+        let origin_side = SocketAddrV4::new(nat_ip, port);
         let source_port = if self.settings.active_port_20 {
             20
         } else {
@@ -414,10 +471,10 @@ impl Dataplane for KernelDataplane {
             request.origin,
             origin_side,
             request.client,
-            self.public(source_port),
+            SocketAddrV4::new(self.settings.public_ip, source_port),
             true,
         );
-        let id = self.install_nat(t)?;
+        let id = self.install_nat(t, self.settings.client_ifindex)?;
         Ok(ActiveGrant { id, origin_side })
     }
 
@@ -438,19 +495,20 @@ impl Dataplane for KernelDataplane {
     }
 
     fn leases(&self) -> Vec<LeaseInfo> {
-        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let leases = self.tracked_leases();
         let kernel = self.kernel();
         leases
             .values()
+            .filter(|t| t.stage != Stage::Gone)
             .map(|t| {
-                let (peer, state, forward, reverse) = match t.claimed {
-                    Some(port) => {
-                        let peer = SocketAddrV4::new(t.peer, port);
+                let (peer, state, forward, reverse) = match t.stage {
+                    Stage::Carrying { peer_port } => {
+                        let peer = SocketAddrV4::new(t.peer, peer_port);
                         let f = kernel.flow((peer, t.local)).ok().flatten();
                         let r = kernel.flow((t.target, t.source)).ok().flatten();
                         (peer.to_string(), "carrying", f, r)
                     }
-                    None => (t.peer.to_string(), "waiting", None, None),
+                    _ => (t.peer.to_string(), "waiting", None, None),
                 };
                 let (up, down) = if t.active {
                     (reverse, forward)
@@ -472,26 +530,18 @@ impl Dataplane for KernelDataplane {
     }
 
     fn revoke(&self, id: LeaseId) {
-        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let mut leases = self.tracked_leases();
         let Some(t) = leases.get_mut(&id) else {
             return;
         };
         t.revoked = true;
-        if t.claimed.is_some() || t.deleted {
+        if t.stage != Stage::Waiting {
             return;
         }
-        // Delete the unused lease now rather than at the next sweep: a client that sends
-        // PASV after PASV then keeps ports out of the pool for one sweep, not two. The port
-        // itself returns only after the next sweep has looked for a claim that raced in.
-        match self.kernel().remove_lease(t.peer, t.local) {
-            Ok(_) => {
-                t.deleted = true;
-                self.stats.revoked.fetch_add(1, Ordering::Relaxed);
-                debug!(port = t.local.port(), "unused lease removed (revoked)");
-            }
-            Err(e) => {
-                warn!(port = t.local.port(), error = %e, "revoking a lease failed; the sweeper retries")
-            }
+        // Settled now rather than at the next sweep: the peer's next passive request
+        // finds the port free again whether the lease was claimed or not.
+        if let Err(e) = self.withdraw(t, &mut self.kernel()) {
+            warn!(port = t.local.port(), error = %e, "revoking a lease failed; the sweeper retries");
         }
     }
 }
@@ -525,12 +575,6 @@ pub fn setup(
         nat_ips: Vec::new(),
     };
     update(&mut setup, services)?;
-    match std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward") {
-        Ok(v) if v.trim() == "1" => {}
-        _ => warn!(
-            "net.ipv4.ip_forward is not 1: packets the programs cannot redirect themselves (unknown neighbour) will not be forwarded"
-        ),
-    }
     Ok(setup)
 }
 
@@ -573,33 +617,73 @@ pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> 
             if kernel.attachments().iter().any(|(a, _)| a == interface) {
                 continue;
             }
-            let mode = match s.kernel_hook {
+            let xdp = match s.kernel_hook {
                 KernelHook::Auto => match crate::kernel::driver_name(interface) {
                     Some(driver) if SKB_DRIVERS.contains(&driver.as_str()) => {
                         info!(interface, %driver, "software device: using TC (XDP would copy every packet)");
-                        kernel.attach_tc(interface)
+                        None
                     }
-                    _ => kernel
-                        .attach_guard(interface, XdpAttach::Native)
-                        .or_else(|e| {
+                    _ => match kernel.attach_guard(interface, XdpAttach::Native) {
+                        Ok(mode) => Some(Ok(mode)),
+                        Err(e) => {
                             info!(interface, reason = %e, "native XDP unavailable: using TC");
-                            kernel.attach_tc(interface)
-                        }),
+                            None
+                        }
+                    },
                 },
-                KernelHook::Xdp => kernel.attach_guard(interface, XdpAttach::Native),
-                KernelHook::XdpGeneric => kernel.attach_guard(interface, XdpAttach::Generic),
-                KernelHook::Tc => kernel.attach_tc(interface),
+                KernelHook::Xdp => Some(kernel.attach_guard(interface, XdpAttach::Native)),
+                KernelHook::XdpGeneric => Some(kernel.attach_guard(interface, XdpAttach::Generic)),
+                KernelHook::Tc => None,
             }
+            .transpose()
             .with_context(|| format!("service `{}`: attaching to {interface}", s.name))?;
-            info!(interface, %mode, "kernel data path attached");
+            // TC always: alone, or behind XDP for the packets XDP leaves to it (a data
+            // connection's first packets, before its next hop is known; checksums the
+            // device must complete). Neither needs the host to forward.
+            let tc = kernel
+                .attach_tc(interface)
+                .with_context(|| format!("service `{}`: attaching to {interface}", s.name))?;
+            match xdp {
+                Some(mode) => info!(interface, %mode, behind = %tc, "kernel data path attached"),
+                None => info!(interface, mode = %tc, "kernel data path attached"),
+            }
             set_sysctl(&format!("net/ipv4/conf/{interface}/accept_local"), "1");
         }
     }
     kernel.set_protected_ranges(&ranges)?;
+    // IPv6 is not carried: the programs drop IPv6 to the data ports of these addresses.
+    kernel.set_local_ipv6(&local_ipv6_addresses())?;
     drop(kernel);
     reserve_ports(services.iter().map(|s| s.data_ports));
     setup.nat_ips = nat_ips;
     Ok(())
+}
+
+/// Every IPv6 address of this host (namespace), link-local ones included.
+fn local_ipv6_addresses() -> Vec<std::net::Ipv6Addr> {
+    let mut out = Vec::new();
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free below; entries are read while it lives.
+    unsafe {
+        if libc::getifaddrs(&mut addrs) != 0 {
+            warn!(error = %std::io::Error::last_os_error(), "cannot list the host's IPv6 addresses");
+            return out;
+        }
+        let mut cur = addrs;
+        while !cur.is_null() {
+            let a = (*cur).ifa_addr;
+            if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET6 {
+                let sin6 = &*(a as *const libc::sockaddr_in6);
+                let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(addrs);
+    }
+    out
 }
 
 /// Drivers of software devices, where `kernel_hook = "auto"` picks TC: their native XDP

@@ -1,8 +1,30 @@
-//! Public data ports: handed out at random from a service's range, each held until the
-//! lease that took it is completely over.
-use std::{collections::HashSet, sync::Mutex};
+//! Data ports.
+//! - [`PortPool`] (userspace relay): a port is a listening socket, so each is held by one
+//!   lease until the lease is completely over.
+//! - [`PeerPorts`] (kernel path): a lease is keyed by (peer, gateway address, port), so a
+//!   port is held only against the peer whose lease waits on it: other peers may lease it
+//!   at the same time, and the peer itself again as soon as its lease is claimed or gone.
+//! - [`NatPorts`] (kernel path): the source port of a data connection towards its target,
+//!   unique per (NAT port, target address and port) among leases and connections alive.
+//!
+//! Ports are handed out from a random start, so they are not predictable.
+use std::{
+    collections::{HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::Mutex,
+};
 
 use crate::config::PortRange;
+
+/// The first port of `range`, scanning from a random start, for which `taken` is false.
+fn scan(range: PortRange, mut taken: impl FnMut(u16) -> bool) -> Option<u16> {
+    let size = range.len();
+    let start = rand::random_range(0..size);
+    // O(range) in the worst case, bounded by 64 Ki.
+    (0..size)
+        .map(|i| range.first + ((start + i) % size) as u16)
+        .find(|port| !taken(*port))
+}
 
 pub struct PortPool {
     range: PortRange,
@@ -17,32 +39,15 @@ impl PortPool {
         }
     }
 
-    /// A free port chosen at random (so ports are not predictable), or `None` when all are
-    /// taken.
+    /// A free port, or `None` when all are taken.
     pub fn allocate(&self) -> Option<u16> {
         let mut in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
-        let size = self.range.len();
-        if in_use.len() >= size {
+        if in_use.len() >= self.range.len() {
             return None;
         }
-        let start = rand::random_range(0..size);
-        // Scan from a random start: O(range) in the worst case, bounded by 64 Ki.
-        (0..size)
-            .map(|i| self.range.first + ((start + i) % size) as u16)
-            .find(|port| !in_use.contains(port))
-            .inspect(|port| {
-                in_use.insert(*port);
-            })
-    }
-
-    /// Marks `port` as taken (a connection adopted from a previous process).
-    pub fn mark(&self, port: u16) {
-        if self.range.contains(port) {
-            self.in_use
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(port);
-        }
+        let port = scan(self.range, |p| in_use.contains(&p))?;
+        in_use.insert(port);
+        Some(port)
     }
 
     pub fn release(&self, port: u16) {
@@ -61,16 +66,118 @@ impl PortPool {
     }
 }
 
+/// Ports held by waiting leases, per (peer, gateway address).
+pub struct PeerPorts {
+    range: PortRange,
+    held: Mutex<HashMap<(Ipv4Addr, Ipv4Addr), HashSet<u16>>>,
+}
+
+impl PeerPorts {
+    pub fn new(range: PortRange) -> Self {
+        Self {
+            range,
+            held: Mutex::default(),
+        }
+    }
+
+    /// A port of `local` that `peer` holds no waiting lease on, now held; `None` when the
+    /// peer holds them all.
+    pub fn allocate(&self, peer: Ipv4Addr, local: Ipv4Addr) -> Option<u16> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let ports = held.entry((peer, local)).or_default();
+        if ports.len() >= self.range.len() {
+            return None;
+        }
+        let port = scan(self.range, |p| ports.contains(&p))?;
+        ports.insert(port);
+        Some(port)
+    }
+
+    /// Marks `port` as held by `peer` (a lease adopted from a previous process).
+    pub fn mark(&self, peer: Ipv4Addr, local: SocketAddrV4) {
+        if self.range.contains(local.port()) {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.entry((peer, *local.ip()))
+                .or_default()
+                .insert(local.port());
+        }
+    }
+
+    pub fn release(&self, peer: Ipv4Addr, local: SocketAddrV4) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ports) = held.get_mut(&(peer, *local.ip())) {
+            ports.remove(&local.port());
+            if ports.is_empty() {
+                held.remove(&(peer, *local.ip()));
+            }
+        }
+    }
+
+    /// Ports held over all peers.
+    pub fn held(&self) -> usize {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.values().map(HashSet::len).sum()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.range.len()
+    }
+}
+
+/// Source ports towards targets, unique per (port, target).
+pub struct NatPorts {
+    range: PortRange,
+    in_use: Mutex<HashSet<(u16, SocketAddrV4)>>,
+}
+
+impl NatPorts {
+    pub fn new(range: PortRange) -> Self {
+        Self {
+            range,
+            in_use: Mutex::default(),
+        }
+    }
+
+    /// A source port not in use towards `target`, now in use.
+    pub fn allocate(&self, target: SocketAddrV4) -> Option<u16> {
+        let mut in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        let port = scan(self.range, |p| in_use.contains(&(p, target)))?;
+        in_use.insert((port, target));
+        Some(port)
+    }
+
+    /// Marks (`port`, `target`) as in use (a connection adopted from a previous process).
+    pub fn mark(&self, port: u16, target: SocketAddrV4) {
+        self.in_use
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((port, target));
+    }
+
+    pub fn release(&self, port: u16, target: SocketAddrV4) {
+        self.in_use
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(port, target));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const RANGE: PortRange = PortRange {
+        first: 40000,
+        last: 40009,
+    };
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(203, 0, 113, last)
+    }
+
     #[test]
     fn hands_out_every_port_once_then_none() {
-        let pool = PortPool::new(PortRange {
-            first: 40000,
-            last: 40009,
-        });
+        let pool = PortPool::new(RANGE);
         let mut got: Vec<u16> = (0..10).map(|_| pool.allocate().unwrap()).collect();
         assert_eq!(pool.allocate(), None);
         got.sort_unstable();
@@ -89,5 +196,40 @@ mod tests {
         let ports: Vec<u16> = (0..20).map(|_| pool.allocate().unwrap()).collect();
         let sequential = ports.windows(2).filter(|w| w[1] == w[0] + 1).count();
         assert!(sequential < 5, "{ports:?}");
+    }
+
+    #[test]
+    fn peers_share_ports_and_each_holds_at_most_the_range() {
+        let ports = PeerPorts::new(RANGE);
+        let public = ip(1);
+        for peer in [ip(2), ip(3)] {
+            let mut got: Vec<u16> = (0..10)
+                .map(|_| ports.allocate(peer, public).unwrap())
+                .collect();
+            assert_eq!(ports.allocate(peer, public), None, "peer {peer}");
+            got.sort_unstable();
+            assert_eq!(got, (40000..=40009).collect::<Vec<_>>());
+        }
+        assert_eq!(ports.held(), 20);
+        // Released by one peer: free for that peer again, the other peer is unaffected.
+        ports.release(ip(2), SocketAddrV4::new(public, 40003));
+        assert_eq!(ports.allocate(ip(3), public), None);
+        assert_eq!(ports.allocate(ip(2), public), Some(40003));
+        // Another gateway address is another set.
+        assert!(ports.allocate(ip(2), ip(9)).is_some());
+    }
+
+    #[test]
+    fn nat_ports_are_unique_per_target() {
+        let nat = NatPorts::new(RANGE);
+        let a = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 50000);
+        let b = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 50001);
+        let mut got: Vec<u16> = (0..10).map(|_| nat.allocate(a).unwrap()).collect();
+        assert_eq!(nat.allocate(a), None);
+        got.sort_unstable();
+        assert_eq!(got, (40000..=40009).collect::<Vec<_>>());
+        assert!(nat.allocate(b).is_some());
+        nat.release(40007, a);
+        assert_eq!(nat.allocate(a), Some(40007));
     }
 }
