@@ -29,7 +29,7 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<()> {
 /// The tables `ftp-guard status` prints.
 pub fn render(status: &Status) -> String {
     let mut out = format!(
-        "ftp-guard {} up {:.0} s\\n\\n",
+        "ftp-guard {} up {:.0} s\n\n",
         status.version, status.uptime_secs
     );
     out += &table(
@@ -76,7 +76,7 @@ pub fn render(status: &Status) -> String {
             })
         })
         .collect();
-    out += "\\nSESSIONS\\n";
+    out += "\nSESSIONS\n";
     out += &table(&["SERVICE", "ID", "CLIENT", "AGE_S"], sessions);
     let leases: Vec<Vec<String>> = status
         .services
@@ -97,7 +97,7 @@ pub fn render(status: &Status) -> String {
             })
         })
         .collect();
-    out += "\\nLEASES AND DATA CONNECTIONS\\n";
+    out += "\nLEASES AND DATA CONNECTIONS\n";
     out += &table(
         &[
             "SERVICE",
@@ -113,7 +113,7 @@ pub fn render(status: &Status) -> String {
         leases,
     );
     if let Some(k) = &status.kernel {
-        out += "\\nKERNEL PATH\\n";
+        out += "\nKERNEL PATH\n";
         out += &table(
             &["INTERFACE", "MODE"],
             k.attachments
@@ -148,14 +148,139 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
             .collect::<Vec<_>>()
             .join("  ");
         l.truncate(l.trim_end().len());
-        l + "\\n"
+        l + "\n"
     };
     let mut out = line(header.iter().map(|h| h.to_string()).collect());
     if rows.is_empty() {
-        out += "(none)\\n";
+        out += "(none)\n";
     }
     for row in rows {
         out += &line(row);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        admin::{KernelStatus, ServiceStatus, SessionStatus},
+        dataplane::{LeaseInfo, Snapshot},
+    };
+
+    fn status() -> Status {
+        Status {
+            version: "1.2.3".into(),
+            uptime_secs: 61.4,
+            services: vec![
+                ServiceStatus {
+                    name: "ftp".into(),
+                    listen: "203.0.113.1:21".into(),
+                    origin: "198.51.100.2:21".into(),
+                    public_ip: "203.0.113.1".into(),
+                    dataplane: "kernel".into(),
+                    sessions: vec![
+                        SessionStatus {
+                            id: 7,
+                            client: "192.0.2.10:50000".into(),
+                            age_secs: 12.6,
+                        },
+                        SessionStatus {
+                            id: 12,
+                            client: "192.0.2.11:50001".into(),
+                            age_secs: 0.2,
+                        },
+                    ],
+                    leases: vec![LeaseInfo {
+                        mode: "passive".into(),
+                        port: 40001,
+                        peer: "192.0.2.10:50002".into(),
+                        target: "198.51.100.2:30000".into(),
+                        state: "carrying".into(),
+                        age_secs: 3.0,
+                        bytes_to_client: 1048576,
+                        bytes_to_origin: 0,
+                    }],
+                    totals: Snapshot {
+                        bytes_to_client: 2097152,
+                        bytes_to_origin: 512,
+                        ..Snapshot::default()
+                    },
+                },
+                ServiceStatus {
+                    name: "archive".into(),
+                    listen: "203.0.113.1:2121".into(),
+                    origin: "198.51.100.3:21".into(),
+                    public_ip: "203.0.113.9".into(),
+                    dataplane: "userspace".into(),
+                    sessions: vec![],
+                    leases: vec![],
+                    totals: Snapshot::default(),
+                },
+            ],
+            kernel: Some(KernelStatus {
+                attachments: vec![("eth0".into(), "tc".into()), ("eth1".into(), "xdp".into())],
+                counters: vec![
+                    ("passed".into(), 1500),
+                    ("dropped_stranger".into(), 0),
+                    ("nat_to_origin".into(), 42),
+                ],
+            }),
+        }
+    }
+
+    /// The whole output: real line breaks, aligned columns, empty tables as "(none)",
+    /// counters at zero left out.
+    #[test]
+    fn renders_tables_with_line_breaks() {
+        let expected = "\
+ftp-guard 1.2.3 up 61 s
+
+SERVICE  LISTEN            ORIGIN           PUBLIC       DATAPLANE  SESSIONS  LEASES  BYTES->CLIENT  BYTES->ORIGIN
+ftp      203.0.113.1:21    198.51.100.2:21  203.0.113.1  kernel     2         1       2097152        512
+archive  203.0.113.1:2121  198.51.100.3:21  203.0.113.9  userspace  0         0       0              0
+
+SESSIONS
+SERVICE  ID  CLIENT            AGE_S
+ftp      7   192.0.2.10:50000  13
+ftp      12  192.0.2.11:50001  0
+
+LEASES AND DATA CONNECTIONS
+SERVICE  MODE     PORT   PEER              TARGET              STATE     AGE_S  BYTES->CLIENT  BYTES->ORIGIN
+ftp      passive  40001  192.0.2.10:50002  198.51.100.2:30000  carrying  3      1048576        0
+
+KERNEL PATH
+INTERFACE  MODE
+eth0       tc
+eth1       xdp
+COUNTER        PACKETS
+passed         1500
+nat_to_origin  42
+";
+        assert_eq!(render(&status()), expected);
+    }
+
+    #[test]
+    fn renders_empty_tables_and_no_kernel_section() {
+        let mut status = status();
+        status.services.truncate(1);
+        status.services[0].sessions.clear();
+        status.services[0].leases.clear();
+        status.kernel = None;
+        let expected = "\
+ftp-guard 1.2.3 up 61 s
+
+SERVICE  LISTEN          ORIGIN           PUBLIC       DATAPLANE  SESSIONS  LEASES  BYTES->CLIENT  BYTES->ORIGIN
+ftp      203.0.113.1:21  198.51.100.2:21  203.0.113.1  kernel     0         0       2097152        512
+
+SESSIONS
+SERVICE  ID  CLIENT  AGE_S
+(none)
+
+LEASES AND DATA CONNECTIONS
+SERVICE  MODE  PORT  PEER  TARGET  STATE  AGE_S  BYTES->CLIENT  BYTES->ORIGIN
+(none)
+";
+        assert_eq!(render(&status), expected);
+    }
 }
