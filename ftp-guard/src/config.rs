@@ -89,6 +89,10 @@ pub struct Service {
     /// besides `origin`'s own.
     #[serde(default)]
     pub hide_addresses: Vec<IpAddr>,
+    /// Host names of the origin to hide from clients (e.g. in its banner), in any case;
+    /// replaced with the public address like hidden addresses.
+    #[serde(default)]
+    pub hide_names: Vec<HostName>,
     /// Longest command line accepted from a client, without CRLF.
     #[serde(default = "defaults::max_command_line")]
     pub max_command_line: usize,
@@ -188,6 +192,73 @@ impl<'de> Deserialize<'de> for PortRange {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A host name to hide: letters, digits, `-`, `_` and `.`, at least one letter (so that
+/// it can never be mistaken for an address), at most 253 bytes; a trailing `.` is dropped.
+/// Checked by [`Config::validate`], which names the line it is on.
+#[derive(Clone, Debug)]
+pub struct HostName {
+    name: String,
+    /// Where it is in the file.
+    span: std::ops::Range<usize>,
+}
+
+impl HostName {
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// Why this is no host name, if it is not.
+    fn problem(&self) -> Option<String> {
+        let name = &self.name;
+        if name.is_empty() {
+            Some("empty".into())
+        } else if name.len() > 253 {
+            Some("longer than 253 bytes".into())
+        } else if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            Some(format!(
+                "`{}` is not allowed (letters, digits, `-`, `_` and `.` are)",
+                c.escape_default()
+            ))
+        } else if name.starts_with('.') || name.contains("..") {
+            Some("an empty label".into())
+        } else if !name.chars().any(|c| c.is_ascii_alphabetic()) {
+            Some("no letter (addresses go in hide_addresses)".into())
+        } else {
+            None
+        }
+    }
+}
+
+/// The name alone: where it is written is no part of the configuration.
+impl PartialEq for HostName {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for HostName {}
+
+impl AsRef<str> for HostName {
+    fn as_ref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl<'de> Deserialize<'de> for HostName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spanned = toml::Spanned::<String>::deserialize(d)?;
+        let span = spanned.span();
+        let mut name = spanned.into_inner();
+        if name.ends_with('.') {
+            name.pop();
+        }
+        Ok(HostName { name, span })
     }
 }
 
@@ -367,6 +438,16 @@ impl Config {
                         .into(),
                 ));
             }
+            for name in &s.hide_names {
+                if let Some(problem) = name.problem() {
+                    return Err(format!(
+                        "line {}: service `{}`: hide_names: `{}`: {problem}",
+                        line_of(text, name.span.start),
+                        s.name,
+                        name.name.escape_debug(),
+                    ));
+                }
+            }
             for (key, value) in [
                 ("data_idle_timeout_secs", s.data_idle_timeout_secs),
                 ("idle_timeout_secs", s.idle_timeout_secs),
@@ -486,6 +567,31 @@ client_interface = "eth0"
                 "listen = \"203.0.113.1:40050\"",
                 &["listen port"],
             ),
+            (
+                "client_interface = \"eth0\"",
+                "client_interface = \"eth0\"\nhide_names = [\"ftp internal\"]",
+                &["line 8", "hide_names", "`ftp internal`", "` `"],
+            ),
+            (
+                "client_interface = \"eth0\"",
+                "client_interface = \"eth0\"\nhide_names = [\n  \"ftp.internal.example\",\n  \"10.0.0.5\",\n]",
+                &["line 10", "hide_names", "`10.0.0.5`", "no letter"],
+            ),
+            (
+                "client_interface = \"eth0\"",
+                "client_interface = \"eth0\"\nhide_names = [\"ftp..example\", \"\"]",
+                &["line 8", "hide_names", "empty label"],
+            ),
+            (
+                "client_interface = \"eth0\"",
+                "client_interface = \"eth0\"\nhide_names = [\".\"]",
+                &["line 8", "hide_names", "empty"],
+            ),
+            (
+                "client_interface = \"eth0\"",
+                "client_interface = \"eth0\"\nhide_names = \"ftp.internal.example\"",
+                &["line 8", "sequence"],
+            ),
         ];
         for (from, to, words) in cases {
             let text = MINIMAL.replace(from, to);
@@ -525,6 +631,28 @@ client_interface = "eth0"
             vec!["10.0.0.5".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(s.client_interface.as_deref(), Some("eth0"));
+        let names: Vec<&str> = s.hide_names.iter().map(HostName::as_str).collect();
+        assert_eq!(names, ["ftp.internal.example", "ftp01"]);
+    }
+
+    #[test]
+    fn hide_names_are_host_names() {
+        let c = Config::parse(&format!(
+            "{MINIMAL}hide_names = [\"FTP.Internal.Example.\", \"ftp-01_a\"]\n"
+        ))
+        .unwrap();
+        let s = c.services().next().unwrap();
+        let names: Vec<&str> = s.hide_names.iter().map(HostName::as_str).collect();
+        assert_eq!(names, ["FTP.Internal.Example", "ftp-01_a"]);
+        assert!(
+            Config::parse(MINIMAL)
+                .unwrap()
+                .services()
+                .all(|s| s.hide_names.is_empty())
+        );
+        let long = format!("{}.example", "a".repeat(250));
+        let err = Config::parse(&format!("{MINIMAL}hide_names = [\"{long}\"]\n")).unwrap_err();
+        assert!(err.contains("253") && err.contains("line 8"), "{err}");
     }
 
     #[test]

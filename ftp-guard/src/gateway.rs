@@ -200,12 +200,15 @@ impl Gateway {
             active_mode = service.active_mode,
             "service ready"
         );
-        let ctx = Arc::new(ServiceContext::new(
-            service.clone(),
-            dataplane,
-            self.sessions.clone(),
-            self.metrics.clone(),
-        ));
+        let ctx = Arc::new(
+            ServiceContext::new(
+                service.clone(),
+                dataplane,
+                self.sessions.clone(),
+                self.metrics.clone(),
+            )
+            .hiding_gateway_addresses(origin_interface_addresses(service)),
+        );
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(proxy::serve(listener, ctx.clone(), async move {
             let _ = stopped.await;
@@ -345,6 +348,24 @@ impl Gateway {
         }
         info!("gateway stopped");
     }
+}
+
+/// The addresses of the service's `origin_interface` (none when it has none): the origin
+/// may see any of them, so replies are cleaned of them all.
+fn origin_interface_addresses(service: &Service) -> Vec<std::net::IpAddr> {
+    let Some(interface) = &service.origin_interface else {
+        return Vec::new();
+    };
+    crate::dataplane::interface_addresses(interface).unwrap_or_else(|e| {
+        warn!(
+            service = %service.name,
+            interface,
+            error = %e,
+            "cannot read the origin interface's addresses: replies are cleaned of the NAT \
+             address and each session's own only"
+        );
+        Vec::new()
+    })
 }
 
 /// Whether a changed service can keep its dataplane (and the leases in it).

@@ -1,10 +1,11 @@
 //! After scrubbing, no hidden address is left (`leaks()` is the oracle); nothing changes
 //! when nothing leaks; reply codes survive.
 //!
-//! Input: hidden IPv4 (4 bytes), hidden IPv6 (16), replacement (4), which to hide (1),
-//! then the line. In the line, bytes 1..=5 stand for the hidden addresses written out
-//! (dotted, comma, IPv6 compressed, IPv6 expanded upper-case, mapped), so the fuzzer
-//! meets real matches next to arbitrary bytes.
+//! Input: hidden IPv4 (4 bytes), hidden IPv6 (16), replacement (4), which to hide (1:
+//! bit 0 the IPv4, bit 1 the IPv6, bit 2 the host names `ftp.internal.example` and
+//! `a-1`), then the line. In the line, bytes 1..=6 stand for the hidden addresses and name
+//! written out (dotted, comma, IPv6 compressed, IPv6 expanded upper-case, mapped, the name
+//! in mixed case), so the fuzzer meets real matches next to arbitrary bytes.
 #![no_main]
 use std::{
     borrow::Cow,
@@ -28,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
     if head[24] & 2 == 2 {
         hide.push(IpAddr::V6(v6));
     }
-    let scrubber = Scrubber::new(&hide, replacement);
+    let mut scrubber = Scrubber::new(&hide, replacement);
+    if head[24] & 4 == 4 {
+        scrubber = scrubber.with_names(&["ftp.internal.example", "a-1"]);
+    }
 
     let [a, b, c, d] = v4.octets();
     let segments = v6.segments().map(|s| format!("{s:04X}")).join(":");
@@ -40,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
             3 => line.extend_from_slice(v6.to_string().as_bytes()),
             4 => line.extend_from_slice(segments.as_bytes()),
             5 => line.extend_from_slice(v4.to_ipv6_mapped().to_string().as_bytes()),
+            6 => line.extend_from_slice(b"FTP.Internal.example"),
             _ => line.push(byte),
         }
     }

@@ -170,6 +170,8 @@ pub fn assert_same(a: &Path, b: &Path) {
 /// A raw FTP control session from the client namespace, for precise choreography.
 pub struct Control {
     reader: BufReader<TcpStream>,
+    /// The greeting (220), as the client got it.
+    pub greeting: String,
 }
 
 impl Control {
@@ -180,12 +182,14 @@ impl Control {
         });
         let mut c = Control {
             reader: BufReader::new(stream.unwrap()),
+            greeting: String::new(),
         };
         c.reader
             .get_ref()
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        assert!(c.reply().starts_with("220"));
+        c.greeting = c.reply();
+        assert!(c.greeting.starts_with("220"), "{}", c.greeting);
         assert!(c.cmd(&format!("USER {}", login.user)).starts_with("331"));
         assert!(
             c.cmd(&format!("PASS {}", login.password))

@@ -436,6 +436,10 @@ impl KernelDataplane {
 }
 
 impl Dataplane for KernelDataplane {
+    fn origin_side_ip(&self) -> Option<Ipv4Addr> {
+        Some(self.settings.nat_ip)
+    }
+
     fn install(&self, request: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
         let public_ip = self.settings.public_ip;
         let port = self.allocate(request.client, public_ip)?;

@@ -9,7 +9,7 @@ pub mod kernel;
 pub mod ports;
 pub mod userspace;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 /// Passive mode: one data connection from `client` to a public port, carried to `origin`
 /// (the address and port from the origin's 227 reply).
@@ -122,6 +122,11 @@ pub trait Dataplane: Send + Sync {
         let _ = id;
         None
     }
+    /// The gateway's address that data connections to and from the origin use, if the
+    /// origin sees one: it must be hidden from clients like the origin's own.
+    fn origin_side_ip(&self) -> Option<Ipv4Addr> {
+        None
+    }
 }
 
 /// The gateway's address towards `origin`: the one the kernel picks as source (a connected
@@ -132,5 +137,68 @@ pub fn origin_side_ip(origin: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
     match socket.local_addr()? {
         std::net::SocketAddr::V4(a) => Ok(*a.ip()),
         std::net::SocketAddr::V6(_) => Err(std::io::Error::other("IPv6 source address")),
+    }
+}
+
+/// The addresses (IPv4 and IPv6) configured on `interface` now.
+pub fn interface_addresses(interface: &str) -> std::io::Result<Vec<IpAddr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: a valid out-pointer; the list is freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut found = false;
+    let mut addresses = Vec::new();
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: `entry` is a node of the list getifaddrs returned, not freed yet; its
+        // name is a NUL-terminated string and its address, when not null, a sockaddr of
+        // the family it names (sockaddr_in or sockaddr_in6).
+        unsafe {
+            let ifa = &*entry;
+            entry = ifa.ifa_next;
+            if std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != interface.as_bytes() {
+                continue;
+            }
+            found = true;
+            let Some(addr) = ifa.ifa_addr.as_ref() else {
+                continue;
+            };
+            match i32::from(addr.sa_family) {
+                libc::AF_INET => {
+                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                    addresses.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        sin.sin_addr.s_addr,
+                    ))));
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                    addresses.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                }
+                _ => {}
+            }
+        }
+    }
+    // SAFETY: the list from getifaddrs above, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    if !found {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no interface `{interface}`"),
+        ));
+    }
+    Ok(addresses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses() {
+        let lo = interface_addresses("lo").unwrap();
+        assert!(lo.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{lo:?}");
+        let err = interface_addresses("no-such-if0").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 }

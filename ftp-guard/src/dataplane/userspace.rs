@@ -209,6 +209,10 @@ impl UserspaceRelay {
 }
 
 impl Dataplane for UserspaceRelay {
+    fn origin_side_ip(&self) -> Option<Ipv4Addr> {
+        Some(self.settings.origin_side_ip)
+    }
+
     fn install(&self, request: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
         let (port, listener) = self.bind(self.settings.bind_ip)?;
         let id = self.spawn(port, listener, request.client, request.origin, None);

@@ -1,8 +1,10 @@
-//! Keeps the origin's addresses out of everything sent to clients.
+//! Keeps internal addresses and names out of everything sent to clients.
 //!
 //! Servers put their own address in banners (proftpd's `[198.51.100.2]`), STAT output
-//! (vsftpd, pyftpdlib), PORT errors (pure-ftpd) and 227 replies. The scrubber finds the
-//! hidden addresses in any of these forms and puts the public address in their place:
+//! (vsftpd, pyftpdlib), PORT errors (pure-ftpd) and 227 replies, and the address their
+//! client came from (the gateway's origin-side address: vsftpd's `Connected to …`) in STAT.
+//! The scrubber finds the hidden addresses in any of these forms and puts the public
+//! address in their place:
 //!
 //! - dotted IPv4, leading zeros included (`198.51.100.2`, `198.051.100.002`, `[198.51.100.2]`);
 //! - the comma form of 227/PORT, spaces after commas included (`198,51,100,2,156,64`);
@@ -14,6 +16,11 @@
 //! row count (`198.51.100.2.21`, the BSD netstat form of address and port, is a leak): a
 //! false positive costs a wrong-looking number in a message, a false negative reveals the
 //! origin. Only the matched bytes change; everything else, non-UTF-8 included, is kept.
+//!
+//! Hidden host names (the origin's own, e.g. in a banner) are found in any ASCII case, as
+//! whole names: the bytes around a match must not be letters, digits, `-` or `_` (a `.`
+//! may be: `ftp.internal.example.` ends a sentence, `www.ftp.internal.example` is one of
+//! its names too). They are replaced with the public address as well.
 use std::{
     borrow::Cow,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -28,6 +35,10 @@ pub struct Scrubber {
     v4: Vec<[u8; 4]>,
     /// Hidden IPv6 addresses.
     v6: Vec<Ipv6Addr>,
+    /// Hidden host names, in lower case.
+    names: Vec<Vec<u8>>,
+    /// The replacement asked for (shown unless it is hidden itself).
+    wanted: Ipv4Addr,
     /// What is shown instead.
     replacement: Ipv4Addr,
 }
@@ -38,6 +49,7 @@ enum Form {
     Dotted,
     Comma,
     Ipv6,
+    Name,
 }
 
 /// A hidden address found at `line[start..end]`.
@@ -54,37 +66,64 @@ struct Found {
 const MAX_PASSES: usize = 4;
 
 impl Scrubber {
-    /// `hide`: the origin's addresses (IPv4 and/or IPv6); `replacement`: the public IPv4
+    /// `hide`: the addresses to hide (IPv4 and/or IPv6); `replacement`: the public IPv4
     /// address shown instead. If `replacement` is itself hidden (a misconfiguration), the
     /// first address from 0.0.0.0 upwards that is not hidden is shown instead.
     pub fn new(hide: &[IpAddr], replacement: Ipv4Addr) -> Self {
         let mut scrubber = Scrubber {
             v4: Vec::new(),
             v6: Vec::new(),
+            names: Vec::new(),
+            wanted: replacement,
             replacement,
         };
         for ip in hide {
-            match *ip {
-                IpAddr::V4(v4) => scrubber.add_v4(v4),
-                IpAddr::V6(v6) => {
-                    if !scrubber.v6.contains(&v6) {
-                        scrubber.v6.push(v6);
-                    }
-                    if let Some(v4) = v6.to_ipv4_mapped() {
-                        scrubber.add_v4(v4);
-                    }
+            scrubber.hide_address(*ip);
+        }
+        scrubber
+    }
+
+    /// Hides one more address (see [`new`](Self::new) for a hidden replacement).
+    pub fn hide_address(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => self.add_v4(v4),
+            IpAddr::V6(v6) => {
+                if !self.v6.contains(&v6) {
+                    self.v6.push(v6);
+                }
+                if let Some(v4) = v6.to_ipv4_mapped() {
+                    self.add_v4(v4);
                 }
             }
         }
-        if scrubber.v4.contains(&replacement.octets()) {
-            // At most `hide.len()` addresses are skipped, so this ends long before overflow.
+        self.replacement = self.wanted;
+        if self.v4.contains(&self.replacement.octets()) {
+            // At most `v4.len()` addresses are skipped, so this ends long before overflow.
             let mut candidate = 0u32;
-            while scrubber.v4.contains(&Ipv4Addr::from(candidate).octets()) {
+            while self.v4.contains(&Ipv4Addr::from(candidate).octets()) {
                 candidate += 1;
             }
-            scrubber.replacement = Ipv4Addr::from(candidate);
+            self.replacement = Ipv4Addr::from(candidate);
         }
-        scrubber
+    }
+
+    /// Hides a host name (a trailing `.` aside), in any ASCII case. Only names of letters,
+    /// digits, `-`, `_` and `.` with at least one letter are taken (configuration refuses
+    /// others): without a letter a name could be part of an address, the replacement's
+    /// included, and the masking fallback relies on `*` being in no name.
+    pub fn hide_name(&mut self, name: &str) {
+        let name = name.trim_end_matches('.').to_ascii_lowercase().into_bytes();
+        if is_host_name(&name) && !self.names.contains(&name) {
+            self.names.push(name);
+        }
+    }
+
+    /// [`hide_name`](Self::hide_name) for each of `names`.
+    pub fn with_names<S: AsRef<str>>(mut self, names: &[S]) -> Self {
+        for name in names {
+            self.hide_name(name.as_ref());
+        }
+        self
     }
 
     fn add_v4(&mut self, v4: Ipv4Addr) {
@@ -152,7 +191,7 @@ impl Scrubber {
             out.extend_from_slice(&line[copied..f.start]);
             let [a, b, c, d] = self.replacement.octets();
             let text = match f.form {
-                Form::Dotted | Form::Ipv6 => format!("{a}.{b}.{c}.{d}"),
+                Form::Dotted | Form::Ipv6 | Form::Name => format!("{a}.{b}.{c}.{d}"),
                 Form::Comma => format!("{a},{b},{c},{d}"),
             };
             out.extend_from_slice(text.as_bytes());
@@ -172,6 +211,9 @@ impl Scrubber {
         }
         if !self.v6.is_empty() || !self.v4.is_empty() {
             self.find_v6(line, &mut found);
+        }
+        for name in &self.names {
+            find_name(line, name, &mut found);
         }
         found.sort_by_key(|f| (f.start, std::cmp::Reverse(f.end)));
         let mut end = 0;
@@ -283,6 +325,37 @@ impl Scrubber {
     }
 }
 
+/// Letters, digits, `-`, `_` and `.`, at least one letter.
+fn is_host_name(name: &[u8]) -> bool {
+    name.iter().any(u8::is_ascii_alphabetic) && name.iter().all(|&b| is_name_byte(b) || b == b'.')
+}
+
+/// A byte that continues a label, so that a name next to it is part of another name.
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// Every whole-name occurrence of `name` (lower case) in `line`, in any ASCII case.
+fn find_name(line: &[u8], name: &[u8], found: &mut Vec<Found>) {
+    let in_name = |b: Option<&u8>| b.is_some_and(|&b| is_name_byte(b));
+    if name.is_empty() || line.len() < name.len() {
+        return;
+    }
+    for start in 0..=line.len() - name.len() {
+        let end = start + name.len();
+        if line[start..end].eq_ignore_ascii_case(name)
+            && !in_name(start.checked_sub(1).and_then(|i| line.get(i)))
+            && !in_name(line.get(end))
+        {
+            found.push(Found {
+                start,
+                end,
+                form: Form::Name,
+            });
+        }
+    }
+}
+
 /// Where the next number of a chain starts after a number ending at `i`, if the chain
 /// goes on: `.` then a digit, or `,` then optional spaces then a digit.
 fn next_number(line: &[u8], i: usize, form: Form) -> Option<usize> {
@@ -320,28 +393,31 @@ mod tests {
 
     fn check(cases: &[Case]) {
         for (hide, line, expected) in cases {
-            let s = scrubber(hide);
-            let out = s.scrub(line);
-            let shown = String::from_utf8_lossy(line);
-            match expected {
-                None => {
-                    assert!(
-                        matches!(out, Cow::Borrowed(_)),
-                        "{shown}: changed to {out:?}"
-                    );
-                    assert!(!s.leaks(line), "{shown}: leaks() disagrees");
-                }
-                Some(expected) => {
-                    assert_eq!(
-                        String::from_utf8_lossy(&out),
-                        String::from_utf8_lossy(expected),
-                        "{shown}"
-                    );
-                    assert!(s.leaks(line), "{shown}: leaks() disagrees");
-                }
-            }
-            assert!(!s.leaks(&out), "{shown}: still leaks after scrubbing");
+            check_one(&scrubber(hide), line, *expected);
         }
+    }
+
+    fn check_one(s: &Scrubber, line: &[u8], expected: Option<&[u8]>) {
+        let out = s.scrub(line);
+        let shown = String::from_utf8_lossy(line);
+        match expected {
+            None => {
+                assert!(
+                    matches!(out, Cow::Borrowed(_)),
+                    "{shown}: changed to {out:?}"
+                );
+                assert!(!s.leaks(line), "{shown}: leaks() disagrees");
+            }
+            Some(expected) => {
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    String::from_utf8_lossy(expected),
+                    "{shown}"
+                );
+                assert!(s.leaks(line), "{shown}: leaks() disagrees");
+            }
+        }
+        assert!(!s.leaks(&out), "{shown}: still leaks after scrubbing");
     }
 
     const V4: &[&str] = &["198.51.100.2"];
@@ -510,5 +586,127 @@ mod tests {
             s.scrub_reply(&reply).to_bytes(),
             b"227 Entering Passive Mode (203,0,113,7,4,5)\r\n"
         );
+    }
+
+    /// (hidden names, line, expected line; None = unchanged and borrowed); the origin's
+    /// address 198.51.100.2 is hidden too.
+    type NameCase = (
+        &'static [&'static str],
+        &'static [u8],
+        Option<&'static [u8]>,
+    );
+
+    #[test]
+    fn host_names() {
+        const NAME: &[&str] = &["ftp.internal.example"];
+        let cases: &[NameCase] = &[
+            (
+                NAME,
+                b"220 ftp.internal.example FTP server ready",
+                Some(b"220 203.0.113.7 FTP server ready"),
+            ),
+            // Any case, in the line and in the configuration.
+            (NAME, b"FTP.Internal.EXAMPLE", Some(b"203.0.113.7")),
+            (
+                &["FTP.INTERNAL.Example"],
+                b"ftp.internal.example",
+                Some(b"203.0.113.7"),
+            ),
+            // A trailing dot in the configuration is the same name.
+            (
+                &["ftp.internal.example."],
+                b"ftp.internal.example",
+                Some(b"203.0.113.7"),
+            ),
+            // Punctuation and dots around it are boundaries.
+            (NAME, b"at ftp.internal.example.", Some(b"at 203.0.113.7.")),
+            (
+                NAME,
+                b"[ftp.internal.example]:21",
+                Some(b"[203.0.113.7]:21"),
+            ),
+            (
+                NAME,
+                b"user@ftp.internal.example",
+                Some(b"user@203.0.113.7"),
+            ),
+            (
+                NAME,
+                b"257 \"/ftp.internal.example\" created",
+                Some(b"257 \"/203.0.113.7\" created"),
+            ),
+            (NAME, b"www.ftp.internal.example", Some(b"www.203.0.113.7")),
+            (NAME, b"ftp.internal.example.com", Some(b"203.0.113.7.com")),
+            (
+                NAME,
+                b"\xffftp.internal.example\xfe",
+                Some(b"\xff203.0.113.7\xfe"),
+            ),
+            (
+                NAME,
+                b"ftp.internal.example [198.51.100.2] ftp.internal.example",
+                Some(b"203.0.113.7 [203.0.113.7] 203.0.113.7"),
+            ),
+            // A short name as well.
+            (
+                &["ftp.internal.example", "ftp01"],
+                b"ftp01 (ftp.internal.example) ready",
+                Some(b"203.0.113.7 (203.0.113.7) ready"),
+            ),
+            (&["ftp01"], b"ftp01.lan", Some(b"203.0.113.7.lan")),
+            // Other names are other hosts.
+            (NAME, b"sftp.internal.example", None),
+            (NAME, b"ftp.internal.example2", None),
+            (NAME, b"ftp.internal.example-old", None),
+            (NAME, b"ftp_ftp.internal.example", None),
+            (NAME, b"ftp-internal.example", None),
+            (NAME, b"ftp.internal.exampl", None),
+            (NAME, b"ftp.internal", None),
+            (&["ftp01"], b"ftp012 ftp0 xftp01", None),
+            (NAME, b"", None),
+            // Names without a letter, or with other bytes, are not names: ignored.
+            (&["100.2", "a*b", "", "."], b"198.51.100.3 a*b 100.2", None),
+        ];
+        for (names, line, expected) in cases {
+            let s = scrubber(V4).with_names(names);
+            check_one(&s, line, *expected);
+        }
+    }
+
+    #[test]
+    fn host_names_do_not_reappear() {
+        // Replacing one name forms another hidden name.
+        let s = scrubber(V4).with_names(&["ftp.internal.example", "113.7.com"]);
+        check_one(&s, b"ftp.internal.example.com", Some(b"203.0.203.0.113.7"));
+        // A name and an address chained: after MAX_PASSES, masking ends it.
+        let s = Scrubber::new(
+            &["1.2.3.4".parse().unwrap(), "0.113.7.5".parse().unwrap()],
+            PUBLIC,
+        )
+        .with_names(&["203.x", "x.5"]);
+        let out = s.scrub(b"1.2.3.4.5 x.5.203.x");
+        assert!(!s.leaks(&out), "{:?}", String::from_utf8_lossy(&out));
+    }
+
+    #[test]
+    fn addresses_added_later() {
+        // The gateway's origin-side address, known only once a session has connected.
+        let mut s = scrubber(V4);
+        s.hide_address("198.51.100.1".parse().unwrap());
+        check_one(
+            &s,
+            b"     Connected to 198.51.100.1",
+            Some(b"     Connected to 203.0.113.7"),
+        );
+        check_one(
+            &s,
+            b"remote address: 198.51.100.1:50000 local 198,51,100,2,0,21",
+            Some(b"remote address: 203.0.113.7:50000 local 203,0,113,7,0,21"),
+        );
+        check_one(&s, b"::ffff:198.51.100.1", Some(b"203.0.113.7"));
+        // Hiding the replacement later picks another one, as `new` does.
+        s.hide_address(IpAddr::V4(PUBLIC));
+        assert_eq!(s.replacement(), Ipv4Addr::UNSPECIFIED);
+        check_one(&s, b"203.0.113.7", Some(b"0.0.0.0"));
     }
 }

@@ -14,10 +14,7 @@ use tracing::{debug, info, warn};
 use super::ServiceContext;
 use crate::{
     dataplane::{ActiveRequest, LeaseId, LeaseRequest},
-    ftp::{
-        scrub::Scrubber,
-        session::{Action, Event, Session, SessionConfig},
-    },
+    ftp::session::{Action, Event, Session, SessionConfig},
 };
 
 /// A peer that does not read what it is sent for this long is given up on.
@@ -78,13 +75,22 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
     ctx.metrics
         .origin_connected(&service.name, connect_started.elapsed());
     configure_socket(&origin, service.keepalive(), false);
+    let scrubber = match origin.local_addr() {
+        Ok(local) => ctx.session_scrubber(local.ip()),
+        Err(e) => {
+            warn!(error = %e, "origin connection without a local address");
+            ctx.metrics
+                .session_rejected(&service.name, "origin_unreachable");
+            return refuse_unreachable(client, &e.to_string()).await;
+        }
+    };
 
     let session = Session::new(SessionConfig {
         client_ip,
         active_mode: service.active_mode,
         public_ip: service.public_ip(),
         origin_ip: *service.origin.ip(),
-        scrubber: Scrubber::new(&service.hidden_addresses(), service.public_ip()),
+        scrubber,
         max_command_line: service.max_command_line,
         max_reply_line: MAX_REPLY_LINE,
         max_reply_lines: MAX_REPLY_LINES,

@@ -4,7 +4,7 @@ pub mod connection;
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -16,7 +16,7 @@ use tokio::{
 };
 use tracing::{Instrument as _, error, info, warn};
 
-use crate::{config::Service, dataplane::Dataplane, metrics::Metrics};
+use crate::{config::Service, dataplane::Dataplane, ftp::scrub::Scrubber, metrics::Metrics};
 
 /// Everything a session of one service needs, shared by its sessions.
 pub struct ServiceContext {
@@ -27,6 +27,10 @@ pub struct ServiceContext {
     pub metrics: Arc<Metrics>,
     /// The sessions open now, for status.
     pub open: Mutex<HashMap<u64, OpenSession>>,
+    /// What replies are cleaned of: the origin's addresses and names, and the gateway's
+    /// addresses on the origin side known when the service started (each session adds
+    /// its own control connection's, see [`ServiceContext::session_scrubber`]).
+    scrubber: Scrubber,
 }
 
 /// A control session as status shows it.
@@ -43,13 +47,36 @@ impl ServiceContext {
         sessions: Arc<Semaphore>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let mut scrubber = Scrubber::new(&service.hidden_addresses(), service.public_ip())
+            .with_names(&service.hide_names);
+        if let Some(ip) = dataplane.origin_side_ip() {
+            hide_gateway_address(&mut scrubber, &service, IpAddr::V4(ip));
+        }
         Self {
             service,
             dataplane,
             sessions,
             metrics,
             open: Mutex::default(),
+            scrubber,
         }
+    }
+
+    /// Also hides these addresses of the gateway (those of its origin-side interface),
+    /// the public address excepted.
+    pub fn hiding_gateway_addresses(mut self, addresses: impl IntoIterator<Item = IpAddr>) -> Self {
+        for ip in addresses {
+            hide_gateway_address(&mut self.scrubber, &self.service, ip);
+        }
+        self
+    }
+
+    /// The scrubber for a session whose control connection to the origin comes from
+    /// `local`: the address the origin sees it connected from (vsftpd's STAT shows it).
+    pub fn session_scrubber(&self, local: IpAddr) -> Scrubber {
+        let mut scrubber = self.scrubber.clone();
+        hide_gateway_address(&mut scrubber, &self.service, local);
+        scrubber
     }
 
     /// The sessions open now, oldest first.
@@ -63,6 +90,15 @@ impl ServiceContext {
             .collect();
         v.sort_by_key(|(id, _)| *id);
         v
+    }
+}
+
+/// Hides an address of the gateway's, unless it is the public address (a gateway with one
+/// address on both sides shows the origin what clients know anyway) or says nothing.
+fn hide_gateway_address(scrubber: &mut Scrubber, service: &Service, ip: IpAddr) {
+    let ip = ip.to_canonical();
+    if ip != IpAddr::V4(service.public_ip()) && !ip.is_unspecified() {
+        scrubber.hide_address(ip);
     }
 }
 
