@@ -172,3 +172,110 @@ async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr) {
     let reply = b"421 Too many connections, try again later.\r\n";
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(reply)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        config::Config,
+        dataplane::{
+            ActiveGrant, ActiveRequest, LeaseError, LeaseGrant, LeaseId, LeaseInfo, LeaseRequest,
+            Snapshot,
+        },
+    };
+
+    /// A dataplane that only tells its origin-side address.
+    struct OriginSide(Option<Ipv4Addr>);
+
+    impl Dataplane for OriginSide {
+        fn install(&self, _: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
+            Err(LeaseError::TableFull)
+        }
+        fn install_active(&self, _: ActiveRequest) -> Result<ActiveGrant, LeaseError> {
+            Err(LeaseError::TableFull)
+        }
+        fn revoke(&self, _: LeaseId) {}
+        fn snapshot(&self) -> Snapshot {
+            Snapshot::default()
+        }
+        fn leases(&self) -> Vec<LeaseInfo> {
+            Vec::new()
+        }
+        fn origin_side_ip(&self) -> Option<Ipv4Addr> {
+            self.0
+        }
+    }
+
+    fn context(origin_side: Option<Ipv4Addr>) -> ServiceContext {
+        let config = Config::parse(
+            r#"
+[[service]]
+name = "ftp"
+listen = "203.0.113.1:21"
+origin = "198.51.100.2:21"
+data_ports = "40000-40099"
+dataplane = "userspace"
+hide_addresses = ["10.0.0.5"]
+hide_names = ["ftp.internal.example"]
+"#,
+        )
+        .unwrap();
+        ServiceContext::new(
+            config.services().next().unwrap().clone(),
+            Arc::new(OriginSide(origin_side)),
+            Arc::new(Semaphore::new(1)),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn scrubbed(scrubber: &Scrubber, line: &str) -> String {
+        String::from_utf8(scrubber.scrub(line.as_bytes()).into_owned()).unwrap()
+    }
+
+    #[test]
+    fn replies_lose_every_internal_address_and_name() {
+        let ctx = context(Some(Ipv4Addr::new(198, 51, 100, 1))).hiding_gateway_addresses(
+            ["198.51.100.3", "fe80::1", "203.0.113.1", "0.0.0.0"].map(|a| a.parse().unwrap()),
+        );
+        let s = ctx.session_scrubber("::ffff:198.51.100.4".parse().unwrap());
+        assert_eq!(s.replacement(), Ipv4Addr::new(203, 0, 113, 1));
+        let cases = [
+            // The origin's addresses and name.
+            ("[198.51.100.2] 10.0.0.5", "[203.0.113.1] 203.0.113.1"),
+            ("FTP.internal.example ready", "203.0.113.1 ready"),
+            // The dataplane's origin-side address, the interface's, the session's own.
+            ("Connected to 198.51.100.1", "Connected to 203.0.113.1"),
+            (
+                "198,51,100,3,4,5 [fe80::1]",
+                "203,0,113,1,4,5 [203.0.113.1]",
+            ),
+            ("Connected from 198.51.100.4", "Connected from 203.0.113.1"),
+            // The public address is what clients see anyway.
+            ("203.0.113.1 0.0.0.0", "203.0.113.1 0.0.0.0"),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(scrubbed(&s, line), expected);
+        }
+        // A session's address stays its own.
+        let other = ctx.session_scrubber("198.51.100.5".parse().unwrap());
+        assert_eq!(scrubbed(&other, "198.51.100.4"), "198.51.100.4");
+    }
+
+    #[test]
+    fn a_gateway_with_one_address_keeps_it() {
+        let ctx = context(Some(Ipv4Addr::new(203, 0, 113, 1)));
+        let s = ctx.session_scrubber("203.0.113.1".parse().unwrap());
+        assert_eq!(s.replacement(), Ipv4Addr::new(203, 0, 113, 1));
+        assert_eq!(
+            scrubbed(&s, "Connected to 203.0.113.1"),
+            "Connected to 203.0.113.1"
+        );
+        let s = context(None).session_scrubber("198.51.100.1".parse().unwrap());
+        assert_eq!(
+            scrubbed(&s, "Connected to 198.51.100.1"),
+            "Connected to 203.0.113.1"
+        );
+    }
+}
