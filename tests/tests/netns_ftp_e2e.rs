@@ -14,6 +14,7 @@ use ftp_guard_tests::{
         DataMode, curl_download, curl_list, curl_resume_download, curl_upload, ftplib_run, lftp_run,
     },
     ftp_servers::ServerKind,
+    gateway::RunningGateway,
     netns::{self, CLIENT, GATEWAY, ORIGIN},
     require_privileged,
     scenario::{Control, Env, VIP, assert_same, connect_from},
@@ -777,4 +778,39 @@ fn active_mode_can_be_turned_off() {
     )
     .unwrap();
     assert!(!run.status.success(), "{}", run.describe());
+}
+
+/// Without `origin_interface`, the programs attach only to the client side: if the origin
+/// is reached through another interface, its data packets would come back un-NATed and
+/// every transfer would hang. ftp-guard refuses to start instead, naming the interface.
+#[test]
+fn origin_side_off_the_attach_points_is_refused() {
+    if !require_privileged() {
+        return;
+    }
+    let topo = ftp_guard_tests::scenario::standard_topology("noorig").unwrap();
+    let origin = SocketAddrV4::new(netns::ORIGIN_IP, 21);
+    let config = format!(
+        "[[service]]\nname = \"e2e\"\nlisten = \"{}:21\"\norigin = \"{origin}\"\n\
+         data_ports = \"40000-40099\"\nclient_interface = \"{}\"\n",
+        netns::GATEWAY_PUBLIC_IP,
+        netns::GATEWAY_PUBLIC_IF
+    );
+    let err = match RunningGateway::start(&topo, &config) {
+        Ok(_) => panic!("a gateway that cannot carry data connections started"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.ends_with(&format!(
+            "service `e2e`: the origin {} is reached through `{}` (the gateway's address {} \
+             is there), but the kernel data path would attach only to `{}`: set \
+             origin_interface = \"{}\"",
+            netns::ORIGIN_IP,
+            netns::GATEWAY_PRIVATE_IF,
+            netns::GATEWAY_PRIVATE_IP,
+            netns::GATEWAY_PUBLIC_IF,
+            netns::GATEWAY_PRIVATE_IF
+        )),
+        "{err}"
+    );
 }

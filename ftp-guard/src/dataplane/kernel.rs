@@ -606,6 +606,9 @@ pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> 
                 )
             })?,
         };
+        if s.origin_interface.is_none() {
+            check_origin_side_attached(s, nat_ip)?;
+        }
         nat_ips.push((s.name.clone(), nat_ip));
         ranges.push(ProtectedRange {
             public_ip: s.public_ip(),
@@ -663,29 +666,45 @@ pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> 
     Ok(())
 }
 
+/// Without `origin_interface` the programs are attached only to `client_interface`: the
+/// origin's side of every data connection must arrive there too, or its packets reach the
+/// stack un-NATed and the transfer hangs. Refuses the configuration when the gateway's
+/// origin-side address lives on another interface.
+fn check_origin_side_attached(s: &crate::config::Service, nat_ip: Ipv4Addr) -> anyhow::Result<()> {
+    let holders: Vec<String> = super::host_addresses()?
+        .into_iter()
+        .filter(|(_, a)| *a == Some(std::net::IpAddr::V4(nat_ip)))
+        .map(|(name, _)| name)
+        .collect();
+    let attached = s.interfaces();
+    if holders.is_empty() || holders.iter().any(|h| attached.contains(&h.as_str())) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "service `{}`: the origin {} is reached through `{}` (the gateway's address {nat_ip} \
+         is there), but the kernel data path would attach only to `{}`: set \
+         origin_interface = \"{}\"",
+        s.name,
+        s.origin.ip(),
+        holders[0],
+        attached.join("`, `"),
+        holders[0]
+    )
+}
+
 /// Every IPv6 address of this host (namespace), link-local ones included.
 fn local_ipv6_addresses() -> Vec<std::net::Ipv6Addr> {
+    let all = super::host_addresses().unwrap_or_else(|e| {
+        warn!(error = %e, "cannot list the host's IPv6 addresses");
+        Vec::new()
+    });
     let mut out = Vec::new();
-    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills a list we free below; entries are read while it lives.
-    unsafe {
-        if libc::getifaddrs(&mut addrs) != 0 {
-            warn!(error = %std::io::Error::last_os_error(), "cannot list the host's IPv6 addresses");
-            return out;
+    for (_, addr) in all {
+        if let Some(std::net::IpAddr::V6(ip)) = addr
+            && !out.contains(&ip)
+        {
+            out.push(ip);
         }
-        let mut cur = addrs;
-        while !cur.is_null() {
-            let a = (*cur).ifa_addr;
-            if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET6 {
-                let sin6 = &*(a as *const libc::sockaddr_in6);
-                let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                if !out.contains(&ip) {
-                    out.push(ip);
-                }
-            }
-            cur = (*cur).ifa_next;
-        }
-        libc::freeifaddrs(addrs);
     }
     out
 }

@@ -142,13 +142,28 @@ pub fn origin_side_ip(origin: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
 
 /// The addresses (IPv4 and IPv6) configured on `interface` now.
 pub fn interface_addresses(interface: &str) -> std::io::Result<Vec<IpAddr>> {
+    let all = host_addresses()?;
+    if !all.iter().any(|(name, _)| name == interface) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no interface `{interface}`"),
+        ));
+    }
+    Ok(all
+        .into_iter()
+        .filter_map(|(name, a)| (name == interface).then_some(a).flatten())
+        .collect())
+}
+
+/// Every interface of this host (network namespace) with each of its addresses (IPv4 and
+/// IPv6); an interface without any appears once with `None`.
+pub fn host_addresses() -> std::io::Result<Vec<(String, Option<IpAddr>)>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: a valid out-pointer; the list is freed below.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let mut found = false;
-    let mut addresses = Vec::new();
+    let mut out = Vec::new();
     let mut entry = list;
     while !entry.is_null() {
         // SAFETY: `entry` is a node of the list getifaddrs returned, not freed yet; its
@@ -157,37 +172,28 @@ pub fn interface_addresses(interface: &str) -> std::io::Result<Vec<IpAddr>> {
         unsafe {
             let ifa = &*entry;
             entry = ifa.ifa_next;
-            if std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != interface.as_bytes() {
-                continue;
-            }
-            found = true;
-            let Some(addr) = ifa.ifa_addr.as_ref() else {
-                continue;
-            };
-            match i32::from(addr.sa_family) {
-                libc::AF_INET => {
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
+                .to_string_lossy()
+                .into_owned();
+            let addr = match ifa.ifa_addr.as_ref().map(|a| i32::from(a.sa_family)) {
+                Some(libc::AF_INET) => {
                     let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
-                    addresses.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
                         sin.sin_addr.s_addr,
-                    ))));
+                    ))))
                 }
-                libc::AF_INET6 => {
+                Some(libc::AF_INET6) => {
                     let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
-                    addresses.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
                 }
-                _ => {}
-            }
+                _ => None,
+            };
+            out.push((name, addr));
         }
     }
     // SAFETY: the list from getifaddrs above, freed once.
     unsafe { libc::freeifaddrs(list) };
-    if !found {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("no interface `{interface}`"),
-        ));
-    }
-    Ok(addresses)
+    Ok(out)
 }
 
 #[cfg(test)]
