@@ -122,7 +122,9 @@ pub struct LeaseValue {
     /// Interface that leads to the target (host order), used until the target's own
     /// packets show the way; 0 = unknown (the FIB decides).
     pub target_ifindex: u32,
-    pub _pad: u32,
+    /// Largest TCP MSS the connection's SYNs may announce (host order); 0 = no clamping.
+    pub mss_max: u16,
+    pub _pad: u16,
 }
 
 /// A TCP connection as seen arriving at the gateway (one direction).
@@ -168,7 +170,9 @@ pub struct FlowValue {
     pub dst_mac: [u8; 6],
     /// The gateway's own MAC on the egress interface (valid with [`FLOW_L2`]).
     pub src_mac: [u8; 6],
-    pub _pad: u32,
+    /// Largest TCP MSS a SYN this way may announce (host order); 0 = no clamping.
+    pub mss_max: u16,
+    pub _pad: u16,
     pub packets: u64,
     /// IP bytes (header included) that passed this way.
     pub bytes: u64,

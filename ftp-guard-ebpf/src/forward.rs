@@ -26,6 +26,7 @@ use ftp_guard_common::{Counter, FLOW_FIN, FLOW_L2, FLOW_RST, FlowValue};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
 use crate::{
+    csum,
     guard::Hit,
     maps::TX_PORTS,
     nat,
@@ -172,6 +173,10 @@ pub fn xdp(ctx: &XdpContext, hit: &Hit, icmp: bool) -> (u32, Counter) {
             account(flow, ip, &*hit.tcp);
             let old = nat::rewrite(hit.ip, hit.tcp, flow);
             nat::complete_checksum(hit.tcp, &old, flow);
+            if let Some((old, new)) = nat::clamp_mss(ctx, hit.l4_offset, hit.tcp, flow.mss_max) {
+                let check = &mut (*hit.tcp).check;
+                *check = csum::replace16(u16::from_ne_bytes(*check), old, new).to_ne_bytes();
+            }
         }
     }
     nat::decrement_ttl(ip);
@@ -211,11 +216,13 @@ pub fn tc(ctx: &TcContext, hit: &Hit, icmp: bool) -> (i32, Counter) {
         return (TC_ACT_SHOT as i32, Counter::DropTtl);
     }
     let mut replaced = None;
+    let mut mss = None;
     if !icmp {
         // SAFETY: a TCP hit has a complete TCP header.
         unsafe {
             account(flow, ip, &*hit.tcp);
             replaced = Some(nat::rewrite(hit.ip, hit.tcp, flow));
+            mss = nat::clamp_mss(ctx, hit.l4_offset, hit.tcp, flow.mss_max);
         }
     }
     if redirect {
@@ -246,6 +253,10 @@ pub fn tc(ctx: &TcContext, hit: &Hit, icmp: bool) -> (i32, Counter) {
             })
             .and_then(|_| {
                 ctx.l4_csum_replace(at, u64::from(old.ports), u64::from(nat::new_ports(flow)), 4)
+            })
+            .and_then(|_| match mss {
+                Some((old, new)) => ctx.l4_csum_replace(at, u64::from(old), u64::from(new), 2),
+                None => Ok(()),
             });
         if ok.is_err() {
             return (TC_ACT_SHOT as i32, Counter::DropTruncated);

@@ -315,6 +315,7 @@ fn claim(
         new_dst_port_be: lease.target_port_be,
         reverse: reverse_key,
         egress_ifindex: lease.target_ifindex,
+        mss_max: lease.mss_max,
         flags: if link.is_some() {
             FLOW_CLAIMER | FLOW_PAIR_L2
         } else {
@@ -330,6 +331,7 @@ fn claim(
         new_dst_port_be: key.src_port_be,
         reverse: *key,
         egress_ifindex: ingress_ifindex,
+        mss_max: lease.mss_max,
         last_seen_ns: now,
         ..FlowValue::default()
     };

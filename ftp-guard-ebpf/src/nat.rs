@@ -12,7 +12,13 @@
 use ftp_guard_common::FlowValue;
 use network_types::{ip::Ipv4Hdr, tcp::TcpHdr};
 
-use crate::csum;
+use crate::{
+    csum,
+    packet::{Packet, ptr_at},
+};
+
+/// TCP option kind and length of the maximum segment size.
+const TCPOPT_MSS: [u8; 2] = [2, 4];
 
 /// What a rewrite replaced, as the words lie in the packet (native loads of network-order
 /// bytes): for the checksum updates that follow it.
@@ -99,6 +105,41 @@ pub unsafe fn looks_partial(ip: *const Ipv4Hdr, tcp: *const TcpHdr) -> bool {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     u16::from_ne_bytes(tcp.check) == sum as u16
+}
+
+/// Lowers the MSS a SYN announces to `max` (so that neither side sends segments larger
+/// than the gateway's smaller interface can carry: a redirected packet too large for its
+/// egress is dropped without an ICMP error). Looks at the first option only, where
+/// stacks put the MSS. Returns the 16-bit word replaced (old, new) for the checksum.
+///
+/// # Safety
+/// `tcp` must point to a complete header at `l4_offset` inside the packet.
+#[inline(always)]
+pub unsafe fn clamp_mss<P: Packet>(
+    p: &P,
+    l4_offset: usize,
+    tcp: *const TcpHdr,
+    max: u16,
+) -> Option<(u16, u16)> {
+    // SAFETY: the caller guarantees the header is in bounds.
+    let t = unsafe { &*tcp };
+    if max == 0 || t.syn() == 0 || t.doff() < 6 {
+        return None;
+    }
+    let option = ptr_at::<[u8; 4], P>(p, l4_offset + TcpHdr::LEN)?;
+    // SAFETY: bounds checked by ptr_at.
+    let option = unsafe { &mut *option };
+    if option[0] != TCPOPT_MSS[0] || option[1] != TCPOPT_MSS[1] {
+        return None;
+    }
+    if u16::from_be_bytes([option[2], option[3]]) <= max {
+        return None;
+    }
+    let old = u16::from_ne_bytes([option[2], option[3]]);
+    let new = max.to_be_bytes();
+    option[2] = new[0];
+    option[3] = new[1];
+    Some((old, u16::from_ne_bytes(new)))
 }
 
 /// Decrements the TTL (a router's duty when the program forwards by itself); false when it

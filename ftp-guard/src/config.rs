@@ -75,6 +75,10 @@ pub struct Service {
     /// driver mode on NICs).
     #[serde(default)]
     pub kernel_hook: KernelHook,
+    /// Kernel data path: the largest MSS data connections' SYNs may announce: `"auto"`
+    /// (the smallest MTU of the attach points minus 40), `"off"`, or a number.
+    #[serde(default)]
+    pub data_mss: DataMss,
     /// Kernel data path: seconds a data connection may stay silent before it is removed.
     #[serde(default = "defaults::data_idle_timeout_secs")]
     pub data_idle_timeout_secs: u64,
@@ -109,6 +113,22 @@ pub struct Service {
     /// Seconds of silence before TCP keepalive probes start, on both legs.
     #[serde(default = "defaults::keepalive_secs")]
     pub keepalive_secs: u64,
+}
+
+/// [`Service::data_mss`]: MSS clamping on data connections' SYNs.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum DataMss {
+    /// At most this many bytes.
+    Fixed(u16),
+    /// `"auto"` or `"off"` (checked by `validate`).
+    Word(String),
+}
+
+impl Default for DataMss {
+    fn default() -> Self {
+        DataMss::Word("auto".into())
+    }
 }
 
 /// How a service carries data connections.
@@ -326,6 +346,23 @@ impl Service {
     pub fn data_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.data_idle_timeout_secs)
     }
+    /// The MSS clamp in force for data connections (0: none). `auto` reads the attach
+    /// points' MTUs now (in the caller thread's network namespace).
+    pub fn data_mss_max(&self) -> u16 {
+        match &self.data_mss {
+            DataMss::Fixed(n) => *n,
+            DataMss::Word(w) if w == "off" => 0,
+            DataMss::Word(_) => self
+                .interfaces()
+                .into_iter()
+                .filter_map(crate::kernel::interface_mtu)
+                .min()
+                .map_or(0, |mtu| {
+                    mtu.saturating_sub(40).min(u32::from(u16::MAX)) as u16
+                }),
+        }
+    }
+
     /// The interfaces the kernel data path attaches to (client side first, no duplicate).
     pub fn interfaces(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.client_interface.iter().map(String::as_str).collect();
@@ -389,6 +426,21 @@ impl Config {
             };
             if s.name.trim().is_empty() {
                 return Err(at("name", "must not be empty".into()));
+            }
+            match &s.data_mss {
+                DataMss::Fixed(n) if !(536..=9000).contains(n) => {
+                    return Err(at(
+                        "data_mss",
+                        format!("{n} is outside 536..=9000 (or use \"auto\" or \"off\")"),
+                    ));
+                }
+                DataMss::Word(w) if w != "auto" && w != "off" => {
+                    return Err(at(
+                        "data_mss",
+                        format!("`{w}`: use \"auto\", \"off\" or a number"),
+                    ));
+                }
+                _ => {}
             }
             if !names.insert(s.name.as_str()) {
                 return Err(at("name", "another service has this name".into()));
@@ -600,6 +652,25 @@ client_interface = "eth0"
                 assert!(err.contains(w), "{to}: error `{err}` lacks `{w}`");
             }
         }
+    }
+
+    #[test]
+    fn data_mss_is_auto_off_or_a_sane_number() {
+        let with = |v: &str| Config::parse(&format!("{MINIMAL}data_mss = {v}\n"));
+        let s = Config::parse(MINIMAL).unwrap();
+        assert_eq!(s.services().next().unwrap().data_mss, DataMss::default());
+        let off = with("\"off\"").unwrap();
+        assert_eq!(off.services().next().unwrap().data_mss_max(), 0);
+        let fixed = with("1400").unwrap();
+        assert_eq!(fixed.services().next().unwrap().data_mss_max(), 1400);
+        assert_eq!(
+            with("100").unwrap_err(),
+            "line 2: service `ftp`: data_mss: 100 is outside 536..=9000 (or use \"auto\" or \"off\")"
+        );
+        assert_eq!(
+            with("\"big\"").unwrap_err(),
+            "line 2: service `ftp`: data_mss: `big`: use \"auto\", \"off\" or a number"
+        );
     }
 
     #[test]

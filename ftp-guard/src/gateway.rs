@@ -151,6 +151,7 @@ impl Gateway {
                             .as_deref()
                             .and_then(crate::kernel::interface_index)
                             .unwrap_or(0),
+                        mss_max: service.data_mss_max(),
                     },
                 )
             }

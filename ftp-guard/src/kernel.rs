@@ -182,6 +182,8 @@ pub enum LeaseAction {
         /// The interface that leads to `target` (0: unknown, the FIB decides): where the
         /// connection's first packet leaves; later ones follow where the target's come from.
         target_ifindex: u32,
+        /// Largest MSS the connection's SYNs may announce (0: no clamping).
+        mss_max: u16,
     },
 }
 
@@ -556,6 +558,7 @@ impl Kernel {
                 source,
                 deadline_ns,
                 target_ifindex,
+                mss_max,
             } => LeaseValue {
                 target_addr_be: be32(*target.ip()),
                 source_addr_be: be32(*source.ip()),
@@ -564,6 +567,7 @@ impl Kernel {
                 kind: LEASE_NAT,
                 expires_ns: deadline_ns,
                 target_ifindex,
+                mss_max,
                 _pad: 0,
             },
         };
@@ -765,6 +769,31 @@ pub fn driver_name(interface: &str) -> Option<String> {
     }
     let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// The MTU of `interface` (SIOCGIFMTU, in the caller thread's network namespace).
+pub fn interface_mtu(interface: &str) -> Option<u32> {
+    const SIOCGIFMTU: libc::c_ulong = 0x8921;
+    if interface.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: a plain C struct, zero is a valid start.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(interface.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: a socket we own and close, a valid request.
+    let ok = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let rc = libc::ioctl(fd, SIOCGIFMTU as _, &mut req);
+        libc::close(fd);
+        rc == 0
+    };
+    // SAFETY: SIOCGIFMTU filled the union's mtu member.
+    ok.then(|| unsafe { req.ifr_ifru.ifru_mtu } as u32)
 }
 
 /// The index of `interface` in the caller's network namespace, if it exists.

@@ -59,6 +59,7 @@ fn nat_lease(port: u16, deadline_ns: u64) -> Lease {
             source: sa(NAT, port),
             deadline_ns,
             target_ifindex: 0,
+            mss_max: 0,
         },
     }
 }
@@ -412,6 +413,7 @@ fn active_mode_both_directions_from_port_20() {
                     source: sa(PUBLIC, 20),
                     deadline_ns: far_future(),
                     target_ifindex: 0,
+                    mss_max: 0,
                 },
             })
             .unwrap();
@@ -577,4 +579,68 @@ fn icmp_frag_needed(src: Ipv4Addr, dst: Ipv4Addr, packet: &[u8], mtu: u16) -> Ve
     frame.protocol = 1;
     frame.payload = icmp;
     frame.build()
+}
+
+/// A SYN (from `src` to `dst`) whose first TCP option announces `mss`.
+fn syn_with_mss(src: SocketAddrV4, dst: SocketAddrV4, tcp_flags: u8, mss: u16) -> Vec<u8> {
+    let mut seg = packet::tcp_segment(src, dst, tcp_flags, &[]);
+    seg[12] = 6 << 4; // data offset: 6 words
+    seg.extend_from_slice(&[2, 4]);
+    seg.extend_from_slice(&mss.to_be_bytes());
+    seg[16..18].copy_from_slice(&[0, 0]);
+    let sum = packet::transport_checksum(*src.ip(), *dst.ip(), packet::PROTO_TCP, &seg);
+    seg[16..18].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = Ipv4Frame::tcp(src, dst, tcp_flags, &[]);
+    frame.payload = seg;
+    frame.build()
+}
+
+/// The MSS a frame built by [`syn_with_mss`] announces.
+fn mss_of(frame: &[u8]) -> u16 {
+    let at = packet::ETH_HLEN + 20 + 20 + 2;
+    u16::from_be_bytes([frame[at], frame[at + 1]])
+}
+
+/// Both SYNs of a data connection announce at most the lease's MSS (the gateway's smaller
+/// MTU minus 40), with valid checksums, through TC and through XDP; a smaller MSS and
+/// packets other than SYNs are left alone.
+#[test]
+fn syns_announce_at_most_the_clamped_mss() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let mut lease = nat_lease(PORT, far_future());
+        let LeaseAction::Nat { mss_max, .. } = &mut lease.action else {
+            unreachable!()
+        };
+        *mss_max = 1240;
+        let mut kernel = kernel_with(MapSizes::default(), &[lease]);
+        kernel.allow_xdp_redirect("lo").unwrap();
+        let (client, public) = (sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT));
+        let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
+
+        let syn = syn_with_mss(client, public, flags::SYN, 1460);
+        let (action, out, _) = run_tc(&kernel, &syn);
+        assert_eq!(action, TC_ACT_OK);
+        assert_eq!(mss_of(&out), 1240);
+        let p = parse_tcp(&out).unwrap();
+        assert_eq!((p.src, p.dst), (nat, origin));
+        assert!(p.ip_checksum_ok && p.tcp_checksum_ok, "{p:?}");
+
+        // The origin's SYN-ACK, by XDP (the way back is known from the SYN).
+        let syn_ack = syn_with_mss(origin, nat, flags::SYN | flags::ACK, 8960);
+        let (action, out, _) = run_xdp(&kernel, &syn_ack);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(mss_of(&out), 1240);
+        let p = parse_tcp(&out).unwrap();
+        assert_eq!((p.src, p.dst), (public, client));
+        assert!(p.ip_checksum_ok && p.tcp_checksum_ok, "{p:?}");
+
+        // Already small enough: unchanged (but NATed).
+        let retransmit = syn_with_mss(client, public, flags::SYN, 536);
+        let (_, out, _) = run_tc(&kernel, &retransmit);
+        assert_eq!(mss_of(&out), 536);
+        assert!(parse_tcp(&out).unwrap().tcp_checksum_ok);
+    });
 }

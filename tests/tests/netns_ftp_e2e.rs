@@ -814,3 +814,71 @@ fn origin_side_off_the_attach_points_is_refused() {
         "{err}"
     );
 }
+
+/// A link on the client's side that is smaller than the client believes (MTU 1280, while
+/// the client announces MSS 1460, as behind a tunnel): the origin's full-size segments,
+/// redirected by the program, would be dropped at the gateway's egress without any ICMP
+/// error. With `data_mss = "auto"` the gateway lowers the MSS in the data connection's
+/// SYNs to its smaller MTU minus 40, and the download completes; with clamping off it
+/// stalls (proving the test can fail).
+#[test]
+fn smaller_mtu_on_the_client_side_is_clamped() {
+    if !require_privileged() {
+        return;
+    }
+    let shrink = |topo: &netns::Topology| {
+        topo.run(GATEWAY, &["ip", "link", "set", "pub0", "mtu", "1280"])
+            .unwrap();
+        topo.run(CLIENT, &["ip", "link", "set", "eth0", "mtu", "1280"])
+            .unwrap();
+        for route in [
+            ["203.0.113.0/24", "dev", "eth0"],
+            ["default", "via", "203.0.113.1"],
+        ] {
+            let mut args = vec!["ip", "route", "change"];
+            args.extend(route);
+            args.extend(["advmss", "1460"]);
+            topo.run(CLIENT, &args).unwrap();
+        }
+    };
+    let mut env = Env::start_with(
+        "mtu",
+        ServerKind::Pyftpdlib,
+        "kernel",
+        shrink,
+        "pub0",
+        "priv0",
+    );
+    let remote = env.origin_file("mtu.bin", 4 << 20);
+    let local = env.local("mtu.bin");
+    curl_download(
+        env.client_ns(),
+        &env.login(),
+        "mtu.bin",
+        &local,
+        DataMode::Epsv,
+    )
+    .unwrap()
+    .success()
+    .unwrap();
+    assert_same(&remote, &local);
+
+    let previous = ftp_guard_tests::ftp_clients::client_timeout();
+    ftp_guard_tests::ftp_clients::set_client_timeout(Duration::from_secs(8));
+    env.reconfigure("kernel", "data_mss = \"off\"\n");
+    let _ = std::fs::remove_file(&local);
+    let unclamped = curl_download(
+        env.client_ns(),
+        &env.login(),
+        "mtu.bin",
+        &local,
+        DataMode::Epsv,
+    )
+    .unwrap();
+    ftp_guard_tests::ftp_clients::set_client_timeout(previous);
+    assert!(
+        !unclamped.status.success(),
+        "without clamping the transfer should have stalled: {}",
+        unclamped.describe()
+    );
+}

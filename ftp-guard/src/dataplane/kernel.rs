@@ -62,6 +62,8 @@ pub struct KernelSettings {
     /// The interface towards clients (0: unknown), where an active connection's first
     /// packet leaves.
     pub client_ifindex: u32,
+    /// Largest MSS a data connection's SYNs may announce (0: no clamping).
+    pub mss_max: u16,
 }
 
 /// Totals since start.
@@ -396,6 +398,7 @@ impl KernelDataplane {
                 source: t.source,
                 deadline_ns: monotonic_ns() + self.settings.lease_ttl.as_nanos() as u64,
                 target_ifindex,
+                mss_max: self.settings.mss_max,
             },
         };
         if let Err(e) = self.kernel().insert_lease(&lease) {
