@@ -792,8 +792,11 @@ pub fn interface_mtu(interface: &str) -> Option<u32> {
         libc::close(fd);
         rc == 0
     };
+    if !ok {
+        return None;
+    }
     // SAFETY: SIOCGIFMTU filled the union's mtu member.
-    ok.then(|| unsafe { req.ifr_ifru.ifru_mtu } as u32)
+    Some(unsafe { req.ifr_ifru.ifru_mtu } as u32)
 }
 
 /// The index of `interface` in the caller's network namespace, if it exists.
