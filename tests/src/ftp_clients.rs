@@ -373,6 +373,27 @@ pub fn curl_upload(
     )
 }
 
+/// One `curl` run fetching every file of `remotes` (relative to the login directory, no
+/// two with the same file name) into the directory `dest_dir`, under its own names
+/// (`--remote-name-all --output-dir`). curl reuses its control connection from one URL to
+/// the next: one login, one RETR after another.
+pub fn curl_download_many(
+    ns: &str,
+    login: &Login,
+    remotes: &[&str],
+    dest_dir: &Path,
+    mode: DataMode,
+) -> Result<ClientRun> {
+    let urls: Vec<String> = remotes.iter().map(|r| login.url(r)).collect();
+    let mut args: Vec<&OsStr> = vec![
+        "--remote-name-all".as_ref(),
+        "--output-dir".as_ref(),
+        dest_dir.as_os_str(),
+    ];
+    args.extend(urls.iter().map(OsStr::new));
+    curl(ns, login, mode, &args)
+}
+
 /// LIST of the directory `dir` ("" for the login directory); the listing is in `stdout`.
 pub fn curl_list(ns: &str, login: &Login, dir: &str, mode: DataMode) -> Result<ClientRun> {
     let dir = dir.trim_matches('/');
@@ -570,6 +591,30 @@ pub fn wget_resume_download(
         login,
         mode,
         &["-c".as_ref(), "-O".as_ref(), dest.as_os_str(), url.as_ref()],
+    )
+}
+
+/// `wget` of a glob URL (e.g. `many/f*.bin`: LIST, then a RETR of each match, all on one
+/// control connection) into the directory `dest_dir` (`-nd -P`), keeping the file names.
+pub fn wget_glob_download(
+    ns: &str,
+    login: &Login,
+    pattern: &str,
+    dest_dir: &Path,
+    mode: DataMode,
+) -> Result<ClientRun> {
+    let url = login.url(pattern);
+    wget(
+        ns,
+        login,
+        mode,
+        &[
+            "--glob=on".as_ref(),
+            "-nd".as_ref(),
+            "-P".as_ref(),
+            dest_dir.as_os_str(),
+            url.as_ref(),
+        ],
     )
 }
 

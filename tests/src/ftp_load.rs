@@ -3,8 +3,8 @@
 //! curl per session would measure curl. Errors are returned, never panicked, so a load run
 //! can count them.
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, SocketAddrV4, TcpStream},
+    io::{self, BufRead as _, BufReader, Read as _, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -21,19 +21,52 @@ pub struct Reply {
 pub struct FtpControl {
     reader: BufReader<TcpStream>,
     peer: SocketAddrV4,
+    /// The local address the control connection was bound to, if chosen: data connections
+    /// come from it too (a data connection from another address is not the client's).
+    source: Option<Ipv4Addr>,
+}
+
+/// A TCP connection to `addr`, from `source` (any port) when given.
+fn connect_tcp(
+    source: Option<Ipv4Addr>,
+    addr: SocketAddrV4,
+    timeout: Duration,
+) -> Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)
+            .with_context(|| format!("connecting to {addr}"));
+    };
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket
+        .bind(&SocketAddr::V4(SocketAddrV4::new(source, 0)).into())
+        .with_context(|| format!("binding to {source}"))?;
+    socket
+        .connect_timeout(&SocketAddr::V4(addr).into(), timeout)
+        .with_context(|| format!("connecting from {source} to {addr}"))?;
+    Ok(socket.into())
 }
 
 impl FtpControl {
     /// Connects and reads the 220 greeting.
     pub fn connect(addr: SocketAddrV4, timeout: Duration) -> Result<FtpControl> {
-        let stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)
-            .with_context(|| format!("connecting to {addr}"))?;
+        Self::connect_from(None, addr, timeout)
+    }
+
+    /// Connects from `source` (an address of this host; `None`: the kernel's choice) and
+    /// reads the 220 greeting. Data connections will come from `source` too.
+    pub fn connect_from(
+        source: Option<Ipv4Addr>,
+        addr: SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<FtpControl> {
+        let stream = connect_tcp(source, addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
         let mut control = FtpControl {
             reader: BufReader::new(stream),
             peer: addr,
+            source,
         };
         control.expect_reply(220).context("greeting")?;
         Ok(control)
@@ -46,7 +79,18 @@ impl FtpControl {
         password: &str,
         timeout: Duration,
     ) -> Result<FtpControl> {
-        let mut control = FtpControl::connect(addr, timeout)?;
+        Self::login_from(None, addr, user, password, timeout)
+    }
+
+    /// [`FtpControl::login`] from `source` (see [`FtpControl::connect_from`]).
+    pub fn login_from(
+        source: Option<Ipv4Addr>,
+        addr: SocketAddrV4,
+        user: &str,
+        password: &str,
+        timeout: Duration,
+    ) -> Result<FtpControl> {
+        let mut control = FtpControl::connect_from(source, addr, timeout)?;
         control.expect(&format!("USER {user}"), 331)?;
         control.expect(&format!("PASS {password}"), 230)?;
         control.expect("TYPE I", 200)?;
@@ -121,6 +165,12 @@ impl FtpControl {
     /// EPSV + RETR of `path`: returns the bytes received (the data connection goes to the
     /// control connection's address, as EPSV says).
     pub fn retr(&mut self, path: &str) -> Result<u64> {
+        self.retr_into(path, &mut io::sink())
+    }
+
+    /// EPSV + RETR of `path`, the bytes received written to `out`; returns their number.
+    /// The data connection comes from the control connection's source address.
+    pub fn retr_into(&mut self, path: &str, out: &mut impl Write) -> Result<u64> {
         let port = self.epsv()?;
         let data_addr = SocketAddrV4::new(*self.peer.ip(), port);
         let timeout = self
@@ -128,7 +178,7 @@ impl FtpControl {
             .get_ref()
             .read_timeout()?
             .unwrap_or(Duration::MAX);
-        let mut data = TcpStream::connect_timeout(&SocketAddr::V4(data_addr), timeout)
+        let mut data = connect_tcp(self.source, data_addr, timeout)
             .with_context(|| format!("data connection to {data_addr}"))?;
         data.set_read_timeout(Some(timeout))?;
         let mark = self.command(&format!("RETR {path}"))?;
@@ -144,6 +194,8 @@ impl FtpControl {
             if n == 0 {
                 break;
             }
+            out.write_all(&buf[..n])
+                .context("keeping the data received")?;
             total += n as u64;
         }
         self.expect_reply(226).context("end of transfer")?;

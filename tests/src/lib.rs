@@ -7,7 +7,9 @@
 //! - [`packet`]: builds Ethernet/IPv4/TCP frames with correct checksums for
 //!   `BPF_PROG_TEST_RUN` fixtures, and checks checksums of what a program emits.
 //! - [`netns`]: client / gateway / origin (and extra hosts) in network namespaces joined by
-//!   veths, for end-to-end tests.
+//!   veths, for end-to-end tests; or an ordinary gateway's network (bridges, forwarding off,
+//!   default offloads: [`netns::Topology::field`]).
+//! - [`pcap`]: `tcpdump` in a namespace, a pcap reader and a checksum audit of the capture.
 //! - [`gateway`]: ftp-guard itself running in-process in the gateway namespace.
 //! - [`scenario`]: topology + origin server + gateway, ready for an end-to-end test.
 pub mod fixture;
@@ -17,6 +19,7 @@ pub mod ftp_servers;
 pub mod gateway;
 pub mod netns;
 pub mod packet;
+pub mod pcap;
 pub mod scenario;
 
 /// Gate for tests that need root (BPF, netns). Returns false when the caller should skip.

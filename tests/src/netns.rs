@@ -9,6 +9,20 @@
 //!  <extra host> eth0 ────── <gw_if> (add_host)
 //! ```
 //!
+//! The field layout ([`Topology::field`]) is an ordinary gateway instead: Linux bridges as
+//! its attach points, each with a second host on it, IPv4 forwarding off, and every veth
+//! with the kernel's default offloads (checksum offload, TSO/GSO on; GRO off):
+//!
+//! ```text
+//!  client ns   eth0 203.0.113.2/24 ── cport0 ┐  gateway ns (ip_forward = 0)
+//!  client2 ns  eth0 203.0.113.3/24 ── cport1 ┴─ brc0 203.0.113.1/24
+//!                                               bro0 198.51.100.1/24 ─┬ oport0 ── eth0 198.51.100.2/24  origin ns
+//!                                                                     └ oport1 ── eth0 198.51.100.3/24  origin2 ns
+//! ```
+//!
+//! Every host has a default route via its bridge's address. `client2` and `origin2` are
+//! bystanders: with forwarding off they must not reach each other through the gateway.
+//!
 //! Namespaces are named `fgt-<pid>-<tag>-<role>`: unique per test process and test, and a
 //! later run can tell from the pid whether the owner is gone (crashed or killed) and sweep.
 use std::{
@@ -41,7 +55,38 @@ pub const GATEWAY_PRIVATE_IF: &str = "priv0";
 /// The interface of every non-gateway host.
 pub const HOST_IF: &str = "eth0";
 
+/// [`Topology::field`]: the second host on the client-side bridge.
+pub const CLIENT2: &str = "client2";
+/// [`Topology::field`]: the second host on the origin-side bridge.
+pub const ORIGIN2: &str = "origin2";
+/// [`Topology::field`]: the address of [`CLIENT2`].
+pub const CLIENT2_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 3);
+/// [`Topology::field`]: the address of [`ORIGIN2`].
+pub const ORIGIN2_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
+/// [`Topology::field`]: the client-side bridge, carrying [`GATEWAY_PUBLIC_IP`] (the VIP).
+pub const FIELD_CLIENT_BRIDGE: &str = "brc0";
+/// [`Topology::field`]: the origin-side bridge, carrying [`GATEWAY_PRIVATE_IP`].
+pub const FIELD_ORIGIN_BRIDGE: &str = "bro0";
+/// [`Topology::field`]: the gateway's ends of the veths of [`CLIENT`] and [`CLIENT2`],
+/// ports of [`FIELD_CLIENT_BRIDGE`].
+pub const FIELD_CLIENT_PORTS: [&str; 2] = ["cport0", "cport1"];
+/// [`Topology::field`]: the gateway's ends of the veths of [`ORIGIN`] and [`ORIGIN2`],
+/// ports of [`FIELD_ORIGIN_BRIDGE`].
+pub const FIELD_ORIGIN_PORTS: [&str; 2] = ["oport0", "oport1"];
+
 const NAME_PREFIX: &str = "fgt-";
+
+/// The offloads of a veth made by [`Topology::add_veth_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offloads {
+    /// `ethtool -K IF rx off tx off` on both ends: every checksum is computed and checked
+    /// for real (the standard layout).
+    ChecksumOff,
+    /// The kernel's defaults (rx/tx checksum, TSO, GSO on; GRO off): what a gateway meets in
+    /// the field. Senders pass CHECKSUM_PARTIAL skbs whose checksum nobody completes unless
+    /// a device without checksum offload transmits them.
+    Default,
+}
 
 /// A set of namespaces owned by this test. Dropping it kills what was spawned in them and
 /// deletes them (which deletes their veths).
@@ -94,6 +139,75 @@ impl Topology {
         Ok(topo)
     }
 
+    /// The field layout (see the module docs): an ordinary gateway rather than a test rig.
+    /// `gateway` has IPv4 forwarding off (`net.ipv4.ip_forward`, `conf.all.forwarding` and
+    /// `conf.default.forwarding` = 0, set before any interface exists) and two Linux bridges,
+    /// [`FIELD_CLIENT_BRIDGE`] and [`FIELD_ORIGIN_BRIDGE`], as its attach points; `client`
+    /// and `client2` hang on the first, `origin` and `origin2` on the second, through veths
+    /// whose offloads are the kernel's defaults (checksum offload on: senders hand out
+    /// CHECKSUM_PARTIAL skbs). Hosts route by default via their bridge's address.
+    pub fn field(tag: &str) -> Result<Self> {
+        let mut topo = Self::new(tag)?;
+        topo.add_namespace(GATEWAY)?;
+        for key in [
+            "net.ipv4.ip_forward",
+            "net.ipv4.conf.all.forwarding",
+            "net.ipv4.conf.default.forwarding",
+        ] {
+            topo.sysctl(GATEWAY, key, "0")?;
+        }
+        for (bridge, cidr) in [
+            (FIELD_CLIENT_BRIDGE, format!("{GATEWAY_PUBLIC_IP}/24")),
+            (FIELD_ORIGIN_BRIDGE, format!("{GATEWAY_PRIVATE_IP}/24")),
+        ] {
+            // `name` first: `ip link add bro0 ...` would parse `bro…` as `broadcast`.
+            topo.run(
+                GATEWAY,
+                &["ip", "link", "add", "name", bridge, "type", "bridge"],
+            )?;
+            topo.add_address(GATEWAY, bridge, &cidr)?;
+            topo.run(GATEWAY, &["ip", "link", "set", bridge, "up"])?;
+        }
+        let hosts = [
+            (
+                CLIENT,
+                CLIENT_IP,
+                FIELD_CLIENT_PORTS[0],
+                FIELD_CLIENT_BRIDGE,
+                GATEWAY_PUBLIC_IP,
+            ),
+            (
+                CLIENT2,
+                CLIENT2_IP,
+                FIELD_CLIENT_PORTS[1],
+                FIELD_CLIENT_BRIDGE,
+                GATEWAY_PUBLIC_IP,
+            ),
+            (
+                ORIGIN,
+                ORIGIN_IP,
+                FIELD_ORIGIN_PORTS[0],
+                FIELD_ORIGIN_BRIDGE,
+                GATEWAY_PRIVATE_IP,
+            ),
+            (
+                ORIGIN2,
+                ORIGIN2_IP,
+                FIELD_ORIGIN_PORTS[1],
+                FIELD_ORIGIN_BRIDGE,
+                GATEWAY_PRIVATE_IP,
+            ),
+        ];
+        for (role, ip, port, bridge, via) in hosts {
+            topo.add_namespace(role)?;
+            topo.add_veth_with(role, HOST_IF, GATEWAY, port, Offloads::Default)?;
+            topo.run(GATEWAY, &["ip", "link", "set", port, "master", bridge])?;
+            topo.add_address(role, HOST_IF, &format!("{ip}/24"))?;
+            topo.add_default_route(role, &via.to_string())?;
+        }
+        Ok(topo)
+    }
+
     /// Adds namespace `role` joined to the gateway by a veth: `eth0` with `host_cidr` in the
     /// new namespace, `gw_if` with `gw_cidr` in the gateway, and a default route via the
     /// gateway address. E.g. `add_host("attacker", "pub1", "192.0.2.1/24", "192.0.2.66/24")`.
@@ -132,10 +246,24 @@ impl Topology {
     /// A veth pair `if_a` (in `role_a`) ↔ `if_b` (in `role_b`), created directly inside the
     /// namespaces (never in the root one), checksum offload off on both ends, both up.
     pub fn add_veth(&self, role_a: &str, if_a: &str, role_b: &str, if_b: &str) -> Result<()> {
-        require_program(
-            "ethtool",
-            "it turns veth checksum offload off; `cargo xtask setup` installs it",
-        )?;
+        self.add_veth_with(role_a, if_a, role_b, if_b, Offloads::ChecksumOff)
+    }
+
+    /// [`Topology::add_veth`] with a choice of offloads.
+    pub fn add_veth_with(
+        &self,
+        role_a: &str,
+        if_a: &str,
+        role_b: &str,
+        if_b: &str,
+        offloads: Offloads,
+    ) -> Result<()> {
+        if offloads == Offloads::ChecksumOff {
+            require_program(
+                "ethtool",
+                "it turns veth checksum offload off; `cargo xtask setup` installs it",
+            )?;
+        }
         let (ns_a, ns_b) = (self.ns_name(role_a), self.ns_name(role_b));
         run_checked(Command::new("ip").args([
             "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b, "netns", ns_b,
@@ -144,7 +272,9 @@ impl Topology {
             // With offload on, a veth hands the peer CHECKSUM_PARTIAL skbs whose checksums
             // nobody verifies: a data path that rewrites packets with a broken checksum
             // would still pass. Off, every checksum is computed and checked for real.
-            self.run(role, &["ethtool", "-K", ifname, "rx", "off", "tx", "off"])?;
+            if offloads == Offloads::ChecksumOff {
+                self.run(role, &["ethtool", "-K", ifname, "rx", "off", "tx", "off"])?;
+            }
             run_checked(Command::new("ip").args([
                 "-n",
                 self.ns_name(role),
@@ -189,6 +319,12 @@ impl Topology {
     pub fn sysctl(&self, role: &str, key: &str, value: &str) -> Result<()> {
         self.run(role, &["sysctl", "-qw", &format!("{key}={value}")])
             .map(drop)
+    }
+
+    /// Reads a (per-namespace) sysctl in `role`, e.g. `net.ipv4.ip_forward` → `"0"`.
+    pub fn sysctl_value(&self, role: &str, key: &str) -> Result<String> {
+        let out = self.run(role, &["sysctl", "-n", key])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     /// The namespace name of `role`. Panics on an unknown role (a bug in the test).
@@ -526,6 +662,70 @@ mod tests {
                 assert!(features.contains(feature), "{role}/{ifname}: {features}");
             }
         }
+    }
+
+    /// The field layout: forwarding off, bridges with both hosts enslaved, default
+    /// offloads; hosts reach their bridge's address, but not each other across the gateway.
+    #[test]
+    fn field_topology_is_an_ordinary_gateway() {
+        if !require_privileged() {
+            return;
+        }
+        let topo = Topology::field("unit-field").unwrap();
+        assert_eq!(
+            topo.roles().collect::<Vec<_>>(),
+            [GATEWAY, CLIENT, CLIENT2, ORIGIN, ORIGIN2]
+        );
+        for key in [
+            "net.ipv4.ip_forward",
+            "net.ipv4.conf.all.forwarding",
+            "net.ipv4.conf.brc0.forwarding",
+            "net.ipv4.conf.bro0.forwarding",
+        ] {
+            assert_eq!(topo.sysctl_value(GATEWAY, key).unwrap(), "0", "{key}");
+        }
+        for (bridge, ports) in [
+            (FIELD_CLIENT_BRIDGE, FIELD_CLIENT_PORTS),
+            (FIELD_ORIGIN_BRIDGE, FIELD_ORIGIN_PORTS),
+        ] {
+            let out = topo
+                .run(GATEWAY, &["ip", "-o", "link", "show", "master", bridge])
+                .unwrap();
+            let links = String::from_utf8_lossy(&out.stdout);
+            for port in ports {
+                assert!(links.contains(&format!("{port}@")), "{bridge}: {links}");
+            }
+        }
+        for (role, ifname) in [
+            (CLIENT, HOST_IF),
+            (ORIGIN2, HOST_IF),
+            (GATEWAY, FIELD_CLIENT_PORTS[0]),
+            (GATEWAY, FIELD_ORIGIN_PORTS[1]),
+        ] {
+            let out = topo.run(role, &["ethtool", "-k", ifname]).unwrap();
+            let features = String::from_utf8_lossy(&out.stdout);
+            for feature in ["rx-checksumming: on", "tx-checksumming: on"] {
+                assert!(features.contains(feature), "{role}/{ifname}: {features}");
+            }
+        }
+        for (role, target) in [
+            (CLIENT, GATEWAY_PUBLIC_IP),
+            (CLIENT2, GATEWAY_PUBLIC_IP),
+            (ORIGIN, GATEWAY_PRIVATE_IP),
+            (ORIGIN2, GATEWAY_PRIVATE_IP),
+        ] {
+            topo.run(role, &["ping", "-c", "1", "-W", "2", &target.to_string()])
+                .unwrap();
+        }
+        let listener = topo.in_ns(ORIGIN2, || TcpListener::bind((ORIGIN2_IP, 0)).unwrap());
+        let target = listener.local_addr().unwrap();
+        let crossed = topo.in_ns(CLIENT2, || {
+            TcpStream::connect_timeout(&target, Duration::from_secs(1))
+        });
+        assert!(
+            crossed.is_err(),
+            "forwarding is off, yet {target} was reached"
+        );
     }
 
     /// An extra host reaches the gateway's public address through its own veth.

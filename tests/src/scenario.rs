@@ -1,6 +1,6 @@
-//! A ready-made end-to-end scenario: the standard topology, a real FTP server on the
-//! origin and ftp-guard (in-process) on the gateway, plus a raw control-session client for
-//! tests that need precise choreography.
+//! A ready-made end-to-end scenario: the standard topology (or the field one, see
+//! [`Env::start_field`]), a real FTP server on the origin and ftp-guard (in-process) on the
+//! gateway, plus a raw control-session client for tests that need precise choreography.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
@@ -30,14 +30,21 @@ pub fn standard_topology(tag: &str) -> anyhow::Result<Topology> {
 
 /// `kind` serving on the origin's address, port 21, with the default test login.
 pub fn origin_server(topo: &Topology, kind: ServerKind) -> anyhow::Result<FtpServer> {
-    FtpServer::start(
-        topo.ns_name(ORIGIN),
-        kind,
-        ServerOptions {
-            listen: SocketAddrV4::new(netns::ORIGIN_IP, 21),
-            ..ServerOptions::default()
-        },
-    )
+    FtpServer::start(topo.ns_name(ORIGIN), kind, origin_options())
+}
+
+/// What [`origin_server`] starts the server with.
+pub fn origin_options() -> ServerOptions {
+    ServerOptions {
+        listen: SocketAddrV4::new(netns::ORIGIN_IP, 21),
+        ..ServerOptions::default()
+    }
+}
+
+/// The field topology ([`Topology::field`]): bridges, forwarding off, default offloads.
+/// Nothing is tuned for the kernel path (unlike [`standard_topology`]): that is the point.
+pub fn field_topology(tag: &str) -> anyhow::Result<Topology> {
+    Topology::field(tag)
 }
 
 /// One topology with an origin server and ftp-guard in front of it.
@@ -47,6 +54,9 @@ pub struct Env {
     pub gateway: RunningGateway,
     /// Where the client's files live (outside every namespace's view: the filesystem is shared).
     pub work: PathBuf,
+    /// The gateway's client- and origin-facing interfaces in its config.
+    pub client_if: String,
+    pub origin_if: String,
 }
 
 impl Env {
@@ -56,7 +66,8 @@ impl Env {
 
     /// Replaces the gateway with one whose service has `extra` config lines.
     pub fn reconfigure(&mut self, dataplane: &str, extra: &str) {
-        let config = self.config(dataplane, "40000-40099", "pub0", "priv0") + extra;
+        let config =
+            self.config(dataplane, "40000-40099", &self.client_if, &self.origin_if) + extra;
         self.gateway.stop();
         self.gateway = RunningGateway::start(&self.topo, &config).unwrap();
     }
@@ -79,7 +90,7 @@ impl Env {
 
     /// Replaces the gateway with one using another data-port range.
     pub fn restart_gateway(&mut self, dataplane: &str, data_ports: &str) {
-        let config = self.config(dataplane, data_ports, "pub0", "priv0");
+        let config = self.config(dataplane, data_ports, &self.client_if, &self.origin_if);
         self.gateway.stop();
         self.gateway = RunningGateway::start(&self.topo, &config).unwrap();
     }
@@ -109,6 +120,45 @@ impl Env {
             server,
             gateway,
             work,
+            client_if: client_if.to_owned(),
+            origin_if: origin_if.to_owned(),
+        }
+    }
+
+    /// ftp-guard on the field topology ([`Topology::field`]: bridges `brc0`/`bro0` as its
+    /// client/origin interfaces, forwarding off, default offloads) with `data_ports` (e.g.
+    /// `"40000-40099"`) as its public data-port range.
+    pub fn start_field(tag: &str, kind: ServerKind, dataplane: &str, data_ports: &str) -> Env {
+        Self::start_field_with(tag, kind, dataplane, data_ports, |_| {}, |_| {})
+    }
+
+    /// [`Env::start_field`], with `adjust` run on the topology before anything starts (e.g.
+    /// offload or sysctl changes) and `server` adjusting the origin server's options.
+    pub fn start_field_with(
+        tag: &str,
+        kind: ServerKind,
+        dataplane: &str,
+        data_ports: &str,
+        adjust: impl FnOnce(&Topology),
+        server: impl FnOnce(&mut ServerOptions),
+    ) -> Env {
+        let topo = field_topology(tag).unwrap();
+        adjust(&topo);
+        let mut options = origin_options();
+        server(&mut options);
+        let server = FtpServer::start(topo.ns_name(ORIGIN), kind, options).unwrap();
+        let (client_if, origin_if) = (netns::FIELD_CLIENT_BRIDGE, netns::FIELD_ORIGIN_BRIDGE);
+        let config = gateway_config(server.addr(), dataplane, data_ports, client_if, origin_if);
+        let gateway = RunningGateway::start(&topo, &config)
+            .unwrap_or_else(|e| panic!("ftp-guard did not start on the field topology: {e:#}"));
+        let work = ftp_clients::unique_temp_dir(&format!("fg-field-{tag}")).unwrap();
+        Env {
+            topo,
+            server,
+            gateway,
+            work,
+            client_if: client_if.to_owned(),
+            origin_if: origin_if.to_owned(),
         }
     }
 

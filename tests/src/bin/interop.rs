@@ -6,7 +6,11 @@
 //!
 //! One topology of network namespaces (client 203.0.113.2 — gateway 203.0.113.1 |
 //! 198.51.100.1 — origin 198.51.100.2); per server a fresh origin and a fresh ftp-guard
-//! (in-process, kernel data path unless `--dataplane userspace`). Every transfer is checked
+//! (in-process, kernel data path unless `--dataplane userspace`). `--topology standard`
+//! (the default) joins them by veths tuned for the tests (forwarding on, checksum offload
+//! off); `--topology field` is an ordinary gateway instead (bridges `brc0`/`bro0` as its
+//! interfaces, `ip_forward = 0`, default offloads, a 100-port data range unless
+//! `--data-ports` says otherwise): see `Topology::field`. Every transfer is checked
 //! by SHA-256 and every run's own trace must show the requested mode and no other data
 //! command (a silent fallback is a failure). Writes a markdown report (docs/interop.md by
 //! default), prints a summary, exits 1 when a cell that should pass failed. Needs root.
@@ -48,6 +52,10 @@ struct Args {
     /// Which data path carries the data connections (`both`: the whole matrix on each).
     #[arg(long, value_enum, default_value_t = DataplaneArg::Kernel)]
     dataplane: DataplaneArg,
+    /// The network the gateway sits in: `standard` (veths, forwarding on, checksum offload
+    /// off) or `field` (bridges, forwarding off, default offloads; see `Topology::field`).
+    #[arg(long, value_enum, default_value_t = TopologyArg::Standard)]
+    topology: TopologyArg,
     /// Only these servers (comma-separated: vsftpd,pyftpdlib,proftpd,pure-ftpd).
     #[arg(long, value_delimiter = ',')]
     servers: Vec<String>,
@@ -72,15 +80,87 @@ struct Args {
     /// Wall-clock limit of one client run, in seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     client_timeout: u64,
-    /// The gateway's public data-port range for the matrix. The kernel path holds a port
-    /// ~2 s after its connection ends, so a range of N ports sustains about N/2.2 new data
-    /// connections per second: 1000 keeps the bulk cells far from that limit.
-    #[arg(long, default_value = "40000-40999")]
-    data_ports: String,
+    /// The gateway's public data-port range for the matrix [default: 40000-40999 on the
+    /// standard topology, 40000-40099 (100 ports, as on an ordinary gateway) on the field
+    /// one]. The kernel path holds a port ~2 s after its connection ends, so a range of N
+    /// ports sustains about N/2.2 new data connections per second: 1000 keeps the bulk
+    /// cells far from that limit.
+    #[arg(long)]
+    data_ports: Option<String>,
     /// Transfers of the data-port reuse check (0: skip): sequential, paced, through a
     /// 40-port range, so every port is used again and again.
     #[arg(long, default_value_t = 100)]
     reuse_transfers: usize,
+}
+
+impl Args {
+    /// The matrix's data-port range: `--data-ports`, else the topology's default.
+    fn data_ports(&self) -> &str {
+        self.data_ports
+            .as_deref()
+            .unwrap_or(self.topology.default_data_ports())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TopologyArg {
+    /// `Topology::standard`: veths, forwarding on, checksum offload off (CI's).
+    Standard,
+    /// `Topology::field`: bridges, `ip_forward = 0`, default offloads.
+    Field,
+}
+
+impl TopologyArg {
+    fn name(self) -> &'static str {
+        match self {
+            TopologyArg::Standard => "standard",
+            TopologyArg::Field => "field",
+        }
+    }
+
+    fn default_data_ports(self) -> &'static str {
+        match self {
+            TopologyArg::Standard => "40000-40999",
+            TopologyArg::Field => "40000-40099",
+        }
+    }
+
+    /// The gateway's client- and origin-facing interfaces.
+    fn interfaces(self) -> (&'static str, &'static str) {
+        match self {
+            TopologyArg::Standard => (netns::GATEWAY_PUBLIC_IF, netns::GATEWAY_PRIVATE_IF),
+            TopologyArg::Field => (netns::FIELD_CLIENT_BRIDGE, netns::FIELD_ORIGIN_BRIDGE),
+        }
+    }
+
+    fn build(self) -> Result<Topology> {
+        match self {
+            TopologyArg::Standard => {
+                let topo = Topology::standard("interop")?;
+                // XDP redirect into a veth needs NAPI on the receiving end: GRO turns it on.
+                for role in [CLIENT, ORIGIN] {
+                    topo.run(role, &["ethtool", "-K", netns::HOST_IF, "gro", "on"])?;
+                }
+                Ok(topo)
+            }
+            // Nothing tuned: that is the point of the field topology.
+            TopologyArg::Field => Topology::field("interop"),
+        }
+    }
+
+    /// For the report.
+    fn describe(self) -> &'static str {
+        match self {
+            TopologyArg::Standard => {
+                "veth pairs, IPv4 forwarding on, checksum offload off on every veth"
+            }
+            TopologyArg::Field => {
+                "an ordinary gateway: Linux bridges brc0/bro0 as ftp-guard's interfaces (a second \
+                 host on each, 203.0.113.3 and 198.51.100.3), net.ipv4.ip_forward = 0, every \
+                 veth with the kernel's default offloads (checksum offload, TSO on)"
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -261,11 +341,7 @@ fn run(args: &Args) -> Result<bool> {
         .trim()
         .to_owned();
 
-    let topo = Topology::standard("interop")?;
-    // XDP redirect into a veth needs NAPI on the receiving end: GRO turns it on.
-    for role in [CLIENT, ORIGIN] {
-        topo.run(role, &["ethtool", "-K", netns::HOST_IF, "gro", "on"])?;
-    }
+    let topo = args.topology.build()?;
     let work = unique_temp_dir("fgt-interop")?;
     let mut reports = Vec::new();
     let mut reuse = Vec::new();
@@ -300,7 +376,7 @@ fn run(args: &Args) -> Result<bool> {
         date,
         kernel,
         commit: git_commit(),
-        data_ports: args.data_ports.clone(),
+        data_ports: args.data_ports().to_owned(),
         elapsed: started.elapsed(),
         client_versions,
         filtered: !args.servers.is_empty() || !args.clients.is_empty(),
@@ -334,7 +410,10 @@ fn run(args: &Args) -> Result<bool> {
         );
     }
     println!(
-        "interop: {pass} pass, {fail} fail, {na} n/a in {:.0} s; report: {}",
+        "interop ({} topology, data ports {}): {pass} pass, {fail} fail, {na} n/a in {:.0} s; \
+         report: {}",
+        args.topology.name(),
+        args.data_ports(),
         meta.elapsed.as_secs_f64(),
         args.report.display()
     );
@@ -356,13 +435,18 @@ struct Meta {
 /// 10 s connect timeout, so an origin that never greets shows as ftp-guard's `421`.
 const GATEWAY_CONNECT_TIMEOUT_SECS: u64 = 5;
 
-fn gateway_config(origin: SocketAddrV4, dataplane: &str, data_ports: &str) -> String {
+fn gateway_config(
+    origin: SocketAddrV4,
+    dataplane: &str,
+    data_ports: &str,
+    topology: TopologyArg,
+) -> String {
+    let (client_if, origin_if) = topology.interfaces();
     format!(
         "[[service]]\nname = \"interop\"\nlisten = \"{VIP}:21\"\norigin = \"{origin}\"\n\
-         data_ports = \"{data_ports}\"\nclient_interface = \"{}\"\norigin_interface = \"{}\"\n\
+         data_ports = \"{data_ports}\"\nclient_interface = \"{client_if}\"\n\
+         origin_interface = \"{origin_if}\"\n\
          dataplane = \"{dataplane}\"\nconnect_timeout_secs = {GATEWAY_CONNECT_TIMEOUT_SECS}\n",
-        netns::GATEWAY_PUBLIC_IF,
-        netns::GATEWAY_PRIVATE_IF,
     )
 }
 
@@ -438,7 +522,12 @@ fn server_matrix(
             return finish(report, started);
         }
     };
-    let config = gateway_config(server.addr(), plan.dataplane, &args.data_ports);
+    let config = gateway_config(
+        server.addr(),
+        plan.dataplane,
+        args.data_ports(),
+        args.topology,
+    );
     let gateway = match RunningGateway::start(topo, &config) {
         Ok(g) => g,
         Err(e) => {
@@ -1179,7 +1268,7 @@ fn port_reuse(
             return report;
         }
     };
-    let config = gateway_config(server.addr(), dataplane, REUSE_PORTS);
+    let config = gateway_config(server.addr(), dataplane, REUSE_PORTS, args.topology);
     let gateway = match RunningGateway::start(topo, &config) {
         Ok(g) => g,
         Err(e) => {
@@ -1348,12 +1437,14 @@ fn report(meta: &Meta, reports: &[ServerReport], reuse: &[ReuseReport], args: &A
     let _ = writeln!(w);
     let _ = writeln!(
         w,
-        "Topology (network namespaces): client 203.0.113.2 → ftp-guard on the gateway \
-         (VIP 203.0.113.1, origin side 198.51.100.1) → origin 198.51.100.2:21 with passive \
-         range {}-{} and its same-IP checks on (data connections only from the control \
-         connection's peer, PORT only to it). A fresh origin and a fresh ftp-guard per server \
-         and data path; ftp-guard gives the origin {GATEWAY_CONNECT_TIMEOUT_SECS} s to accept \
-         and greet.\n",
+        "Topology (network namespaces, `--topology {}`: {}): client 203.0.113.2 → ftp-guard \
+         on the gateway (VIP 203.0.113.1, origin side 198.51.100.1) → origin \
+         198.51.100.2:21 with passive range {}-{} and its same-IP checks on (data \
+         connections only from the control connection's peer, PORT only to it). A fresh \
+         origin and a fresh ftp-guard per server and data path; ftp-guard gives the origin \
+         {GATEWAY_CONNECT_TIMEOUT_SECS} s to accept and greet.\n",
+        args.topology.name(),
+        args.topology.describe(),
         ServerOptions::default().passive_ports.0,
         ServerOptions::default().passive_ports.1,
     );
