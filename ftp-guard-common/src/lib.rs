@@ -26,6 +26,8 @@ pub mod names {
     /// Hash map [`FlowKey`](super::FlowKey) → [`FlowValue`](super::FlowValue): both
     /// directions of every NATed data connection.
     pub const FLOWS: &str = "FLOWS";
+    /// Ring buffer of [`FlowEvent`](super::FlowEvent)s: what userspace must learn at once.
+    pub const EVENTS: &str = "EVENTS";
     /// Device hash map: interfaces an XDP program may redirect to.
     pub const TX_PORTS: &str = "TX_PORTS";
 }
@@ -180,6 +182,26 @@ pub struct FlowValue {
     pub last_seen_ns: u64,
 }
 
+/// [`FlowEvent::kind`]: a SYN claimed a lease and both flow entries exist.
+pub const EVENT_CLAIMED: u32 = 1;
+/// [`FlowEvent::kind`]: the first FIN in one direction of a flow.
+pub const EVENT_FIN: u32 = 2;
+/// [`FlowEvent::kind`]: the first RST in one direction of a flow.
+pub const EVENT_RST: u32 = 3;
+
+/// What the programs tell userspace through the event ring buffer, so that leases and
+/// flows are settled when it happens, not at the next look.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// [`EVENT_CLAIMED`], [`EVENT_FIN`] or [`EVENT_RST`].
+    pub kind: u32,
+    /// The direction the packet came in (for a claim: peer → the lease's address).
+    pub key: FlowKey,
+    /// The other direction.
+    pub reverse: FlowKey,
+}
+
 /// What the guard did with a packet, and why: the index into the per-CPU counter array.
 ///
 /// Used only as an index, never stored in a map value.
@@ -224,7 +246,8 @@ pub enum Counter {
     DropFragment = 15,
     /// TCP to a protected address whose TCP header cannot be read (truncated, tiny fragment).
     DropTruncated = 16,
-    /// A second connection to a lease that already admitted one.
+    /// A SYN that lost the race for its lease (to another SYN, or to userspace revoking
+    /// it). A later second connection finds no lease at all: `DropNoLease`.
     DropLeaseUsed = 17,
     /// A SYN after the lease's deadline.
     DropLeaseExpired = 18,
@@ -320,6 +343,7 @@ const _: () = assert!(core::mem::size_of::<LeaseKey>() == 12);
 const _: () = assert!(core::mem::size_of::<LeaseValue>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 72);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 28);
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);
 
 #[cfg(feature = "user")]
@@ -332,6 +356,7 @@ mod pod {
     unsafe impl aya::Pod for super::LeaseValue {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::FlowEvent {}
 }
 
 #[cfg(test)]

@@ -22,13 +22,13 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh},
     programs::{TcContext, XdpContext},
 };
-use ftp_guard_common::{Counter, FLOW_FIN, FLOW_L2, FLOW_RST, FlowValue};
+use ftp_guard_common::{Counter, EVENT_FIN, EVENT_RST, FLOW_FIN, FLOW_L2, FLOW_RST, FlowValue};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
 use crate::{
     csum,
     guard::Hit,
-    maps::TX_PORTS,
+    maps::{self, TX_PORTS},
     nat,
     packet::{Packet, ptr_at},
 };
@@ -98,19 +98,21 @@ fn known(flow: &FlowValue) -> Out {
     }
 }
 
-/// Counts the packet on its flow and notes FIN/RST.
+/// Counts the packet on its flow and notes FIN/RST (telling userspace the first of each).
 #[inline(always)]
-fn account(flow: &mut FlowValue, ip: &Ipv4Hdr, tcp: &TcpHdr) {
+fn account(hit: &Hit, flow: &mut FlowValue, ip: &Ipv4Hdr, tcp: &TcpHdr) {
     // Racing CPUs may lose an increment: statistics, not state.
     flow.packets += 1;
     flow.bytes += u64::from(ip.tot_len());
     // SAFETY: a helper without preconditions.
     flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
-    if tcp.fin() != 0 {
+    if tcp.fin() != 0 && flow.flags & FLOW_FIN == 0 {
         flow.flags |= FLOW_FIN;
+        maps::notify(EVENT_FIN, &hit.key, &flow.reverse);
     }
-    if tcp.rst() != 0 {
+    if tcp.rst() != 0 && flow.flags & FLOW_RST == 0 {
         flow.flags |= FLOW_RST;
+        maps::notify(EVENT_RST, &hit.key, &flow.reverse);
     }
 }
 
@@ -170,7 +172,7 @@ pub fn xdp(ctx: &XdpContext, hit: &Hit, icmp: bool) -> (u32, Counter) {
     if !icmp {
         // SAFETY: a TCP hit has a complete TCP header.
         unsafe {
-            account(flow, ip, &*hit.tcp);
+            account(hit, flow, ip, &*hit.tcp);
             let old = nat::rewrite(hit.ip, hit.tcp, flow);
             nat::complete_checksum(hit.tcp, &old, flow);
             if let Some((old, new)) = nat::clamp_mss(ctx, hit.l4_offset, hit.tcp, flow.mss_max) {
@@ -220,7 +222,7 @@ pub fn tc(ctx: &TcContext, hit: &Hit, icmp: bool) -> (i32, Counter) {
     if !icmp {
         // SAFETY: a TCP hit has a complete TCP header.
         unsafe {
-            account(flow, ip, &*hit.tcp);
+            account(hit, flow, ip, &*hit.tcp);
             replaced = Some(nat::rewrite(hit.ip, hit.tcp, flow));
             mss = nat::clamp_mss(ctx, hit.l4_offset, hit.tcp, flow.mss_max);
         }

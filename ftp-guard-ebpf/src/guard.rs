@@ -24,8 +24,8 @@
 //! because XDP and TC differ in what they can send and how checksums must be updated.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ftp_guard_common::{
-    Counter, FLOW_CLAIMER, FLOW_L2, FLOW_PAIR_L2, FilterConfig, FlowKey, FlowValue, LEASE_ADMIT,
-    LeaseKey, LeaseValue, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20,
+    Counter, EVENT_CLAIMED, FLOW_CLAIMER, FLOW_L2, FLOW_PAIR_L2, FilterConfig, FlowKey, FlowValue,
+    LEASE_ADMIT, LeaseKey, LeaseValue, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20,
 };
 use network_types::{
     eth::EthHdr,
@@ -35,7 +35,7 @@ use network_types::{
 
 use crate::{
     icmp,
-    maps::{FILTER_CONFIG, FLOWS, LEASES, LOCAL_V6},
+    maps::{self, FILTER_CONFIG, FLOWS, LEASES, LOCAL_V6},
     packet::{self, Ipv6, L3, Packet},
 };
 
@@ -63,6 +63,8 @@ pub struct Hit {
     pub l4_offset: usize,
     /// The flow entry that says how to rewrite and where to send the packet.
     pub flow: *mut FlowValue,
+    /// Its key (the packet as it arrived).
+    pub key: FlowKey,
 }
 
 /// Which side of the gateway a destination address belongs to.
@@ -104,6 +106,7 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32) -> (Verdict, Counter) {
                     l3_offset: hdr.l3_offset,
                     l4_offset: hdr.l4_offset,
                     flow,
+                    key: FlowKey::default(),
                 }),
                 Counter::IcmpTranslated,
             ),
@@ -150,6 +153,7 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32) -> (Verdict, Counter) {
         l3_offset: hdr.l3_offset,
         l4_offset: hdr.l4_offset,
         flow,
+        key: flow_key,
     };
     if let Some(flow) = FLOWS.get_ptr_mut(&flow_key) {
         learn_l2(p, hdr.l3_offset, flow, ingress_ifindex);
@@ -349,6 +353,7 @@ fn claim(
         let _ = FLOWS.remove(key);
         return Err(Counter::DropFlowTableFull);
     }
+    maps::notify(EVENT_CLAIMED, key, &reverse_key);
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod csum;
 mod forward;
 mod guard;
 mod icmp;
+mod judged;
 mod maps;
 mod nat;
 mod packet;
@@ -25,7 +26,10 @@ use guard::Verdict;
 pub fn xdp_guard(ctx: XdpContext) -> u32 {
     let (verdict, counter) = guard::process(&ctx, ctx.ingress_ifindex() as u32);
     match verdict {
-        Verdict::Pass => pass_or_drop(counter, xdp_action::XDP_PASS),
+        Verdict::Pass => {
+            judged::mark(&ctx);
+            pass_or_drop(counter, xdp_action::XDP_PASS)
+        }
         Verdict::Drop => pass_or_drop(counter, xdp_action::XDP_DROP),
         Verdict::Forward(hit) => forwarded(counter, forward::xdp(&ctx, &hit, false)),
         Verdict::ForwardIcmp(hit) => forwarded(counter, forward::xdp(&ctx, &hit, true)),
@@ -36,6 +40,9 @@ pub fn xdp_guard(ctx: XdpContext) -> u32 {
 /// behind XDP for what it defers.
 #[classifier]
 pub fn tc_guard(ctx: TcContext) -> i32 {
+    if judged::by_xdp(&ctx) {
+        return TC_ACT_OK as i32;
+    }
     // SAFETY: the context pointer is the program's own skb.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let (verdict, counter) = guard::process(&ctx, ifindex);

@@ -2,7 +2,7 @@
 //! names in `ftp_guard_common::names`; sizes given here are defaults it may override.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
 };
 use ftp_guard_common::{
     COUNTER_COUNT, Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES, FilterConfig, FlowKey,
@@ -25,6 +25,23 @@ pub static LOCAL_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256, 0);
 /// NAT state of every data connection, one entry per direction, keyed as packets arrive.
 #[map(name = "FLOWS")]
 pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Claims, FINs and RSTs, for userspace to settle leases and flows at once (256 KiB:
+/// ~9,000 events; when full, userspace's periodic look still finds what it missed).
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Tells userspace `kind` happened to the flow `key` (whose other direction is `reverse`).
+#[inline(always)]
+pub fn notify(kind: u32, key: &FlowKey, reverse: &FlowKey) {
+    let event = ftp_guard_common::FlowEvent {
+        kind,
+        key: *key,
+        reverse: *reverse,
+    };
+    // A full ring loses the event; the sweeper's periodic look is the safety net.
+    let _ = EVENTS.output::<ftp_guard_common::FlowEvent>(&event, 0);
+}
 
 /// Interfaces the XDP program may redirect to (those whose driver can transmit XDP frames).
 #[map(name = "TX_PORTS")]

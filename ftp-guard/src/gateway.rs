@@ -133,6 +133,7 @@ impl Gateway {
                 let setup = self.kernel.as_ref().context("kernel path not set up")?;
                 KernelDataplane::start(
                     setup.kernel.clone(),
+                    &setup.events,
                     KernelSettings {
                         public_ip: service.public_ip(),
                         nat_ip: self.nat_ip(service)?,

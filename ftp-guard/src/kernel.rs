@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, xdp::DevMapHash},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, xdp::DevMapHash},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -319,6 +319,8 @@ pub struct Kernel {
     local_v6: HashMap<MapData, [u8; 16], u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     tx_ports: DevMapHash<MapData>,
+    /// The programs' event ring, until [`Kernel::take_events`] hands it to a reader.
+    events: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     max_leases: u32,
     attachments: Vec<(String, AttachedMode)>,
@@ -371,6 +373,7 @@ impl Kernel {
             local_v6: take_map(&mut ebpf, names::LOCAL_V6)?,
             flows: take_map(&mut ebpf, names::FLOWS)?,
             tx_ports: take_map(&mut ebpf, names::TX_PORTS)?,
+            events: Some(take_map(&mut ebpf, names::EVENTS)?),
             counters: take_map(&mut ebpf, names::COUNTERS)?,
             ebpf,
             max_leases: sizes.max_leases,
@@ -509,6 +512,12 @@ impl Kernel {
         self.attachments
             .push((interface.to_owned(), AttachedMode::Tcx));
         Ok(AttachedMode::Tcx)
+    }
+
+    /// The programs' event ring buffer (once: its reader owns it). Read items with
+    /// [`parse_event`].
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
     }
 
     /// Where the programs are attached, in order.
@@ -695,6 +704,52 @@ impl Kernel {
         }
         Ok(Counters(out))
     }
+}
+
+/// What happened to a flow, as the programs report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A SYN claimed a lease; `key` is the claiming direction.
+    Claimed,
+    /// The first FIN one way.
+    Fin,
+    /// The first RST one way.
+    Rst,
+}
+
+/// One event from the programs' ring buffer: `key` is the direction the packet came in,
+/// `reverse` the other one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub key: FlowTuple,
+    pub reverse: FlowTuple,
+}
+
+/// Decodes one ring-buffer item; `None` for anything that is not a known event.
+pub fn parse_event(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < std::mem::size_of::<ftp_guard_common::FlowEvent>() {
+        return None;
+    }
+    // SAFETY: long enough (checked), and FlowEvent is plain integers: any bits are valid.
+    let e: ftp_guard_common::FlowEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let kind = match e.kind {
+        ftp_guard_common::EVENT_CLAIMED => EventKind::Claimed,
+        ftp_guard_common::EVENT_FIN => EventKind::Fin,
+        ftp_guard_common::EVENT_RST => EventKind::Rst,
+        _ => return None,
+    };
+    let tuple = |k: &FlowKey| {
+        (
+            SocketAddrV4::new(ip_of(k.src_addr_be), u16::from_be(k.src_port_be)),
+            SocketAddrV4::new(ip_of(k.dst_addr_be), u16::from_be(k.dst_port_be)),
+        )
+    };
+    Some(Event {
+        kind,
+        key: tuple(&e.key),
+        reverse: tuple(&e.reverse),
+    })
 }
 
 fn is_absent(e: &MapError) -> bool {

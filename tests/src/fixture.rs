@@ -16,7 +16,24 @@ pub const TC_ACT_REDIRECT: u32 = 7;
 /// and the names of the counters that moved. The frame arrives on `lo` of the caller's
 /// network namespace.
 pub fn run_xdp(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>, Vec<&'static str>) {
-    run(kernel, frame, |opts| kernel.guard_program().test_run(opts))
+    let (action, out, moved, _) = run_xdp_marked(kernel, frame);
+    (action, out, moved)
+}
+
+/// The mark XDP leaves in the metadata of a packet it passed with its verdict made (so
+/// that TC behind it does not judge it again), as the test run returns it: in front of
+/// the frame.
+const JUDGED_MARK: [u8; 4] = 0x4654_4721u32.to_ne_bytes();
+
+/// Like [`run_xdp`], also telling whether XDP marked the packet as judged (the mark is
+/// taken off the returned frame).
+pub fn run_xdp_marked(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>, Vec<&'static str>, bool) {
+    let (action, mut out, moved) = run(kernel, frame, |opts| kernel.guard_program().test_run(opts));
+    let marked = out.len() == frame.len() + JUDGED_MARK.len() && out.starts_with(&JUDGED_MARK);
+    if marked {
+        out.drain(..JUDGED_MARK.len());
+    }
+    (action, out, moved, marked)
 }
 
 /// The same through the TC program (the skb arrives on `lo`, its checksum state "none").

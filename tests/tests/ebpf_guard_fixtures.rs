@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use ftp_guard::kernel::{Kernel, Lease, MapSizes, ProtectedRange};
 use ftp_guard_common::Counter;
 use ftp_guard_tests::{
-    fixture::{XDP_DROP, XDP_PASS, run_xdp},
+    fixture::{XDP_DROP, XDP_PASS, run_xdp, run_xdp_marked},
     packet::{self, Ipv4Frame, flags},
     require_privileged,
 };
@@ -287,7 +287,14 @@ fn guard_fixtures() {
     let kernel = guarded_kernel();
     let mut failures = Vec::new();
     for case in cases() {
-        let (action, out, bumped) = run_xdp(&kernel, &case.frame);
+        let (action, out, bumped, marked) = run_xdp_marked(&kernel, &case.frame);
+        // A packet XDP passes carries the mark that spares TC behind it a second verdict.
+        if marked != (action == XDP_PASS) {
+            failures.push(format!(
+                "{}: judged mark {marked} after action {action}",
+                case.name
+            ));
+        }
         if action != case.action {
             failures.push(format!(
                 "{}: action {action}, want {}",

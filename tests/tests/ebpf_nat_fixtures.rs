@@ -13,6 +13,7 @@ use ftp_guard::kernel::{Kernel, Lease, LeaseAction, MapSizes, ProtectedRange, mo
 use ftp_guard_tests::{
     fixture::{
         TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, run_tc, run_xdp,
+        run_xdp_marked,
     },
     packet::{self, Ipv4Frame, flags, internet_checksum, parse_tcp},
     require_privileged,
@@ -473,9 +474,10 @@ fn xdp_redirects_what_it_knows_and_defers_the_rest_to_tc() {
         let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
 
         let syn = tcp(client, public, flags::SYN, &[]);
-        let (action, out, moved) = run_xdp(&kernel, &syn);
+        let (action, out, moved, marked) = run_xdp_marked(&kernel, &syn);
         assert_eq!((action, moved), (XDP_PASS, vec!["deferred_to_tc"]));
         assert_eq!(out, syn, "a deferred packet must reach TC unchanged");
+        assert!(!marked, "a deferred packet must not be marked as judged");
         assert_eq!(kernel.flow_count(), 2, "XDP claimed the lease");
         let (action, out, _) = run_tc(&kernel, &syn);
         assert_eq!(action, TC_ACT_OK);

@@ -4,13 +4,15 @@
 //!
 //! Ports (see `ports`): a public port is held only against the peer whose lease waits on
 //! it, and is free for that peer again the moment its lease is claimed or gone — learned
-//! synchronously where it matters (revoking a lease, or a peer that holds every port),
-//! otherwise by the sweeper. Different peers share ports freely. The source port towards
+//! from the programs' events (a claim, a FIN, a RST: read from their ring buffer as they
+//! happen), and synchronously where it matters (revoking a lease, or a peer that holds
+//! every port). Different peers share ports freely. The source port towards
 //! the origin (the NAT port) is chosen separately, unique per (NAT port, origin address and
 //! port); the data range is added to `net.ipv4.ip_local_reserved_ports` at start-up so the
 //! gateway's own sockets never pick one as an ephemeral port.
 //!
-//! A sweeper task runs every [`SWEEP_EVERY`]:
+//! A sweeper task runs every [`SWEEP_EVERY`] (and is the safety net for events a full
+//! ring buffer lost):
 //! - a waiting lease past its TTL is deleted;
 //! - a carried connection is watched: when both directions have sent FIN, or either sent
 //!   RST, and [`CLOSE_GRACE`] has passed (for the last ACKs), or when it has been idle for
@@ -35,11 +37,14 @@ use super::{
 };
 use crate::{
     config::PortRange,
-    kernel::{FlowState, Kernel, KernelError, Lease, LeaseAction, monotonic_ns},
+    kernel::{
+        Event, EventKind, FlowState, FlowTuple, Kernel, KernelError, Lease, LeaseAction,
+        monotonic_ns, parse_event,
+    },
 };
 
-/// How often the sweeper looks at the leases.
-pub const SWEEP_EVERY: Duration = Duration::from_millis(200);
+/// How often the sweeper looks at the leases (claims and closes arrive as events).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long a closed flow keeps its entries, so the last ACKs still pass (they follow the
 /// FINs within a round trip).
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -86,9 +91,41 @@ pub struct KernelDataplane {
     ports: PeerPorts,
     /// Passive connections' source ports towards the origin.
     nat_ports: NatPorts,
-    leases: Mutex<HashMap<LeaseId, Tracked>>,
+    book: Mutex<Book>,
     next_id: AtomicU64,
     stats: KernelStats,
+}
+
+/// The tracked leases, indexed by id and by the (target, source) pair of their connection
+/// — the key of the target's direction, which every event about it names.
+#[derive(Default)]
+struct Book {
+    leases: HashMap<LeaseId, Tracked>,
+    by_pair: HashMap<FlowTuple, LeaseId>,
+}
+
+impl Book {
+    fn insert(&mut self, id: LeaseId, t: Tracked) {
+        self.by_pair.insert((t.target, t.source), id);
+        self.leases.insert(id, t);
+    }
+
+    /// The lease an event is about, by either direction's key.
+    fn about(&mut self, event: &Event) -> Option<(LeaseId, &mut Tracked)> {
+        let id = *self
+            .by_pair
+            .get(&event.reverse)
+            .or_else(|| self.by_pair.get(&event.key))?;
+        self.leases.get_mut(&id).map(|t| (id, t))
+    }
+
+    fn remove(&mut self, id: LeaseId) {
+        if let Some(t) = self.leases.remove(&id)
+            && self.by_pair.get(&(t.target, t.source)) == Some(&id)
+        {
+            self.by_pair.remove(&(t.target, t.source));
+        }
+    }
 }
 
 /// Where a lease is in its life.
@@ -124,17 +161,22 @@ struct Tracked {
 impl KernelDataplane {
     /// A dataplane over `kernel`, with its sweeper running on the current tokio runtime
     /// until the dataplane is dropped.
-    pub fn start(kernel: Arc<Mutex<Kernel>>, settings: KernelSettings) -> Arc<Self> {
+    pub fn start(
+        kernel: Arc<Mutex<Kernel>>,
+        events: &EventRouter,
+        settings: KernelSettings,
+    ) -> Arc<Self> {
         let dp = Arc::new(Self {
             kernel,
             ports: PeerPorts::new(settings.ports),
             nat_ports: NatPorts::new(settings.ports),
             settings,
-            leases: Mutex::default(),
+            book: Mutex::default(),
             next_id: AtomicU64::new(1),
             stats: KernelStats::default(),
         });
         dp.adopt();
+        events.add(&dp);
         let weak = Arc::downgrade(&dp);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -153,11 +195,38 @@ impl KernelDataplane {
 
     /// Leases (waiting or carrying) still tracked.
     pub fn active(&self) -> usize {
-        self.tracked_leases().len()
+        self.book().leases.len()
     }
 
-    fn tracked_leases(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseId, Tracked>> {
-        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Settles what an event from the programs says about one of this service's leases.
+    pub fn on_event(&self, event: &Event) {
+        let mut book = self.book();
+        let Some((id, t)) = book.about(event) else {
+            return;
+        };
+        let keep = match event.kind {
+            EventKind::Claimed => {
+                if t.stage == Stage::Waiting {
+                    self.claimed(t, event.key.0.port());
+                }
+                true
+            }
+            // Look now: a connection seen closed both ways starts its grace period.
+            EventKind::Fin | EventKind::Rst => match self.step(t, Instant::now()) {
+                Ok(keep) => keep,
+                Err(e) => {
+                    warn!(peer = %t.peer, port = t.local.port(), error = %e, "lease bookkeeping failed");
+                    true
+                }
+            },
+        };
+        if !keep {
+            book.remove(id);
+        }
     }
 
     fn kernel(&self) -> std::sync::MutexGuard<'_, Kernel> {
@@ -188,7 +257,7 @@ impl KernelDataplane {
                 peer_port: peer.port(),
             };
             let id = LeaseId(self.next_id.fetch_add(1, Ordering::Relaxed));
-            self.tracked_leases().insert(id, t);
+            self.book().insert(id, t);
             adopted += 1;
         }
         let mut dropped = 0;
@@ -208,38 +277,49 @@ impl KernelDataplane {
     /// One pass over every tracked lease.
     pub fn sweep(&self) {
         let now = Instant::now();
-        let mut leases = self.tracked_leases();
-        leases.retain(|_, t| match self.step(t, now) {
-            Ok(keep) => keep,
-            Err(e) => {
-                warn!(peer = %t.peer, port = t.local.port(), error = %e, "lease bookkeeping failed");
-                true
+        let mut book = self.book();
+        let mut done = Vec::new();
+        for (id, t) in book.leases.iter_mut() {
+            match self.step(t, now) {
+                Ok(true) => {}
+                Ok(false) => done.push(*id),
+                Err(e) => {
+                    warn!(peer = %t.peer, port = t.local.port(), error = %e, "lease bookkeeping failed")
+                }
             }
-        });
+        }
+        for id in done {
+            book.remove(id);
+        }
     }
 
     /// A waiting lease is no longer in the kernel's map: claimed (its connection's flow
     /// exists) or its claim rolled back. Either way its port is free for its peer again.
     fn settle_claim(&self, t: &mut Tracked, kernel: &Kernel) -> Result<(), KernelError> {
         // The target's direction is keyed by the (target, source) pair userspace chose.
-        t.stage = match kernel.flow_rewrite((t.target, t.source))? {
-            Some((_, peer)) => {
-                self.stats.used.fetch_add(1, Ordering::Relaxed);
-                info!(
-                    mode = if t.active { "active" } else { "passive" },
-                    from = %peer,
-                    to = %t.target,
-                    port = t.local.port(),
-                    "data connection started in the kernel"
-                );
-                Stage::Carrying {
-                    peer_port: peer.port(),
-                }
+        match kernel.flow_rewrite((t.target, t.source))? {
+            Some((_, peer)) => self.claimed(t, peer.port()),
+            None => {
+                t.stage = Stage::Gone;
+                self.ports.release(t.peer, t.local);
             }
-            None => Stage::Gone,
-        };
-        self.ports.release(t.peer, t.local);
+        }
         Ok(())
+    }
+
+    /// A waiting lease was claimed by a connection from `peer_port`: its port is free for
+    /// its peer again, the kernel carries the connection.
+    fn claimed(&self, t: &mut Tracked, peer_port: u16) {
+        self.stats.used.fetch_add(1, Ordering::Relaxed);
+        info!(
+            mode = if t.active { "active" } else { "passive" },
+            from = %SocketAddrV4::new(t.peer, peer_port),
+            to = %t.target,
+            port = t.local.port(),
+            "data connection started in the kernel"
+        );
+        t.stage = Stage::Carrying { peer_port };
+        self.ports.release(t.peer, t.local);
     }
 
     /// Deletes a waiting lease (revoked or expired); if the peer's SYN deleted it first,
@@ -370,9 +450,9 @@ impl KernelDataplane {
             return Ok(port);
         }
         {
-            let mut leases = self.tracked_leases();
+            let mut book = self.book();
             let kernel = self.kernel();
-            for t in leases.values_mut() {
+            for t in book.leases.values_mut() {
                 if t.peer == peer
                     && *t.local.ip() == local
                     && t.stage == Stage::Waiting
@@ -411,7 +491,7 @@ impl KernelDataplane {
         }
         let id = LeaseId(self.next_id.fetch_add(1, Ordering::Relaxed));
         self.stats.installed.fetch_add(1, Ordering::Relaxed);
-        self.tracked_leases().insert(id, t);
+        self.book().insert(id, t);
         Ok(id)
     }
 
@@ -502,9 +582,9 @@ impl Dataplane for KernelDataplane {
     }
 
     fn leases(&self) -> Vec<LeaseInfo> {
-        let leases = self.tracked_leases();
+        let book = self.book();
         let kernel = self.kernel();
-        leases
+        book.leases
             .values()
             .filter(|t| t.stage != Stage::Gone)
             .map(|t| {
@@ -537,8 +617,8 @@ impl Dataplane for KernelDataplane {
     }
 
     fn revoke(&self, id: LeaseId) {
-        let mut leases = self.tracked_leases();
-        let Some(t) = leases.get_mut(&id) else {
+        let mut book = self.book();
+        let Some(t) = book.leases.get_mut(&id) else {
             return;
         };
         t.revoked = true;
@@ -554,11 +634,70 @@ impl Dataplane for KernelDataplane {
 }
 
 /// The kernel path set up for a set of services: the loaded object with its programs
-/// attached, and each service's NAT address.
+/// attached, each service's NAT address, and the events' way to the services' dataplanes.
 pub struct KernelSetup {
     pub kernel: Arc<Mutex<Kernel>>,
     /// (service name, NAT address), in the order given.
     pub nat_ips: Vec<(String, Ipv4Addr)>,
+    pub events: Arc<EventRouter>,
+}
+
+/// Hands each event from the programs to the dataplanes alive (each takes its own).
+#[derive(Default)]
+pub struct EventRouter {
+    dataplanes: Mutex<Vec<std::sync::Weak<KernelDataplane>>>,
+}
+
+impl EventRouter {
+    fn add(&self, dp: &Arc<KernelDataplane>) {
+        let mut dps = self.dataplanes.lock().unwrap_or_else(|e| e.into_inner());
+        dps.retain(|w| w.strong_count() > 0);
+        dps.push(Arc::downgrade(dp));
+    }
+
+    fn route(&self, event: &Event) {
+        let dps: Vec<Arc<KernelDataplane>> = self
+            .dataplanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for dp in dps {
+            dp.on_event(event);
+        }
+    }
+}
+
+/// Reads the programs' event ring buffer as it fills, until the process ends.
+async fn read_events(ring: aya::maps::RingBuf<aya::maps::MapData>, router: Arc<EventRouter>) {
+    use tokio::io::{Interest, unix::AsyncFd};
+    // SAFETY: the ring's map fd is owned by `ring`, which the AsyncFd owns from here on:
+    // it stays open and the same until the AsyncFd is dropped.
+    let mut ring = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the kernel's event ring: leases settle at the sweeper's pace");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                warn!(error = %e, "the kernel's event ring failed: leases settle at the sweeper's pace");
+                return;
+            }
+        };
+        let events = guard.get_inner_mut();
+        while let Some(item) = events.next() {
+            if let Some(event) = parse_event(&item) {
+                drop(item);
+                router.route(&event);
+            }
+        }
+        guard.clear_ready();
+    }
 }
 
 /// Loads the eBPF object, protects every service's range, attaches to every interface
@@ -577,9 +716,15 @@ pub fn setup(
         },
         pin,
     )?;
+    let mut kernel = kernel;
+    let events = Arc::new(EventRouter::default());
+    if let Some(ring) = kernel.take_events() {
+        tokio::spawn(read_events(ring, events.clone()));
+    }
     let mut setup = KernelSetup {
         kernel: Arc::new(Mutex::new(kernel)),
         nat_ips: Vec::new(),
+        events,
     };
     update(&mut setup, services)?;
     Ok(setup)
