@@ -24,8 +24,8 @@
 //! because XDP and TC differ in what they can send and how checksums must be updated.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ftp_guard_common::{
-    Counter, EVENT_CLAIMED, FLOW_CLAIMER, FLOW_L2, FLOW_PAIR_L2, FilterConfig, FlowKey, FlowValue,
-    LEASE_ADMIT, LeaseKey, LeaseValue, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20,
+    Counter, EVENT_CLAIMED, FLOW_CLAIMER, FLOW_FIN, FLOW_L2, FLOW_PAIR_L2, FLOW_RST, FilterConfig,
+    FlowKey, FlowValue, LEASE_ADMIT, LeaseKey, LeaseValue, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20,
 };
 use network_types::{
     eth::EthHdr,
@@ -155,9 +155,17 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32) -> (Verdict, Counter) {
         flow,
         key: flow_key,
     };
+    // SAFETY: tcp is a complete header (ptr_at above).
+    let t = unsafe { &*tcp };
+    let plain_syn = t.syn() != 0 && t.ack() == 0;
     if let Some(flow) = FLOWS.get_ptr_mut(&flow_key) {
-        learn_l2(p, hdr.l3_offset, flow, ingress_ifindex);
-        return (Verdict::Forward(hit(flow)), nat_counter);
+        // A new connection on the 4-tuple of one that is over (a peer that reuses its
+        // source port, like an origin connecting from port 20): the remnant goes, the
+        // SYN is judged as new.
+        if !(plain_syn && forget_if_over(&flow_key, flow)) {
+            learn_l2(p, hdr.l3_offset, flow, ingress_ifindex);
+            return (Verdict::Forward(hit(flow)), nat_counter);
+        }
     }
     if port_class == PortClass::ActiveSource {
         // Port 20 is shared by every active flow: no flow, nothing of ours.
@@ -179,9 +187,7 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32) -> (Verdict, Counter) {
     if lease.kind == LEASE_ADMIT {
         return (Verdict::Pass, Counter::PassLeased);
     }
-    // SAFETY: tcp is a complete header (ptr_at above).
-    let t = unsafe { &*tcp };
-    if t.syn() == 0 || t.ack() != 0 {
+    if !plain_syn {
         return (Verdict::Drop, Counter::DropNoFlow);
     }
     let link = link_of(p, hdr.l3_offset);
@@ -248,6 +254,28 @@ fn not_tcp<P: Packet>(
         return (Verdict::Drop, Counter::DropNotTcp);
     }
     (Verdict::Pass, Counter::PassNotTcp)
+}
+
+/// Removes both entries of a connection that is over (a RST either way, or FINs both
+/// ways); false (nothing removed) while it is not.
+#[inline(always)]
+fn forget_if_over(key: &FlowKey, flow: *mut FlowValue) -> bool {
+    // SAFETY: map value pointers stay valid for the program run.
+    let f = unsafe { &*flow };
+    if f.flags & (FLOW_FIN | FLOW_RST) == 0 {
+        return false;
+    }
+    let reverse = f.reverse;
+    // SAFETY: a plain read of the other direction's flags.
+    let pair_flags = unsafe { FLOWS.get(&reverse) }.map_or(FLOW_RST, |p| p.flags);
+    let over = f.flags & FLOW_RST != 0
+        || pair_flags & FLOW_RST != 0
+        || (f.flags & FLOW_FIN != 0 && pair_flags & FLOW_FIN != 0);
+    if over {
+        let _ = FLOWS.remove(&reverse);
+        let _ = FLOWS.remove(key);
+    }
+    over
 }
 
 /// The link-layer addresses of an untagged Ethernet frame: (source, destination).

@@ -285,6 +285,9 @@ pub struct FlowState {
     pub last_seen_ns: u64,
     pub fin: bool,
     pub rst: bool,
+    /// The other direction's key: which connection this entry belongs to (a later
+    /// connection may take over a 4-tuple once this one is over).
+    pub reverse: FlowTuple,
 }
 
 impl From<FlowValue> for FlowState {
@@ -295,8 +298,16 @@ impl From<FlowValue> for FlowState {
             last_seen_ns: v.last_seen_ns,
             fin: v.flags & ftp_guard_common::FLOW_FIN != 0,
             rst: v.flags & ftp_guard_common::FLOW_RST != 0,
+            reverse: tuple_of(&v.reverse),
         }
     }
+}
+
+fn tuple_of(k: &FlowKey) -> FlowTuple {
+    (
+        SocketAddrV4::new(ip_of(k.src_addr_be), u16::from_be(k.src_port_be)),
+        SocketAddrV4::new(ip_of(k.dst_addr_be), u16::from_be(k.dst_port_be)),
+    )
 }
 
 /// A TCP connection as the gateway sees it arrive: (source, destination).
@@ -739,16 +750,10 @@ pub fn parse_event(bytes: &[u8]) -> Option<Event> {
         ftp_guard_common::EVENT_RST => EventKind::Rst,
         _ => return None,
     };
-    let tuple = |k: &FlowKey| {
-        (
-            SocketAddrV4::new(ip_of(k.src_addr_be), u16::from_be(k.src_port_be)),
-            SocketAddrV4::new(ip_of(k.dst_addr_be), u16::from_be(k.dst_port_be)),
-        )
-    };
     Some(Event {
         kind,
-        key: tuple(&e.key),
-        reverse: tuple(&e.reverse),
+        key: tuple_of(&e.key),
+        reverse: tuple_of(&e.reverse),
     })
 }
 

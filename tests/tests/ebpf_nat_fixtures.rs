@@ -646,3 +646,62 @@ fn syns_announce_at_most_the_clamped_mss() {
         assert!(parse_tcp(&out).unwrap().tcp_checksum_ok);
     });
 }
+
+/// An origin that connects from a fixed port (20, as Pure-FTPd does in active mode) opens
+/// the same 4-tuple for every transfer to the same gateway port. Once the earlier
+/// connection is over (FIN both ways), a SYN on that tuple is a new connection: it
+/// claims the new lease and goes to the new target, not down the old flow.
+#[test]
+fn a_syn_on_the_tuple_of_a_finished_connection_starts_a_new_one() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let mut kernel = kernel_with(MapSizes::default(), &[]);
+        let origin_side = sa(NAT, 40007);
+        let active_lease = |target: SocketAddrV4| Lease {
+            peer: ORIGIN,
+            local: origin_side,
+            action: LeaseAction::Nat {
+                target,
+                source: sa(PUBLIC, 40007),
+                deadline_ns: far_future(),
+                target_ifindex: 0,
+                mss_max: 0,
+            },
+        };
+        let origin = sa(ORIGIN, 20);
+        let (first, second) = (sa(CLIENT, 51201), sa(CLIENT, 51202));
+        kernel.insert_lease(&active_lease(first)).unwrap();
+        let syn = tcp(origin, origin_side, flags::SYN, &[]);
+        let (_, out, _) = run_tc(&kernel, &syn);
+        assert_eq!(parse_tcp(&out).unwrap().dst, first);
+
+        // Still open: a SYN on the tuple is a retransmission and follows the flow.
+        kernel.insert_lease(&active_lease(second)).unwrap();
+        let (_, out, _) = run_tc(&kernel, &syn);
+        assert_eq!(parse_tcp(&out).unwrap().dst, first);
+
+        // Over (FIN both ways): the same SYN now claims the second lease.
+        run_tc(
+            &kernel,
+            &tcp(origin, origin_side, flags::FIN | flags::ACK, &[]),
+        );
+        run_tc(
+            &kernel,
+            &tcp(first, sa(PUBLIC, 40007), flags::FIN | flags::ACK, &[]),
+        );
+        let (action, out, moved) = run_tc(&kernel, &syn);
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_OK, vec!["nat_to_client", "forwarded_by_stack"])
+        );
+        assert_rewritten(&out, &syn, sa(PUBLIC, 40007), second);
+        assert!(!kernel.has_lease(ORIGIN, origin_side).unwrap());
+        assert_eq!(
+            kernel.claimed_flows(),
+            [(origin, origin_side, sa(PUBLIC, 40007), second)]
+        );
+        assert_eq!(kernel.flow_count(), 2);
+    });
+}

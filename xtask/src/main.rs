@@ -42,7 +42,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Setup, then run all workspace tests (privileged ones included) and the FTP
-    /// interoperability matrix on both data paths (report: target/interop/interop.md) as
+    /// interoperability matrix on both data paths and topologies (target/interop/) as
     /// root: `cargo xtask test [--no-interop] [-- TEST-BINARY-ARGS...]`.
     Test {
         /// Skip the interoperability matrix (e.g. when running a few tests by name).

@@ -1,6 +1,7 @@
 //! `cargo xtask test [--no-interop] [-- ARGS]`: setup, then the whole workspace's tests,
 //! privileged ones included, one at a time, then the interoperability matrix on both data
-//! paths (report: target/interop/interop.md). Fails if either fails.
+//! paths and both topologies (reports: target/interop/interop-{standard,field}.md). Fails
+//! if any fails.
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
@@ -34,23 +35,33 @@ pub fn run(extra: &[String], with_interop: bool) -> Result<i32> {
     let tests = util::status(&mut cmd)?;
     let tests_secs = start.elapsed().as_secs_f64();
     // The matrix runs even after a test failure: one CI run then tells both stories.
+    // On both topologies: the standard one (veths, forwarding on, offloads off) and the
+    // field one (bridges, ip_forward = 0, default offloads, 100 data ports).
     let matrix = if with_interop {
-        let report = interop::test_report();
-        let args = [
-            "--dataplane".to_owned(),
-            "both".to_owned(),
-            "--report".to_owned(),
-            report.display().to_string(),
-        ];
-        let t = Instant::now();
-        let status = interop::matrix(&args)?;
-        println!(
-            "interop matrix: {} ({:.1} s; report {})",
-            if status.success() { "ok" } else { "FAILED" },
-            t.elapsed().as_secs_f64(),
-            report.display()
-        );
-        Some(status)
+        let mut worst = None;
+        for topology in ["standard", "field"] {
+            let report = interop::test_report().with_file_name(format!("interop-{topology}.md"));
+            let args = [
+                "--topology".to_owned(),
+                topology.to_owned(),
+                "--dataplane".to_owned(),
+                "both".to_owned(),
+                "--report".to_owned(),
+                report.display().to_string(),
+            ];
+            let t = Instant::now();
+            let status = interop::matrix(&args)?;
+            println!(
+                "interop matrix, {topology} topology: {} ({:.1} s; report {})",
+                if status.success() { "ok" } else { "FAILED" },
+                t.elapsed().as_secs_f64(),
+                report.display()
+            );
+            if worst.is_none_or(|w: std::process::ExitStatus| w.success()) {
+                worst = Some(status);
+            }
+        }
+        worst
     } else {
         None
     };

@@ -156,6 +156,9 @@ struct Tracked {
     stage: Stage,
     /// When the flow was first seen closed.
     closed_since: Option<Instant>,
+    /// The flow entries as last read (forward, reverse): the final byte counts when the
+    /// kernel has already let a new connection take the entries over.
+    last_seen: (Option<FlowState>, Option<FlowState>),
 }
 
 impl KernelDataplane {
@@ -364,8 +367,14 @@ impl KernelDataplane {
             Stage::Carrying { peer_port } => peer_port,
         };
         let forward_key = (SocketAddrV4::new(t.peer, peer_port), t.local);
-        let forward = kernel.flow(forward_key)?;
-        let reverse = kernel.flow((t.target, t.source))?;
+        let pair = (t.target, t.source);
+        // The forward 4-tuple may belong to a newer connection by now (the kernel hands a
+        // tuple over once its connection is over): only an entry paired with ours counts.
+        let forward = kernel.flow(forward_key)?.filter(|f| f.reverse == pair);
+        let reverse = kernel.flow(pair)?.filter(|f| f.reverse == forward_key);
+        if forward.is_some() && reverse.is_some() {
+            t.last_seen = (forward, reverse);
+        }
         let (closed, idle) = match (forward, reverse) {
             (Some(a), Some(b)) => {
                 let closed = (a.fin && b.fin) || a.rst || b.rst;
@@ -388,9 +397,14 @@ impl KernelDataplane {
             t.closed_since = None;
             return Ok(true);
         }
-        kernel.remove_flow(forward_key)?;
-        kernel.remove_flow((t.target, t.source))?;
+        if forward.is_some() {
+            kernel.remove_flow(forward_key)?;
+        }
+        if reverse.is_some() {
+            kernel.remove_flow(pair)?;
+        }
         drop(kernel);
+        let (forward, reverse) = t.last_seen;
         self.finish(t, peer_port, forward, reverse, idle);
         self.release_nat_port(t);
         Ok(false)
@@ -514,6 +528,7 @@ impl KernelDataplane {
             revoked: false,
             stage: Stage::Waiting,
             closed_since: None,
+            last_seen: (None, None),
         }
     }
 }
