@@ -5,13 +5,15 @@
 //!   port is held only against the peer whose lease waits on it: other peers may lease it
 //!   at the same time, and the peer itself again as soon as its lease is claimed or gone.
 //! - [`NatPorts`] (kernel path): the source port of a data connection towards its target,
-//!   unique per (NAT port, target address and port) among leases and connections alive.
+//!   unique per (NAT port, target address and port) among leases and connections alive,
+//!   and rested after use (the target's TIME_WAIT).
 //!
 //! Ports are handed out from a random start, so they are not predictable.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     net::{Ipv4Addr, SocketAddrV4},
     sync::Mutex,
+    time::{Duration, Instant},
 };
 
 use crate::config::PortRange;
@@ -124,41 +126,84 @@ impl PeerPorts {
     }
 }
 
-/// Source ports towards targets, unique per (port, target).
+/// How long a (source port, target) pair rests after its connection: the target, which
+/// usually closes first, keeps the connection in TIME_WAIT for 60 s (Linux), and a SYN
+/// that meets it gets an ACK instead of a SYN-ACK — a data connection that never opens.
+pub const NAT_PAIR_REST: Duration = Duration::from_secs(61);
+
+/// Source ports towards targets, unique per (port, target) among connections alive, and
+/// not reused for [`NAT_PAIR_REST`] after one ends while another port is free.
 pub struct NatPorts {
     range: PortRange,
-    in_use: Mutex<HashSet<(u16, SocketAddrV4)>>,
+    state: Mutex<NatState>,
+}
+
+#[derive(Default)]
+struct NatState {
+    in_use: HashSet<(u16, SocketAddrV4)>,
+    /// Pairs whose connection ended, with when: oldest first.
+    resting: VecDeque<(Instant, (u16, SocketAddrV4))>,
+    resting_set: HashSet<(u16, SocketAddrV4)>,
 }
 
 impl NatPorts {
     pub fn new(range: PortRange) -> Self {
         Self {
             range,
-            in_use: Mutex::default(),
+            state: Mutex::default(),
         }
     }
 
-    /// A source port not in use towards `target`, now in use.
+    fn state(&self) -> std::sync::MutexGuard<'_, NatState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A source port towards `target`: not in use, preferably not resting; else the one
+    /// that has rested longest.
     pub fn allocate(&self, target: SocketAddrV4) -> Option<u16> {
-        let mut in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
-        let port = scan(self.range, |p| in_use.contains(&(p, target)))?;
-        in_use.insert((port, target));
+        self.allocate_at(target, Instant::now())
+    }
+
+    fn allocate_at(&self, target: SocketAddrV4, now: Instant) -> Option<u16> {
+        let mut st = self.state();
+        while let Some((since, pair)) = st.resting.front().copied() {
+            if now.duration_since(since) < NAT_PAIR_REST {
+                break;
+            }
+            st.resting.pop_front();
+            st.resting_set.remove(&pair);
+        }
+        let port = scan(self.range, |p| {
+            st.in_use.contains(&(p, target)) || st.resting_set.contains(&(p, target))
+        })
+        .or_else(|| {
+            let oldest = st
+                .resting
+                .iter()
+                .find(|(_, (p, t))| *t == target && !st.in_use.contains(&(*p, *t)))
+                .map(|(_, (p, _))| *p)?;
+            st.resting_set.remove(&(oldest, target));
+            Some(oldest)
+        })?;
+        st.in_use.insert((port, target));
         Some(port)
     }
 
     /// Marks (`port`, `target`) as in use (a connection adopted from a previous process).
     pub fn mark(&self, port: u16, target: SocketAddrV4) {
-        self.in_use
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((port, target));
+        self.state().in_use.insert((port, target));
     }
 
+    /// The connection over (`port`, `target`) is over: the pair rests.
     pub fn release(&self, port: u16, target: SocketAddrV4) {
-        self.in_use
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(port, target));
+        self.release_at(port, target, Instant::now());
+    }
+
+    fn release_at(&self, port: u16, target: SocketAddrV4, now: Instant) {
+        let mut st = self.state();
+        if st.in_use.remove(&(port, target)) && st.resting_set.insert((port, target)) {
+            st.resting.push_back((now, (port, target)));
+        }
     }
 }
 
@@ -231,5 +276,26 @@ mod tests {
         assert!(nat.allocate(b).is_some());
         nat.release(40007, a);
         assert_eq!(nat.allocate(a), Some(40007));
+    }
+
+    #[test]
+    fn nat_pairs_rest_after_their_connection() {
+        let nat = NatPorts::new(RANGE);
+        let target = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 50000);
+        let t0 = Instant::now();
+        let first = nat.allocate_at(target, t0).unwrap();
+        nat.release_at(first, target, t0);
+        // While others are free, the pair that just ended is not handed out again.
+        let next: Vec<u16> = (0..9)
+            .map(|_| nat.allocate_at(target, t0).unwrap())
+            .collect();
+        assert!(!next.contains(&first), "{first} reused at once: {next:?}");
+        // Only the resting one is left: better than a refusal.
+        assert_eq!(nat.allocate_at(target, t0), Some(first));
+        assert_eq!(nat.allocate_at(target, t0), None);
+        // After its rest, a pair is an ordinary free port again.
+        nat.release_at(first, target, t0);
+        let later = t0 + NAT_PAIR_REST;
+        assert_eq!(nat.allocate_at(target, later), Some(first));
     }
 }

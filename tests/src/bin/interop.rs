@@ -296,6 +296,14 @@ struct ReuseReport {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The in-process gateway logs like `ftp-guard run` does, when asked (e.g.
+    // FTP_GUARD_LOG=debug): what to read when a cell fails.
+    if let Ok(filter) = std::env::var("FTP_GUARD_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
