@@ -803,30 +803,15 @@ pub fn driver_name(interface: &str) -> Option<String> {
         eedump_len: u32,
         regdump_len: u32,
     }
-    if interface.len() >= libc::IFNAMSIZ {
-        return None;
-    }
-    // SAFETY: plain C structs, zero is a valid start.
+    // SAFETY: a plain C struct, zero is a valid start.
     let mut info: DrvInfo = unsafe { std::mem::zeroed() };
     info.cmd = ETHTOOL_GDRVINFO;
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(interface.as_bytes()) {
-        *dst = *src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
-    // SAFETY: a socket we own, a valid request that points to a live DrvInfo.
-    let ok = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return None;
-        }
-        let rc = libc::ioctl(fd, SIOCETHTOOL as _, &mut req);
-        libc::close(fd);
-        rc == 0
+    // SAFETY: the request points to a live DrvInfo, the struct SIOCETHTOOL fills.
+    unsafe {
+        interface_ioctl(interface, SIOCETHTOOL, |req| {
+            req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+        })?
     };
-    if !ok {
-        return None;
-    }
     let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
@@ -834,6 +819,23 @@ pub fn driver_name(interface: &str) -> Option<String> {
 /// The MTU of `interface` (SIOCGIFMTU, in the caller thread's network namespace).
 pub fn interface_mtu(interface: &str) -> Option<u32> {
     const SIOCGIFMTU: libc::c_ulong = 0x8921;
+    // SAFETY: SIOCGIFMTU reads only the name and fills the union's mtu member.
+    let req = unsafe { interface_ioctl(interface, SIOCGIFMTU, |_| {})? };
+    // SAFETY: the member SIOCGIFMTU filled.
+    Some(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// One SIOC* request about `interface` on a throwaway socket (so in the caller thread's
+/// network namespace): the filled `ifreq`, or `None` when the request failed.
+///
+/// # Safety
+/// `request` must be an interface ioctl whose argument is an `ifreq` as `prepare` leaves
+/// it (pointers it stores must stay valid for the call).
+unsafe fn interface_ioctl(
+    interface: &str,
+    request: libc::c_ulong,
+    prepare: impl FnOnce(&mut libc::ifreq),
+) -> Option<libc::ifreq> {
     if interface.len() >= libc::IFNAMSIZ {
         return None;
     }
@@ -842,21 +844,18 @@ pub fn interface_mtu(interface: &str) -> Option<u32> {
     for (dst, src) in req.ifr_name.iter_mut().zip(interface.as_bytes()) {
         *dst = *src as libc::c_char;
     }
-    // SAFETY: a socket we own and close, a valid request.
+    prepare(&mut req);
+    // SAFETY: a socket we own and close; the request's validity is the caller's promise.
     let ok = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return None;
         }
-        let rc = libc::ioctl(fd, SIOCGIFMTU as _, &mut req);
+        let rc = libc::ioctl(fd, request as _, &mut req);
         libc::close(fd);
         rc == 0
     };
-    if !ok {
-        return None;
-    }
-    // SAFETY: SIOCGIFMTU filled the union's mtu member.
-    Some(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+    ok.then_some(req)
 }
 
 /// The index of `interface` in the caller's network namespace, if it exists.

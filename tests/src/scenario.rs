@@ -113,8 +113,29 @@ impl Env {
             client_if,
             origin_if,
         );
-        let gateway = RunningGateway::start(&topo, &config).unwrap();
-        let work = ftp_clients::unique_temp_dir(&format!("fg-e2e-{tag}")).unwrap();
+        Self::assemble(
+            topo,
+            server,
+            &config,
+            &format!("fg-e2e-{tag}"),
+            client_if,
+            origin_if,
+        )
+    }
+
+    /// Starts ftp-guard with `config` in front of `server` and gives the test a work
+    /// directory named after `work`.
+    fn assemble(
+        topo: Topology,
+        server: FtpServer,
+        config: &str,
+        work: &str,
+        client_if: &str,
+        origin_if: &str,
+    ) -> Env {
+        let gateway = RunningGateway::start(&topo, config)
+            .unwrap_or_else(|e| panic!("ftp-guard did not start ({work}): {e:#}"));
+        let work = ftp_clients::unique_temp_dir(work).unwrap();
         Env {
             topo,
             server,
@@ -149,17 +170,14 @@ impl Env {
         let server = FtpServer::start(topo.ns_name(ORIGIN), kind, options).unwrap();
         let (client_if, origin_if) = (netns::FIELD_CLIENT_BRIDGE, netns::FIELD_ORIGIN_BRIDGE);
         let config = gateway_config(server.addr(), dataplane, data_ports, client_if, origin_if);
-        let gateway = RunningGateway::start(&topo, &config)
-            .unwrap_or_else(|e| panic!("ftp-guard did not start on the field topology: {e:#}"));
-        let work = ftp_clients::unique_temp_dir(&format!("fg-field-{tag}")).unwrap();
-        Env {
+        Self::assemble(
             topo,
             server,
-            gateway,
-            work,
-            client_if: client_if.to_owned(),
-            origin_if: origin_if.to_owned(),
-        }
+            &config,
+            &format!("fg-field-{tag}"),
+            client_if,
+            origin_if,
+        )
     }
 
     /// The login a client uses: the server's credentials at the VIP.
