@@ -175,6 +175,10 @@ pub struct FlowValue {
     /// Largest TCP MSS a SYN this way may announce (host order); 0 = no clamping.
     pub mss_max: u16,
     pub _pad: u16,
+    /// The claiming SYN's sequence number as it lies in the packet (on the claimer's
+    /// entry): a SYN with the same one is that SYN again, not a new connection.
+    pub claim_seq: u32,
+    pub _pad2: u32,
     pub packets: u64,
     /// IP bytes (header included) that passed this way.
     pub bytes: u64,
@@ -342,7 +346,7 @@ const _: () = assert!(core::mem::size_of::<FilterConfig>() == 4 + 16 * MAX_DATA_
 const _: () = assert!(core::mem::size_of::<LeaseKey>() == 12);
 const _: () = assert!(core::mem::size_of::<LeaseValue>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 72);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 80);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 28);
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);
 

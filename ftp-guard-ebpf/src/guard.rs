@@ -162,7 +162,7 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32) -> (Verdict, Counter) {
         // A new connection on the 4-tuple of one that is over (a peer that reuses its
         // source port, like an origin connecting from port 20): the remnant goes, the
         // SYN is judged as new.
-        if !(plain_syn && forget_if_over(&flow_key, flow)) {
+        if !(plain_syn && forget_if_over(&flow_key, flow, u32::from_ne_bytes(t.seq))) {
             learn_l2(p, hdr.l3_offset, flow, ingress_ifindex);
             return (Verdict::Forward(hit(flow)), nat_counter);
         }
@@ -191,7 +191,8 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32) -> (Verdict, Counter) {
         return (Verdict::Drop, Counter::DropNoFlow);
     }
     let link = link_of(p, hdr.l3_offset);
-    if let Err(reason) = claim(&flow_key, &lease_key, &lease, ingress_ifindex, link) {
+    let seq = u32::from_ne_bytes(t.seq);
+    if let Err(reason) = claim(&flow_key, &lease_key, &lease, ingress_ifindex, link, seq) {
         return (Verdict::Drop, reason);
     }
     match FLOWS.get_ptr_mut(&flow_key) {
@@ -258,11 +259,24 @@ fn not_tcp<P: Packet>(
 
 /// Removes both entries of a connection that is over (a RST either way, or FINs both
 /// ways); false (nothing removed) while it is not.
+///
+/// The claiming SYN sent again (same sequence number) is the same connection still
+/// opening, even after a RST: a peer whose SYN met a stale connection at the target (a
+/// TIME_WAIT that answers with a bare ACK) resets it and retransmits; the flow carries
+/// the retransmission, so its FIN/RST marks are cleared.
 #[inline(always)]
-fn forget_if_over(key: &FlowKey, flow: *mut FlowValue) -> bool {
+fn forget_if_over(key: &FlowKey, flow: *mut FlowValue, syn_seq: u32) -> bool {
     // SAFETY: map value pointers stay valid for the program run.
-    let f = unsafe { &*flow };
+    let f = unsafe { &mut *flow };
     if f.flags & (FLOW_FIN | FLOW_RST) == 0 {
+        return false;
+    }
+    if f.flags & FLOW_CLAIMER != 0 && f.claim_seq == syn_seq {
+        f.flags &= !(FLOW_FIN | FLOW_RST);
+        if let Some(pair) = FLOWS.get_ptr_mut(&f.reverse) {
+            // SAFETY: as above.
+            unsafe { (*pair).flags &= !(FLOW_FIN | FLOW_RST) };
+        }
         return false;
     }
     let reverse = f.reverse;
@@ -323,6 +337,7 @@ fn claim(
     lease: &LeaseValue,
     ingress_ifindex: u32,
     link: Option<([u8; 6], [u8; 6])>,
+    syn_seq: u32,
 ) -> Result<(), Counter> {
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -348,6 +363,7 @@ fn claim(
         reverse: reverse_key,
         egress_ifindex: lease.target_ifindex,
         mss_max: lease.mss_max,
+        claim_seq: syn_seq,
         flags: if link.is_some() {
             FLOW_CLAIMER | FLOW_PAIR_L2
         } else {

@@ -682,7 +682,8 @@ fn a_syn_on_the_tuple_of_a_finished_connection_starts_a_new_one() {
         let (_, out, _) = run_tc(&kernel, &syn);
         assert_eq!(parse_tcp(&out).unwrap().dst, first);
 
-        // Over (FIN both ways): the same SYN now claims the second lease.
+        // Over (FIN both ways): a new SYN on the tuple (a new sequence number) now claims
+        // the second lease.
         run_tc(
             &kernel,
             &tcp(origin, origin_side, flags::FIN | flags::ACK, &[]),
@@ -691,6 +692,7 @@ fn a_syn_on_the_tuple_of_a_finished_connection_starts_a_new_one() {
             &kernel,
             &tcp(first, sa(PUBLIC, 40007), flags::FIN | flags::ACK, &[]),
         );
+        let syn = with_seq(&syn, 777_000);
         let (action, out, moved) = run_tc(&kernel, &syn);
         assert_eq!(
             (action, moved),
@@ -703,5 +705,61 @@ fn a_syn_on_the_tuple_of_a_finished_connection_starts_a_new_one() {
             [(origin, origin_side, sa(PUBLIC, 40007), second)]
         );
         assert_eq!(kernel.flow_count(), 2);
+    });
+}
+
+/// `frame` (Ethernet/IPv4 without options/TCP) with another sequence number.
+fn with_seq(frame: &[u8], seq: u32) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let tcp_at = packet::ETH_HLEN + 20;
+    out[tcp_at + 4..tcp_at + 8].copy_from_slice(&seq.to_be_bytes());
+    out[tcp_at + 16..tcp_at + 18].copy_from_slice(&[0, 0]);
+    let src = Ipv4Addr::new(out[26], out[27], out[28], out[29]);
+    let dst = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
+    let sum = packet::transport_checksum(src, dst, packet::PROTO_TCP, &out[tcp_at..]);
+    out[tcp_at + 16..tcp_at + 18].copy_from_slice(&sum.to_be_bytes());
+    out
+}
+
+/// A client's SYN meets a stale connection at the origin (a TIME_WAIT answers with a bare
+/// ACK), the client resets it and sends the same SYN again: the flow carries the
+/// retransmission to the origin instead of treating it as a new connection (whose lease
+/// is used up: it would be dropped and the transfer would hang).
+#[test]
+fn the_claiming_syn_again_after_a_reset_still_opens_the_connection() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+        let (client, public) = (sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT));
+        let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
+        let syn = tcp(client, public, flags::SYN, &[]);
+        run_tc(&kernel, &syn);
+        run_tc(&kernel, &tcp(origin, nat, flags::ACK, &[]));
+        run_tc(&kernel, &tcp(client, public, flags::RST, &[]));
+        assert!(kernel.flow((client, public)).unwrap().unwrap().rst);
+
+        let (action, out, moved) = run_tc(&kernel, &syn);
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_REDIRECT, vec!["nat_to_origin", "redirected"])
+        );
+        assert_redirected(&out, &syn, nat, origin);
+        let (up, down) = (
+            kernel.flow((client, public)).unwrap().unwrap(),
+            kernel.flow((origin, nat)).unwrap().unwrap(),
+        );
+        assert!(
+            !up.rst && !down.rst && !up.fin,
+            "the connection is opening again"
+        );
+
+        // Another SYN on the same tuple (another sequence number) after a RST is a new
+        // connection: the lease is used up, so it is dropped.
+        run_tc(&kernel, &tcp(client, public, flags::RST, &[]));
+        let (action, _, moved) = run_tc(&kernel, &with_seq(&syn, 5_000_000));
+        assert_eq!((action, moved), (TC_ACT_SHOT, vec!["drop_no_lease"]));
+        assert_eq!(kernel.flow_count(), 0);
     });
 }

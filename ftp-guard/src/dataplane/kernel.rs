@@ -45,9 +45,10 @@ use crate::{
 
 /// How often the sweeper looks at the leases (claims and closes arrive as events).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// How long a closed flow keeps its entries, so the last ACKs still pass (they follow the
-/// FINs within a round trip).
-pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a closed flow keeps its entries: the last ACKs follow the FINs within a round
+/// trip, and a peer whose SYN was answered by a stale connection at the target resets it
+/// and sends the SYN again (after 1 s, then 2 s more), which the flow must still carry.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(4);
 
 #[derive(Clone, Debug)]
 pub struct KernelSettings {
