@@ -100,8 +100,21 @@ fn admin_endpoint_reports_sessions_leases_metrics_and_readiness() {
     .success()
     .unwrap();
     assert_eq!(sha256_file(&remote).unwrap(), sha256_file(&local).unwrap());
-    std::thread::sleep(Duration::from_secs(3)); // the sweeper accounts closed flows
-    let metrics = admin_get(&env.topo, "/metrics").unwrap();
+    // Bytes are accounted when a closed flow's entries go (after the close grace).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let metrics = loop {
+        let metrics = admin_get(&env.topo, "/metrics").unwrap();
+        let accounted = sample(
+            &metrics,
+            "ftp_guard_data_bytes_to_client_total",
+            &["service=\"e2e\""],
+        )
+        .is_some_and(|b| b >= (2 << 20) as f64);
+        if accounted || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     let get = |m: &str, l: &[&str]| {
         sample(&metrics, m, l).unwrap_or_else(|| panic!("{m} {l:?} missing:\n{metrics}"))
     };
