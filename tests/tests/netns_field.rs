@@ -547,10 +547,36 @@ fn ten_ports_200_files_back_to_back() {
                 let detail = match &run {
                     Ok(run) => {
                         let text = run.describe();
+                        // The whole trace outlives the test's temp dir, for a closer look.
+                        let kept = std::env::temp_dir().join(format!(
+                            "fgt-field-ten-{k}-client{i}-{}.trace.txt",
+                            std::process::id()
+                        ));
+                        let kept = match fs::write(&kept, &text) {
+                            Ok(()) => format!("\n    [whole trace: {}]", kept.display()),
+                            Err(e) => format!("\n    [trace not kept: {e}]"),
+                        };
                         let lines: Vec<&str> = text.lines().collect();
                         let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+                        // Where the first file that did not arrive was asked for.
+                        let first_wrong = wrong
+                            .first()
+                            .and_then(|w| w.split(':').next())
+                            .and_then(|name| {
+                                lines.iter().position(|l| {
+                                    l.contains(name) && l.contains("RETR") && l.len() < 200
+                                })
+                            })
+                            .map(|at| {
+                                format!(
+                                    "\n    [trace around the first missing or wrong file]\n{}",
+                                    lines[at.saturating_sub(25)..(at + 30).min(lines.len())]
+                                        .join("\n")
+                                )
+                            })
+                            .unwrap_or_default();
                         format!(
-                            "{}\n    [trace tail]\n{tail}",
+                            "{}{kept}{first_wrong}\n    [trace tail]\n{tail}",
                             text.lines().next().unwrap_or("")
                         )
                     }
