@@ -607,6 +607,93 @@ fn ten_ports_200_files_back_to_back() {
     conclude("ten_ports_200_files_back_to_back", &measured, &failures);
 }
 
+/// Transfers of [`sustained_lease_churn_one_session`].
+const CHURN_TRANSFERS: usize = 5000;
+
+/// Thousands of leases in a row on one control connection, as fast as the client goes
+/// (about a thousand a second here), through the 10-port range: EPSV, data connection,
+/// RETR of a small file (checked), again. Every lease announced must admit its client's
+/// SYN; the first failure is reported with its index, time and port (a connect timeout of
+/// 3 s: a healthy lease answers in microseconds). Bounded by 60 s per server.
+#[test]
+fn sustained_lease_churn_one_session() {
+    if !require_privileged() {
+        return;
+    }
+    let forwarding = forwarding_knob();
+    let mut failures = Vec::new();
+    let mut measured = String::new();
+    for kind in SERVERS {
+        let k = kind.name();
+        let env = field_env(
+            &format!("churn-{}", short(kind)),
+            kind,
+            PORTS_10,
+            forwarding,
+        );
+        let names = many_files(&env);
+        let contents: Vec<Vec<u8>> = names
+            .iter()
+            .map(|n| fs::read(env.server.root().join("many").join(n)).unwrap())
+            .collect();
+        let login = env.login();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (done, took, failure) = env.topo.in_ns(CLIENT, || {
+            let started = Instant::now();
+            let mut control = match FtpControl::login(
+                login.addr,
+                &login.user,
+                &login.password,
+                Duration::from_secs(3),
+            ) {
+                Ok(c) => c,
+                Err(e) => return (0, started.elapsed(), Some(format!("login: {e:#}"))),
+            };
+            for i in 0..CHURN_TRANSFERS {
+                if Instant::now() > deadline {
+                    return (i, started.elapsed(), Some("the 60 s bound passed".into()));
+                }
+                let mut got = Vec::new();
+                let at = started.elapsed();
+                let result = control
+                    .retr_into(&format!("many/{}", names[i % FILES]), &mut got)
+                    .and_then(|_| {
+                        anyhow::ensure!(got == contents[i % FILES], "content differs");
+                        Ok(())
+                    });
+                if let Err(e) = result {
+                    return (
+                        i,
+                        started.elapsed(),
+                        Some(format!(
+                            "transfer {i} (asked {:.3} s into the session): {e:#}",
+                            at.as_secs_f64()
+                        )),
+                    );
+                }
+            }
+            let _ = control.quit();
+            (CHURN_TRANSFERS, started.elapsed(), None)
+        });
+        let rate = done as f64 / took.as_secs_f64().max(0.001);
+        let _ = writeln!(
+            measured,
+            "{k}: {done}/{CHURN_TRANSFERS} transfers in a row through {PORTS_10} in {:.1} s \
+             ({rate:.0}/s); gateway counters: {}",
+            took.as_secs_f64(),
+            counters(&env)
+        );
+        if let Some(f) = failure {
+            failures.push(format!(
+                "{k}: after {done} good transfers on one control connection: {f}\n  gateway \
+                 counters: {}",
+                counters(&env)
+            ));
+        }
+    }
+    conclude("sustained_lease_churn_one_session", &measured, &failures);
+}
+
 // ---------------------------------------------------------------------------------------
 // (c) 1,000 sessions from 250 addresses through 100 ports
 // ---------------------------------------------------------------------------------------
