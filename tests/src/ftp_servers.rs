@@ -590,6 +590,11 @@ pasv_max_port={pasv_max}
 pasv_promiscuous=NO
 port_enable=YES
 port_promiscuous=NO
+# No session limits: every session through the gateway comes from its one address, and
+# the vsftpd here refuses a 51st from one address otherwise (421 There are too many
+# connections from your internet address). 0 is unlimited.
+max_clients=0
+max_per_ip=0
 # Active-mode data from an unprivileged port: no port-20 helper process.
 connect_from_port_20=NO
 # The seccomp sandbox kills sessions on syscalls it does not know (newer kernels/libcs, VMs).
@@ -637,8 +642,10 @@ Handler.passive_ports = range(int(pasv_min), int(pasv_max) + 1)
 # Keep the data-peer == control-peer check (the default): the gateway must pass it.
 Handler.permit_foreign_addresses = False
 server = FTPServer((host, int(port)), Handler)
-# No session cap of pyftpdlib's own (512 by default): the benchmark holds 10,000 sessions.
+# No session cap of pyftpdlib's own (512 by default): the benchmark holds 10,000 sessions;
+# none per address either (every session through the gateway comes from its one address).
 server.max_cons = 0
+server.max_cons_per_ip = 0
 try:
     import resource
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -112,16 +112,27 @@ impl ChecksumAudit {
             self.bad_ip.len(),
             self.skipped
         );
-        for p in self.bad_tcp.iter().chain(&self.bad_ip).take(5) {
-            let _ = write!(
-                text,
-                "\n    e.g. {} -> {} flags {:#04x} (tcp checksum {}, ip checksum {})",
+        // Retransmissions repeat a frame: one line per distinct kind, with its count.
+        let mut kinds: Vec<(String, usize)> = Vec::new();
+        for p in self.bad_tcp.iter().chain(&self.bad_ip) {
+            let kind = format!(
+                "{} -> {} flags {:#04x} (tcp checksum {}, ip checksum {})",
                 p.src,
                 p.dst,
                 p.tcp_flags,
                 if p.tcp_checksum_ok { "ok" } else { "BAD" },
                 if p.ip_checksum_ok { "ok" } else { "BAD" },
             );
+            match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((kind, 1)),
+            }
+        }
+        for (kind, n) in kinds.iter().take(6) {
+            let _ = write!(text, "\n    e.g. {kind} x{n}");
+        }
+        if kinds.len() > 6 {
+            let _ = write!(text, "\n    ... {} more kinds", kinds.len() - 6);
         }
         text
     }
