@@ -61,7 +61,8 @@ fn fib(ctx: *mut core::ffi::c_void, ip: &Ipv4Hdr, src_be: u32, dst_be: u32, ingr
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = ip.proto;
-    params.__bindgen_anon_1.tot_len = ip.tot_len();
+    // tot_len stays 0: the lookup would compare a GSO packet's full length with the MTU
+    // and refuse it (FRAG_NEEDED); segment sizes are kept right by MSS clamping.
     params.__bindgen_anon_3.ipv4_src = src_be;
     params.__bindgen_anon_4.ipv4_dst = dst_be;
     params.ifindex = ingress;

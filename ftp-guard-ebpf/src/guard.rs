@@ -158,11 +158,12 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32) -> (Verdict, Counter) {
     // SAFETY: tcp is a complete header (ptr_at above).
     let t = unsafe { &*tcp };
     let plain_syn = t.syn() != 0 && t.ack() == 0;
+    let seq = u32::from_ne_bytes(t.seq);
     if let Some(flow) = FLOWS.get_ptr_mut(&flow_key) {
         // A new connection on the 4-tuple of one that is over (a peer that reuses its
         // source port, like an origin connecting from port 20): the remnant goes, the
         // SYN is judged as new.
-        if !(plain_syn && forget_if_over(&flow_key, flow, u32::from_ne_bytes(t.seq))) {
+        if !(plain_syn && forget_if_over(&flow_key, flow, seq)) {
             learn_l2(p, hdr.l3_offset, flow, ingress_ifindex);
             return (Verdict::Forward(hit(flow)), nat_counter);
         }
@@ -191,7 +192,6 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32) -> (Verdict, Counter) {
         return (Verdict::Drop, Counter::DropNoFlow);
     }
     let link = link_of(p, hdr.l3_offset);
-    let seq = u32::from_ne_bytes(t.seq);
     if let Err(reason) = claim(&flow_key, &lease_key, &lease, ingress_ifindex, link, seq) {
         return (Verdict::Drop, reason);
     }
@@ -394,8 +394,16 @@ fn claim(
         return Err(Counter::DropFlowTableFull);
     }
     if FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST).is_err() {
-        let _ = FLOWS.remove(key);
-        return Err(Counter::DropFlowTableFull);
+        // The target's tuple may still hold a finished connection's entries (its NAT pair
+        // came round again while they wait out their close grace): those give way.
+        let stale = match FLOWS.get_ptr_mut(&reverse_key) {
+            Some(old) => forget_if_over(&reverse_key, old, 0),
+            None => false,
+        };
+        if !stale || FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST).is_err() {
+            let _ = FLOWS.remove(key);
+            return Err(Counter::DropFlowTableFull);
+        }
     }
     maps::notify(EVENT_CLAIMED, key, &reverse_key);
     Ok(())

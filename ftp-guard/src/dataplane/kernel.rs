@@ -160,6 +160,9 @@ struct Tracked {
     /// The flow entries as last read (forward, reverse): the final byte counts when the
     /// kernel has already let a new connection take the entries over.
     last_seen: (Option<FlowState>, Option<FlowState>),
+    /// Its NAT pair was given back (at the close: it rests from then on, and a claim may
+    /// take over the pair's finished entries).
+    nat_released: bool,
 }
 
 impl KernelDataplane {
@@ -390,6 +393,8 @@ impl KernelDataplane {
             _ => (true, false),
         };
         if closed && !idle {
+            // The pair's TIME_WAIT at the origin starts now: let it rest from here.
+            self.release_nat_port(t);
             let since = *t.closed_since.get_or_insert(now);
             if now.duration_since(since) < CLOSE_GRACE {
                 return Ok(true);
@@ -411,9 +416,10 @@ impl KernelDataplane {
         Ok(false)
     }
 
-    fn release_nat_port(&self, t: &Tracked) {
-        if !t.active {
+    fn release_nat_port(&self, t: &mut Tracked) {
+        if !t.active && !t.nat_released {
             self.nat_ports.release(t.source.port(), t.target);
+            t.nat_released = true;
         }
     }
 
@@ -497,8 +503,9 @@ impl KernelDataplane {
             },
         };
         if let Err(e) = self.kernel().insert_lease(&lease) {
+            let mut t = t;
             self.ports.release(t.peer, t.local);
-            self.release_nat_port(&t);
+            self.release_nat_port(&mut t);
             return Err(match e {
                 KernelError::LeasesFull(_) => LeaseError::TableFull,
                 other => LeaseError::Io(std::io::Error::other(other.to_string())),
@@ -530,6 +537,7 @@ impl KernelDataplane {
             stage: Stage::Waiting,
             closed_since: None,
             last_seen: (None, None),
+            nat_released: false,
         }
     }
 }
