@@ -151,6 +151,8 @@ pub const FLOW_PAIR_L2: u32 = 8;
 /// This entry is the direction whose SYN claimed the lease (peer → gateway): how
 /// userspace tells a connection's two entries apart, e.g. when adopting pinned flows.
 pub const FLOW_CLAIMER: u32 = 16;
+/// [`FlowValue::last_ack`] holds an acknowledgment number seen this way.
+pub const FLOW_ACKED: u32 = 32;
 
 /// How to rewrite one direction of a NATed data connection, where to send it, and what
 /// passed that way.
@@ -175,10 +177,13 @@ pub struct FlowValue {
     /// Largest TCP MSS a SYN this way may announce (host order); 0 = no clamping.
     pub mss_max: u16,
     pub _pad: u16,
-    /// The claiming SYN's sequence number as it lies in the packet (on the claimer's
-    /// entry): a SYN with the same one is that SYN again, not a new connection.
+    /// The claiming SYN's sequence number, host order (on the claimer's entry): a SYN with
+    /// the same one is that SYN again, not a new connection; the target's answer must
+    /// acknowledge it before the way back is learned from it.
     pub claim_seq: u32,
-    pub _pad2: u32,
+    /// The last acknowledgment number sent this way, host order (valid with
+    /// [`FLOW_ACKED`]): a FIN or RST the other way counts only near it (blind spoofing).
+    pub last_ack: u32,
     pub packets: u64,
     /// IP bytes (header included) that passed this way.
     pub bytes: u64,

@@ -22,7 +22,9 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh},
     programs::{TcContext, XdpContext},
 };
-use ftp_guard_common::{Counter, EVENT_FIN, EVENT_RST, FLOW_FIN, FLOW_L2, FLOW_RST, FlowValue};
+use ftp_guard_common::{
+    Counter, EVENT_FIN, EVENT_RST, FLOW_ACKED, FLOW_FIN, FLOW_L2, FLOW_RST, FlowValue,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
 use crate::{
@@ -99,7 +101,13 @@ fn known(flow: &FlowValue) -> Out {
     }
 }
 
+/// How far past the other side's last acknowledgment a FIN or RST may lie to count: data
+/// in flight. A blind spoofer must guess the sequence number to within this (1 in 256).
+const SEQ_WINDOW: u32 = 16 << 20;
+
 /// Counts the packet on its flow and notes FIN/RST (telling userspace the first of each).
+/// A FIN or RST ends the connection for the gateway only if its sequence number is where
+/// the other side expects data: the endpoints ignore blind ones, so must the gateway.
 #[inline(always)]
 fn account(hit: &Hit, flow: &mut FlowValue, ip: &Ipv4Hdr, tcp: &TcpHdr) {
     // Racing CPUs may lose an increment: statistics, not state.
@@ -107,13 +115,35 @@ fn account(hit: &Hit, flow: &mut FlowValue, ip: &Ipv4Hdr, tcp: &TcpHdr) {
     flow.bytes += u64::from(ip.tot_len());
     // SAFETY: a helper without preconditions.
     flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
-    if tcp.fin() != 0 && flow.flags & FLOW_FIN == 0 {
+    if tcp.ack() != 0 {
+        flow.last_ack = u32::from_be_bytes(tcp.ack_seq);
+        flow.flags |= FLOW_ACKED;
+    }
+    let fin = tcp.fin() != 0 && flow.flags & FLOW_FIN == 0;
+    let rst = tcp.rst() != 0 && flow.flags & FLOW_RST == 0;
+    if !(fin || rst) || !expected(u32::from_be_bytes(tcp.seq), &flow.reverse) {
+        return;
+    }
+    if fin {
         flow.flags |= FLOW_FIN;
         maps::notify(EVENT_FIN, &hit.key, &flow.reverse);
     }
-    if tcp.rst() != 0 && flow.flags & FLOW_RST == 0 {
+    if rst {
         flow.flags |= FLOW_RST;
         maps::notify(EVENT_RST, &hit.key, &flow.reverse);
+    }
+}
+
+/// True when `seq` lies where the other direction (`reverse`) last acknowledged, give or
+/// take data in flight; true too before that side has acknowledged anything.
+#[inline(always)]
+fn expected(seq: u32, reverse: &ftp_guard_common::FlowKey) -> bool {
+    // SAFETY: a plain read of the other direction's entry.
+    match unsafe { crate::maps::FLOWS.get(reverse) } {
+        Some(other) if other.flags & FLOW_ACKED != 0 => {
+            seq.wrapping_sub(other.last_ack) < SEQ_WINDOW
+        }
+        _ => true,
     }
 }
 
@@ -131,10 +161,10 @@ fn set_link<P: Packet>(p: &P, smac: &[u8; 6], dmac: &[u8; 6]) -> bool {
     true
 }
 
-/// XDP: rewrite and redirect when the way out is known and the checksum complete; else
-/// leave the packet untouched for TC.
+/// XDP: rewrite and redirect a TCP packet when the way out is known and the checksum
+/// complete; else leave it untouched for TC.
 #[inline(always)]
-pub fn xdp(ctx: &XdpContext, hit: &Hit, icmp: bool) -> (u32, Counter) {
+pub fn xdp(ctx: &XdpContext, hit: &Hit) -> (u32, Counter) {
     const DEFER: (u32, Counter) = (xdp_action::XDP_PASS, Counter::DeferredToTc);
     if hit.l3_offset != EthHdr::LEN {
         return DEFER;
@@ -142,12 +172,11 @@ pub fn xdp(ctx: &XdpContext, hit: &Hit, icmp: bool) -> (u32, Counter) {
     // SAFETY: the guard checked the headers and the flow pointer.
     let (ip, flow) = unsafe { (&mut *hit.ip, &mut *hit.flow) };
     // SAFETY: a TCP hit has a complete TCP header.
-    if !icmp && unsafe { nat::looks_partial(hit.ip, hit.tcp) } {
+    if unsafe { nat::looks_partial(hit.ip, hit.tcp) } {
         return DEFER;
     }
     let out = match known(flow) {
         Out::Link { .. } => known(flow),
-        _ if icmp => Out::Unknown,
         _ => fib(
             ctx.as_ptr(),
             ip,
@@ -170,16 +199,14 @@ pub fn xdp(ctx: &XdpContext, hit: &Hit, icmp: bool) -> (u32, Counter) {
     if ip.ttl <= 1 {
         return (xdp_action::XDP_DROP, Counter::DropTtl);
     }
-    if !icmp {
-        // SAFETY: a TCP hit has a complete TCP header.
-        unsafe {
-            account(hit, flow, ip, &*hit.tcp);
-            let old = nat::rewrite(hit.ip, hit.tcp, flow);
-            nat::complete_checksum(hit.tcp, &old, flow);
-            if let Some((old, new)) = nat::clamp_mss(ctx, hit.l4_offset, hit.tcp, flow.mss_max) {
-                let check = &mut (*hit.tcp).check;
-                *check = csum::replace16(u16::from_ne_bytes(*check), old, new).to_ne_bytes();
-            }
+    // SAFETY: a TCP hit has a complete TCP header.
+    unsafe {
+        account(hit, flow, ip, &*hit.tcp);
+        let old = nat::rewrite(hit.ip, hit.tcp, flow);
+        nat::complete_checksum(hit.tcp, &old, flow);
+        if let Some((old, new)) = nat::clamp_mss(ctx, hit.l4_offset, hit.tcp, flow.mss_max) {
+            let check = &mut (*hit.tcp).check;
+            *check = csum::replace16(u16::from_ne_bytes(*check), old, new).to_ne_bytes();
         }
     }
     nat::decrement_ttl(ip);

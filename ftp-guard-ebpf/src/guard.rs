@@ -52,6 +52,16 @@ pub enum Verdict {
     Forward(Hit),
     /// An ICMP error already rewritten for the peer of `Hit::flow`'s direction: send it on.
     ForwardIcmp(Hit),
+    /// Not for XDP to judge: the TC program behind it does (ICMP errors, whose way out
+    /// XDP may not know once it has rewritten them).
+    LeaveToTc,
+}
+
+/// Which program runs the guard.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    Tc,
 }
 
 /// A packet that belongs to a flow, with what forwarding needs.
@@ -77,7 +87,7 @@ pub enum Side {
 }
 
 #[inline(always)]
-pub fn process<P: Packet>(p: &P, ingress_ifindex: u32) -> (Verdict, Counter) {
+pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, Counter) {
     let hdr = match packet::ipv4(p) {
         L3::Ipv4(h) => h,
         L3::Ipv6(h) => return ipv6(p, &h),
@@ -97,6 +107,9 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32) -> (Verdict, Counter) {
     if ip.proto == IpProto::Icmp as u8 {
         if ip.frag_offset() != 0 || ip.frag_flags() & IP_MF != 0 {
             return (Verdict::Pass, Counter::PassNotTcp);
+        }
+        if hook == Hook::Xdp {
+            return (Verdict::LeaveToTc, Counter::DeferredToTc);
         }
         return match icmp::translate(p, &hdr) {
             Some(flow) => (
@@ -158,13 +171,13 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32) -> (Verdict, Counter) {
     // SAFETY: tcp is a complete header (ptr_at above).
     let t = unsafe { &*tcp };
     let plain_syn = t.syn() != 0 && t.ack() == 0;
-    let seq = u32::from_ne_bytes(t.seq);
+    let seq = u32::from_be_bytes(t.seq);
     if let Some(flow) = FLOWS.get_ptr_mut(&flow_key) {
         // A new connection on the 4-tuple of one that is over (a peer that reuses its
         // source port, like an origin connecting from port 20): the remnant goes, the
         // SYN is judged as new.
         if !(plain_syn && forget_if_over(&flow_key, flow, seq)) {
-            learn_l2(p, hdr.l3_offset, flow, ingress_ifindex);
+            learn_l2(p, hdr.l3_offset, flow, ingress_ifindex, t);
             return (Verdict::Forward(hit(flow)), nat_counter);
         }
     }
@@ -305,12 +318,20 @@ fn link_of<P: Packet>(p: &P, l3_offset: usize) -> Option<([u8; 6], [u8; 6])> {
 }
 
 /// A packet of `flow` arrived on `ingress_ifindex` from the MAC it carries: that is the
-/// way back for the other direction. Written once per flow (then FLOW_PAIR_L2 is set).
+/// way back for the other direction. Learned once per flow (then FLOW_PAIR_L2 is set), and
+/// only from a packet that acknowledges the claiming SYN: a blind spoofer on the target's
+/// side does not know its sequence number, so cannot divert the connection.
 #[inline(always)]
-fn learn_l2<P: Packet>(p: &P, l3_offset: usize, flow: *mut FlowValue, ingress_ifindex: u32) {
+fn learn_l2<P: Packet>(
+    p: &P,
+    l3_offset: usize,
+    flow: *mut FlowValue,
+    ingress_ifindex: u32,
+    tcp: &TcpHdr,
+) {
     // SAFETY: map value pointers stay valid for the program run.
     let f = unsafe { &mut *flow };
-    if f.flags & FLOW_PAIR_L2 != 0 {
+    if f.flags & FLOW_PAIR_L2 != 0 || tcp.ack() == 0 {
         return;
     }
     let Some((src, dst)) = link_of(p, l3_offset) else {
@@ -319,6 +340,11 @@ fn learn_l2<P: Packet>(p: &P, l3_offset: usize, flow: *mut FlowValue, ingress_if
     if let Some(pair) = FLOWS.get_ptr_mut(&f.reverse) {
         // SAFETY: as above. Racing CPUs write the same values.
         let pair = unsafe { &mut *pair };
+        if pair.flags & FLOW_CLAIMER == 0
+            || u32::from_be_bytes(tcp.ack_seq) != pair.claim_seq.wrapping_add(1)
+        {
+            return;
+        }
         pair.egress_ifindex = ingress_ifindex;
         pair.dst_mac = src;
         pair.src_mac = dst;
@@ -391,6 +417,7 @@ fn claim(
     // Both directions or neither. A key already taken means a stale entry of an earlier
     // connection with the same ports: refuse rather than hijack it.
     if FLOWS.insert(key, &forward, BPF_NOEXIST).is_err() {
+        give_back(lease_key, lease);
         return Err(Counter::DropFlowTableFull);
     }
     if FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST).is_err() {
@@ -402,11 +429,19 @@ fn claim(
         };
         if !stale || FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST).is_err() {
             let _ = FLOWS.remove(key);
+            give_back(lease_key, lease);
             return Err(Counter::DropFlowTableFull);
         }
     }
     maps::notify(EVENT_CLAIMED, key, &reverse_key);
     Ok(())
+}
+
+/// A claim that could not create its flows puts its lease back, so the peer's SYN
+/// retransmission can try again (unless userspace revoked it meanwhile).
+#[inline(always)]
+fn give_back(lease_key: &LeaseKey, lease: &LeaseValue) {
+    let _ = LEASES.insert(lease_key, lease, BPF_NOEXIST);
 }
 
 /// The side `addr_be` belongs to, if any data range is on it.

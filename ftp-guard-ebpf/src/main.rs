@@ -17,22 +17,23 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use guard::Verdict;
+use guard::{Hook, Verdict};
 
 /// XDP on the gateway's interfaces: drops unleased traffic to the data ports, NATs and
 /// redirects leased data connections in both directions once their way out is known
 /// (the TC program on the same interface carries the rest).
 #[xdp]
 pub fn xdp_guard(ctx: XdpContext) -> u32 {
-    let (verdict, counter) = guard::process(&ctx, ctx.ingress_ifindex() as u32);
+    let (verdict, counter) = guard::process(&ctx, ctx.ingress_ifindex() as u32, Hook::Xdp);
     match verdict {
         Verdict::Pass => {
             judged::mark(&ctx);
             pass_or_drop(counter, xdp_action::XDP_PASS)
         }
+        // (The guard translates ICMP errors only for TC.)
+        Verdict::LeaveToTc | Verdict::ForwardIcmp(_) => pass_or_drop(counter, xdp_action::XDP_PASS),
         Verdict::Drop => pass_or_drop(counter, xdp_action::XDP_DROP),
-        Verdict::Forward(hit) => forwarded(counter, forward::xdp(&ctx, &hit, false)),
-        Verdict::ForwardIcmp(hit) => forwarded(counter, forward::xdp(&ctx, &hit, true)),
+        Verdict::Forward(hit) => forwarded(counter, forward::xdp(&ctx, &hit)),
     }
 }
 
@@ -45,9 +46,9 @@ pub fn tc_guard(ctx: TcContext) -> i32 {
     }
     // SAFETY: the context pointer is the program's own skb.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let (verdict, counter) = guard::process(&ctx, ifindex);
+    let (verdict, counter) = guard::process(&ctx, ifindex, Hook::Tc);
     match verdict {
-        Verdict::Pass => pass_or_drop(counter, TC_ACT_OK as i32),
+        Verdict::Pass | Verdict::LeaveToTc => pass_or_drop(counter, TC_ACT_OK as i32),
         Verdict::Drop => pass_or_drop(counter, TC_ACT_SHOT as i32),
         Verdict::Forward(hit) => forwarded(counter, forward::tc(&ctx, &hit, false)),
         Verdict::ForwardIcmp(hit) => forwarded(counter, forward::tc(&ctx, &hit, true)),

@@ -178,7 +178,7 @@ impl PortRange {
         (self.first..=self.last).contains(&port)
     }
 
-    fn overlaps(&self, other: &PortRange) -> bool {
+    pub fn overlaps(&self, other: &PortRange) -> bool {
         self.first <= other.last && other.first <= self.last
     }
 }

@@ -591,7 +591,8 @@ impl Kernel {
                 _pad: 0,
             },
         };
-        match self.leases.insert(lease.key(), value, 0) {
+        // NOEXIST: a key still taken means bookkeeping went wrong; never overwrite a lease.
+        match self.leases.insert(lease.key(), value, 1) {
             Ok(()) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
                 Err(KernelError::LeasesFull(self.max_leases))

@@ -104,14 +104,24 @@ impl Ipv4Frame {
     }
 }
 
+/// Every fixture endpoint's initial sequence number: a SYN carries it, every later segment
+/// ISN + 1, and an ACK acknowledges the other side's ISN + 1 (a coherent handshake and
+/// teardown without data accounting).
+pub const FIXTURE_ISN: u32 = 1000;
+
 /// A TCP header (20 bytes, no options) plus payload, with its checksum.
 pub fn tcp_segment(src: SocketAddrV4, dst: SocketAddrV4, tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut seg = Vec::with_capacity(20 + payload.len());
     seg.extend_from_slice(&src.port().to_be_bytes());
     seg.extend_from_slice(&dst.port().to_be_bytes());
-    seg.extend_from_slice(&1000u32.to_be_bytes()); // sequence number
+    let seq = if tcp_flags & flags::SYN != 0 {
+        FIXTURE_ISN
+    } else {
+        FIXTURE_ISN + 1
+    };
+    seg.extend_from_slice(&seq.to_be_bytes());
     let ack = if tcp_flags & flags::ACK != 0 {
-        2000u32
+        FIXTURE_ISN + 1
     } else {
         0
     };

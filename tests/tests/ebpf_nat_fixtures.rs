@@ -483,6 +483,15 @@ fn xdp_redirects_what_it_knows_and_defers_the_rest_to_tc() {
         assert_eq!(action, TC_ACT_OK);
         assert_rewritten(&out, &syn, nat, origin);
 
+        // A packet from the origin's side that does not acknowledge the client's SYN (a
+        // blind spoofer) teaches nothing: the client's next packet still goes by TC.
+        let mut blind = tcp(origin, nat, flags::ACK, &[]);
+        blind[packet::ETH_HLEN + 20 + 8..packet::ETH_HLEN + 20 + 12]
+            .copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        run_xdp(&kernel, &blind);
+        let (_, _, moved) = run_xdp(&kernel, &tcp(client, public, flags::ACK, &[]));
+        assert_eq!(moved, ["deferred_to_tc"], "learned from a blind packet");
+
         let syn_ack = tcp(origin, nat, flags::SYN | flags::ACK, &[]);
         let (action, out, moved) = run_xdp(&kernel, &syn_ack);
         assert_eq!(
@@ -761,5 +770,46 @@ fn the_claiming_syn_again_after_a_reset_still_opens_the_connection() {
         let (action, _, moved) = run_tc(&kernel, &with_seq(&syn, 5_000_000));
         assert_eq!((action, moved), (TC_ACT_SHOT, vec!["drop_no_lease"]));
         assert_eq!(kernel.flow_count(), 0);
+    });
+}
+
+/// A blind RST or FIN (a sequence number far from where the other side expects data) does
+/// not end a connection for the gateway: the endpoints would ignore it, and so must the
+/// gateway, or a spoofer could have its flow entries removed. One in the window does.
+#[test]
+fn a_blind_reset_does_not_end_a_connection() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+        let (client, public) = (sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT));
+        let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
+        run_tc(&kernel, &tcp(client, public, flags::SYN, &[]));
+        run_tc(&kernel, &tcp(origin, nat, flags::SYN | flags::ACK, &[]));
+        run_tc(&kernel, &tcp(client, public, flags::ACK, &[]));
+
+        for blind in [flags::RST, flags::FIN | flags::ACK] {
+            let spoofed = with_seq(&tcp(client, public, blind, &[]), 0x8000_0000);
+            let (action, _, moved) = run_tc(&kernel, &spoofed);
+            assert_eq!(action, TC_ACT_REDIRECT, "{moved:?}");
+            let up = kernel.flow((client, public)).unwrap().unwrap();
+            assert!(
+                !up.rst && !up.fin,
+                "a blind {blind:#x} marked the flow: {up:?}"
+            );
+        }
+        // Nor does a SYN on the tuple now: the connection is not over, so the SYN follows
+        // the flow instead of replacing it.
+        let (_, out, _) = run_tc(
+            &kernel,
+            &with_seq(&tcp(client, public, flags::SYN, &[]), 77),
+        );
+        assert_eq!(parse_tcp(&out).unwrap().dst, origin);
+        assert_eq!(kernel.flow_count(), 2);
+
+        // In the window: it counts.
+        run_tc(&kernel, &tcp(client, public, flags::RST, &[]));
+        assert!(kernel.flow((client, public)).unwrap().unwrap().rst);
     });
 }

@@ -163,6 +163,9 @@ struct Tracked {
     /// Its NAT pair was given back (at the close: it rests from then on, and a claim may
     /// take over the pair's finished entries).
     nat_released: bool,
+    /// Seen neither in the lease map nor as a flow once: a claim may have been half done
+    /// (the SYN deletes the lease, then inserts the flows). Gone if so again.
+    vanished: bool,
 }
 
 impl KernelDataplane {
@@ -217,7 +220,11 @@ impl KernelDataplane {
         };
         let keep = match event.kind {
             EventKind::Claimed => {
-                if t.stage == Stage::Waiting {
+                // Only the claim of this very lease: its peer, to its address.
+                if t.stage == Stage::Waiting
+                    && *event.key.0.ip() == t.peer
+                    && event.key.1 == t.local
+                {
                     self.claimed(t, event.key.0.port());
                 }
                 true
@@ -304,8 +311,15 @@ impl KernelDataplane {
     /// exists) or its claim rolled back. Either way its port is free for its peer again.
     fn settle_claim(&self, t: &mut Tracked, kernel: &Kernel) -> Result<(), KernelError> {
         // The target's direction is keyed by the (target, source) pair userspace chose.
-        match kernel.flow_rewrite((t.target, t.source))? {
-            Some((_, peer)) => self.claimed(t, peer.port()),
+        let pair = (t.target, t.source);
+        let ours = kernel
+            .flow(pair)?
+            .filter(|f| *f.reverse.0.ip() == t.peer && f.reverse.1 == t.local);
+        match ours {
+            Some(f) => self.claimed(t, f.reverse.0.port()),
+            // Between the SYN's delete and its flows' insert, or a claim rolled back: look
+            // once more before giving the lease up.
+            None if !t.vanished => t.vanished = true,
             None => {
                 t.stage = Stage::Gone;
                 self.ports.release(t.peer, t.local);
@@ -401,6 +415,11 @@ impl KernelDataplane {
             }
         } else if !idle {
             t.closed_since = None;
+            // Reopened (its claiming SYN again after a reset): its NAT pair is in use again.
+            if t.nat_released && !t.active {
+                self.nat_ports.mark(t.source.port(), t.target);
+                t.nat_released = false;
+            }
             return Ok(true);
         }
         if forward.is_some() {
@@ -538,6 +557,7 @@ impl KernelDataplane {
             closed_since: None,
             last_seen: (None, None),
             nat_released: false,
+            vanished: false,
         }
     }
 }
@@ -578,6 +598,24 @@ impl Dataplane for KernelDataplane {
         } else {
             port
         };
+        let source = SocketAddrV4::new(self.settings.public_ip, source_port);
+        // Events find a lease by (target, source): two live leases must not share it (two
+        // sessions of one client naming the same PORT address, with port 20 as source).
+        let busy = {
+            let book = self.book();
+            book.by_pair
+                .get(&(request.client, source))
+                .and_then(|id| book.leases.get(id))
+                .is_some_and(|t| match t.stage {
+                    Stage::Waiting => true,
+                    Stage::Carrying { .. } => t.closed_since.is_none(),
+                    Stage::Gone => false,
+                })
+        };
+        if busy {
+            self.ports.release(request.origin, origin_side);
+            return Err(LeaseError::Conflict(request.client));
+        }
         let t = self.tracked(
             request.origin,
             origin_side,
@@ -789,6 +827,23 @@ pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> 
             nat_ip: Some(nat_ip),
             active_port_20: s.active_mode && s.active_from_port_20,
         });
+    }
+    // Leases and flows on a NAT address are keyed by its ports: two services sharing one
+    // must not share ports (each keeps its own books).
+    for (i, a) in services.iter().enumerate() {
+        for (j, b) in services.iter().enumerate().skip(i + 1) {
+            if nat_ips[i].1 == nat_ips[j].1 && a.data_ports.overlaps(&b.data_ports) {
+                anyhow::bail!(
+                    "services `{}` and `{}` both use the NAT address {} with overlapping \
+                     data_ports ({} and {}): give them separate ranges or separate nat_ip",
+                    a.name,
+                    b.name,
+                    nat_ips[i].1,
+                    a.data_ports,
+                    b.data_ports
+                );
+            }
+        }
     }
     let mut kernel = setup.kernel.lock().unwrap_or_else(|e| e.into_inner());
     for s in services {

@@ -51,6 +51,8 @@ pub enum LeaseError {
     PortsExhausted(usize),
     #[error("the lease table is full")]
     TableFull,
+    #[error("another lease already carries a connection to {0}")]
+    Conflict(SocketAddrV4),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -61,6 +63,7 @@ impl LeaseError {
         match self {
             LeaseError::PortsExhausted(_) => "exhausted",
             LeaseError::TableFull => "table_full",
+            LeaseError::Conflict(_) => "conflict",
             LeaseError::Io(_) => "error",
         }
     }

@@ -141,9 +141,26 @@ pub struct NatPorts {
 #[derive(Default)]
 struct NatState {
     in_use: HashSet<(u16, SocketAddrV4)>,
-    /// Pairs whose connection ended, with when: oldest first.
-    resting: VecDeque<(Instant, (u16, SocketAddrV4))>,
-    resting_set: HashSet<(u16, SocketAddrV4)>,
+    /// Pairs whose connection ended, with when it did.
+    resting: HashMap<(u16, SocketAddrV4), Instant>,
+    /// The same in the order they began to rest (an entry whose time no longer matches
+    /// `resting` is stale: the pair was taken and released again since).
+    rest_order: VecDeque<(Instant, (u16, SocketAddrV4))>,
+}
+
+impl NatState {
+    /// Ends the rests that are over by `now`.
+    fn expire(&mut self, now: Instant) {
+        while let Some((since, pair)) = self.rest_order.front().copied() {
+            if now.duration_since(since) < NAT_PAIR_REST {
+                break;
+            }
+            self.rest_order.pop_front();
+            if self.resting.get(&pair) == Some(&since) {
+                self.resting.remove(&pair);
+            }
+        }
+    }
 }
 
 impl NatPorts {
@@ -166,32 +183,28 @@ impl NatPorts {
 
     fn allocate_at(&self, target: SocketAddrV4, now: Instant) -> Option<u16> {
         let mut st = self.state();
-        while let Some((since, pair)) = st.resting.front().copied() {
-            if now.duration_since(since) < NAT_PAIR_REST {
-                break;
-            }
-            st.resting.pop_front();
-            st.resting_set.remove(&pair);
-        }
+        st.expire(now);
         let port = scan(self.range, |p| {
-            st.in_use.contains(&(p, target)) || st.resting_set.contains(&(p, target))
+            st.in_use.contains(&(p, target)) || st.resting.contains_key(&(p, target))
         })
         .or_else(|| {
-            let oldest = st
-                .resting
+            // Every port rests or is in use towards this target: the longest-rested one.
+            st.resting
                 .iter()
-                .find(|(_, (p, t))| *t == target && !st.in_use.contains(&(*p, *t)))
-                .map(|(_, (p, _))| *p)?;
-            st.resting_set.remove(&(oldest, target));
-            Some(oldest)
+                .filter(|((_, t), _)| *t == target)
+                .min_by_key(|(_, since)| **since)
+                .map(|((p, _), _)| *p)
         })?;
+        st.resting.remove(&(port, target));
         st.in_use.insert((port, target));
         Some(port)
     }
 
     /// Marks (`port`, `target`) as in use (a connection adopted from a previous process).
     pub fn mark(&self, port: u16, target: SocketAddrV4) {
-        self.state().in_use.insert((port, target));
+        let mut st = self.state();
+        st.resting.remove(&(port, target));
+        st.in_use.insert((port, target));
     }
 
     /// The connection over (`port`, `target`) is over: the pair rests.
@@ -201,8 +214,9 @@ impl NatPorts {
 
     fn release_at(&self, port: u16, target: SocketAddrV4, now: Instant) {
         let mut st = self.state();
-        if st.in_use.remove(&(port, target)) && st.resting_set.insert((port, target)) {
-            st.resting.push_back((now, (port, target)));
+        if st.in_use.remove(&(port, target)) {
+            st.resting.insert((port, target), now);
+            st.rest_order.push_back((now, (port, target)));
         }
     }
 }
@@ -293,9 +307,22 @@ mod tests {
         // Only the resting one is left: better than a refusal.
         assert_eq!(nat.allocate_at(target, t0), Some(first));
         assert_eq!(nat.allocate_at(target, t0), None);
+        // Taken from its rest and released again, a pair rests its full time anew (the
+        // earlier rest's record, expiring meanwhile, does not end the new one).
+        let other = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 50001);
+        let p = nat.allocate_at(other, t0).unwrap();
+        nat.release_at(p, other, t0);
+        nat.mark(p, other);
+        let t1 = t0 + Duration::from_secs(30);
+        nat.release_at(p, other, t1);
+        nat.state().expire(t0 + NAT_PAIR_REST);
+        assert_eq!(
+            nat.state().resting.get(&(p, other)),
+            Some(&t1),
+            "the stale record of the first rest ended the second one"
+        );
         // After its rest, a pair is an ordinary free port again.
         nat.release_at(first, target, t0);
-        let later = t0 + NAT_PAIR_REST;
-        assert_eq!(nat.allocate_at(target, later), Some(first));
+        assert_eq!(nat.allocate_at(target, t0 + NAT_PAIR_REST), Some(first));
     }
 }
