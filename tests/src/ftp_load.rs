@@ -205,10 +205,165 @@ impl FtpControl {
         Ok(total)
     }
 
+    /// PASV: the data address the server announced.
+    pub fn pasv(&mut self) -> Result<SocketAddrV4> {
+        let reply = self.expect("PASV", 227)?;
+        pasv_addr(&reply.text).with_context(|| format!("no address in {:?}", reply.text))
+    }
+
+    /// One passive download of `path` to nowhere, each step told apart when it fails (see
+    /// [`TransferFailure`]): `mode`, the data connection to the announced address, RETR,
+    /// the data until the server closes it, 226. Returns the bytes received and the data
+    /// address used.
+    pub fn passive_retr(
+        &mut self,
+        mode: Passive,
+        path: &str,
+    ) -> Result<(u64, SocketAddrV4), TransferFailure> {
+        let command = match mode {
+            Passive::Epsv => "EPSV",
+            Passive::Pasv => "PASV",
+        };
+        let reply = self.command(command).map_err(TransferFailure::Control)?;
+        let expected = match mode {
+            Passive::Epsv => 229,
+            Passive::Pasv => 227,
+        };
+        if reply.code != expected {
+            return Err(TransferFailure::Refused {
+                command,
+                code: reply.code,
+                text: reply.text,
+            });
+        }
+        let data_addr = match mode {
+            Passive::Epsv => epsv_port(&reply.text).map(|p| SocketAddrV4::new(*self.peer.ip(), p)),
+            Passive::Pasv => pasv_addr(&reply.text),
+        }
+        .ok_or_else(|| {
+            TransferFailure::Control(anyhow::anyhow!("no data address in {:?}", reply.text))
+        })?;
+        let timeout = self
+            .reader
+            .get_ref()
+            .read_timeout()
+            .ok()
+            .flatten()
+            .unwrap_or(Duration::MAX);
+        let mut data = connect_tcp(self.source, data_addr, timeout)
+            .with_context(|| format!("data connection to {data_addr}"))
+            .map_err(TransferFailure::DataConnect)?;
+        let transfer = |e: anyhow::Error| TransferFailure::Transfer(e);
+        data.set_read_timeout(Some(timeout))
+            .map_err(|e| transfer(e.into()))?;
+        let mark = self
+            .command(&format!("RETR {path}"))
+            .map_err(TransferFailure::Control)?;
+        if mark.code != 150 && mark.code != 125 {
+            return Err(transfer(anyhow::anyhow!("RETR got {:?}", mark.text)));
+        }
+        let mut buf = [0u8; 16 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = data
+                .read(&mut buf)
+                .context("reading the data connection")
+                .map_err(transfer)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        // Closed before the 226 is awaited (see `retr_into`).
+        drop(data);
+        let end = self.reply().map_err(TransferFailure::Control)?;
+        if end.code != 226 {
+            return Err(transfer(anyhow::anyhow!("end of transfer: {:?}", end.text)));
+        }
+        Ok((total, data_addr))
+    }
+
     /// QUIT, expecting 221.
     pub fn quit(mut self) -> Result<()> {
         self.expect("QUIT", 221).map(drop)
     }
+}
+
+/// How a passive data connection is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passive {
+    Epsv,
+    Pasv,
+}
+
+/// Why one [`FtpControl::passive_retr`] failed.
+#[derive(Debug)]
+pub enum TransferFailure {
+    /// EPSV/PASV got another reply than 229/227 (425: no data port free). The control
+    /// connection is still in step.
+    Refused {
+        command: &'static str,
+        code: u16,
+        text: String,
+    },
+    /// The data connection could not be made (refused, timed out). The control connection
+    /// is still in step (RETR was not sent).
+    DataConnect(anyhow::Error),
+    /// RETR was refused, or the data or the 226 did not come: whether a reply is still
+    /// due is unknown, so the control connection is best replaced.
+    Transfer(anyhow::Error),
+    /// The control connection failed (closed, timed out, not FTP): it is unusable.
+    Control(anyhow::Error),
+}
+
+impl TransferFailure {
+    /// A short name of the kind of failure, for counting: `425 on EPSV`, `data connection`, …
+    pub fn kind(&self) -> String {
+        match self {
+            TransferFailure::Refused { command, code, .. } => format!("{code} on {command}"),
+            TransferFailure::DataConnect(_) => "data connection".into(),
+            TransferFailure::Transfer(_) => "transfer".into(),
+            TransferFailure::Control(_) => "control connection".into(),
+        }
+    }
+
+    /// Whether the control connection can go on with the next command.
+    pub fn control_usable(&self) -> bool {
+        matches!(
+            self,
+            TransferFailure::Refused { .. } | TransferFailure::DataConnect(_)
+        )
+    }
+}
+
+impl std::fmt::Display for TransferFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransferFailure::Refused { command, text, .. } => write!(f, "{command}: {text}"),
+            TransferFailure::DataConnect(e)
+            | TransferFailure::Transfer(e)
+            | TransferFailure::Control(e) => write!(f, "{}: {e:#}", self.kind()),
+        }
+    }
+}
+
+/// The address of a 227 reply: "227 Entering Passive Mode (h1,h2,h3,h4,p1,p2)" (the
+/// parentheses optional, as RFC 959 leaves them).
+pub fn pasv_addr(text: &str) -> Option<SocketAddrV4> {
+    let start = text.get(3..)?.find(|c: char| c.is_ascii_digit())? + 3;
+    let numbers: Vec<u8> = text[start..]
+        .split(|c: char| !c.is_ascii_digit() && c != ',')
+        .next()?
+        .split(',')
+        .map(|n| n.parse().ok())
+        .collect::<Option<_>>()?;
+    let [a, b, c, d, p1, p2] = numbers[..] else {
+        return None;
+    };
+    Some(SocketAddrV4::new(
+        std::net::Ipv4Addr::new(a, b, c, d),
+        u16::from(p1) << 8 | u16::from(p2),
+    ))
 }
 
 /// The port of a 229 reply: "229 Entering Extended Passive Mode (|||port|)" with any
@@ -269,6 +424,59 @@ mod tests {
         assert_eq!(epsv_port("229 ok (|||x|)"), None);
         assert_eq!(epsv_port("229 ok (||40001|)"), None);
         assert_eq!(epsv_port("229 no parentheses"), None);
+    }
+
+    #[test]
+    fn pasv_addresses() {
+        assert_eq!(
+            pasv_addr("227 Entering Passive Mode (203,0,113,1,156,64)."),
+            Some("203.0.113.1:40000".parse().unwrap())
+        );
+        assert_eq!(
+            pasv_addr("227 =198,51,100,2,117,48"),
+            Some("198.51.100.2:30000".parse().unwrap())
+        );
+        assert_eq!(pasv_addr("227 (1,2,3,4,5)"), None);
+        assert_eq!(pasv_addr("227 (1,2,3,4,5,256)"), None);
+        assert_eq!(pasv_addr("227 nothing"), None);
+    }
+
+    #[test]
+    fn passive_retr_tells_failures_apart() {
+        let timeout = Duration::from_secs(5);
+        // A 425 to EPSV: the control connection goes on.
+        let addr = scripted(&[
+            "220 hi\r\n",
+            "425 Can't open data connection now, try again later.\r\n",
+            "200 ok\r\n",
+        ]);
+        let mut c = FtpControl::connect(addr, timeout).unwrap();
+        let e = c.passive_retr(Passive::Epsv, "f").unwrap_err();
+        assert_eq!(e.kind(), "425 on EPSV");
+        assert!(e.control_usable(), "{e}");
+        assert_eq!(c.command("NOOP").unwrap().code, 200);
+        // A data port nobody listens on.
+        let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let reply: &'static str = Box::leak(
+            format!(
+                "227 Entering Passive Mode (127,0,0,1,{},{})\r\n",
+                port >> 8,
+                port & 0xff
+            )
+            .into_boxed_str(),
+        );
+        let script: &'static [&'static str] = Box::leak(Box::new(["220 hi\r\n", reply]));
+        let mut c = FtpControl::connect(scripted(script), timeout).unwrap();
+        let e = c.passive_retr(Passive::Pasv, "f").unwrap_err();
+        assert_eq!(e.kind(), "data connection", "{e}");
+        assert!(e.control_usable());
+        // The server closes the control connection.
+        let mut c = FtpControl::connect(scripted(&["220 hi\r\n"]), timeout).unwrap();
+        let e = c.passive_retr(Passive::Epsv, "f").unwrap_err();
+        assert_eq!(e.kind(), "control connection", "{e}");
+        assert!(!e.control_usable());
     }
 
     #[test]

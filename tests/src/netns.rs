@@ -287,6 +287,15 @@ impl Topology {
         Ok(())
     }
 
+    /// Turns rx and tx checksum offload of `ifname` in `role` on (a veth's default, and a
+    /// NIC's: TSO/GSO, which need tx checksumming, come back with it) or off (what
+    /// [`Topology::add_veth`] sets).
+    pub fn set_checksum_offload(&self, role: &str, ifname: &str, on: bool) -> Result<()> {
+        let state = if on { "on" } else { "off" };
+        self.run(role, &["ethtool", "-K", ifname, "rx", state, "tx", state])?;
+        Ok(())
+    }
+
     /// `ip addr add CIDR dev IFNAME` in `role`.
     pub fn add_address(&self, role: &str, ifname: &str, cidr: &str) -> Result<()> {
         run_checked(Command::new("ip").args([

@@ -6,6 +6,7 @@
 //! figures, and pyftpdlib (port 2121, one process for any number of sessions) for the
 //! idle-session memory figure, where vsftpd would fork 10,000 processes.
 use std::{
+    collections::BTreeMap,
     fs,
     net::SocketAddrV4,
     path::{Path, PathBuf},
@@ -27,6 +28,37 @@ pub const SMALL_SIZE: u64 = 4096;
 const PAYLOAD_DIR_PREFIX: &str = "ftp-guard-bench-";
 /// pyftpdlib's control port on the origin.
 const PYFTPDLIB_PORT: u16 = 2121;
+
+/// The `ethtool -k` features the report shows, with their short names.
+const OFFLOADS: [(&str, &str); 6] = [
+    ("rx-checksumming", "rx-csum"),
+    ("tx-checksumming", "tx-csum"),
+    ("scatter-gather", "sg"),
+    // The real TSO state (the parent `tcp-segmentation-offload` says "on" when any child,
+    // e.g. accecn, is on).
+    ("tx-tcp-segmentation", "tso"),
+    ("generic-segmentation-offload", "gso"),
+    ("generic-receive-offload", "gro"),
+];
+
+/// Checksum offload on the veths for one figure's run, back off when dropped.
+pub struct OffloadsOn<'a>(&'a Env);
+
+impl<'a> OffloadsOn<'a> {
+    pub fn new(env: &'a Env) -> Result<Self> {
+        let guard = OffloadsOn(env);
+        env.set_checksum_offload(true)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for OffloadsOn<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.set_checksum_offload(false) {
+            eprintln!("warning: turning checksum offload back off: {e:#}");
+        }
+    }
+}
 
 /// The topology, the origin servers and the payload, shared by every scenario.
 pub struct Env {
@@ -167,6 +199,49 @@ impl Env {
             light_server,
             payload,
         })
+    }
+
+    /// The veth ends every packet of a transfer crosses: (role, interface).
+    pub const VETHS: [(&'static str, &'static str); 4] = [
+        (CLIENT, netns::HOST_IF),
+        (GATEWAY, netns::GATEWAY_PUBLIC_IF),
+        (GATEWAY, netns::GATEWAY_PRIVATE_IF),
+        (ORIGIN, netns::HOST_IF),
+    ];
+
+    /// Turns rx/tx checksum offload on every veth end on (the veth default) or off (the
+    /// topology's setting: every checksum computed and checked).
+    pub fn set_checksum_offload(&self, on: bool) -> Result<()> {
+        for (role, ifname) in Self::VETHS {
+            self.topo
+                .set_checksum_offload(role, ifname, on)
+                .with_context(|| format!("checksum offload {role}/{ifname}"))?;
+        }
+        Ok(())
+    }
+
+    /// The offloads in force on every veth end, `role/ifname` → `tx-csum on, sg on, …`.
+    pub fn offloads(&self) -> BTreeMap<String, String> {
+        let mut offloads = BTreeMap::new();
+        for (role, ifname) in Self::VETHS {
+            let Ok(out) = self.topo.run(role, &["ethtool", "-k", ifname]) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&out.stdout);
+            let features: Vec<String> = OFFLOADS
+                .iter()
+                .filter_map(|(wanted, short)| {
+                    let value = text.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        (k.trim() == *wanted).then_some(v)
+                    })?;
+                    let on = value.trim().starts_with("on");
+                    Some(format!("{short} {}", if on { "on" } else { "off" }))
+                })
+                .collect();
+            offloads.insert(format!("{role}/{ifname}"), features.join(", "));
+        }
+        offloads
     }
 
     /// Credentials of the vsftpd origin, to be used at `target`.

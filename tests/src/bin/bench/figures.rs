@@ -1,9 +1,9 @@
 //! What the benchmark measures: each [`Figure`] is one kind of run, yielding one
 //! [`Sample`] of its [`Metric`]s per scenario and round.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     process::{Child, Stdio},
-    sync::{Arc, Barrier},
+    sync::{Arc, Barrier, Mutex},
     time::{Duration, Instant},
 };
 
@@ -11,27 +11,40 @@ use anyhow::{Context as _, Result, bail, ensure};
 use ftp_guard_common::Counter;
 use ftp_guard_tests::{
     ftp_clients::{DataMode, curl_download, ns_command, sha256_file},
-    ftp_load::{self, FtpControl},
+    ftp_load::{self, FtpControl, Passive},
     netns::CLIENT,
 };
 use serde_json::{Value, json};
 
 use crate::{
     cpu::{self, MachineCpu},
-    env::{Env, PAYLOAD, SMALL, SMALL_SIZE},
+    env::{Env, OffloadsOn, PAYLOAD, SMALL, SMALL_SIZE},
     memory,
-    scenarios::{Active, Carrier, Scenario},
+    scenarios::{Active, Carrier, DATA_PORTS, NARROW_DATA_PORTS, Scenario},
 };
 
 const GB: f64 = 1e9;
 /// Per-operation timeout of the load clients: a stall is a failure, not a slow sample.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A download slower than this on average (bytes/s, i.e. 100 Mbit/s) is cut off by curl's
+/// `--max-time` as failed: a stall at the end of a transfer (the 226 never comes) ends
+/// the run within a bound known in advance.
+const MIN_DOWNLOAD_RATE: f64 = 12.5e6;
+/// After a failed attempt a `data-conns` worker waits this long before the next, as a
+/// client that retries would: a 425 comes back at once, and without a pause the failures
+/// would pile up at the rate of control replies and eat the CPU the others need.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Figure {
     Throughput,
+    /// Single-stream download with rx/tx checksum offload on the veths (their default).
+    ThroughputOffload,
     Streams,
     Sessions,
+    /// Short passive data connections on long-lived control connections, through a
+    /// 100-port public data range.
+    DataConns,
     Latency,
     Leases,
     Memory,
@@ -47,14 +60,21 @@ pub struct Settings {
     pub lease_connections: usize,
     pub leases_per_connection: usize,
     pub idle_sessions: usize,
+    pub data_conn_seconds: f64,
+    pub data_conn_workers: usize,
+    /// How long one operation may make no progress (a connect, a reply, a download's
+    /// data) before it counts as failed.
+    pub stall: Duration,
     pub ftp_guard_bin: std::path::PathBuf,
 }
 
 impl Figure {
-    pub const ALL: [Figure; 6] = [
+    pub const ALL: [Figure; 8] = [
         Figure::Throughput,
+        Figure::ThroughputOffload,
         Figure::Streams,
         Figure::Sessions,
+        Figure::DataConns,
         Figure::Latency,
         Figure::Leases,
         Figure::Memory,
@@ -63,8 +83,10 @@ impl Figure {
     pub fn name(self) -> &'static str {
         match self {
             Figure::Throughput => "throughput",
+            Figure::ThroughputOffload => "throughput-offload",
             Figure::Streams => "streams",
             Figure::Sessions => "sessions",
+            Figure::DataConns => "data-conns",
             Figure::Latency => "latency",
             Figure::Leases => "leases",
             Figure::Memory => "memory",
@@ -74,8 +96,15 @@ impl Figure {
     pub fn title(self, s: &Settings) -> String {
         match self {
             Figure::Throughput => "Single-stream download".into(),
+            Figure::ThroughputOffload => {
+                "Single-stream download, checksum offload on (veth default)".into()
+            }
             Figure::Streams => format!("{} parallel downloads", s.streams),
             Figure::Sessions => "Sessions per second".into(),
+            Figure::DataConns => format!(
+                "Data connections per second through a {}-port data range",
+                port_count(NARROW_DATA_PORTS)
+            ),
             Figure::Latency => "Control-reply latency".into(),
             Figure::Leases => "Passive data-port allocation rate".into(),
             Figure::Memory => format!("Memory with {} idle control sessions", s.idle_sessions),
@@ -90,7 +119,20 @@ impl Figure {
                 "curl RETR (EPSV) of a {mib} MiB file from vsftpd (sendfile, tmpfs) to \
                  /dev/null; throughput from curl's time_total; CPU sampled around the curl \
                  process (machine: all CPUs' user+system+irq+softirq, i.e. client, gateway and \
-                 server together; ftp-guard process: this process, where ftp-guard runs)."
+                 server together; ftp-guard process: this process, where ftp-guard runs). A run fails (and stops the benchmark) if the \
+                 download fails, makes no progress for {stall} s or runs slower than \
+                 100 Mbit/s.",
+                stall = s.stall.as_secs_f64()
+            ),
+            Figure::ThroughputOffload => format!(
+                "As the single-stream download, but with rx and tx checksum offload turned \
+                 on (`ethtool -K rx on tx on`, the veth default; TSO/GSO follow) on all four \
+                 veth ends for the run, and back off after. Packets then cross the veths \
+                 with partial or unverified checksums, as they reach a NIC that offloads. \
+                 A failed, stalled (no progress for {stall} s) or too slow (< 100 Mbit/s) \
+                 download is reported as a failed run, without a value; the benchmark goes \
+                 on.",
+                stall = s.stall.as_secs_f64()
             ),
             Figure::Streams => format!(
                 "{} curl processes download the {mib} MiB file at once; aggregate = all \
@@ -103,6 +145,26 @@ impl Figure {
                  file (length checked), QUIT (221 awaited). Any failed session fails the run. \
                  Machine CPU per session over the same window.",
                 s.session_workers, s.session_seconds
+            ),
+            Figure::DataConns => format!(
+                "{} logged-in control connections, each downloading the {SMALL_SIZE}-byte \
+                 file over and over for {} s on its one control connection, alternating \
+                 EPSV and PASV: passive command, data connection to the announced address, \
+                 RETR, data to the end, 226. ftp-guard's public data range is exactly \
+                 `{NARROW_DATA_PORTS}` ({} ports) in this figure; the kernel helper and \
+                 routing use the origin's passive ports (vsftpd, 5,000), the helper having \
+                 no range of its own. Counted: completed transfers (length checked) per \
+                 second of the run, and failed attempts (a 425 or other refusal of EPSV/PASV, \
+                 a data connection not made, a transfer cut short, a lost control \
+                 connection; each operation may stall {} s at most) as a share of all \
+                 attempts; after a failure the connection pauses {} ms, as a retrying client \
+                 would, and a lost control connection is replaced. Machine CPU per completed \
+                 transfer over the same window.",
+                s.data_conn_workers,
+                s.data_conn_seconds,
+                port_count(NARROW_DATA_PORTS),
+                s.stall.as_secs_f64(),
+                RETRY_PAUSE.as_millis()
             ),
             Figure::Latency => format!(
                 "One logged-in control connection, 100 NOOPs to warm up, then {} NOOPs one \
@@ -139,11 +201,21 @@ impl Figure {
                 Metric::Softirq,
                 Metric::GatewayCpu,
             ],
+            Figure::ThroughputOffload => &[
+                Metric::OffloadThroughput,
+                Metric::OffloadMachineCpu,
+                Metric::OffloadSoftirq,
+            ],
             Figure::Streams => &[Metric::StreamsThroughput, Metric::StreamsMachineCpu],
             Figure::Sessions => &[
                 Metric::SessionsPerSec,
                 Metric::SessionCpu,
                 Metric::SessionP50,
+            ],
+            Figure::DataConns => &[
+                Metric::DataConnsPerSec,
+                Metric::DataConnsFailed,
+                Metric::DataConnCpu,
             ],
             Figure::Latency => &[Metric::ReplyP50, Metric::ReplyP99],
             Figure::Leases => &[Metric::LeasesPerSec],
@@ -173,19 +245,49 @@ impl Figure {
         self != Figure::Memory
     }
 
+    /// ftp-guard's public data ports in this figure's runs.
+    pub fn data_ports(self) -> &'static str {
+        match self {
+            Figure::DataConns => NARROW_DATA_PORTS,
+            _ => DATA_PORTS,
+        }
+    }
+
     pub fn measure(self, env: &Env, scenario: &Scenario, s: &Settings) -> Result<Sample> {
         if self == Figure::Memory {
             return memory::measure(env, scenario, s);
         }
-        let active = scenario.carrier.start(&env.topo, env.server.addr())?;
+        // Set before the scenario starts (as a NIC's features are before ftp-guard
+        // attaches), back off after it has stopped (dropped in reverse order).
+        let offloads = match self {
+            Figure::ThroughputOffload => Some(OffloadsOn::new(env)?),
+            _ => None,
+        };
+        let active = scenario
+            .carrier
+            .start(&env.topo, env.server.addr(), self.data_ports())?;
         let mut sample = match self {
-            Figure::Throughput => downloads(env, &active, 1)?,
-            Figure::Streams => downloads(env, &active, s.streams)?,
+            Figure::Throughput => downloads(env, &active, 1, s)?,
+            Figure::ThroughputOffload => match downloads(env, &active, 1, s) {
+                Ok(sample) => sample.renamed(&[
+                    (Metric::Throughput, Metric::OffloadThroughput),
+                    (Metric::MachineCpu, Metric::OffloadMachineCpu),
+                    (Metric::Softirq, Metric::OffloadSoftirq),
+                ]),
+                Err(e) => Sample::failed(e),
+            },
+            Figure::Streams => downloads(env, &active, s.streams, s)?,
             Figure::Sessions => sessions(env, &active, s)?,
+            Figure::DataConns => data_conns(env, &active, s)?,
             Figure::Latency => latency(env, &active, s)?,
             Figure::Leases => leases(env, &active, s)?,
             Figure::Memory => unreachable!(),
         };
+        if offloads.is_some() {
+            sample
+                .detail
+                .insert("offloads".into(), json!(env.offloads()));
+        }
         sample.counters = active.counters().map(|c| {
             c.0.iter()
                 .filter(|(_, n)| *n > 0)
@@ -204,11 +306,17 @@ pub enum Metric {
     MachineCpu,
     Softirq,
     GatewayCpu,
+    OffloadThroughput,
+    OffloadMachineCpu,
+    OffloadSoftirq,
     StreamsThroughput,
     StreamsMachineCpu,
     SessionsPerSec,
     SessionCpu,
     SessionP50,
+    DataConnsPerSec,
+    DataConnsFailed,
+    DataConnCpu,
     ReplyP50,
     ReplyP99,
     LeasesPerSec,
@@ -223,11 +331,17 @@ impl Metric {
             Metric::MachineCpu => "machine_cpu_s_per_gb",
             Metric::Softirq => "softirq_s_per_gb",
             Metric::GatewayCpu => "gateway_process_cpu_s_per_gb",
+            Metric::OffloadThroughput => "offload_throughput_gbit_s",
+            Metric::OffloadMachineCpu => "offload_machine_cpu_s_per_gb",
+            Metric::OffloadSoftirq => "offload_softirq_s_per_gb",
             Metric::StreamsThroughput => "streams_throughput_gbit_s",
             Metric::StreamsMachineCpu => "streams_machine_cpu_s_per_gb",
             Metric::SessionsPerSec => "sessions_per_s",
             Metric::SessionCpu => "machine_cpu_ms_per_session",
             Metric::SessionP50 => "session_p50_ms",
+            Metric::DataConnsPerSec => "data_conns_per_s",
+            Metric::DataConnsFailed => "data_conns_failed_pct",
+            Metric::DataConnCpu => "machine_cpu_ms_per_data_conn",
             Metric::ReplyP50 => "reply_p50_us",
             Metric::ReplyP99 => "reply_p99_us",
             Metric::LeasesPerSec => "epsv_leases_per_s",
@@ -242,11 +356,17 @@ impl Metric {
             Metric::MachineCpu => "machine CPU, s/GB",
             Metric::Softirq => "of which softirq, s/GB",
             Metric::GatewayCpu => "ftp-guard process CPU, s/GB",
+            Metric::OffloadThroughput => "throughput (offload on), Gbit/s",
+            Metric::OffloadMachineCpu => "machine CPU (offload on), s/GB",
+            Metric::OffloadSoftirq => "of which softirq, s/GB",
             Metric::StreamsThroughput => "aggregate throughput, Gbit/s",
             Metric::StreamsMachineCpu => "machine CPU, s/GB",
             Metric::SessionsPerSec => "sessions/s",
             Metric::SessionCpu => "machine CPU, ms/session",
             Metric::SessionP50 => "session time p50, ms",
+            Metric::DataConnsPerSec => "data connections/s",
+            Metric::DataConnsFailed => "failed, % of attempts",
+            Metric::DataConnCpu => "machine CPU, ms/connection",
             Metric::ReplyP50 => "reply p50, µs",
             Metric::ReplyP99 => "reply p99, µs",
             Metric::LeasesPerSec => "EPSV → 229 per s",
@@ -256,10 +376,12 @@ impl Metric {
     }
 
     /// The figure's headline metrics, compared against routing and the kernel helper.
-    pub const HEADLINE: [Metric; 6] = [
+    pub const HEADLINE: [Metric; 8] = [
         Metric::Throughput,
+        Metric::OffloadThroughput,
         Metric::StreamsThroughput,
         Metric::SessionsPerSec,
+        Metric::DataConnsPerSec,
         Metric::ReplyP99,
         Metric::LeasesPerSec,
         Metric::MemGateway,
@@ -281,6 +403,9 @@ pub struct Sample {
     pub attachments: Option<Vec<String>>,
     /// Raw numbers of the run, for the JSON report.
     pub detail: serde_json::Map<String, Value>,
+    /// Why the run failed, for a figure that reports a failed run instead of stopping
+    /// (then it has no values).
+    pub failure: Option<String>,
 }
 
 impl Sample {
@@ -297,6 +422,24 @@ impl Sample {
 
     fn set(&mut self, metric: Metric, value: f64) {
         self.values.insert(metric, value);
+    }
+
+    /// A failed run: no values, the error kept.
+    pub fn failed(e: anyhow::Error) -> Sample {
+        Sample {
+            failure: Some(format!("{e:#}")),
+            ..Sample::default()
+        }
+    }
+
+    /// The same values under other metrics (`(from, to)`); the others are dropped.
+    fn renamed(mut self, names: &[(Metric, Metric)]) -> Sample {
+        let values = std::mem::take(&mut self.values);
+        self.values = names
+            .iter()
+            .filter_map(|(from, to)| Some((*to, *values.get(from)?)))
+            .collect();
+        self
     }
 }
 
@@ -336,7 +479,9 @@ fn cpu_window<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, CpuWindow)> {
 /// One untimed download to a file, checked by sha256 and by the protocol trace (EPSV);
 /// for a kernel path, also that the programs NATed and redirected the data.
 pub fn verify(env: &Env, scenario: &Scenario) -> Result<()> {
-    let active = scenario.carrier.start(&env.topo, env.server.addr())?;
+    let active = scenario
+        .carrier
+        .start(&env.topo, env.server.addr(), DATA_PORTS)?;
     let dest = env
         .payload
         .dir
@@ -371,8 +516,14 @@ pub fn verify(env: &Env, scenario: &Scenario) -> Result<()> {
 }
 
 /// `streams` simultaneous curl downloads of the payload to /dev/null.
-fn downloads(env: &Env, active: &Active, streams: usize) -> Result<Sample> {
+fn downloads(env: &Env, active: &Active, streams: usize, s: &Settings) -> Result<Sample> {
     let login = env.login(active.target);
+    let stall = s.stall.as_secs().max(1).to_string();
+    // Each stream gets its share of the bandwidth.
+    let max_time = (s.stall.as_secs_f64()
+        + (env.payload.size * streams as u64) as f64 / MIN_DOWNLOAD_RATE)
+        .ceil()
+        .to_string();
     let spawn = || -> Result<Child> {
         let mut curl = ns_command(env.topo.ns_name(CLIENT))?;
         curl.args([
@@ -382,9 +533,14 @@ fn downloads(env: &Env, active: &Active, streams: usize) -> Result<Sample> {
             "--user",
             &format!("{}:{}", login.user, login.password),
             "--connect-timeout",
-            "10",
+            &stall,
+            // No progress (< 1 byte/s) for `stall` seconds, or not done in `max_time`.
+            "--speed-limit",
+            "1",
+            "--speed-time",
+            &stall,
             "--max-time",
-            "900",
+            &max_time,
             "-o",
             "/dev/null",
             "-w",
@@ -452,10 +608,10 @@ pub fn parse_curl(out: &std::process::Output) -> Result<(u64, f64)> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success(),
-        "curl failed ({}): {}{}",
+        "curl failed ({}): {} (-w: {:?})",
         out.status,
-        stdout.trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
+        String::from_utf8_lossy(&out.stderr).trim(),
+        stdout.trim()
     );
     let mut words = stdout.split_whitespace();
     let (Some(bytes), Some(secs)) = (words.next(), words.next()) else {
@@ -551,6 +707,177 @@ fn sessions(env: &Env, active: &Active, s: &Settings) -> Result<Sample> {
         "wall_seconds": w.wall,
         "machine_cpu_seconds": w.machine,
         "session_p99_ms": ftp_load::quantile(&times, 0.99).map(|t| t * 1e3),
+    }));
+    Ok(sample)
+}
+
+/// How many ports a `"first-last"` range has.
+pub fn port_count(range: &str) -> usize {
+    range
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .map_or(0, |(a, b)| (b + 1).saturating_sub(a))
+}
+
+/// What one `data-conns` control connection did.
+#[derive(Default)]
+struct DataConnTally {
+    /// Seconds each completed transfer took (passive command to 226).
+    times: Vec<f64>,
+    /// Failed attempts by kind (`425 on EPSV`, `data connection`, …).
+    failures: BTreeMap<String, u64>,
+    /// The first few failures, word for word.
+    examples: Vec<String>,
+    /// Data ports the gateway (or origin) announced for completed transfers.
+    ports: BTreeSet<u16>,
+    /// Control connections replaced after one was lost.
+    reconnects: u64,
+}
+
+impl DataConnTally {
+    const EXAMPLES: usize = 3;
+
+    fn fail(&mut self, kind: String, what: String) {
+        *self.failures.entry(kind).or_insert(0) += 1;
+        if self.examples.len() < Self::EXAMPLES {
+            self.examples.push(what);
+        }
+    }
+}
+
+/// Short passive transfers back to back on `data_conn_workers` control connections; see
+/// [`Figure::method`]. Failures are counted, not fatal: they are what the figure is about.
+fn data_conns(env: &Env, active: &Active, s: &Settings) -> Result<Sample> {
+    let login = env.login(active.target);
+    let timeout = s.stall;
+    let workers = s.data_conn_workers;
+    // Log in first (not timed), then all connections start their transfers at once.
+    let controls = in_client_threads(env, workers, {
+        let login = login.clone();
+        move |_| FtpControl::login(login.addr, &login.user, &login.password, timeout)
+    })?
+    .into_iter()
+    .map(|c| c.map(|c| Mutex::new(Some(c))))
+    .collect::<Result<Vec<_>>>()?;
+    let shared = Arc::new(controls);
+    let span = Duration::from_secs_f64(s.data_conn_seconds);
+    let (per_worker, w) = cpu_window(|| {
+        let shared = shared.clone();
+        in_client_threads(env, workers, move |i| {
+            let mut control = shared[i].lock().ok().and_then(|mut c| c.take());
+            let mut tally = DataConnTally::default();
+            let deadline = Instant::now() + span;
+            let mut k = i;
+            while Instant::now() < deadline {
+                let c = match control.as_mut() {
+                    Some(c) => c,
+                    None => {
+                        match FtpControl::login(login.addr, &login.user, &login.password, timeout) {
+                            Ok(c) => {
+                                tally.reconnects += 1;
+                                control.insert(c)
+                            }
+                            Err(e) => {
+                                tally.fail("login".into(), format!("login: {e:#}"));
+                                std::thread::sleep(RETRY_PAUSE);
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let mode = if k % 2 == 0 {
+                    Passive::Epsv
+                } else {
+                    Passive::Pasv
+                };
+                k += 1;
+                let started = Instant::now();
+                match c.passive_retr(mode, SMALL) {
+                    Ok((bytes, addr)) if bytes == SMALL_SIZE => {
+                        tally.times.push(started.elapsed().as_secs_f64());
+                        tally.ports.insert(addr.port());
+                    }
+                    Ok((bytes, _)) => {
+                        tally.fail(
+                            "transfer".into(),
+                            format!("transfer: {bytes} bytes of {SMALL_SIZE}"),
+                        );
+                        std::thread::sleep(RETRY_PAUSE);
+                    }
+                    Err(f) => {
+                        tally.fail(f.kind(), f.to_string());
+                        if !f.control_usable() {
+                            control = None;
+                        }
+                        std::thread::sleep(RETRY_PAUSE);
+                    }
+                }
+            }
+            (tally, control)
+        })
+    })?;
+    let mut total = DataConnTally::default();
+    for (tally, control) in per_worker {
+        if let Some(c) = control {
+            // Not timed; a failure here says nothing about the data connections.
+            let _ = c.quit();
+        }
+        total.times.extend(tally.times);
+        for (kind, n) in tally.failures {
+            *total.failures.entry(kind).or_insert(0) += n;
+        }
+        for e in tally.examples {
+            if total.examples.len() < DataConnTally::EXAMPLES {
+                total.examples.push(e);
+            }
+        }
+        total.ports.extend(tally.ports);
+        total.reconnects += tally.reconnects;
+    }
+    if active.gateway.is_some() {
+        let range: ftp_guard::config::PortRange = NARROW_DATA_PORTS
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{NARROW_DATA_PORTS}: {e}"))?;
+        ensure!(
+            total.ports.iter().all(|p| range.contains(*p)),
+            "ftp-guard announced data ports outside {NARROW_DATA_PORTS}: {:?}",
+            total.ports
+        );
+    }
+    let done = total.times.len();
+    let failed: u64 = total.failures.values().sum();
+    let attempts = done as u64 + failed;
+    total.times.sort_by(f64::total_cmp);
+    let q = |x| ftp_load::quantile(&total.times, x).map(|t| t * 1e3);
+    let mut sample = Sample {
+        wall_seconds: w.wall,
+        others_cpu_seconds: w.others,
+        ..Sample::default()
+    };
+    sample.set(Metric::DataConnsPerSec, done as f64 / w.wall);
+    sample.set(
+        Metric::DataConnsFailed,
+        if attempts == 0 {
+            0.0
+        } else {
+            failed as f64 * 100.0 / attempts as f64
+        },
+    );
+    if done > 0 {
+        sample.set(Metric::DataConnCpu, w.machine / done as f64 * 1e3);
+    }
+    sample.detail = json_map(json!({
+        "transfers": done,
+        "failed": failed,
+        "failures": total.failures,
+        "failure_examples": total.examples,
+        "reconnects": total.reconnects,
+        "distinct_data_ports": total.ports.len(),
+        "ftp_guard_data_ports": active.gateway.as_ref().map(|_| NARROW_DATA_PORTS),
+        "transfer_p50_ms": q(0.5),
+        "transfer_p99_ms": q(0.99),
+        "wall_seconds": w.wall,
+        "machine_cpu_seconds": w.machine,
     }));
     Ok(sample)
 }
@@ -667,6 +994,24 @@ mod tests {
         keys.sort_unstable();
         keys.dedup();
         assert_eq!(keys.len(), n, "duplicate metric keys");
+    }
+
+    #[test]
+    fn port_counts() {
+        assert_eq!(port_count(NARROW_DATA_PORTS), 100);
+        assert_eq!(port_count("40000-44999"), 5000);
+        assert_eq!(port_count("7-7"), 1);
+        assert_eq!(port_count("nonsense"), 0);
+    }
+
+    #[test]
+    fn renamed_keeps_only_the_mapped_values() {
+        let mut s = Sample::default();
+        s.set(Metric::Throughput, 5.0);
+        s.set(Metric::GatewayCpu, 0.1);
+        let s = s.renamed(&[(Metric::Throughput, Metric::OffloadThroughput)]);
+        assert_eq!(s.values.len(), 1);
+        assert_eq!(s.values[&Metric::OffloadThroughput], 5.0);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: ftp-guard measured side by side with the alternatives — plain
 //! routing (the limit) and the Linux kernel FTP helper — in one run on one topology.
 //!
-//! Figures (`--figures`): single-stream and parallel download throughput with CPU per GB,
-//! sessions per second, control-reply latency, passive data-port allocation rate, and
-//! memory per idle control session. Every figure runs each scenario `--runs` times,
+//! Figures (`--figures`): single-stream download throughput with CPU per GB (checksum
+//! offload off, and on), parallel download throughput, sessions per second, data
+//! connections per second through a 100-port data range, control-reply latency, passive
+//! data-port allocation rate, and memory per idle control session. Every figure runs each scenario `--runs` times,
 //! interleaved round-robin (the starting scenario rotating) so drift of the machine hits
 //! every scenario alike; a run disturbed by other processes is repeated (`--retries`).
 //!
@@ -40,7 +41,7 @@ use crate::{
 const SETTLE: Duration = Duration::from_millis(300);
 
 /// ftp-guard against plain routing and the kernel FTP helper: throughput, sessions/s,
-/// latency, lease rate, memory.
+/// data connections/s, latency, lease rate, memory.
 #[derive(Parser, Debug)]
 #[command(name = "bench")]
 struct Args {
@@ -69,6 +70,22 @@ struct Args {
     /// Client threads of the `sessions` figure.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     session_workers: u64,
+    /// Seconds each `data-conns` run lasts.
+    #[arg(long, default_value_t = 5.0)]
+    data_conn_seconds: f64,
+    /// Control connections of the `data-conns` figure (each runs one transfer at a time).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    data_conn_workers: u64,
+    /// Checksum offload of the single-stream throughput figure: `off` (the topology's
+    /// setting: every checksum computed and checked; figure `throughput`), `on` (the
+    /// veth default; figure `throughput-offload`) or `both`. Replaces whichever of the two
+    /// `--figures` selects (default: both run).
+    #[arg(long, value_enum)]
+    offloads: Option<Offloads>,
+    /// Seconds an operation may make no progress (a connect, a reply, a download's data)
+    /// before it counts as failed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    stall_seconds: u64,
     /// NOOPs timed per `latency` run.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
     latency_samples: u64,
@@ -113,6 +130,10 @@ impl Args {
             self.session_seconds > 0.0 && self.session_seconds <= 600.0,
             "--session-seconds must be within (0, 600]"
         );
+        ensure!(
+            self.data_conn_seconds > 0.0 && self.data_conn_seconds <= 600.0,
+            "--data-conn-seconds must be within (0, 600]"
+        );
         let ftp_guard_bin = match &self.ftp_guard_bin {
             Some(p) => p.clone(),
             None => std::env::current_exe()
@@ -127,6 +148,9 @@ impl Args {
             lease_connections: self.lease_connections as usize,
             leases_per_connection: self.leases_per_connection as usize,
             idle_sessions: self.idle_sessions as usize,
+            data_conn_seconds: self.data_conn_seconds,
+            data_conn_workers: self.data_conn_workers as usize,
+            stall: Duration::from_secs(self.stall_seconds),
             ftp_guard_bin,
         })
     }
@@ -147,6 +171,25 @@ impl Args {
     }
 
     fn figures(&self) -> Result<Vec<Figure>> {
+        let mut figures = self.named_figures()?;
+        // --offloads picks the variants of the single-stream figure, if one is asked for.
+        let throughput = [Figure::Throughput, Figure::ThroughputOffload];
+        if let Some(offloads) = self.offloads
+            && figures.iter().any(|f| throughput.contains(f))
+        {
+            figures.retain(|f| !throughput.contains(f));
+            if offloads != Offloads::On {
+                figures.push(Figure::Throughput);
+            }
+            if offloads != Offloads::Off {
+                figures.push(Figure::ThroughputOffload);
+            }
+            figures.sort();
+        }
+        Ok(figures)
+    }
+
+    fn named_figures(&self) -> Result<Vec<Figure>> {
         if self.figures.is_empty() {
             return Ok(Figure::ALL.to_vec());
         }
@@ -174,6 +217,13 @@ impl Args {
             self.runs
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Offloads {
+    On,
+    Off,
+    Both,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -223,7 +273,7 @@ fn run(args: &Args) -> Result<bool> {
         println!("figures (default: all):");
         for f in Figure::ALL {
             let metrics: Vec<_> = f.metrics().iter().map(|m| m.heading()).collect();
-            println!("  {:<12} {}", f.name(), metrics.join("; "));
+            println!("  {:<18} {}", f.name(), metrics.join("; "));
         }
         println!("scenarios:");
         for s in SCENARIOS {
@@ -317,20 +367,28 @@ fn run(args: &Args) -> Result<bool> {
                             Some(format!("{} {v:.3}", m.heading()))
                         })
                         .collect();
+                    let values = match &sample.failure {
+                        Some(e) => format!("FAILED: {e}"),
+                        None => values.join(" · "),
+                    };
                     eprintln!(
                         "{:<10} {}/{} {:<14} {}{}",
                         figure.name(),
                         round + 1,
                         runs,
                         scenario.name,
-                        values.join(" · "),
+                        values,
                         if figure.cpu_sensitive() {
                             format!(" · others {:.2} CPUs", sample.others_load())
                         } else {
                             String::new()
                         }
                     );
-                    if !figure.cpu_sensitive() || !sample.disturbed() || attempt >= args.retries {
+                    if !figure.cpu_sensitive()
+                        || sample.failure.is_some()
+                        || !sample.disturbed()
+                        || attempt >= args.retries
+                    {
                         break sample;
                     }
                     attempt += 1;

@@ -10,16 +10,13 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use ftp_guard_common::Counter;
-use ftp_guard_tests::netns::{
-    self, CLIENT, GATEWAY, GATEWAY_PRIVATE_IF, GATEWAY_PUBLIC_IF, ORIGIN,
-};
 use serde_json::{Value, json};
 
 use crate::{
     cpu::BUSY_MACHINE,
     env::Env,
-    figures::{Figure, Metric, Sample, Settings},
-    scenarios::Scenario,
+    figures::{Figure, Metric, RETRY_PAUSE, Sample, Settings, port_count},
+    scenarios::{NARROW_DATA_PORTS, Scenario},
 };
 
 /// The baselines every headline figure is compared with.
@@ -74,6 +71,26 @@ impl Results {
         Summary::of(&values)
     }
 
+    /// The runs that failed (a figure that reports failures instead of stopping).
+    fn failed_runs(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.samples
+            .iter()
+            .filter_map(|(round, s)| Some((*round, s.failure.as_deref()?)))
+    }
+
+    /// A `detail` map of counts (`{"425 on EPSV": 12, …}`) summed over the runs.
+    fn detail_counts(&self, key: &str) -> BTreeMap<String, u64> {
+        let mut totals = BTreeMap::new();
+        for (_, s) in &self.samples {
+            if let Some(Value::Object(m)) = s.detail.get(key) {
+                for (k, v) in m {
+                    *totals.entry(k.clone()).or_insert(0) += v.as_u64().unwrap_or(0);
+                }
+            }
+        }
+        totals
+    }
+
     /// Kernel path counters summed over the runs.
     fn counter_totals(&self) -> Option<BTreeMap<String, u64>> {
         let mut totals = BTreeMap::new();
@@ -97,6 +114,22 @@ fn median(results: &[Results], metric: Metric, name: &str) -> Option<f64> {
         .filter(|r| r.scenario.name == name && r.figure.metrics().contains(&metric))
         .find_map(|r| r.summary(metric))
         .map(|s| s.median)
+}
+
+/// As [`median`], but NaN when the scenario ran the figure and no run gave a value (every
+/// run failed): a target on it is then missed, not left out.
+fn median_or_failed(results: &[Results], metric: Metric, name: &str) -> Option<f64> {
+    median(results, metric, name).or_else(|| {
+        results
+            .iter()
+            .any(|r| {
+                r.scenario.name == name
+                    && r.figure.metrics().contains(&metric)
+                    && !r.samples.is_empty()
+                    && r.samples.iter().all(|(_, s)| s.failure.is_some())
+            })
+            .then_some(f64::NAN)
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -138,7 +171,7 @@ pub struct Target {
     pub bound: Bound,
 }
 
-/// What issue 6 (and issue 4 before it) asks for, plus figures worth watching.
+/// What issues 11, 6 and 4 ask for, plus figures worth watching.
 pub const TARGETS: &[Target] = &[
     Target {
         label: "throughput kernel / routing",
@@ -183,6 +216,18 @@ pub const TARGETS: &[Target] = &[
         bound: Bound::AtLeast(0.9),
     },
     Target {
+        label: "data connections/s through 100 ports kernel / kernel-helper",
+        metric: Metric::DataConnsPerSec,
+        compare: Compare::Ratio("kernel", "kernel-helper"),
+        bound: Bound::AtLeast(0.9),
+    },
+    Target {
+        label: "throughput with checksum offload on kernel / routing",
+        metric: Metric::OffloadThroughput,
+        compare: Compare::Ratio("kernel", "routing"),
+        bound: Bound::AtLeast(0.95),
+    },
+    Target {
         label: "reply p99 added by ftp-guard (kernel − routing), µs",
         metric: Metric::ReplyP99,
         compare: Compare::Difference("kernel", "routing"),
@@ -224,6 +269,30 @@ pub const TARGETS: &[Target] = &[
         compare: Compare::Ratio("kernel-xdp", "routing"),
         bound: Bound::Info,
     },
+    Target {
+        label: "data connections/s through 100 ports userspace / kernel-helper",
+        metric: Metric::DataConnsPerSec,
+        compare: Compare::Ratio("userspace", "kernel-helper"),
+        bound: Bound::Info,
+    },
+    Target {
+        label: "failed data connections through 100 ports (kernel), % of attempts",
+        metric: Metric::DataConnsFailed,
+        compare: Compare::Value("kernel"),
+        bound: Bound::Info,
+    },
+    Target {
+        label: "throughput with checksum offload on kernel / kernel-helper",
+        metric: Metric::OffloadThroughput,
+        compare: Compare::Ratio("kernel", "kernel-helper"),
+        bound: Bound::Info,
+    },
+    Target {
+        label: "throughput with checksum offload on kernel-xdp / routing",
+        metric: Metric::OffloadThroughput,
+        compare: Compare::Ratio("kernel-xdp", "routing"),
+        bound: Bound::Info,
+    },
 ];
 
 pub struct TargetResult {
@@ -236,12 +305,13 @@ pub fn judge(results: &[Results]) -> Vec<TargetResult> {
     TARGETS
         .iter()
         .filter_map(|t| {
-            let m = |name| median(results, t.metric, name);
+            let m = |name| median_or_failed(results, t.metric, name);
             let value = match t.compare {
                 Compare::Ratio(a, b) => m(a)? / m(b)?,
                 Compare::Difference(a, b) => m(a)? - m(b)?,
                 Compare::Value(a) => m(a)?,
             };
+            // NaN (every run of a scenario failed) meets no bound.
             let met = match t.bound {
                 Bound::AtLeast(x) => value >= x,
                 Bound::AtMost(x) => value <= x,
@@ -338,37 +408,7 @@ impl Facts {
         {
             commit += " (modified)";
         }
-        let mut offloads = BTreeMap::new();
-        for (role, ifname) in [
-            (CLIENT, netns::HOST_IF),
-            (GATEWAY, GATEWAY_PUBLIC_IF),
-            (GATEWAY, GATEWAY_PRIVATE_IF),
-            (ORIGIN, netns::HOST_IF),
-        ] {
-            let Ok(out) = env.topo.run(role, &["ethtool", "-k", ifname]) else {
-                continue;
-            };
-            let text = String::from_utf8_lossy(&out.stdout);
-            let wanted = [
-                "tx-checksumming",
-                "scatter-gather",
-                // The real TSO state (the parent `tcp-segmentation-offload` says "on" when
-                // any child, e.g. accecn, is on).
-                "tx-tcp-segmentation",
-                "generic-segmentation-offload",
-                "generic-receive-offload",
-            ];
-            let features: Vec<String> = text
-                .lines()
-                .filter_map(|l| l.split_once(':'))
-                .filter(|(k, _)| wanted.contains(&k.trim()))
-                .map(|(k, v)| {
-                    let on = v.trim().starts_with("on");
-                    format!("{} {}", abbreviate(k.trim()), if on { "on" } else { "off" })
-                })
-                .collect();
-            offloads.insert(format!("{role}/{ifname}"), features.join(", "));
-        }
+        let offloads = env.offloads();
         Facts {
             date: format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02} UTC"),
             stamp: format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z"),
@@ -414,17 +454,6 @@ impl Facts {
             "retried_runs": self.retried_runs,
             "nftables": self.nft,
         })
-    }
-}
-
-fn abbreviate(feature: &str) -> &str {
-    match feature {
-        "tx-checksumming" => "tx-csum",
-        "scatter-gather" => "sg",
-        "tx-tcp-segmentation" => "tso",
-        "generic-segmentation-offload" => "gso",
-        "generic-receive-offload" => "gro",
-        other => other,
     }
 }
 
@@ -509,7 +538,11 @@ pub fn markdown(
         .iter()
         .map(|(k, v)| format!("{k}: {v}"))
         .collect();
-    let _ = writeln!(md, "Offloads: {}.  ", offloads.join("; "));
+    let _ = writeln!(
+        md,
+        "Offloads: {} (rx/tx checksum turned on for the `throughput-offload` figure only).  ",
+        offloads.join("; ")
+    );
     let samples = || {
         results
             .iter()
@@ -590,11 +623,15 @@ pub fn markdown(
                 Bound::AtMost(x) => (format!("≤ {x}"), if r.met { "met" } else { "MISSED" }),
                 Bound::Info => ("(info)".to_owned(), ""),
             };
+            let value = if r.value.is_nan() {
+                "– (runs failed)".to_owned()
+            } else {
+                format!("**{}**", fmt_num(r.value))
+            };
             let _ = writeln!(
                 md,
-                "| {} | **{}** | {target} | {verdict} |",
-                r.target.label,
-                fmt_num(r.value)
+                "| {} | {value} | {target} | {verdict} |",
+                r.target.label
             );
         }
         let _ = writeln!(md);
@@ -625,11 +662,12 @@ pub fn markdown(
             let _ = writeln!(md);
         }
         let _ = writeln!(md);
+        figure_notes(&mut md, figure, &rows);
     }
 
     let kernel_rows: Vec<(&Results, BTreeMap<String, u64>)> = results
         .iter()
-        .filter(|r| r.figure == Figure::Throughput)
+        .filter(|r| matches!(r.figure, Figure::Throughput | Figure::ThroughputOffload))
         .filter_map(|r| Some((r, r.counter_totals()?)))
         .collect();
     if !kernel_rows.is_empty() {
@@ -651,9 +689,14 @@ pub fn markdown(
             .collect();
         let _ = writeln!(
             md,
-            "- `{}` ({attached}): {} packets NATed, {} redirected by the program ({:.1} %), \
+            "- `{}`{} ({attached}): {} packets NATed, {} redirected by the program ({:.1} %), \
              {} forwarded by the stack; drops: {}.",
             r.scenario.name,
+            if r.figure == Figure::ThroughputOffload {
+                ", checksum offload on"
+            } else {
+                ""
+            },
             nat,
             redirected,
             if nat > 0 {
@@ -670,6 +713,86 @@ pub fn markdown(
         );
     }
     md
+}
+
+/// What a figure's table does not show: failed runs, and for `data-conns` the failures by
+/// kind (summed over the runs) and the ports used.
+fn figure_notes(md: &mut String, figure: Figure, rows: &[&Results]) {
+    let mut any = false;
+    for r in rows {
+        let failed: Vec<(u32, &str)> = r.failed_runs().collect();
+        if let Some((round, first)) = failed.first() {
+            any = true;
+            let _ = writeln!(
+                md,
+                "- `{}`: **{} of {} runs FAILED** (round {round}: {})",
+                r.scenario.name,
+                failed.len(),
+                r.samples.len(),
+                first.lines().next().unwrap_or("").trim()
+            );
+        }
+        if figure != Figure::DataConns {
+            continue;
+        }
+        let sum = |key: &str| -> u64 {
+            r.samples
+                .iter()
+                .filter_map(|(_, s)| s.detail.get(key)?.as_u64())
+                .sum()
+        };
+        let (done, failed) = (sum("transfers"), sum("failed"));
+        let kinds = r.detail_counts("failures");
+        let ports: Vec<u64> = r
+            .samples
+            .iter()
+            .filter_map(|(_, s)| s.detail.get("distinct_data_ports")?.as_u64())
+            .collect();
+        let example = r
+            .samples
+            .iter()
+            .filter_map(|(_, s)| {
+                s.detail
+                    .get("failure_examples")?
+                    .as_array()?
+                    .first()?
+                    .as_str()
+            })
+            .next();
+        any = true;
+        let _ = writeln!(
+            md,
+            "- `{}`: {done} transfers, {}{} data ports used per run{}",
+            r.scenario.name,
+            if failed == 0 {
+                "no failures".to_owned()
+            } else {
+                let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} × {k}")).collect();
+                format!("**{failed} failed** ({})", kinds.join(", "))
+            },
+            match (ports.iter().min(), ports.iter().max()) {
+                (Some(a), Some(b)) if a == b => format!("; {a}"),
+                (Some(a), Some(b)) => format!("; {a}–{b}"),
+                _ => String::new(),
+            },
+            example.map_or_else(String::new, |e| format!("; e.g. {e}")),
+        );
+    }
+    if figure == Figure::DataConns && !rows.is_empty() {
+        any = true;
+        let _ = writeln!(
+            md,
+            "\nA failure costs its connection a {} ms pause, so the rate counts what clients \
+             got through, and the failure share says how often they were turned away. \
+             ftp-guard can reuse a port only once its previous data connection is over: at \
+             most {} ports / (hold time) connections per second.",
+            RETRY_PAUSE.as_millis(),
+            port_count(NARROW_DATA_PORTS)
+        );
+    }
+    if any {
+        let _ = writeln!(md);
+    }
 }
 
 pub fn to_json(
@@ -704,6 +827,7 @@ pub fn to_json(
                             json!({
                                 "round": round,
                                 "values": values,
+                                "failure": s.failure,
                                 "detail": s.detail,
                                 "other_processes_cpus": s.others_load(),
                                 "kernel_counters": s.counters,
@@ -711,13 +835,19 @@ pub fn to_json(
                             })
                         })
                         .collect();
-                    json!({ "name": r.scenario.name, "summary": summary, "runs": runs })
+                    json!({
+                        "name": r.scenario.name,
+                        "summary": summary,
+                        "failed_runs": r.failed_runs().count(),
+                        "runs": runs,
+                    })
                 })
                 .collect();
             json!({
                 "name": figure.name(),
                 "title": figure.title(settings),
                 "method": figure.method(settings, env),
+                "ftp_guard_data_ports": figure.data_ports(),
                 "scenarios": scenarios,
             })
         })
@@ -778,6 +908,9 @@ pub fn to_json(
             "lease_connections": settings.lease_connections,
             "leases_per_connection": settings.leases_per_connection,
             "idle_sessions": settings.idle_sessions,
+            "data_conn_seconds": settings.data_conn_seconds,
+            "data_conn_workers": settings.data_conn_workers,
+            "stall_seconds": settings.stall.as_secs_f64(),
         },
         "figures": figures,
         "comparisons": comparisons,
@@ -889,6 +1022,64 @@ mod tests {
         assert!(r[0].met && (r[0].value - 800.0).abs() < 1e-9);
         let results = results_with(Metric::MemGateway, &[("kernel", 17.0)]);
         assert!(!judge(&results)[0].met);
+    }
+
+    #[test]
+    fn a_scenario_whose_runs_all_failed_misses_its_target() {
+        let figure = Figure::ThroughputOffload;
+        let scenario = |name| SCENARIOS.iter().find(|s| s.name == name).unwrap();
+        let mut ok = Sample::default();
+        ok.values.insert(Metric::OffloadThroughput, 5.0);
+        let failed = Sample::failed(anyhow::anyhow!("curl failed (exit 28)"));
+        let results = vec![
+            Results {
+                figure,
+                scenario: scenario("routing"),
+                samples: vec![(1, ok)],
+            },
+            Results {
+                figure,
+                scenario: scenario("kernel"),
+                samples: vec![(1, failed)],
+            },
+        ];
+        let judged = judge(&results);
+        let r = judged
+            .iter()
+            .find(|r| r.target.label == "throughput with checksum offload on kernel / routing")
+            .expect("judged, not left out");
+        assert!(r.value.is_nan() && !r.met);
+        assert_eq!(results[1].failed_runs().count(), 1);
+        let mut md = String::new();
+        figure_notes(&mut md, figure, &results.iter().collect::<Vec<_>>());
+        assert!(md.contains("1 of 1 runs FAILED"), "{md}");
+        assert!(md.contains("exit 28"), "{md}");
+    }
+
+    #[test]
+    fn data_conn_failures_are_summed_by_kind() {
+        let mut sample = Sample::default();
+        sample.values.insert(Metric::DataConnsPerSec, 80.0);
+        sample.detail = crate::figures::json_map(json!({
+            "transfers": 400,
+            "failed": 30,
+            "failures": { "425 on EPSV": 20, "425 on PASV": 10 },
+            "failure_examples": ["EPSV: 425 Can't open data connection now"],
+            "distinct_data_ports": 100,
+        }));
+        let r = Results {
+            figure: Figure::DataConns,
+            scenario: SCENARIOS.iter().find(|s| s.name == "kernel").unwrap(),
+            samples: vec![(1, sample.clone()), (2, sample)],
+        };
+        let mut md = String::new();
+        figure_notes(&mut md, Figure::DataConns, &[&r]);
+        assert!(md.contains("800 transfers"), "{md}");
+        assert!(
+            md.contains("**60 failed** (40 × 425 on EPSV, 20 × 425 on PASV)"),
+            "{md}"
+        );
+        assert!(md.contains("; 100 data ports used per run"), "{md}");
     }
 
     #[test]

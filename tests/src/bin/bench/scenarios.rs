@@ -16,6 +16,9 @@ pub const VIP: std::net::Ipv4Addr = netns::GATEWAY_PUBLIC_IP;
 /// ftp-guard's public data ports in every ftp-guard scenario: wide enough that port
 /// turnover (a port is busy ~1.2 s after its connection ends) never limits sessions/s.
 pub const DATA_PORTS: &str = "40000-44999";
+/// ftp-guard's public data ports in the `data-conns` figure: exactly 100, a range a
+/// firewall admin would open, so that the figure measures port turnover.
+pub const NARROW_DATA_PORTS: &str = "40000-40099";
 /// The nftables table of the kernel-helper scenario.
 const NFT_TABLE: &str = "ftp_guard_bench";
 
@@ -156,6 +159,16 @@ impl Carrier {
     /// ftp-guard's configuration for this carrier in front of `origin` (None for the
     /// carriers without ftp-guard). `extra` goes into the top level (before the service).
     pub fn ftp_guard_config(self, origin: SocketAddrV4, extra: &str) -> Option<String> {
+        self.ftp_guard_config_with_ports(origin, extra, DATA_PORTS)
+    }
+
+    /// As [`Carrier::ftp_guard_config`], with these public data ports (`"first-last"`).
+    pub fn ftp_guard_config_with_ports(
+        self,
+        origin: SocketAddrV4,
+        extra: &str,
+        data_ports: &str,
+    ) -> Option<String> {
         let Carrier::FtpGuard {
             dataplane,
             kernel_hook,
@@ -165,7 +178,7 @@ impl Carrier {
         };
         let mut config = format!(
             "{extra}[[service]]\nname = \"bench\"\nlisten = \"{VIP}:21\"\norigin = \"{origin}\"\n\
-             data_ports = \"{DATA_PORTS}\"\nclient_interface = \"{GATEWAY_PUBLIC_IF}\"\n\
+             data_ports = \"{data_ports}\"\nclient_interface = \"{GATEWAY_PUBLIC_IF}\"\n\
              origin_interface = \"{GATEWAY_PRIVATE_IF}\"\ndataplane = \"{dataplane}\"\n"
         );
         if let Some(hook) = kernel_hook {
@@ -174,13 +187,14 @@ impl Carrier {
         Some(config)
     }
 
-    /// Sets the scenario up in front of `origin`; ftp-guard (if any) runs in-process.
-    pub fn start(self, topo: &Topology, origin: SocketAddrV4) -> Result<Active> {
+    /// Sets the scenario up in front of `origin`; ftp-guard (if any) runs in-process with
+    /// public data ports `data_ports` (`"first-last"`, e.g. [`DATA_PORTS`]).
+    pub fn start(self, topo: &Topology, origin: SocketAddrV4, data_ports: &str) -> Result<Active> {
         match self {
             Carrier::Routed | Carrier::KernelHelper => self.start_without_ftp_guard(topo, origin),
             Carrier::FtpGuard { dataplane, .. } => {
                 let config = self
-                    .ftp_guard_config(origin, "max_sessions = 20000\n")
+                    .ftp_guard_config_with_ports(origin, "max_sessions = 20000\n", data_ports)
                     .context("an ftp-guard carrier has a config")?;
                 let gateway = RunningGateway::start(topo, &config)
                     .with_context(|| format!("starting ftp-guard (dataplane {dataplane})"))?;
@@ -302,6 +316,20 @@ mod tests {
                 s.name
             );
         }
+    }
+
+    #[test]
+    fn the_narrow_range_has_exactly_100_ports() {
+        let range: ftp_guard::config::PortRange = NARROW_DATA_PORTS.parse().unwrap();
+        assert_eq!(range.len(), 100);
+        let carrier = find("kernel").unwrap().carrier;
+        let origin = SocketAddrV4::new(netns::ORIGIN_IP, 21);
+        let text = carrier
+            .ftp_guard_config_with_ports(origin, "", NARROW_DATA_PORTS)
+            .unwrap();
+        let config = ftp_guard::config::Config::parse(&text).unwrap();
+        let service = config.services().next().unwrap();
+        assert_eq!(service.data_ports.len(), 100, "{text}");
     }
 
     #[test]
