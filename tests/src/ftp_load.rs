@@ -252,7 +252,10 @@ impl FtpControl {
             .unwrap_or(Duration::MAX);
         let mut data = connect_tcp(self.source, data_addr, timeout)
             .with_context(|| format!("data connection to {data_addr}"))
-            .map_err(TransferFailure::DataConnect)?;
+            .map_err(|error| TransferFailure::DataConnect {
+                addr: data_addr,
+                error,
+            })?;
         let transfer = |e: anyhow::Error| TransferFailure::Transfer(e);
         data.set_read_timeout(Some(timeout))
             .map_err(|e| transfer(e.into()))?;
@@ -308,7 +311,11 @@ pub enum TransferFailure {
     },
     /// The data connection could not be made (refused, timed out). The control connection
     /// is still in step (RETR was not sent).
-    DataConnect(anyhow::Error),
+    DataConnect {
+        /// Where it was to go.
+        addr: SocketAddrV4,
+        error: anyhow::Error,
+    },
     /// RETR was refused, or the data or the 226 did not come: whether a reply is still
     /// due is unknown, so the control connection is best replaced.
     Transfer(anyhow::Error),
@@ -321,7 +328,7 @@ impl TransferFailure {
     pub fn kind(&self) -> String {
         match self {
             TransferFailure::Refused { command, code, .. } => format!("{code} on {command}"),
-            TransferFailure::DataConnect(_) => "data connection".into(),
+            TransferFailure::DataConnect { .. } => "data connection".into(),
             TransferFailure::Transfer(_) => "transfer".into(),
             TransferFailure::Control(_) => "control connection".into(),
         }
@@ -331,7 +338,7 @@ impl TransferFailure {
     pub fn control_usable(&self) -> bool {
         matches!(
             self,
-            TransferFailure::Refused { .. } | TransferFailure::DataConnect(_)
+            TransferFailure::Refused { .. } | TransferFailure::DataConnect { .. }
         )
     }
 }
@@ -340,7 +347,7 @@ impl std::fmt::Display for TransferFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TransferFailure::Refused { command, text, .. } => write!(f, "{command}: {text}"),
-            TransferFailure::DataConnect(e)
+            TransferFailure::DataConnect { error: e, .. }
             | TransferFailure::Transfer(e)
             | TransferFailure::Control(e) => write!(f, "{}: {e:#}", self.kind()),
         }

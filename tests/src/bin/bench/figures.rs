@@ -732,6 +732,11 @@ struct DataConnTally {
     ports: BTreeSet<u16>,
     /// Control connections replaced after one was lost.
     reconnects: u64,
+    /// Data connections not made to the same port as the connection's previous transfer
+    /// (a port given out again at once to the same client).
+    failed_on_previous_port: u64,
+    /// The ports of the data connections not made, each once.
+    failed_ports: BTreeSet<u16>,
 }
 
 impl DataConnTally {
@@ -768,6 +773,7 @@ fn data_conns(env: &Env, active: &Active, s: &Settings) -> Result<Sample> {
             let mut tally = DataConnTally::default();
             let deadline = Instant::now() + span;
             let mut k = i;
+            let mut last_port = None;
             while Instant::now() < deadline {
                 let c = match control.as_mut() {
                     Some(c) => c,
@@ -796,6 +802,7 @@ fn data_conns(env: &Env, active: &Active, s: &Settings) -> Result<Sample> {
                     Ok((bytes, addr)) if bytes == SMALL_SIZE => {
                         tally.times.push(started.elapsed().as_secs_f64());
                         tally.ports.insert(addr.port());
+                        last_port = Some(addr.port());
                     }
                     Ok((bytes, _)) => {
                         tally.fail(
@@ -805,6 +812,12 @@ fn data_conns(env: &Env, active: &Active, s: &Settings) -> Result<Sample> {
                         std::thread::sleep(RETRY_PAUSE);
                     }
                     Err(f) => {
+                        if let ftp_load::TransferFailure::DataConnect { addr, .. } = &f {
+                            tally.failed_ports.insert(addr.port());
+                            if last_port == Some(addr.port()) {
+                                tally.failed_on_previous_port += 1;
+                            }
+                        }
                         tally.fail(f.kind(), f.to_string());
                         if !f.control_usable() {
                             control = None;
@@ -833,6 +846,8 @@ fn data_conns(env: &Env, active: &Active, s: &Settings) -> Result<Sample> {
         }
         total.ports.extend(tally.ports);
         total.reconnects += tally.reconnects;
+        total.failed_on_previous_port += tally.failed_on_previous_port;
+        total.failed_ports.extend(tally.failed_ports);
     }
     if active.gateway.is_some() {
         let range: ftp_guard::config::PortRange = NARROW_DATA_PORTS
@@ -872,6 +887,8 @@ fn data_conns(env: &Env, active: &Active, s: &Settings) -> Result<Sample> {
         "failures": total.failures,
         "failure_examples": total.examples,
         "reconnects": total.reconnects,
+        "data_connections_failed_on_previous_port": total.failed_on_previous_port,
+        "data_connections_failed_to_ports": total.failed_ports,
         "distinct_data_ports": total.ports.len(),
         "ftp_guard_data_ports": active.gateway.as_ref().map(|_| NARROW_DATA_PORTS),
         "transfer_p50_ms": q(0.5),

@@ -742,6 +742,7 @@ fn figure_notes(md: &mut String, figure: Figure, rows: &[&Results]) {
                 .sum()
         };
         let (done, failed) = (sum("transfers"), sum("failed"));
+        let same_port = sum("data_connections_failed_on_previous_port");
         let kinds = r.detail_counts("failures");
         let ports: Vec<u64> = r
             .samples
@@ -768,7 +769,15 @@ fn figure_notes(md: &mut String, figure: Figure, rows: &[&Results]) {
                 "no failures".to_owned()
             } else {
                 let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} × {k}")).collect();
-                format!("**{failed} failed** ({})", kinds.join(", "))
+                let same = if same_port > 0 {
+                    format!(
+                        "; {same_port} of the data connections to the port of the \
+                         connection's previous transfer"
+                    )
+                } else {
+                    String::new()
+                };
+                format!("**{failed} failed** ({}{same})", kinds.join(", "))
             },
             match (ports.iter().min(), ports.iter().max()) {
                 (Some(a), Some(b)) if a == b => format!("; {a}"),
@@ -784,8 +793,8 @@ fn figure_notes(md: &mut String, figure: Figure, rows: &[&Results]) {
             md,
             "\nA failure costs its connection a {} ms pause, so the rate counts what clients \
              got through, and the failure share says how often they were turned away. \
-             ftp-guard can reuse a port only once its previous data connection is over: at \
-             most {} ports / (hold time) connections per second.",
+             A gateway can give a port of its range out again only once it is free: at \
+             most {} ports / (time a port stays taken) connections per second.",
             RETRY_PAUSE.as_millis(),
             port_count(NARROW_DATA_PORTS)
         );

@@ -14,7 +14,7 @@ use ftp_guard_tests::{
 
 pub const VIP: std::net::Ipv4Addr = netns::GATEWAY_PUBLIC_IP;
 /// ftp-guard's public data ports in every ftp-guard scenario: wide enough that port
-/// turnover (a port is busy ~1.2 s after its connection ends) never limits sessions/s.
+/// turnover (the relay holds a port for its whole data connection) never limits sessions/s.
 pub const DATA_PORTS: &str = "40000-44999";
 /// ftp-guard's public data ports in the `data-conns` figure: exactly 100, a range a
 /// firewall admin would open, so that the figure measures port turnover.
