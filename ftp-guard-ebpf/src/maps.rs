@@ -31,7 +31,13 @@ pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAUL
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+/// bpf_ringbuf_output flag: queue the event without waking the reader.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
 /// Tells userspace `kind` happened to the flow `key` (whose other direction is `reverse`).
+/// Only claims wake the reader; FINs and RSTs wait for the next wake-up (the next claim,
+/// or the reader's own periodic drain): nothing about them is urgent, and a wake-up costs
+/// a context switch per event.
 #[inline(always)]
 pub fn notify(kind: u32, key: &FlowKey, reverse: &FlowKey) {
     let event = ftp_guard_common::FlowEvent {
@@ -39,8 +45,13 @@ pub fn notify(kind: u32, key: &FlowKey, reverse: &FlowKey) {
         key: *key,
         reverse: *reverse,
     };
+    let flags = if kind == ftp_guard_common::EVENT_CLAIMED {
+        0
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     // A full ring loses the event; the sweeper's periodic look is the safety net.
-    let _ = EVENTS.output::<ftp_guard_common::FlowEvent>(&event, 0);
+    let _ = EVENTS.output::<ftp_guard_common::FlowEvent>(&event, flags);
 }
 
 /// Interfaces the XDP program may redirect to (those whose driver can transmit XDP frames).

@@ -43,8 +43,15 @@ use crate::{
     },
 };
 
-/// How often the sweeper looks at the leases (claims and closes arrive as events).
+/// How often the sweeper runs (claims and closes arrive as events); each lease is looked
+/// at only when something may be due: its deadline, the end of its close grace, or the
+/// next of its periodic looks below.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A waiting lease is looked at in the kernel this often (in case its claim's event was
+/// lost), besides at its deadline.
+const LOOK_WAITING: Duration = Duration::from_secs(2);
+/// A carried connection is looked at this often: idle timeout, a lost FIN/RST event.
+const LOOK_CARRYING: Duration = Duration::from_secs(10);
 /// How long a closed flow keeps its entries: the last ACKs follow the FINs within a round
 /// trip, and a peer whose SYN was answered by a stale connection at the target resets it
 /// and sends the SYN again (after 1 s, then 2 s more), which the flow must still carry.
@@ -166,6 +173,8 @@ struct Tracked {
     /// Seen neither in the lease map nor as a flow once: a claim may have been half done
     /// (the SYN deletes the lease, then inserts the flows). Gone if so again.
     vanished: bool,
+    /// When the sweeper should look at it next (events and revokes look at once).
+    next_look: Instant,
 }
 
 impl KernelDataplane {
@@ -294,6 +303,9 @@ impl KernelDataplane {
         let mut book = self.book();
         let mut done = Vec::new();
         for (id, t) in book.leases.iter_mut() {
+            if now < t.next_look && t.stage != Stage::Gone {
+                continue;
+            }
             match self.step(t, now) {
                 Ok(true) => {}
                 Ok(false) => done.push(*id),
@@ -377,7 +389,14 @@ impl KernelDataplane {
             }
         }
         let peer_port = match t.stage {
-            Stage::Waiting => return Ok(true),
+            Stage::Waiting => {
+                t.next_look = if t.vanished {
+                    now
+                } else {
+                    t.deadline.min(now + LOOK_WAITING)
+                };
+                return Ok(true);
+            }
             Stage::Gone => {
                 self.release_nat_port(t);
                 return Ok(false);
@@ -411,6 +430,7 @@ impl KernelDataplane {
             self.release_nat_port(t);
             let since = *t.closed_since.get_or_insert(now);
             if now.duration_since(since) < CLOSE_GRACE {
+                t.next_look = since + CLOSE_GRACE;
                 return Ok(true);
             }
         } else if !idle {
@@ -420,6 +440,7 @@ impl KernelDataplane {
                 self.nat_ports.mark(t.source.port(), t.target);
                 t.nat_released = false;
             }
+            t.next_look = now + LOOK_CARRYING;
             return Ok(true);
         }
         if forward.is_some() {
@@ -558,6 +579,7 @@ impl KernelDataplane {
             last_seen: (None, None),
             nat_released: false,
             vanished: false,
+            next_look: Instant::now(),
         }
     }
 }
@@ -743,22 +765,40 @@ async fn read_events(ring: aya::maps::RingBuf<aya::maps::MapData>, router: Arc<E
             return;
         }
     };
+    // FINs and RSTs do not wake the reader (see the programs' `notify`): drained with
+    // the next claim, or by this tick.
+    let mut tick = tokio::time::interval(EVENT_DRAIN_EVERY);
     loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(guard) => guard,
-            Err(e) => {
-                warn!(error = %e, "the kernel's event ring failed: leases settle at the sweeper's pace");
-                return;
-            }
+        let woken = tokio::select! {
+            ready = ring.readable_mut() => match ready {
+                Ok(mut guard) => {
+                    drain_events(guard.get_inner_mut(), &router);
+                    guard.clear_ready();
+                    true
+                }
+                Err(e) => {
+                    warn!(error = %e, "the kernel's event ring failed: leases settle at the sweeper's pace");
+                    return;
+                }
+            },
+            _ = tick.tick() => false,
         };
-        let events = guard.get_inner_mut();
-        while let Some(item) = events.next() {
-            if let Some(event) = parse_event(&item) {
-                drop(item);
-                router.route(&event);
-            }
+        if !woken {
+            drain_events(ring.get_mut(), &router);
         }
-        guard.clear_ready();
+    }
+}
+
+/// How often the event reader drains events that did not wake it.
+const EVENT_DRAIN_EVERY: Duration = Duration::from_millis(100);
+
+fn drain_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, router: &EventRouter) {
+    while let Some(item) = ring.next() {
+        let event = parse_event(&item);
+        drop(item);
+        if let Some(event) = event {
+            router.route(&event);
+        }
     }
 }
 
