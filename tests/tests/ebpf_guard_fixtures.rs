@@ -52,6 +52,20 @@ fn guarded_kernel() -> Kernel {
     kernel
 }
 
+/// [`packet::ipv6_tcp_syn`] with one 8-byte extension header of type `kind` (0:
+/// hop-by-hop, 44: fragment) between the fixed header and TCP.
+fn ipv6_with_extension(dst_port: u16, kind: u8, extension: [u8; 8]) -> Vec<u8> {
+    let plain = packet::ipv6_tcp_syn(dst_port);
+    let fixed_end = packet::ETH_HLEN + 40;
+    let mut frame = plain[..fixed_end].to_vec();
+    frame[packet::ETH_HLEN + 6] = kind;
+    let payload = u16::from_be_bytes([frame[packet::ETH_HLEN + 4], frame[packet::ETH_HLEN + 5]]);
+    frame[packet::ETH_HLEN + 4..packet::ETH_HLEN + 6].copy_from_slice(&(payload + 8).to_be_bytes());
+    frame.extend_from_slice(&extension);
+    frame.extend_from_slice(&plain[fixed_end..]);
+    frame
+}
+
 /// Runs one frame through the program; returns the action and the output frame.
 fn run(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>) {
     let (action, out, _) = run_xdp(kernel, frame);
@@ -240,6 +254,30 @@ fn cases() -> Vec<Case> {
             frame: packet::ipv6_tcp_syn(UNLEASED_PORT),
             action: XDP_DROP,
             counter: Counter::DropIpv6,
+        },
+        Case {
+            name: "IPv6 TCP to the data port behind a hop-by-hop header",
+            frame: ipv6_with_extension(UNLEASED_PORT, 0, [6, 0, 1, 4, 0, 0, 0, 0]),
+            action: XDP_DROP,
+            counter: Counter::DropIpv6,
+        },
+        Case {
+            name: "IPv6 TCP to the data port in a first fragment",
+            frame: ipv6_with_extension(UNLEASED_PORT, 44, [6, 0, 0, 1, 0, 0, 0, 7]),
+            action: XDP_DROP,
+            counter: Counter::DropIpv6,
+        },
+        Case {
+            name: "IPv6 later fragment to a gateway address (no ports in it)",
+            frame: ipv6_with_extension(UNLEASED_PORT, 44, [6, 0, 0x05, 0x01, 0, 0, 0, 7]),
+            action: XDP_PASS,
+            counter: Counter::PassLaterFragment,
+        },
+        Case {
+            name: "IPv6 TCP to another port behind a hop-by-hop header",
+            frame: ipv6_with_extension(22, 0, [6, 0, 1, 4, 0, 0, 0, 0]),
+            action: XDP_PASS,
+            counter: Counter::PassNotIpv4,
         },
         Case {
             name: "IPv6 TCP to another port of a gateway address",

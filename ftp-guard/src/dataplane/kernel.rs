@@ -829,7 +829,37 @@ pub fn setup(
         events,
     };
     update(&mut setup, services)?;
+    tokio::spawn(refresh_local_ipv6(Arc::downgrade(&setup.kernel)));
     Ok(setup)
+}
+
+/// How often the host's IPv6 addresses are read again (SLAAC, temporary addresses and
+/// operators add them at any time; each must be guarded from when it appears).
+const LOCAL_IPV6_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps the programs' list of the host's IPv6 addresses current, until the kernel path
+/// is gone.
+async fn refresh_local_ipv6(kernel: std::sync::Weak<Mutex<Kernel>>) {
+    let mut tick = tokio::time::interval(LOCAL_IPV6_EVERY);
+    let mut known = Vec::new();
+    loop {
+        tick.tick().await;
+        let Some(kernel) = kernel.upgrade() else {
+            return;
+        };
+        let now = local_ipv6_addresses();
+        if now == known {
+            continue;
+        }
+        let mut kernel = kernel.lock().unwrap_or_else(|e| e.into_inner());
+        match kernel.set_local_ipv6(&now) {
+            Ok(()) => {
+                debug!(addresses = now.len(), "guarded IPv6 addresses updated");
+                known = now;
+            }
+            Err(e) => warn!(error = %e, "cannot update the guarded IPv6 addresses"),
+        }
+    }
 }
 
 /// Brings a loaded kernel path in line with `services`: NAT addresses, protected ranges
