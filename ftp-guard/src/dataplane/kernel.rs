@@ -344,7 +344,8 @@ impl KernelDataplane {
     /// its peer again, the kernel carries the connection.
     fn claimed(&self, t: &mut Tracked, peer_port: u16) {
         self.stats.used.fetch_add(1, Ordering::Relaxed);
-        info!(
+        // Debug: the connection's one info line is "done", with its bytes.
+        debug!(
             mode = if t.active { "active" } else { "passive" },
             from = %SocketAddrV4::new(t.peer, peer_port),
             to = %t.target,
