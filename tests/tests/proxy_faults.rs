@@ -327,6 +327,27 @@ async fn idle_timeout_gives_421() {
     assert!(c.closed().await);
 }
 
+/// Activity keeps a session alive past the idle timeout (the timer counts silence, not
+/// age), and silence after it still ends the session.
+#[tokio::test]
+async fn activity_postpones_the_idle_timeout() {
+    let origin = FakeOrigin::start("220 hi\r\n", answer_everything).await;
+    let proxy = start_proxy(origin.addr, 8, |s| s.idle_timeout_secs = 1).await;
+    let mut c = Client::connect(proxy.addr).await;
+    c.reply().await;
+    let started = std::time::Instant::now();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.send(b"NOOP\r\n").await;
+        let reply = c.reply().await;
+        assert!(!reply.starts_with("421"), "cut while active: {reply}");
+    }
+    assert!(started.elapsed() > Duration::from_secs(2));
+    let reply = c.reply().await;
+    assert!(reply.starts_with("421 Idle"), "{reply}");
+    assert!(c.closed().await);
+}
+
 #[tokio::test]
 async fn session_limit_gives_421_and_frees_on_close() {
     let origin = FakeOrigin::start("220 hi\r\n", answer_everything).await;

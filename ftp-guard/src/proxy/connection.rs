@@ -135,6 +135,11 @@ struct Driver {
 impl Driver {
     async fn run(&mut self) -> End {
         let idle = self.ctx.service.idle_timeout();
+        // One timer for the whole session, re-armed only when it fires early: re-arming on
+        // every message would cost two timer-wheel operations per command and reply.
+        let mut last_activity = tokio::time::Instant::now();
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer);
         loop {
             if let Some(end) = self.perform_actions().await {
                 return end;
@@ -150,8 +155,11 @@ impl Driver {
                 r = self.client.readable() => Ready::Client(r),
                 r = self.origin.readable() => Ready::Origin(r),
                 () = no_greeting, if greeting_due.is_some() => Ready::NoGreeting,
-                () = tokio::time::sleep(idle) => Ready::Idle,
+                () = &mut idle_timer => Ready::Idle,
             };
+            if !matches!(ready, Ready::Idle) {
+                last_activity = tokio::time::Instant::now();
+            }
             let mut buf = [0u8; READ_BUFFER];
             match ready {
                 Ready::Client(r) => match r.and_then(|()| self.client.try_read(&mut buf)) {
@@ -192,9 +200,16 @@ impl Driver {
                     self.greeting_due = None;
                     self.session.greeting_timeout();
                 }
+                Ready::Idle if last_activity.elapsed() < idle => {
+                    idle_timer.as_mut().reset(last_activity + idle);
+                }
                 Ready::Idle => {
                     info!(secs = idle.as_secs(), "idle timeout");
                     self.session.idle_timeout();
+                    // Fires no more: the session ends with the reply.
+                    idle_timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + idle);
                 }
             }
         }
