@@ -82,6 +82,25 @@ fn kernel_with(sizes: MapSizes, leases: &[Lease]) -> Kernel {
     kernel
 }
 
+/// A kernel with the fixture's one passive lease, claimed through TC by the client's SYN,
+/// and the connection's ends: [client, public address and port, origin, NAT address and
+/// port].
+fn claimed() -> (Kernel, [SocketAddrV4; 4]) {
+    let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+    let ends = [
+        sa(CLIENT, CLIENT_PORT),
+        sa(PUBLIC, PORT),
+        sa(ORIGIN, ORIGIN_PORT),
+        sa(NAT, PORT),
+    ];
+    let (action, _, moved) = run_tc(&kernel, &tcp(ends[0], ends[1], flags::SYN, &[]));
+    assert_eq!(
+        (action, moved),
+        (TC_ACT_OK, vec!["nat_to_origin", "forwarded_by_stack"])
+    );
+    (kernel, ends)
+}
+
 fn far_future() -> u64 {
     monotonic_ns() + 3_600_000_000_000
 }
@@ -542,10 +561,7 @@ fn icmp_errors_about_a_data_connection_are_translated() {
         return;
     }
     in_empty_netns(|| {
-        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
-        let (client, public) = (sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT));
-        let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
-        run_tc(&kernel, &tcp(client, public, flags::SYN, &[]));
+        let (kernel, [_, _, origin, nat]) = claimed();
 
         let router = Ipv4Addr::new(198, 51, 100, 254);
         let quoted = tcp(nat, origin, flags::ACK, &[0x11; 1400]);
@@ -740,11 +756,8 @@ fn the_claiming_syn_again_after_a_reset_still_opens_the_connection() {
         return;
     }
     in_empty_netns(|| {
-        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
-        let (client, public) = (sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT));
-        let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
+        let (kernel, [client, public, origin, nat]) = claimed();
         let syn = tcp(client, public, flags::SYN, &[]);
-        run_tc(&kernel, &syn);
         run_tc(&kernel, &tcp(origin, nat, flags::ACK, &[]));
         run_tc(&kernel, &tcp(client, public, flags::RST, &[]));
         assert!(kernel.flow((client, public)).unwrap().unwrap().rst);
@@ -782,10 +795,7 @@ fn a_blind_reset_does_not_end_a_connection() {
         return;
     }
     in_empty_netns(|| {
-        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
-        let (client, public) = (sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT));
-        let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
-        run_tc(&kernel, &tcp(client, public, flags::SYN, &[]));
+        let (kernel, [client, public, origin, nat]) = claimed();
         run_tc(&kernel, &tcp(origin, nat, flags::SYN | flags::ACK, &[]));
         run_tc(&kernel, &tcp(client, public, flags::ACK, &[]));
 
