@@ -113,6 +113,20 @@ pub struct Service {
     /// Seconds of silence before TCP keepalive probes start, on both legs.
     #[serde(default = "defaults::keepalive_secs")]
     pub keepalive_secs: u64,
+    /// Seconds a client has from connecting to being logged in (the origin's 230).
+    #[serde(default = "defaults::login_timeout_secs")]
+    pub login_timeout_secs: u64,
+    /// Control sessions one client address may have open at once; the next gets 421.
+    #[serde(default = "defaults::max_sessions_per_client")]
+    pub max_sessions_per_client: usize,
+    /// Data leases the sessions of one client address may hold at once (each session holds
+    /// at most one: its latest); the next PASV/EPSV/PORT/EPRT gets 425.
+    #[serde(default = "defaults::max_leases_per_client")]
+    pub max_leases_per_client: usize,
+    /// Error replies in a row (refusals made here, the origin's 500-504) after which a
+    /// session is closed with 421.
+    #[serde(default = "defaults::max_consecutive_errors")]
+    pub max_consecutive_errors: usize,
 }
 
 /// [`Service::data_mss`]: MSS clamping on data connections' SYNs.
@@ -316,6 +330,18 @@ mod defaults {
     pub fn keepalive_secs() -> u64 {
         60
     }
+    pub fn login_timeout_secs() -> u64 {
+        60
+    }
+    pub fn max_sessions_per_client() -> usize {
+        32
+    }
+    pub fn max_leases_per_client() -> usize {
+        16
+    }
+    pub fn max_consecutive_errors() -> usize {
+        20
+    }
 }
 
 impl Service {
@@ -342,6 +368,9 @@ impl Service {
     }
     pub fn keepalive(&self) -> Duration {
         Duration::from_secs(self.keepalive_secs)
+    }
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_secs(self.login_timeout_secs)
     }
     pub fn data_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.data_idle_timeout_secs)
@@ -506,9 +535,19 @@ impl Config {
                 ("lease_ttl_secs", s.lease_ttl_secs),
                 ("connect_timeout_secs", s.connect_timeout_secs),
                 ("keepalive_secs", s.keepalive_secs),
+                ("login_timeout_secs", s.login_timeout_secs),
             ] {
                 if value == 0 {
                     return Err(at(key, "must be at least 1".into()));
+                }
+            }
+            for (key, value) in [
+                ("max_sessions_per_client", s.max_sessions_per_client),
+                ("max_leases_per_client", s.max_leases_per_client),
+                ("max_consecutive_errors", s.max_consecutive_errors),
+            ] {
+                if !(1..=1_000_000).contains(&value) {
+                    return Err(at(key, "must be within 1..=1000000".into()));
                 }
             }
             for other in &self.services[..i] {
@@ -563,6 +602,10 @@ client_interface = "eth0"
         assert_eq!(s.interfaces(), ["eth0"]);
         assert_eq!(s.data_ports.len(), 100);
         assert_eq!(c.max_sessions, 1024);
+        assert_eq!(s.login_timeout_secs, 60);
+        assert_eq!(s.max_sessions_per_client, 32);
+        assert_eq!(s.max_leases_per_client, 16);
+        assert_eq!(s.max_consecutive_errors, 20);
     }
 
     /// (change to MINIMAL, expected words in the error).
@@ -618,6 +661,26 @@ client_interface = "eth0"
                 "listen = \"203.0.113.1:21\"",
                 "listen = \"203.0.113.1:40050\"",
                 &["listen port"],
+            ),
+            (
+                "data_ports = \"40000-40099\"",
+                "data_ports = \"40000-40099\"\nlogin_timeout_secs = 0",
+                &["line 2", "login_timeout_secs", "at least 1"],
+            ),
+            (
+                "data_ports = \"40000-40099\"",
+                "data_ports = \"40000-40099\"\nmax_sessions_per_client = 0",
+                &["line 2", "max_sessions_per_client", "1..=1000000"],
+            ),
+            (
+                "data_ports = \"40000-40099\"",
+                "data_ports = \"40000-40099\"\nmax_leases_per_client = 0",
+                &["line 2", "max_leases_per_client", "1..=1000000"],
+            ),
+            (
+                "data_ports = \"40000-40099\"",
+                "data_ports = \"40000-40099\"\nmax_consecutive_errors = 0",
+                &["line 2", "max_consecutive_errors", "1..=1000000"],
             ),
             (
                 "client_interface = \"eth0\"",

@@ -7,11 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::{
-    net::TcpListener,
-    sync::{Semaphore, oneshot},
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tracing::{info, warn};
 
 use crate::{
@@ -24,7 +20,7 @@ use crate::{
     },
     kernel::Kernel,
     metrics::{Metrics, Sources},
-    proxy::{self, ServiceContext},
+    proxy::{self, ServiceContext, SessionSlots},
 };
 
 /// One service accepting clients.
@@ -44,7 +40,7 @@ impl Running {
 
 pub struct Gateway {
     config: Config,
-    sessions: Arc<Semaphore>,
+    sessions: Arc<SessionSlots>,
     metrics: Arc<Metrics>,
     sources: Arc<Sources>,
     kernel: Option<KernelSetup>,
@@ -67,7 +63,7 @@ impl Gateway {
         });
         let mut gateway = Gateway {
             config: config.clone(),
-            sessions: Arc::new(Semaphore::new(config.max_sessions)),
+            sessions: SessionSlots::new(config.max_sessions),
             metrics,
             sources,
             kernel: None,
@@ -298,12 +294,9 @@ impl Gateway {
             removed.stop().await;
         }
         self.running = next;
-        let (old_max, new_max) = (self.config.max_sessions, config.max_sessions);
-        if new_max > old_max {
-            self.sessions.add_permits(new_max - old_max);
-        } else if new_max < old_max {
-            self.sessions.forget_permits(old_max - new_max);
-        }
+        // A lower limit takes effect as sessions end.
+        self.sessions
+            .resize(self.config.max_sessions, config.max_sessions);
         warn_if_fd_limit_too_low(&config);
         self.config = config;
         self.publish();

@@ -9,12 +9,12 @@ use std::{
 use ftp_guard::{
     config::{Config, Service},
     dataplane::userspace::{RelaySettings, UserspaceRelay},
-    proxy::{self, ServiceContext},
+    proxy::{self, ServiceContext, SessionSlots},
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, oneshot},
+    sync::oneshot,
     time::timeout,
 };
 
@@ -85,6 +85,7 @@ fn answer_everything(line: &str) -> Option<String> {
 /// A running proxy in front of `origin`; stops when dropped.
 struct Proxy {
     addr: SocketAddr,
+    ctx: Arc<ServiceContext>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -109,14 +110,30 @@ async fn start_proxy(origin: SocketAddrV4, max_sessions: usize, tweak: fn(&mut S
     let ctx = Arc::new(ServiceContext::new(
         service,
         Arc::new(relay),
-        Arc::new(Semaphore::new(max_sessions)),
+        SessionSlots::new(max_sessions),
         Arc::new(ftp_guard::metrics::Metrics::new()),
     ));
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(proxy::serve(listener, ctx, async move {
+    tokio::spawn(proxy::serve(listener, ctx.clone(), async move {
         let _ = stopped.await;
     }));
-    Proxy { addr, _stop: stop }
+    Proxy {
+        addr,
+        ctx,
+        _stop: stop,
+    }
+}
+
+/// Waits (up to the step time) until `done` holds; false if it never did.
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while tokio::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
 }
 
 /// A client speaking raw bytes, reading whole replies.
@@ -567,4 +584,290 @@ async fn active_transfer_reply_waits_for_the_relayed_data() {
     let mut got = Vec::new();
     std::io::Read::read_to_end(&mut &data, &mut got).expect("the data was not all there");
     assert_eq!(got.len(), LISTING);
+}
+
+/// An origin that answers USER with 331 and PASS, after `pass_delay`, with 530 (vsftpd
+/// delays failed logins); anything else gets 200.
+async fn slow_login_origin(pass_delay: Duration) -> SocketAddrV4 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+        unreachable!()
+    };
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let _ = write.write_all(b"220 hi\r\n").await;
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: &[u8] = if line.starts_with("USER") {
+                        b"331 Please specify the password.\r\n"
+                    } else if line.starts_with("PASS") {
+                        tokio::time::sleep(pass_delay).await;
+                        b"530 Login incorrect.\r\n"
+                    } else {
+                        b"200 ok\r\n"
+                    };
+                    let _ = write.write_all(reply).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The memory-and-logs attack: 1.5 MB of "1\n" behind a failed login that the origin
+/// answers late. The junk waits within the pipelining bound (the proxy stops reading),
+/// and the session ends after 20 error replies in a row.
+#[tokio::test]
+async fn junk_flood_behind_a_slow_login_is_bounded() {
+    let origin = slow_login_origin(Duration::from_millis(500)).await;
+    let proxy = start_proxy(origin, 8, |_| {}).await;
+    let mut c = Client::connect(proxy.addr).await;
+    assert_eq!(c.reply().await, "220 hi\r\n");
+    let mut flood = b"USER a\r\nPASS b\r\n".to_vec();
+    flood.extend(b"1\n".repeat(750_000));
+    // The proxy stops reading, so the write never ends: another task does it.
+    let (read, mut write) = c.reader.into_inner().into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&flood).await;
+        write
+    });
+    let mut c = BufReader::new(read);
+    let mut got = String::new();
+    timeout(Duration::from_secs(10), c.read_to_string(&mut got))
+        .await
+        .expect("the session did not end")
+        .unwrap();
+    let mut want = String::from("331 Please specify the password.\r\n530 Login incorrect.\r\n");
+    want.push_str(&"500 Syntax error: command verb must be 1 to 8 ASCII letters.\r\n".repeat(20));
+    want.push_str("421 Too many errors in a row: closing control connection.\r\n");
+    assert_eq!(got, want);
+    // Replies owed at most 64 (each a 62-byte 500 here), plus one read of input.
+    let held = proxy.ctx.peak_session_buffer();
+    assert!(held <= 64 * 62 + 4096 + 512, "a session held {held} bytes");
+    writer.abort();
+}
+
+/// A 20 MB STAT reply (a huge directory) reaches the client whole, while the session
+/// never holds more than the reply bound and a read or two.
+#[tokio::test]
+async fn a_huge_stat_reply_is_streamed_whole() {
+    const LINE: &str = "-rw-r--r--    1 ftp      ftp       1048576 Jan 01 00:00 file-";
+    let mut reply = String::from("213-Status of /:\r\n");
+    let mut i = 0u32;
+    while reply.len() < 20 << 20 {
+        reply.push_str(&format!("{LINE}{i:08}\r\n"));
+        i += 1;
+    }
+    reply.push_str("213 End of status\r\n");
+    let expected = reply.clone();
+    let origin = FakeOrigin::start("220 hi\r\n", move |line| {
+        Some(if line == "STAT /" {
+            reply.clone()
+        } else {
+            "200 ok\r\n".into()
+        })
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, 8, |_| {}).await;
+    let mut c = Client::connect(proxy.addr).await;
+    c.reply().await;
+    c.send(b"STAT /\r\n").await;
+    let got = c.reply().await;
+    assert!(
+        got == expected,
+        "the reply differs ({} bytes, want {})",
+        got.len(),
+        expected.len()
+    );
+    c.send(b"NOOP\r\n").await;
+    assert_eq!(c.reply().await, "200 ok\r\n");
+    let held = proxy.ctx.peak_session_buffer();
+    let bound = ftp_guard::proxy::connection::MAX_REPLY_BYTES + 2 * 8193 + 4096;
+    assert!(held <= bound, "a session held {held} bytes (bound {bound})");
+}
+
+/// 60 pipelined PASVs in one write leave one lease (each new lease revokes the one
+/// before), and none once the session is closed.
+#[tokio::test]
+async fn pipelined_passives_leave_one_lease() {
+    let origin = FakeOrigin::start("220 hi\r\n", answer_everything).await;
+    let proxy = start_proxy(origin.addr, 8, |s| {
+        s.data_ports = "41100-41199".parse().unwrap();
+    })
+    .await;
+    let mut c = Client::connect(proxy.addr).await;
+    c.reply().await;
+    c.send(&b"PASV\r\n".repeat(60)).await;
+    for i in 0..60 {
+        let reply = c.reply().await;
+        assert!(
+            reply.starts_with("227 Entering Passive Mode (127,0,0,1,"),
+            "reply {i}: {reply}"
+        );
+    }
+    let dataplane = proxy.ctx.dataplane.clone();
+    let leases = || dataplane.leases().len();
+    assert!(eventually(|| leases() == 1).await, "{} leases", leases());
+    assert_eq!(leases(), 1);
+    assert_eq!(proxy.ctx.client_leases("127.0.0.1".parse().unwrap()), 1);
+    c.send(b"QUIT\r\n").await;
+    assert_eq!(c.reply().await, "200 ok\r\n");
+    assert!(c.closed().await);
+    assert!(eventually(|| leases() == 0).await, "{} leases", leases());
+    assert_eq!(proxy.ctx.client_leases("127.0.0.1".parse().unwrap()), 0);
+}
+
+/// One client address holds at most `max_leases_per_client` leases over its sessions;
+/// the next passive request gets a clear 425, and a session's end frees its slot.
+#[tokio::test]
+async fn leases_per_client_are_capped() {
+    let origin = FakeOrigin::start("220 hi\r\n", answer_everything).await;
+    let proxy = start_proxy(origin.addr, 8, |s| s.max_leases_per_client = 2).await;
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(proxy.addr).await;
+        c.reply().await;
+        sessions.push(c);
+    }
+    for c in &mut sessions[..2] {
+        c.send(b"EPSV\r\n").await;
+        let reply = c.reply().await;
+        assert!(reply.starts_with("229 "), "{reply}");
+    }
+    let third = &mut sessions[2];
+    third.send(b"EPSV\r\n").await;
+    let refused =
+        "425 Can't open data connection: too many data connections pending for your address.\r\n";
+    assert_eq!(third.reply().await, refused);
+    third.send(b"PORT 127,0,0,1,200,1\r\n").await;
+    assert_eq!(third.reply().await, refused);
+    // A session's new request replaces its own lease: no slot needed.
+    sessions[0].send(b"EPSV\r\n").await;
+    assert!(sessions[0].reply().await.starts_with("229 "));
+    let first = sessions.remove(0);
+    drop(first);
+    let ctx = proxy.ctx.clone();
+    assert!(eventually(|| ctx.client_leases("127.0.0.1".parse().unwrap()) == 1).await);
+    sessions[1].send(b"EPSV\r\n").await;
+    assert!(sessions[1].reply().await.starts_with("229 "));
+}
+
+/// A session not logged in within `login_timeout_secs` gets 421; a logged-in one stays.
+#[tokio::test]
+async fn login_timeout_gives_421() {
+    let origin = FakeOrigin::start("220 hi\r\n", |line| {
+        Some(
+            match line.split(' ').next() {
+                Some("USER") => "331 pw\r\n",
+                Some("PASS") if line == "PASS right" => "230 in\r\n",
+                Some("PASS") => "530 no\r\n",
+                _ => "200 ok\r\n",
+            }
+            .into(),
+        )
+    })
+    .await;
+    let proxy = start_proxy(origin.addr, 8, |s| s.login_timeout_secs = 1).await;
+    let started = std::time::Instant::now();
+    let mut slow = Client::connect(proxy.addr).await;
+    let mut quick = Client::connect(proxy.addr).await;
+    slow.reply().await;
+    quick.reply().await;
+    slow.send(b"USER a\r\nPASS wrong\r\n").await;
+    assert_eq!(slow.reply().await, "331 pw\r\n");
+    assert_eq!(slow.reply().await, "530 no\r\n");
+    quick.send(b"USER a\r\nPASS right\r\n").await;
+    assert_eq!(quick.reply().await, "331 pw\r\n");
+    assert_eq!(quick.reply().await, "230 in\r\n");
+    assert_eq!(
+        slow.reply().await,
+        "421 Login timeout: closing control connection.\r\n"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "421 after {waited:?}"
+    );
+    assert!(slow.closed().await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    quick.send(b"NOOP\r\n").await;
+    assert_eq!(quick.reply().await, "200 ok\r\n");
+}
+
+/// One client address may have `max_sessions_per_client` sessions; the next gets 421, and
+/// a session's end makes room.
+#[tokio::test]
+async fn sessions_per_client_are_capped() {
+    let origin = FakeOrigin::start("220 hi\r\n", answer_everything).await;
+    let proxy = start_proxy(origin.addr, 8, |s| s.max_sessions_per_client = 2).await;
+    let mut first = Client::connect(proxy.addr).await;
+    let mut second = Client::connect(proxy.addr).await;
+    assert_eq!(first.reply().await, "220 hi\r\n");
+    assert_eq!(second.reply().await, "220 hi\r\n");
+    let mut third = Client::connect(proxy.addr).await;
+    assert_eq!(
+        third.reply().await,
+        "421 Too many connections from your address, try again later.\r\n"
+    );
+    assert!(third.closed().await);
+    drop(first);
+    let ctx = proxy.ctx.clone();
+    assert!(eventually(|| ctx.open_sessions().len() == 1).await);
+    let mut fourth = Client::connect(proxy.addr).await;
+    assert_eq!(fourth.reply().await, "220 hi\r\n");
+}
+
+/// Lowering `max_sessions` by a reload while every slot is taken takes effect as the
+/// sessions end (a semaphore only forgets free permits).
+#[tokio::test]
+async fn lowering_max_sessions_takes_effect_as_sessions_end() {
+    let origin = FakeOrigin::start("220 hi\r\n", answer_everything).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let text = |max: usize| {
+        format!(
+            "max_sessions = {max}\nadmin_listen = \"127.0.0.1:0\"\n[[service]]\nname = \"reload\"\n\
+             listen = \"127.0.0.1:{port}\"\norigin = \"{}\"\ndata_ports = \"41200-41209\"\n\
+             dataplane = \"userspace\"\n",
+            origin.addr
+        )
+    };
+    let mut gateway = ftp_guard::gateway::Gateway::start(&Config::parse(&text(2)).unwrap())
+        .await
+        .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let ctx = gateway.services()[0].clone();
+    let mut a = Client::connect(addr).await;
+    let mut b = Client::connect(addr).await;
+    assert_eq!(a.reply().await, "220 hi\r\n");
+    assert_eq!(b.reply().await, "220 hi\r\n");
+    gateway
+        .reload(Config::parse(&text(1)).unwrap())
+        .await
+        .unwrap();
+    drop(a);
+    assert!(eventually(|| ctx.open_sessions().len() == 1).await);
+    let busy = "421 Too many connections, try again later.\r\n";
+    let mut c = Client::connect(addr).await;
+    assert_eq!(c.reply().await, busy, "one session open, the limit is 1");
+    drop(b);
+    assert!(eventually(|| ctx.open_sessions().is_empty()).await);
+    let mut d = Client::connect(addr).await;
+    assert_eq!(d.reply().await, "220 hi\r\n");
+    let mut e = Client::connect(addr).await;
+    assert_eq!(e.reply().await, busy);
+    // Raising it again pays nothing back twice: two sessions now.
+    gateway
+        .reload(Config::parse(&text(2)).unwrap())
+        .await
+        .unwrap();
+    let mut f = Client::connect(addr).await;
+    assert_eq!(f.reply().await, "220 hi\r\n");
+    let mut g = Client::connect(addr).await;
+    assert_eq!(g.reply().await, busy);
+    gateway.shutdown(Duration::ZERO).await;
 }

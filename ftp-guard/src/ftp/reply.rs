@@ -156,18 +156,43 @@ fn reply_start(line: &[u8]) -> Option<(u16, Option<u8>)> {
 #[derive(Clone, Debug)]
 pub struct ReplyAssembler {
     max_lines: usize,
-    /// The multi-line reply in progress: its code and lines so far.
+    /// The multi-line reply in progress: its code and the lines held (those not yet
+    /// taken by [`ReplyAssembler::take_lines`]).
     partial: Option<Reply>,
+    /// Bytes of the lines held.
+    partial_bytes: usize,
 }
 
 impl ReplyAssembler {
-    /// `max_lines`: the most lines one reply may have (bounds memory together with the
-    /// line length limit).
+    /// `max_lines`: the most lines of one reply held at once (bounds memory together with
+    /// the line length limit); lines taken by [`ReplyAssembler::take_lines`] no longer count.
     pub fn new(max_lines: usize) -> Self {
         ReplyAssembler {
             max_lines,
             partial: None,
+            partial_bytes: 0,
         }
+    }
+
+    /// Bytes held of the multi-line reply in progress.
+    pub fn buffered_bytes(&self) -> usize {
+        self.partial_bytes
+    }
+
+    /// Lines held of the multi-line reply in progress.
+    pub fn buffered_lines(&self) -> usize {
+        self.partial.as_ref().map_or(0, |r| r.lines.len())
+    }
+
+    /// Takes the lines held of the multi-line reply in progress, so that a long reply can
+    /// be passed on as it comes instead of being held whole. The reply goes on: the one
+    /// [`ReplyAssembler::push_line`] completes later has only the lines after these.
+    pub fn take_lines(&mut self) -> Vec<Vec<u8>> {
+        self.partial_bytes = 0;
+        self.partial
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.lines))
+            .unwrap_or_default()
     }
 
     /// Adds one line (no CRLF); returns the reply it completes, if any. After an error the
@@ -181,6 +206,7 @@ impl ReplyAssembler {
                             limit: self.max_lines,
                         });
                     }
+                    self.partial_bytes = line.len();
                     self.partial = Some(Reply {
                         code,
                         lines: vec![line],
@@ -201,11 +227,14 @@ impl ReplyAssembler {
         // code followed by a space (or nothing) ends the reply.
         let ends =
             matches!(reply_start(&line), Some((code, None | Some(b' '))) if code == reply.code);
+        self.partial_bytes += line.len();
         reply.lines.push(line);
         if ends {
+            self.partial_bytes = 0;
             return Ok(Some(reply));
         }
         if reply.lines.len() >= self.max_lines {
+            self.partial_bytes = 0;
             // The next line would be one too many, whatever it is.
             return Err(ReplyError::TooManyLines {
                 limit: self.max_lines,

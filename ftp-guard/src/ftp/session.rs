@@ -10,6 +10,11 @@
 //! address (the address in a 227 is often 0.0.0.0 or private; modern clients ignore it too).
 //! The driver then installs a lease and the client gets the public address and port in the
 //! form it asked for.
+//!
+//! Memory stays bounded whatever either peer sends: at most `max_pending` replies are owed
+//! (local answers to bad lines included); at the limit the session takes no more client
+//! lines ([`Session::wants_client_input`] tells the driver to stop reading), and a long
+//! multi-line origin reply is passed on in pieces once it is the next one owed.
 use std::{
     collections::VecDeque,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -42,9 +47,18 @@ pub struct SessionConfig {
     pub max_reply_line: usize,
     /// Most lines in one (multi-line) origin reply.
     pub max_reply_lines: usize,
-    /// Most commands awaiting replies (pipelining bound).
+    /// Most replies owed to the client (pipelining bound): commands sent to the origin and
+    /// answers made here alike. At the limit, client input waits.
     pub max_pending: usize,
+    /// Error replies in a row (local refusals, origin 500-504) after which the session
+    /// closes with 421; any 1xx-3xx reply starts the count again.
+    pub max_consecutive_errors: usize,
+    /// Bytes of one origin reply held before it is passed on in pieces.
+    pub max_reply_bytes: usize,
 }
+
+/// Warnings a session logs before it only counts them (one summary line at its end).
+const WARNINGS_LOGGED: usize = 5;
 
 /// Something that happened to the session.
 #[derive(Debug)]
@@ -60,10 +74,12 @@ pub enum Event<'a> {
     ActiveLeaseInstalled { origin_side: SocketAddrV4 },
     /// The lease (passive or active) could not be installed (ports or map exhausted…).
     LeaseFailed { reason: String },
+    /// No lease was installed: the client's address holds as many as it may.
+    LeaseLimit,
 }
 
 /// Something the driver must do, in the order given.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Write these bytes to the client.
     ToClient(Vec<u8>),
@@ -90,6 +106,15 @@ pub enum Action {
     Warn(String),
     /// Close both connections after the writes above.
     Close,
+}
+
+/// Why a lease was not installed.
+#[derive(Debug)]
+enum LeaseFailure {
+    /// The dataplane refused (its reason, for the log).
+    Failed(String),
+    /// The client's address holds as many leases as it may.
+    ClientLimit,
 }
 
 /// How the client asked for passive mode, so the answer comes in the same form.
@@ -149,6 +174,13 @@ pub struct Session {
     lease_outstanding: bool,
     /// Client lines wait in their reader while an active lease is being installed.
     holding_client: bool,
+    /// Error replies sent in a row (see [`SessionConfig::max_consecutive_errors`]).
+    consecutive_errors: usize,
+    /// The origin has answered 230: the client is logged in.
+    logged_in: bool,
+    /// Warnings logged, and those counted but not logged ([`WARNINGS_LOGGED`]).
+    warnings: usize,
+    warnings_suppressed: usize,
     closed: bool,
 }
 
@@ -167,8 +199,49 @@ impl Session {
             epsv_all: false,
             lease_outstanding: false,
             holding_client: false,
+            consecutive_errors: 0,
+            logged_in: false,
+            warnings: 0,
+            warnings_suppressed: 0,
             closed: false,
         }
+    }
+
+    /// Whether the driver should read the client: false while the replies owed are at the
+    /// limit or client lines are held (they wait in the reader, and the socket buffers
+    /// and TCP flow control hold the rest).
+    pub fn wants_client_input(&self) -> bool {
+        !self.closed && !self.holding_client && self.pending.len() < self.config.max_pending
+    }
+
+    /// True once the origin has answered 230 (user logged in).
+    pub fn logged_in(&self) -> bool {
+        self.logged_in
+    }
+
+    /// Replies owed to the client (forwarded commands and local answers).
+    pub fn replies_owed(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Bytes the session holds: unread input of both peers, the origin reply in progress,
+    /// complete replies and local answers waiting for their turn. Actions are not counted
+    /// (the driver takes them after every event).
+    pub fn buffered_bytes(&self) -> usize {
+        let reply_bytes = |r: &Reply| r.lines.iter().map(|l| l.len() + 2).sum::<usize>();
+        let locals: usize = self
+            .pending
+            .iter()
+            .map(|p| match p {
+                Pending::Local(r) => reply_bytes(r),
+                _ => 0,
+            })
+            .sum();
+        self.client_lines.buffered()
+            + self.origin_lines.buffered()
+            + self.replies.buffered_bytes()
+            + self.unmatched.iter().map(reply_bytes).sum::<usize>()
+            + locals
     }
 
     /// The next action, if any. Call until `None` after every [`Session::handle`].
@@ -199,15 +272,31 @@ impl Session {
             Event::ActiveLeaseInstalled { origin_side } => {
                 self.active_lease_result(Ok(origin_side))
             }
-            Event::LeaseFailed { reason } => {
-                if matches!(self.pending.back(), Some(Pending::AwaitingActive)) {
-                    self.active_lease_result(Err(reason));
-                } else {
-                    self.lease_result(Err(reason));
-                }
+            Event::LeaseFailed { reason } => self.lease_failed(LeaseFailure::Failed(reason)),
+            Event::LeaseLimit => self.lease_failed(LeaseFailure::ClientLimit),
+        }
+        self.settle();
+    }
+
+    /// Sends what is due, then takes client lines while there is room, until neither
+    /// makes progress (a local answer sent makes room for the next line).
+    fn settle(&mut self) {
+        loop {
+            self.flush();
+            let before = self.client_lines.buffered();
+            self.drain_client_lines();
+            if self.closed || self.client_lines.buffered() == before {
+                return;
             }
         }
-        self.flush();
+    }
+
+    fn lease_failed(&mut self, failure: LeaseFailure) {
+        if matches!(self.pending.back(), Some(Pending::AwaitingActive)) {
+            self.active_lease_result(Err(failure));
+        } else {
+            self.lease_result(Err(failure));
+        }
     }
 
     /// The client's connection ended: nothing more can be said to it.
@@ -239,6 +328,18 @@ impl Session {
         self.close();
     }
 
+    /// The client has not logged in within the login timeout.
+    pub fn login_timeout(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.say(Reply::new(
+            421,
+            "Login timeout: closing control connection.",
+        ));
+        self.close();
+    }
+
     /// The control connection was idle too long.
     pub fn idle_timeout(&mut self) {
         if self.closed {
@@ -249,7 +350,7 @@ impl Session {
     }
 
     fn drain_client_lines(&mut self) {
-        while !self.holding_client
+        while self.wants_client_input()
             && let Some(line) = self.client_lines.next_line()
         {
             if self.closed {
@@ -273,23 +374,12 @@ impl Session {
                 ),
                 Err(LineError::Nul) => Reply::new(500, "Command contains a NUL byte."),
             };
-            self.actions
-                .push_back(Action::Warn(format!("client: {}", reply.text())));
+            self.warn(format!("client: {}", reply.text()));
             self.local(reply);
         }
     }
 
     fn client_command(&mut self, command: Command) {
-        if self.pending.len() >= self.config.max_pending {
-            self.say(Reply::new(
-                421,
-                "Too many commands without replies; closing.",
-            ));
-            self.actions
-                .push_back(Action::Warn("client pipelined too many commands".into()));
-            self.close();
-            return;
-        }
         let verb = command.verb.as_str();
         match verb {
             "PASV" => {
@@ -367,8 +457,7 @@ impl Session {
                 return self.local(Reply::new(522, "Network protocol not supported, use (1)"));
             }
             Err(e) => {
-                self.actions
-                    .push_back(Action::Warn(format!("client: malformed {verb} ({e})")));
+                self.warn(format!("client: malformed {verb} ({e})"));
                 return self.local(Reply::new(
                     501,
                     &format!("Syntax error in {verb} argument."),
@@ -376,19 +465,17 @@ impl Session {
             }
         };
         if *addr.ip() != self.config.client_ip {
-            self.actions.push_back(Action::Warn(format!(
+            self.warn(format!(
                 "FTP bounce refused: {verb} names {addr}, the client is {}",
                 self.config.client_ip
-            )));
+            ));
             return self.local(Reply::new(
                 504,
                 &format!("Refused: {verb} must name your own address (no third parties)."),
             ));
         }
         if addr.port() < 1024 {
-            self.actions.push_back(Action::Warn(format!(
-                "refused {verb} to privileged port {addr}"
-            )));
+            self.warn(format!("refused {verb} to privileged port {addr}"));
             return self.local(Reply::new(
                 504,
                 "Refused: data ports below 1024 are not allowed.",
@@ -402,11 +489,9 @@ impl Session {
         self.holding_client = true;
     }
 
-    fn active_lease_result(&mut self, result: Result<SocketAddrV4, String>) {
+    fn active_lease_result(&mut self, result: Result<SocketAddrV4, LeaseFailure>) {
         if !matches!(self.pending.back(), Some(Pending::AwaitingActive)) {
-            self.actions.push_back(Action::Warn(
-                "active lease result with none requested".into(),
-            ));
+            self.warn("active lease result with none requested".into());
             return;
         }
         self.pending.pop_back();
@@ -418,17 +503,29 @@ impl Session {
                 self.actions.push_back(Action::ToOrigin(line.into_bytes()));
                 self.pending.push_back(Pending::Forward);
             }
-            Err(reason) => {
+            Err(failure) => {
                 self.lease_outstanding = false;
-                self.actions
-                    .push_back(Action::Warn(format!("no data lease: {reason}")));
-                self.local(Reply::new(
-                    425,
-                    "Can't open data connection now, try again later.",
-                ));
+                let reply = self.lease_failure_reply(failure);
+                self.local(reply);
             }
         }
-        self.drain_client_lines();
+    }
+
+    /// Logs why a lease could not be had; the 425 the client gets.
+    fn lease_failure_reply(&mut self, failure: LeaseFailure) -> Reply {
+        match failure {
+            LeaseFailure::Failed(reason) => {
+                self.warn(format!("no data lease: {reason}"));
+                Reply::new(425, "Can't open data connection now, try again later.")
+            }
+            LeaseFailure::ClientLimit => {
+                self.warn("no data lease: the client's address holds as many as it may".into());
+                Reply::new(
+                    425,
+                    "Can't open data connection: too many data connections pending for your address.",
+                )
+            }
+        }
     }
 
     fn passive(&mut self, form: PassiveForm) {
@@ -461,8 +558,18 @@ impl Session {
                 }
             };
             match complete {
-                Ok(Some(reply)) => self.unmatched.push_back(reply),
-                Ok(None) => {}
+                Ok(Some(reply)) => {
+                    self.unmatched.push_back(reply);
+                    // Matched at once, so that a long reply behind it finds itself next.
+                    self.flush();
+                }
+                Ok(None) => {
+                    if self.replies.buffered_bytes() > self.config.max_reply_bytes
+                        || self.replies.buffered_lines() + 1 >= self.config.max_reply_lines
+                    {
+                        self.pass_on_partial_reply();
+                    }
+                }
                 Err(e) => {
                     self.origin_violation(&format!("reply: {e}"));
                     return;
@@ -471,10 +578,35 @@ impl Session {
         }
     }
 
+    /// Sends the lines held of a long multi-line reply (a STAT of a big directory) ahead
+    /// of its end, so a session never holds more than about `max_reply_bytes` of it: possible
+    /// when the reply is the next one owed and is passed on as it is. Replies the gateway
+    /// must see whole (FEAT, the 227 for a lease) that are that long break the protocol.
+    fn pass_on_partial_reply(&mut self) {
+        let next_owed = self.unmatched.is_empty()
+            && matches!(
+                self.pending.front(),
+                None | Some(
+                    Pending::Greeting | Pending::Forward | Pending::Transfer { .. } | Pending::Quit
+                )
+            );
+        if !next_owed {
+            let limit = self.config.max_reply_bytes;
+            return self.origin_violation(&format!(
+                "reply: longer than {limit} bytes where it must be read whole"
+            ));
+        }
+        let mut bytes = Vec::new();
+        for line in self.replies.take_lines() {
+            bytes.extend_from_slice(&self.config.scrubber.scrub(&line));
+            bytes.extend_from_slice(b"\r\n");
+        }
+        self.actions.push_back(Action::ToClient(bytes));
+    }
+
     /// The origin broke the protocol: the stream cannot be trusted to resynchronise.
     fn origin_violation(&mut self, what: &str) {
-        self.actions
-            .push_back(Action::Warn(format!("origin sent an invalid {what}")));
+        self.warn(format!("origin sent an invalid {what}"));
         self.say(Reply::new(
             421,
             "The server sent an invalid reply; closing.",
@@ -488,7 +620,7 @@ impl Session {
             match self.pending.front() {
                 Some(Pending::Local(_)) => {
                     if let Some(Pending::Local(reply)) = self.pending.pop_front() {
-                        self.say(reply);
+                        self.say_local(reply);
                     }
                 }
                 Some(Pending::AwaitingLease(_) | Pending::AwaitingActive) => return,
@@ -515,6 +647,7 @@ impl Session {
 
     /// Handles an origin reply for the command at the queue's front.
     fn origin_reply(&mut self, reply: Reply) {
+        self.logged_in |= reply.code == 230;
         // A 1xx reply is preliminary: the command waits for its final reply.
         let preliminary = reply.class() == 1;
         let front = if preliminary {
@@ -576,11 +709,11 @@ impl Session {
                 self.pending.push_front(Pending::AwaitingLease(form));
             }
             Err(e) => {
-                self.actions.push_back(Action::Warn(format!(
+                self.warn(format!(
                     "origin's 227 reply is unusable ({e}): {}",
                     reply.text()
-                )));
-                self.say(Reply::new(
+                ));
+                self.say_local(Reply::new(
                     425,
                     "Can't open data connection: the server's passive reply was invalid.",
                 ));
@@ -588,29 +721,24 @@ impl Session {
         }
     }
 
-    fn lease_result(&mut self, result: Result<u16, String>) {
+    fn lease_result(&mut self, result: Result<u16, LeaseFailure>) {
         let Some(Pending::AwaitingLease(form)) = self.pending.front() else {
-            self.actions
-                .push_back(Action::Warn("lease result with no lease requested".into()));
+            self.warn("lease result with no lease requested".into());
             return;
         };
         let form = *form;
         self.pending.pop_front();
         match result {
-            Ok(port) => self.say(match form {
+            Ok(port) => self.say_local(match form {
                 PassiveForm::Pasv => {
                     address::pasv_reply(SocketAddrV4::new(self.config.public_ip, port))
                 }
                 PassiveForm::Epsv => address::epsv_reply(port),
             }),
-            Err(reason) => {
+            Err(failure) => {
                 self.lease_outstanding = false;
-                self.actions
-                    .push_back(Action::Warn(format!("no data lease: {reason}")));
-                self.say(Reply::new(
-                    425,
-                    "Can't open data connection now, try again later.",
-                ));
+                let reply = self.lease_failure_reply(failure);
+                self.say_local(reply);
             }
         }
     }
@@ -622,18 +750,64 @@ impl Session {
         }
     }
 
+    /// An origin reply, cleaned of hidden addresses.
     fn say_scrubbed(&mut self, reply: &Reply) {
         let clean = self.config.scrubber.scrub_reply(reply);
         self.say(clean);
+        self.count_errors(reply.code, (500..=504).contains(&reply.code));
+    }
+
+    /// A reply made here: refusals count as errors.
+    fn say_local(&mut self, reply: Reply) {
+        let code = reply.code;
+        self.say(reply);
+        self.count_errors(code, code >= 400);
+    }
+
+    /// Closes the session after too many error replies in a row (a client sending junk
+    /// costs replies and log lines; nothing it sends then is worth more).
+    fn count_errors(&mut self, code: u16, error: bool) {
+        if error {
+            self.consecutive_errors += 1;
+        } else if code < 400 {
+            self.consecutive_errors = 0;
+        }
+        let limit = self.config.max_consecutive_errors;
+        if self.consecutive_errors >= limit && !self.closed {
+            self.actions.push_back(Action::Warn(format!(
+                "closing: {limit} error replies in a row"
+            )));
+            self.say(Reply::new(
+                421,
+                "Too many errors in a row: closing control connection.",
+            ));
+            self.close();
+        }
     }
 
     fn say(&mut self, reply: Reply) {
         self.actions.push_back(Action::ToClient(reply.to_bytes()));
     }
 
+    /// A warning for the log: the first [`WARNINGS_LOGGED`] of a session, then only counted.
+    fn warn(&mut self, message: String) {
+        if self.warnings < WARNINGS_LOGGED {
+            self.warnings += 1;
+            self.actions.push_back(Action::Warn(message));
+        } else {
+            self.warnings_suppressed += 1;
+        }
+    }
+
     fn close(&mut self) {
         if !self.closed {
             self.revoke_lease();
+            if self.warnings_suppressed > 0 {
+                self.actions.push_back(Action::Warn(format!(
+                    "{} more warnings of this session not logged",
+                    self.warnings_suppressed
+                )));
+            }
             self.actions.push_back(Action::Close);
             self.closed = true;
         }
@@ -696,10 +870,10 @@ mod tests {
         session_with(true)
     }
 
-    fn session_with(active_mode: bool) -> Session {
-        Session::new(SessionConfig {
+    fn config() -> SessionConfig {
+        SessionConfig {
             client_ip: CLIENT,
-            active_mode,
+            active_mode: true,
             public_ip: PUBLIC,
             origin_ip: ORIGIN,
             scrubber: Scrubber::new(&[IpAddr::V4(ORIGIN)], PUBLIC),
@@ -707,6 +881,15 @@ mod tests {
             max_reply_line: 8192,
             max_reply_lines: 100,
             max_pending: 8,
+            max_consecutive_errors: 20,
+            max_reply_bytes: 1024,
+        }
+    }
+
+    fn session_with(active_mode: bool) -> Session {
+        Session::new(SessionConfig {
+            active_mode,
+            ..config()
         })
     }
 
@@ -1108,17 +1291,208 @@ mod tests {
         assert!(!out.contains(&Action::AwaitData), "{out:?}");
     }
 
+    /// At `max_pending` replies owed the session takes no more lines (the driver stops
+    /// reading); each reply makes room for one more, in order.
     #[test]
-    fn pipelining_is_bounded() {
+    fn pipelining_is_bounded_by_backpressure() {
         let mut s = greeted();
         let out = client(&mut s, &b"NOOP\r\n".repeat(20));
+        assert_eq!(out, vec![to_origin("NOOP\r\n"); 8]);
+        assert!(!s.wants_client_input());
+        assert_eq!(s.replies_owed(), 8);
+        let out = origin(&mut s, b"200 one\r\n200 two\r\n");
         assert_eq!(
-            out.iter()
-                .filter(|a| matches!(a, Action::ToOrigin(_)))
-                .count(),
-            8
+            out,
+            vec![
+                to_client("200 one\r\n"),
+                to_client("200 two\r\n"),
+                to_origin("NOOP\r\n"),
+                to_origin("NOOP\r\n"),
+            ]
         );
-        assert_eq!(out.last(), Some(&Action::Close));
+        assert_eq!(s.replies_owed(), 8);
+        assert!(!s.wants_client_input());
+        // Ten lines left: eight go on now, the last two after eight more replies.
+        assert_eq!(origin(&mut s, &b"200 ok\r\n".repeat(8)).len(), 8 + 8);
+        assert_eq!(s.replies_owed(), 8);
+        assert_eq!(origin(&mut s, &b"200 ok\r\n".repeat(8)).len(), 8 + 2);
+        assert_eq!(s.replies_owed(), 2);
+        assert!(s.wants_client_input());
+    }
+
+    /// The memory-and-logs attack: junk lines behind a slow reply (vsftpd delays a failed
+    /// login) wait within the pipelining bound, and the session ends after
+    /// `max_consecutive_errors` error replies; warnings past the first few are only counted.
+    #[test]
+    fn junk_behind_a_slow_reply_is_bounded_and_ends_the_session() {
+        let mut s = Session::new(SessionConfig {
+            max_consecutive_errors: 6,
+            ..config()
+        });
+        origin(&mut s, b"220 ready\r\n");
+        let mut flood = b"USER a\r\nPASS b\r\n".to_vec();
+        flood.extend(b"1\n".repeat(1000));
+        let syntax = "Syntax error: command verb must be 1 to 8 ASCII letters.";
+        let warn = || Action::Warn(format!("client: {syntax}"));
+        // Two commands, six junk lines queued: eight replies owed, input stops.
+        let out = client(&mut s, &flood);
+        let mut want = vec![to_origin("USER a\r\n"), to_origin("PASS b\r\n")];
+        want.extend(std::iter::repeat_with(warn).take(5));
+        assert_eq!(out, want);
+        assert_eq!(s.replies_owed(), 8);
+        assert!(!s.wants_client_input());
+        // 331 resets the count; one more junk line takes its place (its warning not logged).
+        assert_eq!(origin(&mut s, b"331 pw\r\n"), vec![to_client("331 pw\r\n")]);
+        assert_eq!(s.replies_owed(), 8);
+        // The failed login (not a syntax error: not counted), then six 500s and the end.
+        let out = origin(&mut s, b"530 Login incorrect.\r\n");
+        let mut want = vec![to_client("530 Login incorrect.\r\n")];
+        want.extend(std::iter::repeat_n(
+            to_client(&format!("500 {syntax}\r\n")),
+            6,
+        ));
+        want.extend([
+            Action::Warn("closing: 6 error replies in a row".into()),
+            to_client("421 Too many errors in a row: closing control connection.\r\n"),
+            Action::Warn("2 more warnings of this session not logged".into()),
+            Action::Close,
+        ]);
+        assert_eq!(out, want);
+        assert!(s.is_closed());
+    }
+
+    /// (client lines, origin replies in order, whether the session ends): with a limit of
+    /// 3, local refusals and origin 500-504 count, any 1xx-3xx starts over, other 4xx/5xx
+    /// neither count nor start over.
+    #[test]
+    fn consecutive_errors() {
+        let cases: &[(&[u8], &[u8], bool)] = &[
+            (b"1\r\n1\r\n", b"", false),
+            (b"1\r\n1\r\n1\r\n", b"", true),
+            (b"1\r\n1\r\nNOOP\r\n1\r\n1\r\n", b"200 ok\r\n", false),
+            (b"1\r\nSITE x\r\n1\r\n", b"500 unknown\r\n", true),
+            (b"1\r\nSITE x\r\n1\r\n", b"504 no\r\n", true),
+            (b"1\r\nRETR x\r\n1\r\n", b"550 no such file\r\n", false),
+            (b"1\r\nRETR x\r\n1\r\n1\r\n", b"550 no such file\r\n", true),
+            (b"1\r\nRETR x\r\n1\r\n", b"150 go\r\n226 ok\r\n", false),
+            (b"AUTH TLS\r\nPROT P\r\nEPSV 2\r\n", b"", true),
+            (b"AUTH TLS\r\nEPSV ALL\r\nPASV\r\nPASV\r\n", b"", false),
+        ];
+        for (lines, replies, ends) in cases {
+            let mut s = Session::new(SessionConfig {
+                max_consecutive_errors: 3,
+                ..config()
+            });
+            origin(&mut s, b"220 ready\r\n");
+            let mut out = client(&mut s, lines);
+            out.extend(origin(&mut s, replies));
+            let shown = String::from_utf8_lossy(lines);
+            assert_eq!(s.is_closed(), *ends, "{shown}: {out:?}");
+            if *ends {
+                assert!(
+                    client_text(&out)
+                        .ends_with("421 Too many errors in a row: closing control connection.\r\n"),
+                    "{shown}: {out:?}"
+                );
+            }
+        }
+    }
+
+    /// A long multi-line reply (STAT of a big directory) reaches the client whole and
+    /// scrubbed, while the session never holds much more than `max_reply_bytes` of it.
+    #[test]
+    fn a_long_reply_is_passed_on_in_pieces() {
+        for (command, first, last) in [
+            ("STAT /\r\n", "213-Status follows:", "213 End of status"),
+            ("LIST\r\n", "150-Here comes the listing:", "150 go"),
+        ] {
+            let mut s = greeted();
+            client(&mut s, command.as_bytes());
+            let mut reply = format!("{first}\r\n");
+            let mut want = reply.clone();
+            for i in 0..5000 {
+                reply.push_str(&format!(
+                    "-rw-r--r-- 1 ftp ftp {i:8} Jan 1 198.51.100.2\r\n"
+                ));
+                want.push_str(&format!("-rw-r--r-- 1 ftp ftp {i:8} Jan 1 203.0.113.1\r\n"));
+            }
+            reply.push_str(&format!("{last}\r\n"));
+            want.push_str(&format!("{last}\r\n"));
+            let mut out = Vec::new();
+            let mut most = 0;
+            for chunk in reply.as_bytes().chunks(4096) {
+                out.extend(origin(&mut s, chunk));
+                most = most.max(s.buffered_bytes());
+            }
+            // The reply's limit, plus one line in the reply and one in the reader.
+            assert!(most <= 1024 + 2 * 60, "held {most} bytes");
+            assert_eq!(client_text(&out), want);
+            assert!(!s.is_closed());
+            assert_eq!(client(&mut s, b"NOOP\r\n"), vec![to_origin("NOOP\r\n")]);
+        }
+        // Replies the gateway must read whole cannot be that long.
+        for (command, head) in [("FEAT\r\n", "211-Features:"), ("PASV\r\n", "227-x")] {
+            let mut s = greeted();
+            client(&mut s, command.as_bytes());
+            let long = format!("{head}\r\n{}", " SIZE\r\n".repeat(300));
+            let out = origin(&mut s, long.as_bytes());
+            assert_eq!(
+                out,
+                vec![
+                    Action::Warn(
+                        "origin sent an invalid reply: longer than 1024 bytes where it must be \
+                         read whole"
+                            .into()
+                    ),
+                    to_client("421 The server sent an invalid reply; closing.\r\n"),
+                    Action::Close
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn login_is_seen_and_its_timeout_closes() {
+        let mut s = greeted();
+        client(&mut s, b"USER a\r\nPASS b\r\n");
+        origin(&mut s, b"331 pw\r\n");
+        assert!(!s.logged_in());
+        s.login_timeout();
+        assert_eq!(
+            drain(&mut s),
+            vec![
+                to_client("421 Login timeout: closing control connection.\r\n"),
+                Action::Close
+            ]
+        );
+        let mut s = greeted();
+        client(&mut s, b"USER a\r\nPASS b\r\n");
+        origin(&mut s, b"331 pw\r\n230 in\r\n");
+        assert!(s.logged_in());
+    }
+
+    #[test]
+    fn the_client_lease_limit_gives_a_clear_425() {
+        // Passive, then active: both answered in place, the session goes on.
+        let mut s = greeted();
+        client(&mut s, b"EPSV\r\n");
+        origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
+        s.handle(Event::LeaseLimit);
+        let refusal = "425 Can't open data connection: too many data connections pending for your address.\r\n";
+        let warning =
+            Action::Warn("no data lease: the client's address holds as many as it may".into());
+        assert_eq!(drain(&mut s), vec![warning, to_client(refusal)]);
+        client(&mut s, b"PORT 203,0,113,2,200,1\r\nNOOP\r\n");
+        s.handle(Event::LeaseLimit);
+        let out = drain(&mut s);
+        assert_eq!(
+            out,
+            vec![
+                Action::Warn("no data lease: the client's address holds as many as it may".into()),
+                to_client(refusal),
+                to_origin("NOOP\r\n")
+            ]
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Drives one [`Session`] with real sockets: reads from both legs feed it, its actions
-//! are carried out in order. All protocol decisions live in the session.
+//! are carried out in order. All protocol decisions live in the session; the driver owns
+//! the timers (greeting, login, idle), the one lease a session may hold (a new one revokes
+//! it; the session's end, whatever the path, too) and the client's share of leases.
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -26,8 +28,12 @@ const READ_BUFFER: usize = 4096;
 /// Limits of origin replies (the origin is trusted more than clients, but not blindly).
 const MAX_REPLY_LINE: usize = 8192;
 const MAX_REPLY_LINES: usize = 10_000;
-/// Commands a client may pipeline before the origin answers.
+/// Replies a client may have owed (pipelined commands, answers to bad lines) before the
+/// session stops reading it.
 const MAX_PENDING: usize = 64;
+/// Bytes of one origin reply held before it is passed on in pieces (a STAT of a big
+/// directory).
+pub const MAX_REPLY_BYTES: usize = 64 << 10;
 
 /// Why a session ended, for the closing log line.
 #[derive(Debug)]
@@ -95,6 +101,8 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
         max_reply_line: MAX_REPLY_LINE,
         max_reply_lines: MAX_REPLY_LINES,
         max_pending: MAX_PENDING,
+        max_consecutive_errors: service.max_consecutive_errors,
+        max_reply_bytes: MAX_REPLY_BYTES,
     });
     let mut driver = Driver {
         ctx: ctx.clone(),
@@ -105,11 +113,11 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
         lease: None,
         unsettled: Vec::new(),
         greeting_due: Some(greeting_due),
+        login_due: Some(tokio::time::Instant::now() + service.login_timeout()),
     };
+    // The lease goes with the driver, also when this task is dropped mid-way.
     let end = driver.run().await;
-    if let Some(id) = driver.lease.take() {
-        ctx.dataplane.revoke(id);
-    }
+    drop(driver);
     let secs = started.elapsed().as_secs_f64();
     match end {
         End::Session => info!(secs, "session closed"),
@@ -130,9 +138,44 @@ struct Driver {
     unsettled: Vec<LeaseId>,
     /// Until the origin's first byte: when its greeting is overdue.
     greeting_due: Option<tokio::time::Instant>,
+    /// Until the origin's 230: when the client must have logged in.
+    login_due: Option<tokio::time::Instant>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.revoke_lease();
+    }
 }
 
 impl Driver {
+    /// Revokes the session's lease (used or not: a data connection under way goes on) and
+    /// gives the client's slot back.
+    fn revoke_lease(&mut self) {
+        if let Some(id) = self.lease.take() {
+            self.ctx.dataplane.revoke(id);
+            self.ctx.release_lease_slot(self.client_ip.into());
+        }
+    }
+
+    /// Makes room for a new lease: the old one goes, and the client's address must have a
+    /// slot left. False: the new lease is refused.
+    fn lease_slot(&mut self) -> bool {
+        self.revoke_lease();
+        if self.ctx.take_lease_slot(self.client_ip.into()) {
+            return true;
+        }
+        let name = &self.ctx.service.name;
+        self.ctx.metrics.lease_failed(name, "client_limit");
+        false
+    }
+
+    /// Keeps a new lease (its slot was taken by [`Driver::lease_slot`]).
+    fn hold_lease(&mut self, id: LeaseId) {
+        self.lease = Some(id);
+        self.note_unsettled(id);
+    }
+
     async fn run(&mut self) -> End {
         let idle = self.ctx.service.idle_timeout();
         // One timer for the whole session, re-armed only when it fires early: re-arming on
@@ -147,14 +190,25 @@ impl Driver {
             // Wait for readiness without a buffer: an idle session then holds no read
             // buffers (memory per idle session is a figure operators size by). The buffer
             // below lives on the stack only while a poll runs, not in the task.
+            self.ctx.note_buffered(self.session.buffered_bytes());
+            if self.session.logged_in() {
+                self.login_due = None;
+            }
             let greeting_due = self.greeting_due;
+            let login_due = self.login_due;
             // Polled only while the greeting is awaited (any instant will do otherwise).
             let no_greeting =
                 tokio::time::sleep_until(greeting_due.unwrap_or_else(tokio::time::Instant::now));
+            let no_login =
+                tokio::time::sleep_until(login_due.unwrap_or_else(tokio::time::Instant::now));
+            // Backpressure: while the session owes the client its limit of replies, its
+            // input waits in the socket and TCP holds the client back.
+            let read_client = self.session.wants_client_input();
             let ready = tokio::select! {
-                r = self.client.readable() => Ready::Client(r),
+                r = self.client.readable(), if read_client => Ready::Client(r),
                 r = self.origin.readable() => Ready::Origin(r),
                 () = no_greeting, if greeting_due.is_some() => Ready::NoGreeting,
+                () = no_login, if login_due.is_some() => Ready::NoLogin,
                 () = &mut idle_timer => Ready::Idle,
             };
             if !matches!(ready, Ready::Idle) {
@@ -199,6 +253,11 @@ impl Driver {
                     self.ctx.metrics.session_rejected(name, "origin_silent");
                     self.greeting_due = None;
                     self.session.greeting_timeout();
+                }
+                Ready::NoLogin => {
+                    info!(secs = self.ctx.service.login_timeout_secs, "login timeout");
+                    self.login_due = None;
+                    self.session.login_timeout();
                 }
                 Ready::Idle if last_activity.elapsed() < idle => {
                     idle_timer.as_mut().reset(last_activity + idle);
@@ -262,12 +321,12 @@ impl Driver {
                     }
                 }
                 Action::AwaitData => self.await_data().await,
-                Action::RevokeLease => {
-                    if let Some(id) = self.lease.take() {
-                        self.ctx.dataplane.revoke(id);
-                    }
-                }
+                Action::RevokeLease => self.revoke_lease(),
                 Action::InstallLease { origin } => {
+                    if !self.lease_slot() {
+                        self.session.handle(Event::LeaseLimit);
+                        continue;
+                    }
                     let request = LeaseRequest {
                         client: self.client_ip,
                         origin,
@@ -278,13 +337,13 @@ impl Driver {
                                 .metrics
                                 .lease_installed(&self.ctx.service.name, "passive");
                             info!(public_port = grant.public_port, %origin, "data lease installed");
-                            self.lease = Some(grant.id);
-                            self.note_unsettled(grant.id);
+                            self.hold_lease(grant.id);
                             Event::LeaseInstalled {
                                 public_port: grant.public_port,
                             }
                         }
                         Err(e) => {
+                            self.ctx.release_lease_slot(self.client_ip.into());
                             self.ctx
                                 .metrics
                                 .lease_failed(&self.ctx.service.name, e.metric_reason());
@@ -296,6 +355,10 @@ impl Driver {
                     self.session.handle(event);
                 }
                 Action::InstallActiveLease { client } => {
+                    if !self.lease_slot() {
+                        self.session.handle(Event::LeaseLimit);
+                        continue;
+                    }
                     let request = ActiveRequest {
                         origin: *self.ctx.service.origin.ip(),
                         client,
@@ -306,13 +369,13 @@ impl Driver {
                                 .metrics
                                 .lease_installed(&self.ctx.service.name, "active");
                             info!(%client, origin_side = %grant.origin_side, "active data lease installed");
-                            self.lease = Some(grant.id);
-                            self.note_unsettled(grant.id);
+                            self.hold_lease(grant.id);
                             Event::ActiveLeaseInstalled {
                                 origin_side: grant.origin_side,
                             }
                         }
                         Err(e) => {
+                            self.ctx.release_lease_slot(self.client_ip.into());
                             self.ctx
                                 .metrics
                                 .lease_failed(&self.ctx.service.name, e.metric_reason());
@@ -344,6 +407,8 @@ enum Ready {
     Origin(io::Result<()>),
     /// The origin's greeting is overdue.
     NoGreeting,
+    /// The client has not logged in within the login timeout.
+    NoLogin,
     Idle,
 }
 

@@ -1,18 +1,22 @@
 //! The control-channel proxy (tokio): accepts clients on a service's listen address and
-//! runs one [`connection`] task per client, within a global session limit.
+//! runs one [`connection`] task per client, within a global session limit
+//! ([`SessionSlots`]) and per-client-address limits on sessions and data leases.
 pub mod connection;
 
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use tokio::{
     io::AsyncWriteExt as _,
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tracing::{Instrument as _, error, info, warn};
 
@@ -23,10 +27,16 @@ pub struct ServiceContext {
     pub service: Service,
     pub dataplane: Arc<dyn Dataplane>,
     /// Global cap on open control sessions (over all services).
-    pub sessions: Arc<Semaphore>,
+    pub sessions: Arc<SessionSlots>,
     pub metrics: Arc<Metrics>,
     /// The sessions open now, for status.
     pub open: Mutex<HashMap<u64, OpenSession>>,
+    /// Per client address: its sessions and the leases they hold (entries go when both
+    /// are zero).
+    clients: Mutex<HashMap<IpAddr, ClientUse>>,
+    /// The most bytes any session of this service has held (see
+    /// [`crate::ftp::session::Session::buffered_bytes`]).
+    peak_buffered: AtomicUsize,
     /// What replies are cleaned of: the origin's addresses and names, and the gateway's
     /// addresses on the origin side known when the service started (each session adds
     /// its own control connection's, see [`ServiceContext::session_scrubber`]).
@@ -44,7 +54,7 @@ impl ServiceContext {
     pub fn new(
         service: Service,
         dataplane: Arc<dyn Dataplane>,
-        sessions: Arc<Semaphore>,
+        sessions: Arc<SessionSlots>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let mut scrubber = Scrubber::new(&service.hidden_addresses(), service.public_ip())
@@ -58,8 +68,75 @@ impl ServiceContext {
             sessions,
             metrics,
             open: Mutex::default(),
+            clients: Mutex::default(),
+            peak_buffered: AtomicUsize::new(0),
             scrubber,
         }
+    }
+
+    /// A session for `client`, unless its address has `max_sessions_per_client` open.
+    fn admit_client(self: &Arc<Self>, client: IpAddr) -> Option<ClientSession> {
+        let client = client.to_canonical();
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = clients.entry(client).or_default();
+        if entry.sessions >= self.service.max_sessions_per_client {
+            if entry.sessions == 0 && entry.leases == 0 {
+                clients.remove(&client);
+            }
+            return None;
+        }
+        entry.sessions += 1;
+        Some(ClientSession {
+            ctx: self.clone(),
+            client,
+        })
+    }
+
+    /// Takes one of `client`'s lease slots: false when it holds `max_leases_per_client`.
+    pub fn take_lease_slot(&self, client: IpAddr) -> bool {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = clients.entry(client.to_canonical()).or_default();
+        if entry.leases >= self.service.max_leases_per_client {
+            return false;
+        }
+        entry.leases += 1;
+        true
+    }
+
+    /// Gives back a slot taken by [`ServiceContext::take_lease_slot`].
+    pub fn release_lease_slot(&self, client: IpAddr) {
+        self.update_client(client.to_canonical(), |u| {
+            u.leases = u.leases.saturating_sub(1);
+        });
+    }
+
+    /// Leases held by `client`'s sessions now.
+    pub fn client_leases(&self, client: IpAddr) -> usize {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&client.to_canonical())
+            .map_or(0, |u| u.leases)
+    }
+
+    fn update_client(&self, client: IpAddr, change: impl FnOnce(&mut ClientUse)) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = clients.get_mut(&client) {
+            change(entry);
+            if entry.sessions == 0 && entry.leases == 0 {
+                clients.remove(&client);
+            }
+        }
+    }
+
+    /// Records how many bytes a session holds now.
+    pub fn note_buffered(&self, bytes: usize) {
+        self.peak_buffered.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// The most bytes any session of this service has held so far.
+    pub fn peak_session_buffer(&self) -> usize {
+        self.peak_buffered.load(Ordering::Relaxed)
     }
 
     /// Also hides these addresses of the gateway (those of its origin-side interface),
@@ -90,6 +167,90 @@ impl ServiceContext {
             .collect();
         v.sort_by_key(|(id, _)| *id);
         v
+    }
+}
+
+/// What one client address uses.
+#[derive(Debug, Default)]
+struct ClientUse {
+    sessions: usize,
+    leases: usize,
+}
+
+/// One of a client address's sessions; counted until dropped.
+struct ClientSession {
+    ctx: Arc<ServiceContext>,
+    client: IpAddr,
+}
+
+impl Drop for ClientSession {
+    fn drop(&mut self) {
+        self.ctx.update_client(self.client, |u| {
+            u.sessions = u.sessions.saturating_sub(1);
+        });
+    }
+}
+
+/// The global session limit, which a reload may lower while every slot is taken:
+/// `Semaphore::forget_permits` only forgets free permits, so the rest is a debt paid by
+/// the sessions that end next (their permits are forgotten instead of returned).
+#[derive(Debug)]
+pub struct SessionSlots {
+    semaphore: Arc<Semaphore>,
+    /// Permits still to forget.
+    debt: Mutex<usize>,
+}
+
+/// A taken slot; freed (or forgotten to pay a debt) when dropped.
+#[derive(Debug)]
+pub struct SessionSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    slots: Arc<SessionSlots>,
+}
+
+impl SessionSlots {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(SessionSlots {
+            semaphore: Arc::new(Semaphore::new(limit)),
+            debt: Mutex::new(0),
+        })
+    }
+
+    /// A slot, if one is free.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<SessionSlot> {
+        let permit = self.semaphore.clone().try_acquire_owned().ok()?;
+        Some(SessionSlot {
+            permit: Some(permit),
+            slots: self.clone(),
+        })
+    }
+
+    /// Changes the limit from `old` to `new`. Lowered below the sessions open, it takes
+    /// effect as they end.
+    pub fn resize(&self, old: usize, new: usize) {
+        let mut debt = self.debt.lock().unwrap_or_else(|e| e.into_inner());
+        if new > old {
+            let paid = (new - old).min(*debt);
+            *debt -= paid;
+            self.semaphore.add_permits(new - old - paid);
+        } else {
+            let owed = old - new;
+            *debt += owed - self.semaphore.forget_permits(owed);
+        }
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut debt = self.slots.debt.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(permit) = self.permit.take() {
+            if *debt > 0 {
+                *debt -= 1;
+                permit.forget();
+            } else {
+                drop(permit);
+            }
+        }
     }
 }
 
@@ -132,8 +293,16 @@ pub async fn serve(
         let id = next_id;
         next_id += 1;
         let span = tracing::info_span!("session", service = %ctx.service.name, id, client = %peer);
-        match ctx.sessions.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let Some(client_session) = ctx.admit_client(peer.ip()) else {
+            ctx.metrics
+                .session_rejected(&ctx.service.name, "client_limit");
+            tokio::spawn(
+                refuse_client(stream, peer, ctx.service.max_sessions_per_client).instrument(span),
+            );
+            continue;
+        };
+        match ctx.sessions.try_acquire() {
+            Some(permit) => {
                 let ctx = ctx.clone();
                 ctx.metrics.session_started(&ctx.service.name);
                 ctx.open.lock().unwrap_or_else(|e| e.into_inner()).insert(
@@ -146,17 +315,21 @@ pub async fn serve(
                 tokio::spawn(
                     async move {
                         connection::run(stream, peer, ctx.clone()).await;
+                        // Slots first: once status no longer lists the session, its
+                        // slots are free (or paid to a lowered limit).
+                        drop(permit);
+                        drop(client_session);
                         ctx.open
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .remove(&id);
                         ctx.metrics.session_ended(&ctx.service.name);
-                        drop(permit);
                     }
                     .instrument(span),
                 );
             }
-            Err(_) => {
+            None => {
+                drop(client_session);
                 ctx.metrics.session_rejected(&ctx.service.name, "limit");
                 tokio::spawn(refuse_busy(stream, peer).instrument(span));
             }
@@ -164,6 +337,13 @@ pub async fn serve(
     }
     info!(service = %ctx.service.name, "stopped accepting");
     listener
+}
+
+/// Tells a client whose address has its limit of sessions open why it is turned away.
+async fn refuse_client(mut stream: TcpStream, peer: SocketAddr, limit: usize) {
+    warn!(%peer, limit, "sessions per client address reached: refusing client");
+    let reply = b"421 Too many connections from your address, try again later.\r\n";
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(reply)).await;
 }
 
 /// Tells a client over the session limit why it is turned away, without waiting on it.
@@ -225,7 +405,7 @@ hide_names = ["ftp.internal.example"]
         ServiceContext::new(
             config.services().next().unwrap().clone(),
             Arc::new(OriginSide(origin_side)),
-            Arc::new(Semaphore::new(1)),
+            SessionSlots::new(1),
             Arc::new(Metrics::new()),
         )
     }
