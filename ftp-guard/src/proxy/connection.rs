@@ -187,13 +187,13 @@ impl Driver {
             if let Some(end) = self.perform_actions().await {
                 return end;
             }
-            // Wait for readiness without a buffer: an idle session then holds no read
-            // buffers (memory per idle session is a figure operators size by). The buffer
-            // below lives on the stack only while a poll runs, not in the task.
             self.ctx.note_buffered(self.session.buffered_bytes());
             if self.session.logged_in() {
                 self.login_due = None;
             }
+            // Wait for readiness without a buffer: an idle session then holds no read
+            // buffers (memory per idle session is a figure operators size by). The buffer
+            // below lives on the stack only while a poll runs, not in the task.
             let greeting_due = self.greeting_due;
             let login_due = self.login_due;
             // Polled only while the greeting is awaited (any instant will do otherwise).

@@ -80,9 +80,6 @@ impl ServiceContext {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         let entry = clients.entry(client).or_default();
         if entry.sessions >= self.service.max_sessions_per_client {
-            if entry.sessions == 0 && entry.leases == 0 {
-                clients.remove(&client);
-            }
             return None;
         }
         entry.sessions += 1;
@@ -441,6 +438,31 @@ hide_names = ["ftp.internal.example"]
         // A session's address stays its own.
         let other = ctx.session_scrubber("198.51.100.5".parse().unwrap());
         assert_eq!(scrubbed(&other, "198.51.100.4"), "198.51.100.4");
+    }
+
+    /// (limit changes, then sessions ending) → slots free at the end: a lower limit with
+    /// every slot taken is paid by the sessions that end; a higher one pays the debt first.
+    #[test]
+    fn session_slots_follow_the_limit() {
+        let slots = SessionSlots::new(2);
+        let a = slots.try_acquire().unwrap();
+        let b = slots.try_acquire().unwrap();
+        assert!(slots.try_acquire().is_none());
+        slots.resize(2, 1);
+        drop(a);
+        assert!(slots.try_acquire().is_none(), "one open, the limit is 1");
+        drop(b);
+        let c = slots.try_acquire().unwrap();
+        assert!(slots.try_acquire().is_none());
+        // Down to 0 and back to 3 while one is open: 2 more, not 3.
+        slots.resize(1, 0);
+        slots.resize(0, 3);
+        let more: Vec<_> = std::iter::from_fn(|| slots.try_acquire()).collect();
+        assert_eq!(more.len(), 2);
+        drop(c);
+        drop(more);
+        let all: Vec<_> = std::iter::from_fn(|| slots.try_acquire()).collect();
+        assert_eq!(all.len(), 3);
     }
 
     #[test]
