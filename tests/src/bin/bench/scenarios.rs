@@ -176,10 +176,13 @@ impl Carrier {
         else {
             return None;
         };
+        // Every benchmark client comes from one address, standing for many: the memory
+        // figure holds thousands of sessions from it.
         let mut config = format!(
             "{extra}[[service]]\nname = \"bench\"\nlisten = \"{VIP}:21\"\norigin = \"{origin}\"\n\
              data_ports = \"{data_ports}\"\nclient_interface = \"{GATEWAY_PUBLIC_IF}\"\n\
-             origin_interface = \"{GATEWAY_PRIVATE_IF}\"\ndataplane = \"{dataplane}\"\n"
+             origin_interface = \"{GATEWAY_PRIVATE_IF}\"\ndataplane = \"{dataplane}\"\n\
+             max_sessions_per_client = 20000\n"
         );
         if let Some(hook) = kernel_hook {
             config += &format!("kernel_hook = \"{hook}\"\n");
