@@ -45,7 +45,8 @@ pub struct SessionConfig {
     pub max_command_line: usize,
     /// Longest origin reply line.
     pub max_reply_line: usize,
-    /// Most lines in one (multi-line) origin reply.
+    /// Most lines of one origin reply held at once (a longer reply is passed on in pieces
+    /// where it can be, like one over `max_reply_bytes`).
     pub max_reply_lines: usize,
     /// Most replies owed to the client (pipelining bound): commands sent to the origin and
     /// answers made here alike. At the limit, client input waits.
@@ -1402,19 +1403,39 @@ mod tests {
     /// scrubbed, while the session never holds much more than `max_reply_bytes` of it.
     #[test]
     fn a_long_reply_is_passed_on_in_pieces() {
-        for (command, first, last) in [
-            ("STAT /\r\n", "213-Status follows:", "213 End of status"),
-            ("LIST\r\n", "150-Here comes the listing:", "150 go"),
-        ] {
+        // (command, first line, a middle line as sent and as the client gets it, last line):
+        // long lines pass the byte limit (1024 here), short ones the line limit (100).
+        let long = |i: usize| {
+            (
+                format!("-rw-r--r-- 1 ftp ftp {i:8} Jan 1 198.51.100.2"),
+                format!("-rw-r--r-- 1 ftp ftp {i:8} Jan 1 203.0.113.1"),
+            )
+        };
+        let short = |i: usize| (format!(" {}", i % 10), format!(" {}", i % 10));
+        let cases: [(&str, &str, &dyn Fn(usize) -> (String, String), &str); 3] = [
+            (
+                "STAT /\r\n",
+                "213-Status follows:",
+                &long,
+                "213 End of status",
+            ),
+            ("LIST\r\n", "150-Here comes the listing:", &long, "150 go"),
+            (
+                "STAT /\r\n",
+                "213-Status follows:",
+                &short,
+                "213 End of status",
+            ),
+        ];
+        for (command, first, middle, last) in cases {
             let mut s = greeted();
             client(&mut s, command.as_bytes());
             let mut reply = format!("{first}\r\n");
             let mut want = reply.clone();
             for i in 0..5000 {
-                reply.push_str(&format!(
-                    "-rw-r--r-- 1 ftp ftp {i:8} Jan 1 198.51.100.2\r\n"
-                ));
-                want.push_str(&format!("-rw-r--r-- 1 ftp ftp {i:8} Jan 1 203.0.113.1\r\n"));
+                let (sent, seen) = middle(i);
+                reply.push_str(&format!("{sent}\r\n"));
+                want.push_str(&format!("{seen}\r\n"));
             }
             reply.push_str(&format!("{last}\r\n"));
             want.push_str(&format!("{last}\r\n"));
