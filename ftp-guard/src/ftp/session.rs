@@ -1412,7 +1412,8 @@ mod tests {
             )
         };
         let short = |i: usize| (format!(" {}", i % 10), format!(" {}", i % 10));
-        let cases: [(&str, &str, &dyn Fn(usize) -> (String, String), &str); 3] = [
+        type Middle<'a> = &'a dyn Fn(usize) -> (String, String);
+        let cases: [(&str, &str, Middle<'_>, &str); 3] = [
             (
                 "STAT /\r\n",
                 "213-Status follows:",
