@@ -186,7 +186,9 @@ impl Gateway {
                     DataTimeouts::of(service),
                 );
                 match (&self.kernel, uses_kernel(service)) {
-                    (Some(setup), true) => Arc::new(relay.guarded_by(setup.kernel.clone())),
+                    (Some(setup), true) => {
+                        Arc::new(relay.guarded_by(setup.kernel.clone(), leftovers))
+                    }
                     _ => Arc::new(relay),
                 }
             }

@@ -25,6 +25,7 @@ use tokio::{
 };
 use tracing::{Instrument as _, debug, info, warn};
 
+use super::kernel::Leftovers;
 use super::{
     ActiveGrant, ActiveRequest, DataDone, DataTimeouts, Dataplane, LeaseError, LeaseGrant, LeaseId,
     LeaseInfo, LeaseRequest, Snapshot, ports::PortPool,
@@ -100,8 +101,25 @@ impl UserspaceRelay {
     }
 
     /// Admits each passive lease's client through `guard` (the XDP/TC programs on the
-    /// client interface, which drop everything else to the data range).
-    pub fn guarded_by(mut self, guard: Arc<Mutex<Kernel>>) -> Self {
+    /// client interface, which drop everything else to the data range). At process start
+    /// with pinned maps ([`Leftovers::Adopt`]) the admissions a previous process left in
+    /// this range are removed first: their listeners died with it.
+    pub fn guarded_by(mut self, guard: Arc<Mutex<Kernel>>, leftovers: Leftovers) -> Self {
+        if leftovers == Leftovers::Adopt {
+            let mut kernel = guard.lock().unwrap_or_else(|e| e.into_inner());
+            let mut dropped = 0;
+            for (peer, local) in kernel.lease_keys() {
+                if *local.ip() == self.settings.public_ip
+                    && self.settings.ports.contains(local.port())
+                    && matches!(kernel.remove_lease(peer, local), Ok(true))
+                {
+                    dropped += 1;
+                }
+            }
+            if dropped > 0 {
+                info!(dropped, "removed the previous process's admit leases");
+            }
+        }
         self.guard = Some(guard);
         self
     }
