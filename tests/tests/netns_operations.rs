@@ -634,3 +634,88 @@ fn reload_to_an_overlapping_range_never_shares_a_port() {
     assert_eq!(retr_over(&env, control, *port, "range.bin"), content);
     assert_eq!(retr_over(&env, &mut new, 40003, "range.bin"), content);
 }
+
+/// With `pin_path`, a relay's admit leases outlive a process that dies without cleaning up
+/// (SIGKILL); the next process removes those in its range at start (their listeners are
+/// gone), so they admit nobody any more.
+#[test]
+fn restart_with_pinning_drops_a_dead_relays_admit_leases() {
+    if !require_privileged() {
+        return;
+    }
+    let topo = standard_topology("pinrelay").unwrap();
+    let server = origin_server(&topo, ServerKind::Vsftpd).unwrap();
+    let dir = ftp_guard_tests::ftp_clients::unique_temp_dir("fg-pin-relay").unwrap();
+    let bpffs = dir.join("bpffs");
+    std::fs::create_dir_all(&bpffs).unwrap();
+    let mount = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&bpffs)
+        .status()
+        .unwrap();
+    assert!(mount.success());
+    let pin = bpffs.join("ftp-guard");
+    let config = format!(
+        "pin_path = \"{}\"\n{}dataplane = \"userspace\"\n",
+        pin.display(),
+        service("relay", 21, "40000-40099")
+    );
+    let first = Daemon::start(&topo, &dir, &config);
+    let login = ftp_guard_tests::ftp_clients::Login {
+        addr: SocketAddrV4::new(netns::GATEWAY_PUBLIC_IP, 21),
+        ..server.login()
+    };
+    let mut control = raw_login(&topo, &login);
+    let epsv = cmd(&mut control, "EPSV");
+    let port: u16 = epsv
+        .split("|||")
+        .nth(1)
+        .and_then(|p| p.split('|').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{epsv}"));
+    first.signal(libc::SIGKILL);
+    let started = Instant::now();
+    while !first.exited() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(control);
+    // No process: the pinned guard still admits the client; nothing listens, so a reset.
+    let refused = connect(&topo, port).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+
+    std::fs::rename(&first.log, dir.join("first.log")).unwrap();
+    let second = Daemon::start(&topo, &dir, &config);
+    second.wait_log("removed the previous process's admit leases");
+    let line = second
+        .log()
+        .lines()
+        .find(|l| l.contains("removed the previous process's admit leases"))
+        .map(str::to_owned)
+        .unwrap();
+    assert!(line.ends_with("dropped=1"), "{line}");
+    // Dropped by the guard now: no answer at all.
+    let dropped = connect(&topo, port).unwrap_err();
+    assert_eq!(dropped.kind(), std::io::ErrorKind::TimedOut);
+
+    second.signal(libc::SIGINT);
+    let started = Instant::now();
+    while !second.exited() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().unwrap().parent().unwrap().join("ftp-guard");
+    let out = Command::new(&binary)
+        .args(["unpin", "--config"])
+        .arg(&second.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = Command::new("umount").arg(&bpffs).status();
+    let _ = std::fs::remove_dir_all(&dir);
+}
