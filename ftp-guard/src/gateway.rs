@@ -18,8 +18,8 @@ use crate::{
     admin::{self, AdminState},
     config::{Config, DataplaneKind, Service},
     dataplane::{
-        DataTimeouts, Dataplane,
-        kernel::{self as kernel_path, KernelDataplane, KernelSettings, KernelSetup, Leftovers},
+        DataTimeouts, Dataplane, Leftovers,
+        kernel::{self as kernel_path, KernelDataplane, KernelSettings, KernelSetup},
         userspace::{RelaySettings, UserspaceRelay},
     },
     kernel::Kernel,

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     ActiveGrant, ActiveRequest, DataTimeouts, Dataplane, LeaseError, LeaseGrant, LeaseId,
-    LeaseInfo, LeaseRequest, Snapshot,
+    LeaseInfo, LeaseRequest, Leftovers, Snapshot,
     ports::{NatPorts, PeerPorts},
 };
 use crate::{
@@ -114,15 +114,6 @@ enum InstallFailed {
     /// Another lease has the key: its port is still held, for the caller to try another.
     Taken,
     Other(LeaseError),
-}
-
-/// Whether a new dataplane takes over leases and flows found in its ranges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Leftovers {
-    /// Process start with pinned maps: they are a previous process's.
-    Adopt,
-    /// A reload (or no pins): they belong to dataplanes still running; never touched.
-    Leave,
 }
 
 /// The tracked leases, indexed by id and by the (target, source) pair of their connection

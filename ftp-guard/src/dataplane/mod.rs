@@ -133,6 +133,16 @@ impl DataTimeouts {
     }
 }
 
+/// Whether a new dataplane takes over what it finds of its ranges in the kernel's maps
+/// (leases, flows, the relay's admissions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leftovers {
+    /// Process start with pinned maps: they are a previous process's.
+    Adopt,
+    /// A reload (or no pins): they belong to dataplanes still running; never touched.
+    Leave,
+}
+
 /// Resolves when a lease's data connection is over (see [`Dataplane::data_done`]).
 pub type DataDone = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 

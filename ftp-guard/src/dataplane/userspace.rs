@@ -25,10 +25,9 @@ use tokio::{
 };
 use tracing::{Instrument as _, debug, info, warn};
 
-use super::kernel::Leftovers;
 use super::{
     ActiveGrant, ActiveRequest, DataDone, DataTimeouts, Dataplane, LeaseError, LeaseGrant, LeaseId,
-    LeaseInfo, LeaseRequest, Snapshot, ports::PortPool,
+    LeaseInfo, LeaseRequest, Leftovers, Snapshot, ports::PortPool,
 };
 use crate::{config::PortRange, kernel::Kernel};
 
