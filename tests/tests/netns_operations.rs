@@ -556,32 +556,39 @@ fn retr_over(env: &Env, control: &mut Control, port: u16, name: &str) -> Vec<u8>
 
 /// A reload that changes only timeouts keeps the service's dataplane (one port pool per
 /// range) and so the leases waiting in it: before, it started a second dataplane whose
-/// start-up deleted them.
+/// start-up deleted them (kernel path), or a second pool on the same ports (relay).
 #[test]
 fn reload_changing_timeouts_keeps_the_dataplane_and_its_waiting_lease() {
     if !require_privileged() {
         return;
     }
-    let env = Env::start("rl-ttl", ServerKind::Vsftpd, "kernel");
-    let remote = env.origin_file("ttl.bin", 256 * 1024);
-    let mut control = Control::login(&env);
-    let port = control.epsv();
-    let before = env.gateway.dataplanes();
-    let config = env.config("kernel", "40000-40099", &env.client_if, &env.origin_if);
-    let changed = config.replace("lease_ttl_secs = 10", "lease_ttl_secs = 20")
-        + "data_idle_timeout_secs = 300\nconnect_timeout_secs = 5\n";
-    assert_ne!(config, changed);
-    env.gateway.reload(&changed).unwrap();
-    let after = env.gateway.dataplanes();
-    assert_eq!(
-        retr_over(&env, &mut control, port, "ttl.bin"),
-        std::fs::read(&remote).unwrap()
-    );
-    assert_eq!((before.len(), after.len()), (1, 1));
-    assert!(
-        Arc::ptr_eq(&before[0], &after[0]),
-        "the reload replaced the dataplane"
-    );
+    for dataplane in ["kernel", "userspace"] {
+        let env = Env::start(
+            &format!("rl-ttl-{}", &dataplane[..1]),
+            ServerKind::Vsftpd,
+            dataplane,
+        );
+        let remote = env.origin_file("ttl.bin", 256 * 1024);
+        let mut control = Control::login(&env);
+        let port = control.epsv();
+        let before = env.gateway.dataplanes();
+        let config = env.config(dataplane, "40000-40099", &env.client_if, &env.origin_if);
+        let changed = config.replace("lease_ttl_secs = 10", "lease_ttl_secs = 20")
+            + "data_idle_timeout_secs = 300\nconnect_timeout_secs = 5\nkeepalive_secs = 50\n";
+        assert_ne!(config, changed);
+        env.gateway.reload(&changed).unwrap();
+        let after = env.gateway.dataplanes();
+        assert_eq!(
+            retr_over(&env, &mut control, port, "ttl.bin"),
+            std::fs::read(&remote).unwrap(),
+            "{dataplane}"
+        );
+        assert_eq!((before.len(), after.len()), (1, 1));
+        assert!(
+            Arc::ptr_eq(&before[0], &after[0]),
+            "{dataplane}: the reload replaced the dataplane"
+        );
+    }
 }
 
 /// A reload to an overlapping range starts a new dataplane beside the old one (whose
