@@ -164,3 +164,39 @@ fn the_guard_admits_only_a_relay_lease_client() {
         1
     );
 }
+
+/// A reload that gives a guarded relay service a new range starts a new relay beside the
+/// old one: a port whose data connection the old relay still carries keeps its admission,
+/// and the new relay takes another port rather than failing the client's EPSV.
+#[test]
+fn a_new_relay_skips_ports_another_relay_still_admits() {
+    if !require_privileged() {
+        return;
+    }
+    let mut env = Env::start("relay-rl", ServerKind::Vsftpd, "userspace");
+    env.restart_gateway("userspace", "40000-40000");
+    let remote = env.origin_file("rl.bin", 64 * 1024);
+    let mut old = Control::login(&env);
+    assert_eq!(old.epsv(), 40000);
+    // Connected and silent: the old relay carries it on port 40000 until it ends.
+    let old_data = connect_from(&env, netns::CLIENT_IP, 40000).unwrap();
+
+    env.gateway
+        .reload(&env.config("userspace", "40000-40001", &env.client_if, &env.origin_if))
+        .unwrap();
+    let mut new = Control::login(&env);
+    // The new relay can bind 40000 (the old listener is gone) but the client's admission
+    // there belongs to the old relay's connection: every lease lands on 40001.
+    let ports: Vec<u16> = (0..4).map(|_| new.epsv()).collect();
+    assert_eq!(ports, [40001; 4]);
+    let mut data = connect_from(&env, netns::CLIENT_IP, 40001).unwrap();
+    assert_eq!(
+        new.cmd("RETR rl.bin"),
+        "150 Opening BINARY mode data connection for rl.bin (65536 bytes).\r\n"
+    );
+    let mut got = Vec::new();
+    data.read_to_end(&mut got).unwrap();
+    assert_eq!(new.reply(), "226 Transfer complete.\r\n");
+    assert_eq!(got, std::fs::read(&remote).unwrap());
+    drop(old_data);
+}

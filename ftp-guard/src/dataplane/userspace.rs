@@ -29,7 +29,10 @@ use super::{
     ActiveGrant, ActiveRequest, DataDone, DataTimeouts, Dataplane, LeaseError, LeaseGrant, LeaseId,
     LeaseInfo, LeaseRequest, Leftovers, Snapshot, ports::PortPool,
 };
-use crate::{config::PortRange, kernel::Kernel};
+use crate::{
+    config::PortRange,
+    kernel::{Kernel, KernelError},
+};
 
 /// Bind attempts per lease when a chosen port turns out to be taken by another socket.
 const BIND_ATTEMPTS: usize = 16;
@@ -185,7 +188,7 @@ fn bind_listener(addr: SocketAddrV4) -> io::Result<TcpListener> {
 
 impl UserspaceRelay {
     /// Lets `client`'s packets to the public `port` through the guard (if any).
-    fn admit(&self, client: Ipv4Addr, port: u16) -> Result<Option<Admitted>, LeaseError> {
+    fn admit(&self, client: Ipv4Addr, port: u16) -> Result<Option<Admitted>, KernelError> {
         let Some(kernel) = &self.guard else {
             return Ok(None);
         };
@@ -193,11 +196,7 @@ impl UserspaceRelay {
         kernel
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert_lease(&crate::kernel::Lease::admit(client, local))
-            .map_err(|e| match e {
-                crate::kernel::KernelError::LeasesFull(_) => LeaseError::TableFull,
-                other => LeaseError::Io(io::Error::other(other.to_string())),
-            })?;
+            .insert_lease(&crate::kernel::Lease::admit(client, local))?;
         Ok(Some(Admitted {
             kernel: kernel.clone(),
             client,
@@ -273,15 +272,35 @@ impl Dataplane for UserspaceRelay {
     }
 
     fn install(&self, request: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
-        let (port, listener) = self.bind(self.settings.bind_ip)?;
-        let admitted = match self.admit(request.client, port) {
-            Ok(a) => a,
-            Err(e) => {
-                drop(listener);
-                self.pool.release(port);
-                return Err(e);
+        // Ports whose admission another relay holds (its data connection on the port
+        // outlived a reload that gave the service a new relay): held until the end, so
+        // that the next attempt picks another.
+        let mut skipped = Vec::new();
+        let bound = loop {
+            let (port, listener) = match self.bind(self.settings.bind_ip) {
+                Ok(bound) => bound,
+                Err(e) => break Err(e),
+            };
+            match self.admit(request.client, port) {
+                Ok(admitted) => break Ok((port, listener, admitted)),
+                Err(KernelError::LeaseTaken { .. }) if skipped.len() + 1 < BIND_ATTEMPTS => {
+                    debug!(
+                        port,
+                        "admission taken by another relay: trying another port"
+                    );
+                    skipped.push(port);
+                }
+                Err(e) => {
+                    self.pool.release(port);
+                    break Err(match e {
+                        KernelError::LeasesFull(_) => LeaseError::TableFull,
+                        other => LeaseError::Io(io::Error::other(other.to_string())),
+                    });
+                }
             }
         };
+        skipped.into_iter().for_each(|p| self.pool.release(p));
+        let (port, listener, admitted) = bound?;
         let id = self.spawn(
             port,
             listener,
