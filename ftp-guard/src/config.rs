@@ -561,6 +561,29 @@ impl Config {
                         ),
                     ));
                 }
+                // The origin side: the kernel path keys leases and flows there by the NAT
+                // address's ports, so two kernel services reaching one origin from one
+                // address must not share them (without nat_ip both use the address the
+                // route to the origin picks; `run` checks the addresses it resolves too).
+                let same_nat = o.nat_ip == s.nat_ip
+                    && (s.nat_ip.is_some() || o.origin.ip() == s.origin.ip())
+                    && s.dataplane == DataplaneKind::Kernel
+                    && o.dataplane == DataplaneKind::Kernel;
+                if same_nat && o.data_ports.overlaps(&s.data_ports) {
+                    return Err(at(
+                        "data_ports",
+                        format!(
+                            "{} overlaps service `{}` ({}) on the same NAT address ({})",
+                            s.data_ports,
+                            o.name,
+                            o.data_ports,
+                            match s.nat_ip {
+                                Some(ip) => ip.to_string(),
+                                None => format!("the one that reaches {}", s.origin.ip()),
+                            }
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
@@ -752,6 +775,43 @@ client_interface = "eth0"
         ] {
             let err = Config::parse(&text).unwrap_err();
             assert!(err.contains(word) && err.contains("line 9"), "{err}");
+        }
+    }
+
+    #[test]
+    fn services_must_not_share_ports_on_the_nat_side() {
+        let two = |public: &str, origin: &str, nat: &str, nat2: &str, ports: &str| {
+            format!(
+                "[[service]]\nname = \"one\"\nlisten = \"203.0.113.1:21\"\n\
+                 origin = \"198.51.100.2:21\"\ndata_ports = \"40000-40099\"\n\
+                 client_interface = \"eth0\"\n{nat}\
+                 [[service]]\nname = \"two\"\nlisten = \"203.0.113.1:2121\"\n\
+                 public_ip = \"{public}\"\norigin = \"{origin}:21\"\ndata_ports = \"{ports}\"\n\
+                 client_interface = \"eth0\"\n{nat2}"
+            )
+        };
+        let nat = "nat_ip = \"198.51.100.1\"\n";
+        let other_nat = "nat_ip = \"198.51.100.9\"\n";
+        // Separate public addresses, so only the NAT side can clash.
+        let public = "203.0.113.9";
+        assert_eq!(
+            Config::parse(&two(public, "198.51.100.2", "", "", "40050-40149")).unwrap_err(),
+            "line 7: service `two`: data_ports: 40050-40149 overlaps service `one` \
+             (40000-40099) on the same NAT address (the one that reaches 198.51.100.2)"
+        );
+        assert_eq!(
+            Config::parse(&two(public, "198.51.100.3", nat, nat, "40099-40099")).unwrap_err(),
+            "line 8: service `two`: data_ports: 40099-40099 overlaps service `one` \
+             (40000-40099) on the same NAT address (198.51.100.1)"
+        );
+        for ok in [
+            two(public, "198.51.100.2", "", "", "40100-40199"),
+            two(public, "198.51.100.3", "", "", "40050-40149"),
+            two(public, "198.51.100.2", nat, other_nat, "40050-40149"),
+            // One given, one resolved: only `run` can tell.
+            two(public, "198.51.100.2", nat, "", "40050-40149"),
+        ] {
+            Config::parse(&ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
     }
 

@@ -14,7 +14,7 @@ use crate::{
     admin::{self, AdminState},
     config::{Config, DataplaneKind, Service},
     dataplane::{
-        Dataplane,
+        DataTimeouts, Dataplane, Leftovers,
         kernel::{self as kernel_path, KernelDataplane, KernelSettings, KernelSetup},
         userspace::{RelaySettings, UserspaceRelay},
     },
@@ -73,8 +73,16 @@ impl Gateway {
         };
         warn_if_fd_limit_too_low(config);
         gateway.setup_kernel(config)?;
+        // What pinned maps hold at process start is a previous process's.
+        let leftovers = if config.pin_path.is_some() {
+            Leftovers::Adopt
+        } else {
+            Leftovers::Leave
+        };
         for service in config.services() {
-            let running = gateway.start_service(service, None, None).await?;
+            let running = gateway
+                .start_service(service, None, None, leftovers)
+                .await?;
             gateway.running.push(running);
         }
         gateway.publish();
@@ -90,13 +98,10 @@ impl Gateway {
         Ok(gateway)
     }
 
-    /// Loads the kernel path for the config's kernel services (if any and not yet loaded),
-    /// or updates its ranges and attachments.
+    /// Loads the kernel path for the config's kernel services and guarded relays (if any
+    /// and not yet loaded), or updates its ranges and attachments.
     fn setup_kernel(&mut self, config: &Config) -> anyhow::Result<()> {
-        let kernel_services: Vec<&Service> = config
-            .services()
-            .filter(|s| s.dataplane == DataplaneKind::Kernel)
-            .collect();
+        let kernel_services: Vec<&Service> = config.services().filter(|s| uses_kernel(s)).collect();
         if kernel_services.is_empty() {
             return Ok(());
         }
@@ -123,7 +128,11 @@ impl Gateway {
             .with_context(|| format!("service `{}`: no NAT address", service.name))
     }
 
-    fn dataplane(&self, service: &Service) -> anyhow::Result<Arc<dyn Dataplane>> {
+    fn dataplane(
+        &self,
+        service: &Service,
+        leftovers: Leftovers,
+    ) -> anyhow::Result<Arc<dyn Dataplane>> {
         Ok(match service.dataplane {
             DataplaneKind::Kernel => {
                 let setup = self.kernel.as_ref().context("kernel path not set up")?;
@@ -135,8 +144,6 @@ impl Gateway {
                         nat_ip: self.nat_ip(service)?,
                         active_port_20: service.active_from_port_20,
                         ports: service.data_ports,
-                        lease_ttl: service.lease_ttl(),
-                        flow_idle_timeout: service.data_idle_timeout(),
                         origin_ifindex: service
                             .origin_interface
                             .as_deref()
@@ -150,21 +157,37 @@ impl Gateway {
                             .unwrap_or(0),
                         mss_max: service.data_mss_max(),
                     },
+                    DataTimeouts::of(service),
+                    leftovers,
                 )
             }
-            DataplaneKind::Userspace => Arc::new(UserspaceRelay::new(RelaySettings {
-                bind_ip: *service.listen.ip(),
-                origin_side_ip: match service.nat_ip {
-                    Some(ip) => ip,
-                    None => crate::dataplane::origin_side_ip(*service.origin.ip()).with_context(
-                        || format!("service `{}`: no route to {}", service.name, service.origin),
-                    )?,
-                },
-                active_port_20: service.active_from_port_20,
-                ports: service.data_ports,
-                lease_ttl: service.lease_ttl(),
-                connect_timeout: service.connect_timeout(),
-            })),
+            DataplaneKind::Userspace => {
+                let relay = UserspaceRelay::new(
+                    RelaySettings {
+                        bind_ip: *service.listen.ip(),
+                        origin_side_ip: match service.nat_ip {
+                            Some(ip) => ip,
+                            None => crate::dataplane::origin_side_ip(*service.origin.ip())
+                                .with_context(|| {
+                                    format!(
+                                        "service `{}`: no route to {}",
+                                        service.name, service.origin
+                                    )
+                                })?,
+                        },
+                        active_port_20: service.active_from_port_20,
+                        ports: service.data_ports,
+                        public_ip: service.public_ip(),
+                    },
+                    DataTimeouts::of(service),
+                );
+                match (&self.kernel, uses_kernel(service)) {
+                    (Some(setup), true) => {
+                        Arc::new(relay.guarded_by(setup.kernel.clone(), leftovers))
+                    }
+                    _ => Arc::new(relay),
+                }
+            }
         })
     }
 
@@ -174,6 +197,7 @@ impl Gateway {
         service: &Service,
         listener: Option<TcpListener>,
         dataplane: Option<Arc<dyn Dataplane>>,
+        leftovers: Leftovers,
     ) -> anyhow::Result<Running> {
         let listener = match listener {
             Some(l) => l,
@@ -186,7 +210,7 @@ impl Gateway {
         };
         let dataplane = match dataplane {
             Some(d) => d,
-            None => self.dataplane(service)?,
+            None => self.dataplane(service, leftovers)?,
         };
         info!(
             service = %service.name,
@@ -276,16 +300,24 @@ impl Gateway {
                 }
                 Some(i) => {
                     let previous = old.swap_remove(i);
-                    let keep_dataplane = same_data_path(&previous.ctx.service, s)
-                        .then(|| previous.ctx.dataplane.clone());
+                    // One dataplane (one port pool) per range: new timeouts are taken in
+                    // place; a new dataplane only for new ports or addresses, and it
+                    // leaves the old one's leases alone.
+                    let keep_dataplane = same_data_path(&previous.ctx.service, s).then(|| {
+                        previous.ctx.dataplane.set_timeouts(DataTimeouts::of(s));
+                        previous.ctx.dataplane.clone()
+                    });
                     let same_address = previous.ctx.service.listen == s.listen;
                     let listener = previous.stop().await.filter(|_| same_address);
                     info!(service = %s.name, "service changed: restarting its accept loop");
-                    next.push(self.start_service(s, listener, keep_dataplane).await?);
+                    next.push(
+                        self.start_service(s, listener, keep_dataplane, Leftovers::Leave)
+                            .await?,
+                    );
                 }
                 None => {
                     info!(service = %s.name, "service added");
-                    next.push(self.start_service(s, None, None).await?);
+                    next.push(self.start_service(s, None, None, Leftovers::Leave).await?);
                 }
             }
         }
@@ -363,7 +395,8 @@ fn origin_interface_addresses(service: &Service) -> Vec<std::net::IpAddr> {
     })
 }
 
-/// Whether a changed service can keep its dataplane (and the leases in it).
+/// Whether a changed service can keep its dataplane (and the leases in it): the same
+/// ports on the same addresses. Timeouts ([`DataTimeouts`]) are taken in place.
 fn same_data_path(a: &Service, b: &Service) -> bool {
     a.dataplane == b.dataplane
         && a.data_ports == b.data_ports
@@ -371,10 +404,16 @@ fn same_data_path(a: &Service, b: &Service) -> bool {
         && a.listen.ip() == b.listen.ip()
         && a.nat_ip == b.nat_ip
         && a.origin.ip() == b.origin.ip()
-        && a.lease_ttl_secs == b.lease_ttl_secs
-        && a.data_idle_timeout_secs == b.data_idle_timeout_secs
         && a.active_from_port_20 == b.active_from_port_20
-        && a.connect_timeout_secs == b.connect_timeout_secs
+        && uses_kernel(a) == uses_kernel(b)
+}
+
+/// A kernel dataplane, or a userspace relay with a client interface to guard.
+fn uses_kernel(service: &Service) -> bool {
+    match service.dataplane {
+        DataplaneKind::Kernel => true,
+        DataplaneKind::Userspace => service.client_interface.is_some(),
+    }
 }
 
 /// Open files a session can hold: its two control sockets, and with the userspace relay a

@@ -52,6 +52,8 @@ pub enum KernelError {
     TooManyRanges(usize),
     #[error("the lease map is full ({0} entries)")]
     LeasesFull(u32),
+    #[error("a lease for {peer} on {local} is already in the map")]
+    LeaseTaken { peer: Ipv4Addr, local: SocketAddrV4 },
     #[error("attaching TC to {interface} failed: {source}")]
     AttachTc {
         interface: String,
@@ -566,7 +568,9 @@ impl Kernel {
             })
     }
 
-    /// Installs (or replaces) a lease. A full map is reported as [`KernelError::LeasesFull`].
+    /// Installs a lease; never replaces one: a key already taken (another dataplane's lease
+    /// on an overlapping range) is [`KernelError::LeaseTaken`], a full map
+    /// [`KernelError::LeasesFull`].
     pub fn insert_lease(&mut self, lease: &Lease) -> Result<(), KernelError> {
         let value = match lease.action {
             LeaseAction::Admit => LeaseValue {
@@ -591,11 +595,17 @@ impl Kernel {
                 _pad: 0,
             },
         };
-        // NOEXIST: a key still taken means bookkeeping went wrong; never overwrite a lease.
+        // NOEXIST: never overwrite a lease (it may be another dataplane's, kept by a reload).
         match self.leases.insert(lease.key(), value, 1) {
             Ok(()) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
                 Err(KernelError::LeasesFull(self.max_leases))
+            }
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Err(KernelError::LeaseTaken {
+                    peer: lease.peer,
+                    local: lease.local,
+                })
             }
             Err(source) => Err(KernelError::Map {
                 map: names::LEASES,

@@ -1,6 +1,7 @@
 //! ftp-guard running in-process inside a topology's gateway namespace: a tokio runtime on
 //! a thread that entered the namespace, so listeners, XDP/TC attachments and sysctls all
-//! land there. Stopped (programs detached) when dropped.
+//! land there. Reloaded like SIGHUP does ([`RunningGateway::reload`]). Stopped (programs
+//! detached) when dropped.
 use std::{
     sync::{Arc, Mutex, mpsc},
     thread::JoinHandle,
@@ -9,15 +10,25 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use ftp_guard::{
     config::Config,
+    dataplane::Dataplane,
     gateway::Gateway,
     kernel::{Counters, Kernel},
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use crate::netns::{GATEWAY, Topology};
 
+/// What the test thread asks of the gateway running on its runtime.
+enum Command {
+    /// Apply a configuration (as SIGHUP does); answers with the outcome.
+    Reload(Box<Config>, mpsc::Sender<Result<()>>),
+    /// The dataplane of each running service, in the configuration's order.
+    Dataplanes(mpsc::Sender<Vec<Arc<dyn Dataplane>>>),
+}
+
 pub struct RunningGateway {
     stop: Option<oneshot::Sender<()>>,
+    commands: async_mpsc::UnboundedSender<Command>,
     thread: Option<JoinHandle<()>>,
     kernel: Option<Arc<Mutex<Kernel>>>,
 }
@@ -28,7 +39,8 @@ impl RunningGateway {
     pub fn start(topo: &Topology, config_toml: &str) -> Result<RunningGateway> {
         let config = Config::parse(config_toml).map_err(|e| anyhow!("test config: {e}"))?;
         let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        let (commands, mut command_rx) = async_mpsc::unbounded_channel::<Command>();
         let thread = topo.thread_in_ns(GATEWAY, move || {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -43,9 +55,27 @@ impl RunningGateway {
             };
             runtime.block_on(async move {
                 match Gateway::start(&config).await {
-                    Ok(gateway) => {
+                    Ok(mut gateway) => {
                         let _ = ready_tx.send(Ok(gateway.kernel().cloned()));
-                        let _ = stop_rx.await;
+                        loop {
+                            tokio::select! {
+                                _ = &mut stop_rx => break,
+                                Some(command) = command_rx.recv() => match command {
+                                    Command::Reload(config, reply) => {
+                                        let _ = reply.send(gateway.reload(*config).await);
+                                    }
+                                    Command::Dataplanes(reply) => {
+                                        let _ = reply.send(
+                                            gateway
+                                                .services()
+                                                .iter()
+                                                .map(|s| s.dataplane.clone())
+                                                .collect(),
+                                        );
+                                    }
+                                },
+                            }
+                        }
                         gateway.shutdown(std::time::Duration::ZERO).await;
                     }
                     Err(e) => {
@@ -59,9 +89,31 @@ impl RunningGateway {
             .context("the gateway thread died while starting")??;
         Ok(RunningGateway {
             stop: Some(stop_tx),
+            commands,
             thread: Some(thread),
             kernel,
         })
+    }
+
+    /// Applies `config_toml` to the running gateway, as SIGHUP does.
+    pub fn reload(&self, config_toml: &str) -> Result<()> {
+        let config = Config::parse(config_toml).map_err(|e| anyhow!("test config: {e}"))?;
+        let (reply, answer) = mpsc::channel();
+        self.commands
+            .send(Command::Reload(Box::new(config), reply))
+            .map_err(|_| anyhow!("the gateway is stopped"))?;
+        answer
+            .recv()
+            .context("the gateway thread died while reloading")?
+    }
+
+    /// The dataplane of each running service, in the configuration's order.
+    pub fn dataplanes(&self) -> Vec<Arc<dyn Dataplane>> {
+        let (reply, answer) = mpsc::channel();
+        self.commands
+            .send(Command::Dataplanes(reply))
+            .expect("the gateway is stopped");
+        answer.recv().expect("the gateway thread died")
     }
 
     /// The kernel path's object, if a service uses it.

@@ -454,3 +454,23 @@ fn a_full_lease_map_is_reported() {
     );
     assert_eq!(kernel.lease_count(), 4);
 }
+
+/// A lease key already in the map is never overwritten: the insert reports it taken (its
+/// caller tries another port) and the lease in the map stays as it was.
+#[test]
+fn a_taken_lease_key_is_reported_not_overwritten() {
+    if !require_privileged() {
+        return;
+    }
+    let mut kernel = Kernel::load(MapSizes::default()).unwrap();
+    let local = to(PUBLIC, 40000);
+    kernel.insert_lease(&Lease::admit(CLIENT, local)).unwrap();
+    let err = kernel
+        .insert_lease(&Lease::admit(CLIENT, local))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("a lease for {CLIENT} on {local} is already in the map")
+    );
+    assert_eq!(kernel.lease_keys(), [(CLIENT, local)]);
+}

@@ -1,8 +1,10 @@
 //! Operating ftp-guard: the admin endpoint (metrics, probes, status), `ftp-guard status`,
 //! SIGHUP reload and graceful SIGTERM, the last ones against the real binary.
 use std::{
+    net::SocketAddrV4,
     path::{Path, PathBuf},
     process::Command,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -12,7 +14,7 @@ use ftp_guard_tests::{
     ftp_servers::ServerKind,
     netns::{self, CLIENT, GATEWAY, Topology},
     require_privileged,
-    scenario::{Control, Env, origin_server, standard_topology},
+    scenario::{Control, Env, connect_from, origin_server, standard_topology},
 };
 
 const ADMIN: &str = "127.0.0.1:9640";
@@ -530,6 +532,197 @@ fn restart_with_pinning(hook: &str, link: &str, adopted: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!pin.join(link).exists());
+    let _ = Command::new("umount").arg(&bpffs).status();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// RETR of `name` over the waiting lease on `port`: the bytes the client received.
+fn retr_over(env: &Env, control: &mut Control, port: u16, name: &str) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut data = connect_from(env, netns::CLIENT_IP, port)
+        .unwrap_or_else(|e| panic!("data connection to {port}: {e}"));
+    let size = std::fs::metadata(env.server.root().join(name))
+        .unwrap()
+        .len();
+    assert_eq!(
+        control.cmd(&format!("RETR {name}")),
+        format!("150 Opening BINARY mode data connection for {name} ({size} bytes).\r\n")
+    );
+    let mut got = Vec::new();
+    data.read_to_end(&mut got).unwrap();
+    assert_eq!(control.reply(), "226 Transfer complete.\r\n");
+    got
+}
+
+/// A reload that changes only timeouts keeps the service's dataplane (one port pool per
+/// range) and so the leases waiting in it: before, it started a second dataplane whose
+/// start-up deleted them (kernel path), or a second pool on the same ports (relay).
+#[test]
+fn reload_changing_timeouts_keeps_the_dataplane_and_its_waiting_lease() {
+    if !require_privileged() {
+        return;
+    }
+    for dataplane in ["kernel", "userspace"] {
+        let env = Env::start(
+            &format!("rl-ttl-{}", &dataplane[..1]),
+            ServerKind::Vsftpd,
+            dataplane,
+        );
+        let remote = env.origin_file("ttl.bin", 256 * 1024);
+        let mut control = Control::login(&env);
+        let port = control.epsv();
+        let before = env.gateway.dataplanes();
+        let config = env.config(dataplane, "40000-40099", &env.client_if, &env.origin_if);
+        let changed = config.replace("lease_ttl_secs = 10", "lease_ttl_secs = 20")
+            + "data_idle_timeout_secs = 300\nconnect_timeout_secs = 5\nkeepalive_secs = 50\n";
+        assert_ne!(config, changed);
+        env.gateway.reload(&changed).unwrap();
+        let after = env.gateway.dataplanes();
+        assert_eq!(
+            retr_over(&env, &mut control, port, "ttl.bin"),
+            std::fs::read(&remote).unwrap(),
+            "{dataplane}"
+        );
+        assert_eq!((before.len(), after.len()), (1, 1));
+        assert!(
+            Arc::ptr_eq(&before[0], &after[0]),
+            "{dataplane}: the reload replaced the dataplane"
+        );
+    }
+}
+
+/// A reload to an overlapping range starts a new dataplane beside the old one (whose
+/// sessions go on): it deletes none of the old one's waiting leases, and skips the ports
+/// whose lease key they hold, so no (peer, port) is ever leased twice.
+#[test]
+fn reload_to_an_overlapping_range_never_shares_a_port() {
+    if !require_privileged() {
+        return;
+    }
+    let mut env = Env::start("rl-range", ServerKind::Vsftpd, "kernel");
+    env.restart_gateway("kernel", "40000-40002");
+    let remote = env.origin_file("range.bin", 128 * 1024);
+    let content = std::fs::read(&remote).unwrap();
+    let mut old: Vec<(Control, u16)> = (0..3)
+        .map(|_| {
+            let mut control = Control::login(&env);
+            let port = control.epsv();
+            (control, port)
+        })
+        .collect();
+    let mut old_ports: Vec<u16> = old.iter().map(|(_, port)| *port).collect();
+    old_ports.sort_unstable();
+    assert_eq!(old_ports, [40000, 40001, 40002]);
+    let before = env.gateway.dataplanes();
+
+    env.gateway
+        .reload(&env.config("kernel", "40000-40003", &env.client_if, &env.origin_if))
+        .unwrap();
+    assert!(
+        !Arc::ptr_eq(&before[0], &env.gateway.dataplanes()[0]),
+        "a new range needs a new dataplane"
+    );
+    // The client holds 40000-40002 through the old dataplane: each new lease (the previous
+    // one revoked by the next EPSV) can only be 40003.
+    let mut new = Control::login(&env);
+    let new_ports: Vec<u16> = (0..4).map(|_| new.epsv()).collect();
+    assert_eq!(new_ports, [40003; 4]);
+    let mut keys = env.gateway.kernel().unwrap().lock().unwrap().lease_keys();
+    keys.sort_unstable();
+    let leased = |port| {
+        (
+            netns::CLIENT_IP,
+            SocketAddrV4::new(netns::GATEWAY_PUBLIC_IP, port),
+        )
+    };
+    assert_eq!(keys, (40000..=40003).map(leased).collect::<Vec<_>>());
+    // Both dataplanes' leases carry their own transfers.
+    let (control, port) = &mut old[0];
+    assert_eq!(retr_over(&env, control, *port, "range.bin"), content);
+    assert_eq!(retr_over(&env, &mut new, 40003, "range.bin"), content);
+}
+
+/// With `pin_path`, a relay's admit leases outlive a process that dies without cleaning up
+/// (SIGKILL); the next process removes those in its range at start (their listeners are
+/// gone), so they admit nobody any more.
+#[test]
+fn restart_with_pinning_drops_a_dead_relays_admit_leases() {
+    if !require_privileged() {
+        return;
+    }
+    let topo = standard_topology("pinrelay").unwrap();
+    let server = origin_server(&topo, ServerKind::Vsftpd).unwrap();
+    let dir = ftp_guard_tests::ftp_clients::unique_temp_dir("fg-pin-relay").unwrap();
+    let bpffs = dir.join("bpffs");
+    std::fs::create_dir_all(&bpffs).unwrap();
+    let mount = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&bpffs)
+        .status()
+        .unwrap();
+    assert!(mount.success());
+    let pin = bpffs.join("ftp-guard");
+    let config = format!(
+        "pin_path = \"{}\"\n{}dataplane = \"userspace\"\n",
+        pin.display(),
+        service("relay", 21, "40000-40099")
+    );
+    let first = Daemon::start(&topo, &dir, &config);
+    let login = ftp_guard_tests::ftp_clients::Login {
+        addr: SocketAddrV4::new(netns::GATEWAY_PUBLIC_IP, 21),
+        ..server.login()
+    };
+    let mut control = raw_login(&topo, &login);
+    let epsv = cmd(&mut control, "EPSV");
+    let port: u16 = epsv
+        .split("|||")
+        .nth(1)
+        .and_then(|p| p.split('|').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{epsv}"));
+    first.signal(libc::SIGKILL);
+    let started = Instant::now();
+    while !first.exited() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(control);
+    // No process: the pinned guard still admits the client; nothing listens, so a reset.
+    let refused = connect(&topo, port).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+
+    std::fs::rename(&first.log, dir.join("first.log")).unwrap();
+    let second = Daemon::start(&topo, &dir, &config);
+    second.wait_log("removed the previous process's admit leases");
+    let line = second
+        .log()
+        .lines()
+        .find(|l| l.contains("removed the previous process's admit leases"))
+        .map(str::to_owned)
+        .unwrap();
+    assert!(line.ends_with("dropped=1"), "{line}");
+    // Dropped by the guard now: no answer at all.
+    let dropped = connect(&topo, port).unwrap_err();
+    assert_eq!(dropped.kind(), std::io::ErrorKind::TimedOut);
+
+    second.signal(libc::SIGINT);
+    let started = Instant::now();
+    while !second.exited() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().unwrap().parent().unwrap().join("ftp-guard");
+    let out = Command::new(&binary)
+        .args(["unpin", "--config"])
+        .arg(&second.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = Command::new("umount").arg(&bpffs).status();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,7 +8,10 @@ use std::{
 
 use ftp_guard::{
     config::{Config, Service},
-    dataplane::userspace::{RelaySettings, UserspaceRelay},
+    dataplane::{
+        DataTimeouts,
+        userspace::{RelaySettings, UserspaceRelay},
+    },
     proxy::{self, ServiceContext, SessionSlots},
 };
 use tokio::{
@@ -99,14 +102,16 @@ async fn start_proxy(origin: SocketAddrV4, max_sessions: usize, tweak: fn(&mut S
     let config = Config::parse(&text).unwrap();
     let mut service = config.services().next().unwrap().clone();
     tweak(&mut service);
-    let relay = UserspaceRelay::new(RelaySettings {
-        bind_ip: *service.listen.ip(),
-        origin_side_ip: *service.listen.ip(),
-        active_port_20: false,
-        ports: service.data_ports,
-        lease_ttl: service.lease_ttl(),
-        connect_timeout: service.connect_timeout(),
-    });
+    let relay = UserspaceRelay::new(
+        RelaySettings {
+            bind_ip: *service.listen.ip(),
+            origin_side_ip: *service.listen.ip(),
+            active_port_20: false,
+            ports: service.data_ports,
+            public_ip: service.public_ip(),
+        },
+        DataTimeouts::of(&service),
+    );
     let ctx = Arc::new(ServiceContext::new(
         service,
         Arc::new(relay),

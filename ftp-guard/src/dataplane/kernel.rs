@@ -31,8 +31,8 @@ use std::{
 use tracing::{debug, info, warn};
 
 use super::{
-    ActiveGrant, ActiveRequest, Dataplane, LeaseError, LeaseGrant, LeaseId, LeaseInfo,
-    LeaseRequest, Snapshot,
+    ActiveGrant, ActiveRequest, DataTimeouts, Dataplane, LeaseError, LeaseGrant, LeaseId,
+    LeaseInfo, LeaseRequest, Leftovers, Snapshot,
     ports::{NatPorts, PeerPorts},
 };
 use crate::{
@@ -66,9 +66,6 @@ pub struct KernelSettings {
     /// lease's port).
     pub active_port_20: bool,
     pub ports: PortRange,
-    pub lease_ttl: Duration,
-    /// A data connection silent for this long is removed.
-    pub flow_idle_timeout: Duration,
     /// The interface towards the origin (0: unknown), where a passive connection's first
     /// packet leaves.
     pub origin_ifindex: u32,
@@ -95,6 +92,9 @@ pub struct KernelStats {
 pub struct KernelDataplane {
     kernel: Arc<Mutex<Kernel>>,
     settings: KernelSettings,
+    /// The lease TTL and the flow idle timeout (the rest is the relay's); a reload
+    /// replaces them in place.
+    timeouts: Mutex<DataTimeouts>,
     /// Public ports (passive) and origin-side ports (active) held by waiting leases.
     ports: PeerPorts,
     /// Passive connections' source ports towards the origin.
@@ -102,6 +102,18 @@ pub struct KernelDataplane {
     book: Mutex<Book>,
     next_id: AtomicU64,
     stats: KernelStats,
+}
+
+/// How many ports one lease request skips because another dataplane's lease holds their
+/// key, before it gives up: that one holds at most a few ports for any one peer (its
+/// sessions' waiting leases).
+const TAKEN_SKIPS: usize = 64;
+
+/// Why [`KernelDataplane::install_nat`] failed.
+enum InstallFailed {
+    /// Another lease has the key: its port is still held, for the caller to try another.
+    Taken,
+    Other(LeaseError),
 }
 
 /// The tracked leases, indexed by id and by the (target, source) pair of their connection
@@ -179,22 +191,28 @@ struct Tracked {
 
 impl KernelDataplane {
     /// A dataplane over `kernel`, with its sweeper running on the current tokio runtime
-    /// until the dataplane is dropped.
+    /// until the dataplane is dropped. With [`Leftovers::Adopt`] (process start with
+    /// pinned maps) it first takes over what a previous process left in its ranges.
     pub fn start(
         kernel: Arc<Mutex<Kernel>>,
         events: &EventRouter,
         settings: KernelSettings,
+        timeouts: DataTimeouts,
+        leftovers: Leftovers,
     ) -> Arc<Self> {
         let dp = Arc::new(Self {
             kernel,
             ports: PeerPorts::new(settings.ports),
             nat_ports: NatPorts::new(settings.ports),
             settings,
+            timeouts: Mutex::new(timeouts),
             book: Mutex::default(),
             next_id: AtomicU64::new(1),
             stats: KernelStats::default(),
         });
-        dp.adopt();
+        if leftovers == Leftovers::Adopt {
+            dp.adopt();
+        }
         events.add(&dp);
         let weak = Arc::downgrade(&dp);
         tokio::spawn(async move {
@@ -210,6 +228,10 @@ impl KernelDataplane {
 
     pub fn stats(&self) -> &KernelStats {
         &self.stats
+    }
+
+    fn timeouts(&self) -> DataTimeouts {
+        *self.timeouts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Leases (waiting or carrying) still tracked.
@@ -263,7 +285,8 @@ impl KernelDataplane {
 
     /// Takes over what a previous ftp-guard left in pinned maps: data connections under
     /// way are tracked to their end; leases nobody claimed are dropped, their control
-    /// sessions having died with that process.
+    /// sessions having died with that process. Only at process start: at a reload the
+    /// map's other leases belong to dataplanes still running.
     fn adopt(&self) {
         let mut kernel = self.kernel();
         let mut adopted = 0;
@@ -418,10 +441,7 @@ impl KernelDataplane {
                 let closed = (a.fin && b.fin) || a.rst || b.rst;
                 let last = a.last_seen_ns.max(b.last_seen_ns);
                 let idle_ns = monotonic_ns().saturating_sub(last);
-                (
-                    closed,
-                    idle_ns > self.settings.flow_idle_timeout.as_nanos() as u64,
-                )
+                (closed, idle_ns > self.timeouts().idle.as_nanos() as u64)
             }
             // Gone from the kernel (removed by hand, or a previous process's leftovers).
             _ => (true, false),
@@ -529,28 +549,74 @@ impl KernelDataplane {
             .ok_or(LeaseError::PortsExhausted(self.ports.capacity()))
     }
 
+    /// Installs the lease `build` makes for a port of `local` held for `peer`. A port whose
+    /// lease key is already in the map (another dataplane's lease on an overlapping range,
+    /// still running after a reload) is skipped for another, up to [`TAKEN_SKIPS`] times.
+    fn install_on_free_port(
+        &self,
+        peer: Ipv4Addr,
+        local: Ipv4Addr,
+        target_ifindex: u32,
+        mut build: impl FnMut(u16) -> Result<Tracked, LeaseError>,
+    ) -> Result<LeaseId, LeaseError> {
+        // Held until the end, so that the next attempt picks another port.
+        let mut skipped = Vec::new();
+        let result = loop {
+            let port = match self.allocate(peer, local) {
+                Ok(port) => port,
+                Err(e) => break Err(e),
+            };
+            let t = match build(port) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.ports.release(peer, SocketAddrV4::new(local, port));
+                    break Err(e);
+                }
+            };
+            match self.install_nat(t, target_ifindex) {
+                Ok(id) => break Ok(id),
+                Err(InstallFailed::Taken) => {
+                    debug!(%peer, port, "lease key taken by another dataplane: trying another port");
+                    skipped.push(port);
+                    if skipped.len() >= TAKEN_SKIPS {
+                        break Err(LeaseError::PortsExhausted(self.ports.capacity()));
+                    }
+                }
+                Err(InstallFailed::Other(e)) => break Err(e),
+            }
+        };
+        for port in skipped {
+            self.ports.release(peer, SocketAddrV4::new(local, port));
+        }
+        result
+    }
+
     /// Installs a NAT lease for `peer` → `local`, carried to `target` from `source`; on
-    /// failure its ports are given back.
-    fn install_nat(&self, t: Tracked, target_ifindex: u32) -> Result<LeaseId, LeaseError> {
+    /// failure its NAT port is given back, and its port too unless another lease has its
+    /// key (the caller tries another port first).
+    fn install_nat(&self, t: Tracked, target_ifindex: u32) -> Result<LeaseId, InstallFailed> {
         let lease = Lease {
             peer: t.peer,
             local: t.local,
             action: LeaseAction::Nat {
                 target: t.target,
                 source: t.source,
-                deadline_ns: monotonic_ns() + self.settings.lease_ttl.as_nanos() as u64,
+                deadline_ns: monotonic_ns() + self.timeouts().lease_ttl.as_nanos() as u64,
                 target_ifindex,
                 mss_max: self.settings.mss_max,
             },
         };
         if let Err(e) = self.kernel().insert_lease(&lease) {
             let mut t = t;
-            self.ports.release(t.peer, t.local);
             self.release_nat_port(&mut t);
-            return Err(match e {
+            if let KernelError::LeaseTaken { .. } = e {
+                return Err(InstallFailed::Taken);
+            }
+            self.ports.release(t.peer, t.local);
+            return Err(InstallFailed::Other(match e {
                 KernelError::LeasesFull(_) => LeaseError::TableFull,
                 other => LeaseError::Io(std::io::Error::other(other.to_string())),
-            });
+            }));
         }
         let id = LeaseId(self.next_id.fetch_add(1, Ordering::Relaxed));
         self.stats.installed.fetch_add(1, Ordering::Relaxed);
@@ -572,7 +638,7 @@ impl KernelDataplane {
             target,
             source,
             active,
-            deadline: Instant::now() + self.settings.lease_ttl,
+            deadline: Instant::now() + self.timeouts().lease_ttl,
             installed: Instant::now(),
             revoked: false,
             stage: Stage::Waiting,
@@ -592,62 +658,69 @@ impl Dataplane for KernelDataplane {
 
     fn install(&self, request: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
         let public_ip = self.settings.public_ip;
-        let port = self.allocate(request.client, public_ip)?;
-        let local = SocketAddrV4::new(public_ip, port);
-        let Some(nat_port) = self.nat_ports.allocate(request.origin) else {
-            self.ports.release(request.client, local);
-            return Err(LeaseError::PortsExhausted(self.ports.capacity()));
-        };
-        let t = self.tracked(
+        let mut public_port = 0;
+        let id = self.install_on_free_port(
             request.client,
-            local,
-            request.origin,
-            SocketAddrV4::new(self.settings.nat_ip, nat_port),
-            false,
-        );
-        let id = self.install_nat(t, self.settings.origin_ifindex)?;
-        Ok(LeaseGrant {
-            id,
-            public_port: port,
-        })
+            public_ip,
+            self.settings.origin_ifindex,
+            |port| {
+                let nat_port = self
+                    .nat_ports
+                    .allocate(request.origin)
+                    .ok_or(LeaseError::PortsExhausted(self.ports.capacity()))?;
+                public_port = port;
+                Ok(self.tracked(
+                    request.client,
+                    SocketAddrV4::new(public_ip, port),
+                    request.origin,
+                    SocketAddrV4::new(self.settings.nat_ip, nat_port),
+                    false,
+                ))
+            },
+        )?;
+        Ok(LeaseGrant { id, public_port })
     }
 
     fn install_active(&self, request: ActiveRequest) -> Result<ActiveGrant, LeaseError> {
         let nat_ip = self.settings.nat_ip;
-        let port = self.allocate(request.origin, nat_ip)?;
-        let origin_side = SocketAddrV4::new(nat_ip, port);
-        let source_port = if self.settings.active_port_20 {
-            20
-        } else {
-            port
-        };
-        let source = SocketAddrV4::new(self.settings.public_ip, source_port);
-        // Events find a lease by (target, source): two live leases must not share it (two
-        // sessions of one client naming the same PORT address, with port 20 as source).
-        let busy = {
-            let book = self.book();
-            book.by_pair
-                .get(&(request.client, source))
-                .and_then(|id| book.leases.get(id))
-                .is_some_and(|t| match t.stage {
-                    Stage::Waiting => true,
-                    Stage::Carrying { .. } => t.closed_since.is_none(),
-                    Stage::Gone => false,
-                })
-        };
-        if busy {
-            self.ports.release(request.origin, origin_side);
-            return Err(LeaseError::Conflict(request.client));
-        }
-        let t = self.tracked(
+        let mut origin_side = SocketAddrV4::new(nat_ip, 0);
+        let id = self.install_on_free_port(
             request.origin,
-            origin_side,
-            request.client,
-            SocketAddrV4::new(self.settings.public_ip, source_port),
-            true,
-        );
-        let id = self.install_nat(t, self.settings.client_ifindex)?;
+            nat_ip,
+            self.settings.client_ifindex,
+            |port| {
+                let source_port = if self.settings.active_port_20 {
+                    20
+                } else {
+                    port
+                };
+                let source = SocketAddrV4::new(self.settings.public_ip, source_port);
+                // Events find a lease by (target, source): two live leases must not share
+                // it (two sessions of one client naming the same PORT address, with port
+                // 20 as source).
+                let busy = {
+                    let book = self.book();
+                    book.by_pair
+                        .get(&(request.client, source))
+                        .and_then(|id| book.leases.get(id))
+                        .is_some_and(|t| match t.stage {
+                            Stage::Waiting => true,
+                            Stage::Carrying { .. } => t.closed_since.is_none(),
+                            Stage::Gone => false,
+                        })
+                };
+                if busy {
+                    return Err(LeaseError::Conflict(request.client));
+                }
+                origin_side = SocketAddrV4::new(nat_ip, port);
+                Ok(self.tracked(request.origin, origin_side, request.client, source, true))
+            },
+        )?;
         Ok(ActiveGrant { id, origin_side })
+    }
+
+    fn set_timeouts(&self, timeouts: DataTimeouts) {
+        *self.timeouts.lock().unwrap_or_else(|e| e.into_inner()) = timeouts;
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -866,18 +939,29 @@ async fn refresh_local_ipv6(kernel: std::sync::Weak<Mutex<Kernel>>) {
 /// Brings a loaded kernel path in line with `services`: NAT addresses, protected ranges
 /// (replaced in one map write) and attachments to interfaces not yet attached. Interfaces
 /// no longer named stay attached until the process exits (their ranges are gone, so the
-/// programs pass everything there).
+/// programs pass everything there). A userspace service among them is guarded only: its
+/// range admits the relay's clients (admit leases), on its client interface.
 pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
     use crate::{
-        config::KernelHook,
+        config::{DataplaneKind, KernelHook},
         kernel::{ProtectedRange, XdpAttach},
     };
 
     let mut nat_ips = Vec::new();
     let mut ranges = Vec::new();
     for s in services {
+        if s.dataplane == DataplaneKind::Userspace {
+            ranges.push(ProtectedRange {
+                public_ip: s.public_ip(),
+                first_port: s.data_ports.first,
+                last_port: s.data_ports.last,
+                nat_ip: None,
+                active_port_20: false,
+            });
+            continue;
+        }
         let nat_ip = match s.nat_ip {
             Some(ip) => ip,
             None => super::origin_side_ip(*s.origin.ip()).with_context(|| {
@@ -901,8 +985,12 @@ pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> 
     }
     // Leases and flows on a NAT address are keyed by its ports: two services sharing one
     // must not share ports (each keeps its own books).
-    for (i, a) in services.iter().enumerate() {
-        for (j, b) in services.iter().enumerate().skip(i + 1) {
+    let nat_services: Vec<_> = services
+        .iter()
+        .filter(|s| s.dataplane == DataplaneKind::Kernel)
+        .collect();
+    for (i, a) in nat_services.iter().enumerate() {
+        for (j, b) in nat_services.iter().enumerate().skip(i + 1) {
             if nat_ips[i].1 == nat_ips[j].1 && a.data_ports.overlaps(&b.data_ports) {
                 anyhow::bail!(
                     "services `{}` and `{}` both use the NAT address {} with overlapping \
@@ -918,7 +1006,12 @@ pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> 
     }
     let mut kernel = setup.kernel.lock().unwrap_or_else(|e| e.into_inner());
     for s in services {
-        for interface in s.interfaces() {
+        // A relay needs the guard where clients come from only.
+        let interfaces = match s.dataplane {
+            DataplaneKind::Kernel => s.interfaces(),
+            DataplaneKind::Userspace => s.client_interface.iter().map(String::as_str).collect(),
+        };
+        for interface in interfaces {
             if kernel.attachments().iter().any(|(a, _)| a == interface) {
                 continue;
             }

@@ -9,7 +9,10 @@ pub mod kernel;
 pub mod ports;
 pub mod userspace;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
+    time::Duration,
+};
 
 /// Passive mode: one data connection from `client` to a public port, carried to `origin`
 /// (the address and port from the origin's 227 reply).
@@ -103,6 +106,43 @@ pub struct LeaseInfo {
     pub bytes_to_origin: u64,
 }
 
+/// The timeouts of a service's data connections: on reload a running dataplane takes new
+/// ones in place ([`Dataplane::set_timeouts`]), so its port pool, and the leases waiting in
+/// it, live on. Leases installed from then on use them; so do the idle checks of
+/// connections under way (the kernel path's sweeper; the relay's own, from its next lease).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataTimeouts {
+    /// How long a lease waits for its peer.
+    pub lease_ttl: Duration,
+    /// A data connection silent this long (both ways) is closed.
+    pub idle: Duration,
+    /// How long to wait for the origin to accept a relayed data connection.
+    pub connect: Duration,
+    /// Seconds of silence before TCP keepalive probes start on relayed legs.
+    pub keepalive: Duration,
+}
+
+impl DataTimeouts {
+    pub fn of(service: &crate::config::Service) -> Self {
+        Self {
+            lease_ttl: service.lease_ttl(),
+            idle: service.data_idle_timeout(),
+            connect: service.connect_timeout(),
+            keepalive: service.keepalive(),
+        }
+    }
+}
+
+/// Whether a new dataplane takes over what it finds of its ranges in the kernel's maps
+/// (leases, flows, the relay's admissions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leftovers {
+    /// Process start with pinned maps: they are a previous process's.
+    Adopt,
+    /// A reload (or no pins): they belong to dataplanes still running; never touched.
+    Leave,
+}
+
 /// Resolves when a lease's data connection is over (see [`Dataplane::data_done`]).
 pub type DataDone = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -124,6 +164,11 @@ pub trait Dataplane: Send + Sync {
     fn data_done(&self, id: LeaseId) -> Option<DataDone> {
         let _ = id;
         None
+    }
+    /// Takes new timeouts in place (a reload that changed only timeouts). A dataplane
+    /// without any keeps the default, which ignores them.
+    fn set_timeouts(&self, timeouts: DataTimeouts) {
+        let _ = timeouts;
     }
     /// The gateway's address that data connections to and from the origin use, if the
     /// origin sees one: it must be hidden from clients like the origin's own.

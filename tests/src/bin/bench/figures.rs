@@ -477,7 +477,8 @@ fn cpu_window<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, CpuWindow)> {
 // Transfers
 
 /// One untimed download to a file, checked by sha256 and by the protocol trace (EPSV);
-/// for a kernel path, also that the programs NATed and redirected the data.
+/// for a kernel path, also that the programs NATed and redirected the data (for the
+/// relay's guard, that it admitted the client).
 pub fn verify(env: &Env, scenario: &Scenario) -> Result<()> {
     let active = scenario
         .carrier
@@ -504,10 +505,25 @@ pub fn verify(env: &Env, scenario: &Scenario) -> Result<()> {
             env.payload.sha256
         );
         if let Some(c) = active.counters() {
-            ensure!(
-                c.get(Counter::NatToClient) > 0 && c.get(Counter::Redirected) > 0,
-                "the kernel path did not carry the data: {c:?}"
+            // The relay's guard only admits the lease's client; the kernel path carries.
+            let relayed = matches!(
+                scenario.carrier,
+                Carrier::FtpGuard {
+                    dataplane: "userspace",
+                    ..
+                }
             );
+            if relayed {
+                ensure!(
+                    c.get(Counter::PassLeased) > 0 && c.get(Counter::NatToClient) == 0,
+                    "the guard did not admit the relay's client: {c:?}"
+                );
+            } else {
+                ensure!(
+                    c.get(Counter::NatToClient) > 0 && c.get(Counter::Redirected) > 0,
+                    "the kernel path did not carry the data: {c:?}"
+                );
+            }
         }
         Ok(())
     })();
