@@ -184,6 +184,10 @@ pub enum LeaseAction {
         target_ifindex: u32,
         /// Largest MSS the connection's SYNs may announce (0: no clamping).
         mss_max: u16,
+        /// The interface the peer's SYN must arrive on (0: any).
+        peer_ifindex: u32,
+        /// The source port the peer's SYN must come from (0: any).
+        peer_port: u16,
     },
 }
 
@@ -285,6 +289,8 @@ pub struct FlowState {
     pub last_seen_ns: u64,
     pub fin: bool,
     pub rst: bool,
+    /// This direction has acknowledged the other direction's FIN.
+    pub peer_fin_acked: bool,
     /// The other direction's key: which connection this entry belongs to (a later
     /// connection may take over a 4-tuple once this one is over).
     pub reverse: FlowTuple,
@@ -298,8 +304,25 @@ impl From<FlowValue> for FlowState {
             last_seen_ns: v.last_seen_ns,
             fin: v.flags & ftp_guard_common::FLOW_FIN != 0,
             rst: v.flags & ftp_guard_common::FLOW_RST != 0,
+            peer_fin_acked: v.flags & ftp_guard_common::FLOW_PEER_FIN_ACKED != 0,
             reverse: tuple_of(&v.reverse),
         }
+    }
+}
+
+impl FlowState {
+    /// True when the connection of this entry and its `pair` is over, by the kernel's own
+    /// rule (`connection_over`): a RST either way, or both FINs acknowledged.
+    pub fn over_with(&self, pair: &FlowState) -> bool {
+        let flags = |f: &FlowState| {
+            (if f.rst { ftp_guard_common::FLOW_RST } else { 0 })
+                | if f.peer_fin_acked {
+                    ftp_guard_common::FLOW_PEER_FIN_ACKED
+                } else {
+                    0
+                }
+        };
+        ftp_guard_common::connection_over(flags(self), flags(pair))
     }
 }
 
@@ -579,6 +602,8 @@ impl Kernel {
                 deadline_ns,
                 target_ifindex,
                 mss_max,
+                peer_ifindex,
+                peer_port,
             } => LeaseValue {
                 target_addr_be: be32(*target.ip()),
                 source_addr_be: be32(*source.ip()),
@@ -589,6 +614,9 @@ impl Kernel {
                 target_ifindex,
                 mss_max,
                 _pad: 0,
+                peer_ifindex,
+                peer_port_be: peer_port.to_be(),
+                _pad2: 0,
             },
         };
         // NOEXIST: a key still taken means bookkeeping went wrong; never overwrite a lease.

@@ -14,8 +14,9 @@
 //! A sweeper task runs every [`SWEEP_EVERY`] (and is the safety net for events a full
 //! ring buffer lost):
 //! - a waiting lease past its TTL is deleted;
-//! - a carried connection is watched: when both directions have sent FIN, or either sent
-//!   RST, and [`CLOSE_GRACE`] has passed (for the last ACKs), or when it has been idle for
+//! - a carried connection is watched: when each direction's FIN has been acknowledged by
+//!   the other, or either sent a RST (in window: the kernel's rule), and [`CLOSE_GRACE`]
+//!   has passed, or when it has been idle for
 //!   the flow idle timeout, its flow entries are deleted and its byte counts logged. This
 //!   frees only its flow entries and NAT port: its public port was free at the claim.
 use std::{
@@ -52,8 +53,8 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const LOOK_WAITING: Duration = Duration::from_secs(2);
 /// A carried connection is looked at this often: idle timeout, a lost FIN/RST event.
 const LOOK_CARRYING: Duration = Duration::from_secs(10);
-/// How long a closed flow keeps its entries: the last ACKs follow the FINs within a round
-/// trip, and a peer whose SYN was answered by a stale connection at the target resets it
+/// How long a closed flow keeps its entries: a retransmitted last ACK may still pass, and
+/// a peer whose SYN was answered by a stale connection at the target resets it
 /// and sends the SYN again (after 1 s, then 2 s more), which the flow must still carry.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(4);
 
@@ -77,6 +78,8 @@ pub struct KernelSettings {
     pub client_ifindex: u32,
     /// Largest MSS a data connection's SYNs may announce (0: no clamping).
     pub mss_max: u16,
+    /// Active mode: the origin's data connection must come from its port 20.
+    pub active_origin_port_20_only: bool,
 }
 
 /// Totals since start.
@@ -415,7 +418,7 @@ impl KernelDataplane {
         }
         let (closed, idle) = match (forward, reverse) {
             (Some(a), Some(b)) => {
-                let closed = (a.fin && b.fin) || a.rst || b.rst;
+                let closed = a.over_with(&b);
                 let last = a.last_seen_ns.max(b.last_seen_ns);
                 let idle_ns = monotonic_ns().saturating_sub(last);
                 (
@@ -529,9 +532,15 @@ impl KernelDataplane {
             .ok_or(LeaseError::PortsExhausted(self.ports.capacity()))
     }
 
-    /// Installs a NAT lease for `peer` → `local`, carried to `target` from `source`; on
-    /// failure its ports are given back.
-    fn install_nat(&self, t: Tracked, target_ifindex: u32) -> Result<LeaseId, LeaseError> {
+    /// Installs a NAT lease for `peer` → `local`, carried to `target` from `source`, whose
+    /// SYN must come in on `peer_ifindex` from `peer_port` (0: any); on failure its ports
+    /// are given back.
+    fn install_nat(
+        &self,
+        t: Tracked,
+        target_ifindex: u32,
+        (peer_ifindex, peer_port): (u32, u16),
+    ) -> Result<LeaseId, LeaseError> {
         let lease = Lease {
             peer: t.peer,
             local: t.local,
@@ -541,6 +550,8 @@ impl KernelDataplane {
                 deadline_ns: monotonic_ns() + self.settings.lease_ttl.as_nanos() as u64,
                 target_ifindex,
                 mss_max: self.settings.mss_max,
+                peer_ifindex,
+                peer_port,
             },
         };
         if let Err(e) = self.kernel().insert_lease(&lease) {
@@ -605,7 +616,7 @@ impl Dataplane for KernelDataplane {
             SocketAddrV4::new(self.settings.nat_ip, nat_port),
             false,
         );
-        let id = self.install_nat(t, self.settings.origin_ifindex)?;
+        let id = self.install_nat(t, self.settings.origin_ifindex, (0, 0))?;
         Ok(LeaseGrant {
             id,
             public_port: port,
@@ -646,7 +657,18 @@ impl Dataplane for KernelDataplane {
             SocketAddrV4::new(self.settings.public_ip, source_port),
             true,
         );
-        let id = self.install_nat(t, self.settings.client_ifindex)?;
+        // The origin's SYN must come from the origin's side (a spoofer elsewhere cannot
+        // open the client's data connection), and from port 20 when so configured.
+        let peer_port = if self.settings.active_origin_port_20_only {
+            20
+        } else {
+            0
+        };
+        let id = self.install_nat(
+            t,
+            self.settings.client_ifindex,
+            (self.settings.origin_ifindex, peer_port),
+        )?;
         Ok(ActiveGrant { id, origin_side })
     }
 
