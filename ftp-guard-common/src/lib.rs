@@ -32,6 +32,11 @@ pub mod names {
     pub const TX_PORTS: &str = "TX_PORTS";
 }
 
+/// Version of what pinned maps hold and mean (types, flags, field meanings). Raise it
+/// with any change a process of the other version would misread: ftp-guard adopts pinned
+/// maps only of its own version (and asks the operator to `unpin` others).
+pub const PIN_LAYOUT_VERSION: u32 = 2;
+
 /// How many (public address, data-port range) pairs the guard can protect.
 pub const MAX_DATA_RANGES: usize = 16;
 

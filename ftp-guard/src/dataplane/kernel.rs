@@ -852,6 +852,25 @@ pub fn setup(
         events,
     };
     update(&mut setup, services)?;
+    if pin.is_some() {
+        // What a previous process left that this configuration no longer accounts for.
+        let mut kernel = setup.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        let interfaces: Vec<&str> = services.iter().flat_map(|s| s.interfaces()).collect();
+        let detached = kernel.detach_unconfigured_links(&interfaces)?;
+        if !detached.is_empty() {
+            info!(
+                ?detached,
+                "detached pinned links of interfaces no longer configured"
+            );
+        }
+        let swept = kernel.sweep_unclaimed_flows()?;
+        if swept > 0 {
+            info!(
+                swept,
+                "removed pinned flow entries no connection accounts for"
+            );
+        }
+    }
     tokio::spawn(refresh_local_ipv6(Arc::downgrade(&setup.kernel)));
     Ok(setup)
 }
