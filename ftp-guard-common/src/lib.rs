@@ -211,13 +211,13 @@ pub struct FlowValue {
     /// acknowledge it before the way back is learned from it.
     pub claim_seq: u32,
     /// The last acknowledgment number sent this way, host order (valid with
-    /// [`FLOW_ACKED`]; it only moves forward): a FIN or RST the other way counts only from
-    /// it to the end of this direction's receive window (RFC 5961: blind spoofing).
+    /// [`FLOW_ACKED`]): a FIN or RST the other way counts only from it to the end of this
+    /// direction's receive window (RFC 5961: blind spoofing).
     pub last_ack: u32,
     // Teardown tracking (RFC 5961 windows, FINs acknowledged), all in this one block.
     /// The acknowledgment number that covers the other direction's FIN (valid once the
-    /// other direction's [`FLOW_FIN`] is set): an ACK this way at or past it sets
-    /// [`FLOW_PEER_FIN_ACKED`].
+    /// other direction's [`FLOW_FIN`] is set): an ACK this way of exactly it sets
+    /// [`FLOW_PEER_FIN_ACKED`] (nothing is sent after a FIN).
     pub peer_fin_end: u32,
     /// The receive window this direction last advertised, unscaled (as in the header).
     pub window: u16,

@@ -126,12 +126,14 @@ fn account<P: Packet>(p: &P, hit: &Hit, flow: &mut FlowValue, ip: &Ipv4Hdr, tcp:
     }
     if tcp.ack() != 0 {
         let ack = u32::from_be_bytes(tcp.ack_seq);
-        if flow.flags & FLOW_ACKED == 0 || at_or_after(ack, flow.last_ack) {
-            flow.last_ack = ack;
-        }
+        // The latest, not the highest: a blind spoofer's far-ahead ACK must not pin it
+        // (the next genuine one puts it back).
+        flow.last_ack = ack;
         flow.flags |= FLOW_ACKED;
+        // Nothing follows a FIN: the acknowledgment that covers it is exactly its end,
+        // which a blind spoofer would have to guess.
         if flow.flags & (FLOW_PEER_FIN | FLOW_PEER_FIN_ACKED) == FLOW_PEER_FIN
-            && at_or_after(ack, flow.peer_fin_end)
+            && ack == flow.peer_fin_end
         {
             flow.flags |= FLOW_PEER_FIN_ACKED;
             maps::notify(EVENT_FIN, &hit.key, &flow.reverse);
@@ -170,12 +172,6 @@ fn account<P: Packet>(p: &P, hit: &Hit, flow: &mut FlowValue, ip: &Ipv4Hdr, tcp:
         flow.flags |= FLOW_RST;
         maps::notify(EVENT_RST, &hit.key, &flow.reverse);
     }
-}
-
-/// True when `a` is `b` or later in sequence space.
-#[inline(always)]
-fn at_or_after(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) >= 0
 }
 
 /// True when a FIN or RST with sequence number `seq`, sent this way (`flow`), lies where

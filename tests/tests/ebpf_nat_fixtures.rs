@@ -1074,12 +1074,18 @@ fn a_flow_is_over_only_when_both_fins_are_acknowledged() {
                 .peer_fin_acked
         );
         still_open("the origin's FIN acknowledged", 8_000);
-        // An acknowledgment short of the FIN does not count.
+        // An acknowledgment short of the FIN, or past it (nothing follows a FIN: a
+        // blind guess), does not count.
         run_tc(
             &kernel,
             &with_numbers(&tcp(origin, nat, flags::ACK, &[]), isn1 + 1, isn1),
         );
         still_open("an ACK short of the client's FIN", 9_000);
+        run_tc(
+            &kernel,
+            &with_numbers(&tcp(origin, nat, flags::ACK, &[]), isn1 + 1, isn1 + 2),
+        );
+        still_open("an ACK past the client's FIN", 9_500);
         // The origin acknowledges the client's FIN: over. A new SYN replaces the flow (and,
         // the lease being used, is dropped as one without a lease).
         run_tc(
