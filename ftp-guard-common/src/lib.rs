@@ -32,6 +32,11 @@ pub mod names {
     pub const TX_PORTS: &str = "TX_PORTS";
 }
 
+/// Version of what pinned maps hold and mean (types, flags, field meanings). Raise it
+/// with any change a process of the other version would misread: ftp-guard adopts pinned
+/// maps only of its own version (and asks the operator to `unpin` others).
+pub const PIN_LAYOUT_VERSION: u32 = 2;
+
 /// How many (public address, data-port range) pairs the guard can protect.
 pub const MAX_DATA_RANGES: usize = 16;
 
@@ -127,6 +132,12 @@ pub struct LeaseValue {
     /// Largest TCP MSS the connection's SYNs may announce (host order); 0 = no clamping.
     pub mss_max: u16,
     pub _pad: u16,
+    /// Interface the peer's SYN must arrive on (host order); 0 = any. Active mode: the
+    /// origin's side, so a host elsewhere cannot open the lease by spoofing the origin.
+    pub peer_ifindex: u32,
+    /// Source port the peer's SYN must come from, network order; 0 = any.
+    pub peer_port_be: u16,
+    pub _pad2: u16,
 }
 
 /// A TCP connection as seen arriving at the gateway (one direction).
@@ -153,6 +164,23 @@ pub const FLOW_PAIR_L2: u32 = 8;
 pub const FLOW_CLAIMER: u32 = 16;
 /// [`FlowValue::last_ack`] holds an acknowledgment number seen this way.
 pub const FLOW_ACKED: u32 = 32;
+/// Teardown tracking (see [`FlowValue::peer_fin_end`]): this direction's SYN announced
+/// window scaling ([`FlowValue::wscale`]).
+pub const FLOW_WSCALE: u32 = 1 << 8;
+/// This direction has acknowledged the other direction's FIN: that half is closed.
+pub const FLOW_PEER_FIN_ACKED: u32 = 1 << 9;
+/// The other direction's FIN counted: [`FlowValue::peer_fin_end`] is valid.
+pub const FLOW_PEER_FIN: u32 = 1 << 10;
+/// Every flag that says the connection is ending (cleared when it opens again).
+pub const FLOW_ENDING: u32 = FLOW_FIN | FLOW_RST | FLOW_PEER_FIN | FLOW_PEER_FIN_ACKED;
+
+/// True when a connection whose two entries carry `flags` and `pair_flags` is over for
+/// the gateway: a RST either way, or each direction's FIN acknowledged by the other.
+#[inline(always)]
+pub const fn connection_over(flags: u32, pair_flags: u32) -> bool {
+    (flags | pair_flags) & FLOW_RST != 0
+        || (flags & FLOW_PEER_FIN_ACKED != 0 && pair_flags & FLOW_PEER_FIN_ACKED != 0)
+}
 
 /// How to rewrite one direction of a NATed data connection, where to send it, and what
 /// passed that way.
@@ -165,7 +193,8 @@ pub struct FlowValue {
     pub new_dst_port_be: u16,
     /// The other direction's key (the two entries are created and removed as a pair).
     pub reverse: FlowKey,
-    /// [`FLOW_FIN`], [`FLOW_RST`], [`FLOW_L2`], [`FLOW_PAIR_L2`], [`FLOW_CLAIMER`].
+    /// [`FLOW_FIN`], [`FLOW_RST`], [`FLOW_L2`], [`FLOW_PAIR_L2`], [`FLOW_CLAIMER`],
+    /// [`FLOW_ACKED`], [`FLOW_WSCALE`], [`FLOW_PEER_FIN`], [`FLOW_PEER_FIN_ACKED`].
     pub flags: u32,
     /// Interface to send this direction out of (host order): where the other direction's
     /// packets arrive; 0 = unknown (the FIB decides).
@@ -182,8 +211,20 @@ pub struct FlowValue {
     /// acknowledge it before the way back is learned from it.
     pub claim_seq: u32,
     /// The last acknowledgment number sent this way, host order (valid with
-    /// [`FLOW_ACKED`]): a FIN or RST the other way counts only near it (blind spoofing).
+    /// [`FLOW_ACKED`]): a FIN or RST the other way counts only from it to the end of this
+    /// direction's receive window (RFC 5961: blind spoofing).
     pub last_ack: u32,
+    // Teardown tracking (RFC 5961 windows, FINs acknowledged), all in this one block.
+    /// The acknowledgment number that covers the other direction's FIN (valid once the
+    /// other direction's [`FLOW_FIN`] is set): an ACK this way of exactly it sets
+    /// [`FLOW_PEER_FIN_ACKED`] (nothing is sent after a FIN).
+    pub peer_fin_end: u32,
+    /// The receive window this direction last advertised, unscaled (as in the header).
+    pub window: u16,
+    /// The window scale this direction's SYN announced (valid with [`FLOW_WSCALE`]; used
+    /// only when both SYNs announced one, RFC 7323).
+    pub wscale: u8,
+    pub _pad_teardown: u8,
     pub packets: u64,
     /// IP bytes (header included) that passed this way.
     pub bytes: u64,
@@ -193,7 +234,8 @@ pub struct FlowValue {
 
 /// [`FlowEvent::kind`]: a SYN claimed a lease and both flow entries exist.
 pub const EVENT_CLAIMED: u32 = 1;
-/// [`FlowEvent::kind`]: the first FIN in one direction of a flow.
+/// [`FlowEvent::kind`]: the first FIN in one direction of a flow, or the other direction
+/// acknowledging it (`key` is then the acknowledging direction).
 pub const EVENT_FIN: u32 = 2;
 /// [`FlowEvent::kind`]: the first RST in one direction of a flow.
 pub const EVENT_RST: u32 = 3;
@@ -273,10 +315,15 @@ pub enum Counter {
     DropIpv6 = 23,
     /// The redirect helper refused the packet (egress interface gone).
     DropRedirect = 24,
+    /// A SYN for a lease that arrived on another interface than the lease's peer is on
+    /// (active mode: not from the origin's side).
+    DropWrongInterface = 25,
+    /// A SYN for a lease from another source port than the lease requires.
+    DropWrongSourcePort = 26,
 }
 
 /// Number of [`Counter`] values: the size of the counter map.
-pub const COUNTER_COUNT: u32 = 25;
+pub const COUNTER_COUNT: u32 = 27;
 
 impl Counter {
     /// Every counter in index order.
@@ -306,6 +353,8 @@ impl Counter {
         Counter::DropNotTcp,
         Counter::DropIpv6,
         Counter::DropRedirect,
+        Counter::DropWrongInterface,
+        Counter::DropWrongSourcePort,
     ];
 
     /// Stable snake_case name, used in logs and metric labels.
@@ -336,6 +385,8 @@ impl Counter {
             Counter::DropNotTcp => "drop_not_tcp",
             Counter::DropIpv6 => "drop_ipv6",
             Counter::DropRedirect => "drop_redirect",
+            Counter::DropWrongInterface => "drop_wrong_interface",
+            Counter::DropWrongSourcePort => "drop_wrong_source_port",
         }
     }
 
@@ -349,9 +400,9 @@ impl Counter {
 const _: () = assert!(core::mem::size_of::<DataRange>() == 16);
 const _: () = assert!(core::mem::size_of::<FilterConfig>() == 4 + 16 * MAX_DATA_RANGES);
 const _: () = assert!(core::mem::size_of::<LeaseKey>() == 12);
-const _: () = assert!(core::mem::size_of::<LeaseValue>() == 32);
+const _: () = assert!(core::mem::size_of::<LeaseValue>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 80);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 88);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 28);
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);
 

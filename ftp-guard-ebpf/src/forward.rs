@@ -23,7 +23,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use ftp_guard_common::{
-    Counter, EVENT_FIN, EVENT_RST, FLOW_ACKED, FLOW_FIN, FLOW_L2, FLOW_RST, FlowValue,
+    Counter, EVENT_FIN, EVENT_RST, FLOW_ACKED, FLOW_CLAIMER, FLOW_FIN, FLOW_L2, FLOW_PEER_FIN,
+    FLOW_PEER_FIN_ACKED, FLOW_RST, FLOW_WSCALE, FlowValue,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
@@ -101,31 +102,70 @@ fn known(flow: &FlowValue) -> Out {
     }
 }
 
-/// How far past the other side's last acknowledgment a FIN or RST may lie to count: data
-/// in flight. A blind spoofer must guess the sequence number to within this (1 in 256).
-const SEQ_WINDOW: u32 = 16 << 20;
-
-/// Counts the packet on its flow and notes FIN/RST (telling userspace the first of each).
-/// A FIN or RST ends the connection for the gateway only if its sequence number is where
-/// the other side expects data: the endpoints ignore blind ones, so must the gateway.
+/// Counts the packet on its flow and follows the connection's teardown (telling userspace
+/// the first FIN and RST each way, and each FIN acknowledged).
+///
+/// RFC 5961: a FIN or RST ends anything for the gateway only if its sequence number lies
+/// where the other side accepts data — exactly at its last acknowledgment, or within the
+/// receive window it advertised — so a blind spoofer must hit a window, not a 16 MiB
+/// range. Others are still forwarded: the endpoint judges them (with a challenge ACK).
 #[inline(always)]
-fn account(hit: &Hit, flow: &mut FlowValue, ip: &Ipv4Hdr, tcp: &TcpHdr) {
+fn account<P: Packet>(p: &P, hit: &Hit, flow: &mut FlowValue, ip: &Ipv4Hdr, tcp: &TcpHdr) {
     // Racing CPUs may lose an increment: statistics, not state.
     flow.packets += 1;
     flow.bytes += u64::from(ip.tot_len());
     // SAFETY: a helper without preconditions.
     flow.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    flow.window = u16::from_be_bytes(tcp.window);
+    if tcp.syn() != 0 {
+        // SAFETY: a TCP hit has a complete TCP header at l4_offset.
+        if let Some(scale) = unsafe { nat::window_scale(p, hit.l4_offset, tcp) } {
+            flow.wscale = scale;
+            flow.flags |= FLOW_WSCALE;
+        }
+    }
     if tcp.ack() != 0 {
-        flow.last_ack = u32::from_be_bytes(tcp.ack_seq);
+        let ack = u32::from_be_bytes(tcp.ack_seq);
+        // The latest, not the highest: a blind spoofer's far-ahead ACK must not pin it
+        // (the next genuine one puts it back).
+        flow.last_ack = ack;
         flow.flags |= FLOW_ACKED;
+        // Nothing follows a FIN: the acknowledgment that covers it is exactly its end,
+        // which a blind spoofer would have to guess.
+        if flow.flags & (FLOW_PEER_FIN | FLOW_PEER_FIN_ACKED) == FLOW_PEER_FIN
+            && ack == flow.peer_fin_end
+        {
+            flow.flags |= FLOW_PEER_FIN_ACKED;
+            maps::notify(EVENT_FIN, &hit.key, &flow.reverse);
+        }
     }
     let fin = tcp.fin() != 0 && flow.flags & FLOW_FIN == 0;
     let rst = tcp.rst() != 0 && flow.flags & FLOW_RST == 0;
-    if !(fin || rst) || !expected(u32::from_be_bytes(tcp.seq), &flow.reverse) {
+    if !(fin || rst) {
         return;
+    }
+    let seq = u32::from_be_bytes(tcp.seq);
+    let other = crate::maps::FLOWS.get_ptr_mut(&flow.reverse);
+    if let Some(other) = other {
+        // SAFETY: map value pointers stay valid for the program run.
+        if !acceptable(seq, tcp, flow, unsafe { &*other }) {
+            return;
+        }
     }
     if fin {
         flow.flags |= FLOW_FIN;
+        if let Some(other) = other {
+            // The FIN's own sequence number follows the segment's data.
+            let data = ip
+                .tot_len()
+                .wrapping_sub(u16::from(ip.ihl()))
+                .wrapping_sub(tcp.doff() * 4);
+            // SAFETY: as above; racing CPUs write the same values.
+            unsafe {
+                (*other).peer_fin_end = seq.wrapping_add(u32::from(data)).wrapping_add(1);
+                (*other).flags |= FLOW_PEER_FIN;
+            }
+        }
         maps::notify(EVENT_FIN, &hit.key, &flow.reverse);
     }
     if rst {
@@ -134,17 +174,28 @@ fn account(hit: &Hit, flow: &mut FlowValue, ip: &Ipv4Hdr, tcp: &TcpHdr) {
     }
 }
 
-/// True when `seq` lies where the other direction (`reverse`) last acknowledged, give or
-/// take data in flight; true too before that side has acknowledged anything.
+/// True when a FIN or RST with sequence number `seq`, sent this way (`flow`), lies where
+/// the receiver (`other`, the other direction's entry) accepts it: at its last
+/// acknowledgment or within its advertised receive window. Before the receiver has
+/// acknowledged anything, the handshake's numbers decide: an answer to the claiming SYN
+/// must acknowledge it (RFC 793), and the claimer's own must follow its SYN.
 #[inline(always)]
-fn expected(seq: u32, reverse: &ftp_guard_common::FlowKey) -> bool {
-    // SAFETY: a plain read of the other direction's entry.
-    match unsafe { crate::maps::FLOWS.get(reverse) } {
-        Some(other) if other.flags & FLOW_ACKED != 0 => {
-            seq.wrapping_sub(other.last_ack) < SEQ_WINDOW
-        }
-        _ => true,
+fn acceptable(seq: u32, tcp: &TcpHdr, flow: &FlowValue, other: &FlowValue) -> bool {
+    if other.flags & FLOW_ACKED != 0 {
+        // RFC 7323: the scale applies only when both SYNs announced one.
+        let scale = if flow.flags & other.flags & FLOW_WSCALE != 0 {
+            other.wscale
+        } else {
+            0
+        };
+        let offset = seq.wrapping_sub(other.last_ack);
+        return offset == 0 || offset < u32::from(other.window) << scale;
     }
+    if other.flags & FLOW_CLAIMER != 0 {
+        return tcp.ack() != 0
+            && u32::from_be_bytes(tcp.ack_seq) == other.claim_seq.wrapping_add(1);
+    }
+    flow.flags & FLOW_CLAIMER != 0 && seq == flow.claim_seq.wrapping_add(1)
 }
 
 /// Sets the frame's MAC addresses.
@@ -201,7 +252,7 @@ pub fn xdp(ctx: &XdpContext, hit: &Hit) -> (u32, Counter) {
     }
     // SAFETY: a TCP hit has a complete TCP header.
     unsafe {
-        account(hit, flow, ip, &*hit.tcp);
+        account(ctx, hit, flow, ip, &*hit.tcp);
         let old = nat::rewrite(hit.ip, hit.tcp, flow);
         nat::complete_checksum(hit.tcp, &old, flow);
         if let Some((old, new)) = nat::clamp_mss(ctx, hit.l4_offset, hit.tcp, flow.mss_max) {
@@ -250,7 +301,7 @@ pub fn tc(ctx: &TcContext, hit: &Hit, icmp: bool) -> (i32, Counter) {
     if !icmp {
         // SAFETY: a TCP hit has a complete TCP header.
         unsafe {
-            account(hit, flow, ip, &*hit.tcp);
+            account(ctx, hit, flow, ip, &*hit.tcp);
             replaced = Some(nat::rewrite(hit.ip, hit.tcp, flow));
             mss = nat::clamp_mss(ctx, hit.l4_offset, hit.tcp, flow.mss_max);
         }

@@ -14,7 +14,8 @@
 //! 8. a packet of a known flow → NAT it (either direction) and forward;
 //! 9. a lease for (source, destination, port) — passive leases on the client side, active
 //!    leases on the origin side: an admit-only lease → pass; a NAT lease: only a SYN
-//!    within the deadline may claim it, by deleting it (so exactly one SYN wins, and the
+//!    from the lease's interface and source port (when it names them) within the
+//!    deadline may claim it, by deleting it (so exactly one SYN wins, and the
 //!    key is free at once for the peer's next lease on that port); the claim creates both
 //!    flow entries (rolled back together on failure) → NAT and forward;
 //! 10. no lease: from a client → drop; from the origin's side → pass (nothing listens
@@ -24,8 +25,9 @@
 //! because XDP and TC differ in what they can send and how checksums must be updated.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ftp_guard_common::{
-    Counter, EVENT_CLAIMED, FLOW_CLAIMER, FLOW_FIN, FLOW_L2, FLOW_PAIR_L2, FLOW_RST, FilterConfig,
-    FlowKey, FlowValue, LEASE_ADMIT, LeaseKey, LeaseValue, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20,
+    Counter, EVENT_CLAIMED, FLOW_CLAIMER, FLOW_ENDING, FLOW_L2, FLOW_PAIR_L2, FLOW_RST,
+    FilterConfig, FlowKey, FlowValue, LEASE_ADMIT, LeaseKey, LeaseValue, MAX_DATA_RANGES,
+    RANGE_ACTIVE_PORT_20, connection_over,
 };
 use network_types::{
     eth::EthHdr,
@@ -204,6 +206,12 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
     if !plain_syn {
         return (Verdict::Drop, Counter::DropNoFlow);
     }
+    if lease.peer_ifindex != 0 && lease.peer_ifindex != ingress_ifindex {
+        return (Verdict::Drop, Counter::DropWrongInterface);
+    }
+    if lease.peer_port_be != 0 && lease.peer_port_be != flow_key.src_port_be {
+        return (Verdict::Drop, Counter::DropWrongSourcePort);
+    }
     let link = link_of(p, hdr.l3_offset);
     if let Err(reason) = claim(&flow_key, &lease_key, &lease, ingress_ifindex, link, seq) {
         return (Verdict::Drop, reason);
@@ -314,34 +322,35 @@ fn not_tcp<P: Packet>(
     (Verdict::Pass, Counter::PassNotTcp)
 }
 
-/// Removes both entries of a connection that is over (a RST either way, or FINs both
-/// ways); false (nothing removed) while it is not.
+/// Removes both entries of a connection that is over (a RST either way, or each
+/// direction's FIN acknowledged by the other: `connection_over`); false (nothing
+/// removed) while it is not.
 ///
 /// The claiming SYN sent again (same sequence number) is the same connection still
 /// opening, even after a RST: a peer whose SYN met a stale connection at the target (a
 /// TIME_WAIT that answers with a bare ACK) resets it and retransmits; the flow carries
-/// the retransmission, so its FIN/RST marks are cleared.
+/// the retransmission, so its teardown marks are cleared.
 #[inline(always)]
 fn forget_if_over(key: &FlowKey, flow: *mut FlowValue, syn_seq: u32) -> bool {
     // SAFETY: map value pointers stay valid for the program run.
     let f = unsafe { &mut *flow };
-    if f.flags & (FLOW_FIN | FLOW_RST) == 0 {
+    let reverse = f.reverse;
+    let pair = FLOWS.get_ptr_mut(&reverse);
+    // A half without its pair is as good as reset.
+    // SAFETY: as above.
+    let pair_flags = pair.map_or(FLOW_RST, |p| unsafe { (*p).flags });
+    if (f.flags | pair_flags) & FLOW_ENDING == 0 {
         return false;
     }
     if f.flags & FLOW_CLAIMER != 0 && f.claim_seq == syn_seq {
-        f.flags &= !(FLOW_FIN | FLOW_RST);
-        if let Some(pair) = FLOWS.get_ptr_mut(&f.reverse) {
+        f.flags &= !FLOW_ENDING;
+        if let Some(pair) = pair {
             // SAFETY: as above.
-            unsafe { (*pair).flags &= !(FLOW_FIN | FLOW_RST) };
+            unsafe { (*pair).flags &= !FLOW_ENDING };
         }
         return false;
     }
-    let reverse = f.reverse;
-    // SAFETY: a plain read of the other direction's flags.
-    let pair_flags = unsafe { FLOWS.get(&reverse) }.map_or(FLOW_RST, |p| p.flags);
-    let over = f.flags & FLOW_RST != 0
-        || pair_flags & FLOW_RST != 0
-        || (f.flags & FLOW_FIN != 0 && pair_flags & FLOW_FIN != 0);
+    let over = connection_over(f.flags, pair_flags);
     if over {
         let _ = FLOWS.remove(&reverse);
         let _ = FLOWS.remove(key);

@@ -142,6 +142,53 @@ pub unsafe fn clamp_mss<P: Packet>(
     Some((old, u16::from_ne_bytes(new)))
 }
 
+/// TCP option kinds: end of list, no-operation, window scale.
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_WSCALE: u8 = 3;
+/// Options a SYN may carry (40 bytes): the walk gives up after this many.
+const MAX_TCP_OPTIONS: usize = 10;
+/// RFC 7323: a larger shift is treated as 14.
+const MAX_WSCALE: u8 = 14;
+
+/// The window scale a SYN announces (RFC 7323), walking its options (the MSS clamp reads
+/// only the first; the scale usually comes after MSS, SACK-permitted and timestamps).
+///
+/// # Safety
+/// `tcp` must point to a complete header at `l4_offset` inside the packet.
+#[inline(always)]
+pub unsafe fn window_scale<P: Packet>(p: &P, l4_offset: usize, tcp: *const TcpHdr) -> Option<u8> {
+    // SAFETY: the caller guarantees the header is in bounds.
+    let t = unsafe { &*tcp };
+    let options_end = usize::from(t.doff()) * 4;
+    let mut at = TcpHdr::LEN;
+    let mut i = 0;
+    while i < MAX_TCP_OPTIONS {
+        if at >= options_end || at > 60 {
+            return None;
+        }
+        // Two bytes (kind, length) even for a one-byte option: a one-byte load checked
+        // by `+ 1 > end` compiles to a form the verifier cannot use, and a NOP as the
+        // packet's last byte has no window scale after it anyway.
+        let head = ptr_at::<[u8; 2], P>(p, l4_offset + at)?;
+        // SAFETY: bounds checked by ptr_at.
+        let [kind, len] = unsafe { *head };
+        match kind {
+            TCPOPT_EOL => return None,
+            TCPOPT_NOP => at += 1,
+            TCPOPT_WSCALE if len == 3 => {
+                let option = ptr_at::<[u8; 3], P>(p, l4_offset + at)?;
+                // SAFETY: bounds checked by ptr_at.
+                return Some(unsafe { (*option)[2] }.min(MAX_WSCALE));
+            }
+            _ if len < 2 => return None,
+            _ => at += usize::from(len),
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Decrements the TTL (a router's duty when the program forwards by itself); false when it
 /// would reach zero, and then nothing is changed.
 #[inline(always)]

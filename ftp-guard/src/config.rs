@@ -89,6 +89,10 @@ pub struct Service {
     /// some client firewalls expect), instead of from a port of the data range.
     #[serde(default)]
     pub active_from_port_20: bool,
+    /// Kernel data path, active mode: the origin's data connection must come from its port
+    /// 20 (RFC 959's default data port); others are dropped.
+    #[serde(default)]
+    pub active_origin_port_20_only: bool,
     /// More addresses of the origin to hide from clients (e.g. its address behind a NAT),
     /// besides `origin`'s own.
     #[serde(default)]
@@ -512,6 +516,14 @@ impl Config {
             if !(16..=8192).contains(&s.max_command_line) {
                 return Err(at("max_command_line", "must be within 16..=8192".into()));
             }
+            if s.active_origin_port_20_only
+                && (s.dataplane != DataplaneKind::Kernel || !s.active_mode)
+            {
+                return Err(at(
+                    "active_origin_port_20_only",
+                    "needs dataplane = \"kernel\" and active_mode = true".into(),
+                ));
+            }
             if s.dataplane == DataplaneKind::Kernel && s.client_interface.is_none() {
                 return Err(at(
                     "client_interface",
@@ -674,6 +686,13 @@ client_interface = "eth0"
                 "data_ports = \"40000-40099\"",
                 "data_ports = \"40000-40099\"\nmax_command_line = 5",
                 &["max_command_line"],
+            ),
+            (
+                "data_ports = \"40000-40099\"",
+                "data_ports = \"40000-40099\"\nactive_mode = false\nactive_origin_port_20_only = true",
+                &[
+                    "line 2: service `ftp`: active_origin_port_20_only: needs dataplane = \"kernel\" and active_mode = true",
+                ],
             ),
             (
                 "data_ports = \"40000-40099\"",

@@ -156,6 +156,7 @@ impl Gateway {
                             .and_then(crate::kernel::interface_index)
                             .unwrap_or(0),
                         mss_max: service.data_mss_max(),
+                        active_origin_port_20_only: service.active_origin_port_20_only,
                     },
                     DataTimeouts::of(service),
                     leftovers,

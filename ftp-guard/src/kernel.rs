@@ -8,7 +8,9 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, xdp::DevMapHash},
+    maps::{
+        Array, HashMap, MapData, MapError, MapInfo, MapType, PerCpuArray, RingBuf, xdp::DevMapHash,
+    },
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -18,7 +20,7 @@ use aya::{
 };
 use ftp_guard_common::{
     Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES, DataRange, FilterConfig, FlowKey, FlowValue,
-    LEASE_ADMIT, LEASE_NAT, LeaseKey, LeaseValue, MAX_DATA_RANGES, names,
+    LEASE_ADMIT, LEASE_NAT, LeaseKey, LeaseValue, MAX_DATA_RANGES, PIN_LAYOUT_VERSION, names,
 };
 
 /// The eBPF object built by build.rs (crate `ftp-guard-ebpf`), embedded in the binary.
@@ -88,9 +90,17 @@ const PINNED_MAPS: [&str; 6] = [
 /// BPF_FS_MAGIC from linux/magic.h: pins only work on a bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// Checks that `dir` is (or can be created) on a bpffs mount.
+/// Checks that `dir` is (or can be created, mode 0700) on a bpffs mount, owned by root or
+/// this process's user and writable by nobody else: whoever can write there can replace a
+/// pinned map or link with their own, which the next start adopts.
 fn prepare_pin_dir(dir: &Path) -> Result<(), KernelError> {
-    std::fs::create_dir_all(dir).map_err(|e| pin_error(dir, e))?;
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| pin_error(dir, e))?;
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
         .map_err(|e| pin_error(dir, e))?;
     // SAFETY: a valid path and an out-parameter of the right type.
@@ -101,8 +111,143 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), KernelError> {
     if fs.f_type as i64 != BPF_FS_MAGIC {
         return Err(pin_error(
             dir,
-            "not on a bpffs (mount one: `mount -t bpf bpf /sys/fs/bpf`; note that `ip netns exec` hides the host's /sys/fs/bpf)",
+            "not on a bpffs (mount one: `mount -t bpf -o mode=0700 bpf /sys/fs/bpf`; note that `ip netns exec` hides the host's /sys/fs/bpf)",
         ));
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| pin_error(dir, e))?;
+    // SAFETY: a call without preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(pin_error(
+            dir,
+            format!(
+                "owned by uid {}, not by root or this process (uid {me}): refusing to adopt what another user could have pinned",
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(pin_error(
+            dir,
+            format!(
+                "mode {:o} is writable by group or others, who could replace the pinned maps and links: `chmod go-w` it (or choose another pin_path)",
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What each pinned map must be for this build to adopt it: (name, type, key size,
+/// value size, max entries).
+fn pinned_map_specs(sizes: MapSizes) -> [(&'static str, MapType, u32, u32, u32); 6] {
+    use core::mem::size_of;
+    let size = |n: usize| n as u32;
+    [
+        (
+            names::FILTER_CONFIG,
+            MapType::Array,
+            4,
+            size(size_of::<FilterConfig>()),
+            1,
+        ),
+        (
+            names::LEASES,
+            MapType::Hash,
+            size(size_of::<LeaseKey>()),
+            size(size_of::<LeaseValue>()),
+            sizes.max_leases,
+        ),
+        (names::LOCAL_V6, MapType::Hash, 16, 4, 256),
+        (
+            names::FLOWS,
+            MapType::Hash,
+            size(size_of::<FlowKey>()),
+            size(size_of::<FlowValue>()),
+            sizes.max_flows,
+        ),
+        // Value: struct bpf_devmap_val (ifindex, program).
+        (names::TX_PORTS, MapType::DevMapHash, 4, 8, 64),
+        (
+            names::COUNTERS,
+            MapType::PerCpuArray,
+            4,
+            8,
+            ftp_guard_common::COUNTER_COUNT,
+        ),
+    ]
+}
+
+/// The empty directory in the pin directory that records [`PIN_LAYOUT_VERSION`] (bpffs
+/// holds only pins and directories).
+fn layout_marker(version: u32) -> String {
+    format!("layout-v{version}")
+}
+
+/// The remedy every pin mismatch names.
+const UNPIN_ADVICE: &str = "it was pinned by an incompatible ftp-guard: run `ftp-guard unpin` (ends the data connections it carries) and start again";
+
+/// Refuses pinned maps under `dir` that this build cannot use as they are: another map
+/// type, key or value size, capacity, or layout version (aya would adopt any map pinned
+/// under the right name).
+fn check_pinned_maps(dir: &Path, sizes: MapSizes) -> Result<(), KernelError> {
+    let specs = pinned_map_specs(sizes);
+    if !specs.iter().any(|(name, ..)| dir.join(name).exists()) {
+        return Ok(());
+    }
+    let marker = layout_marker(PIN_LAYOUT_VERSION);
+    if !dir.join(&marker).is_dir() {
+        let found = std::fs::read_dir(dir)
+            .map_err(|e| pin_error(dir, e))?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .find(|n| n.starts_with("layout-v"));
+        let found = found.map_or_else(
+            || "none (an older ftp-guard)".to_owned(),
+            |n| n[8..].to_owned(),
+        );
+        return Err(pin_error(
+            dir,
+            format!(
+                "pinned maps of layout version {found}, this ftp-guard needs {PIN_LAYOUT_VERSION}: {UNPIN_ADVICE}"
+            ),
+        ));
+    }
+    for (name, map_type, key_size, value_size, max_entries) in specs {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|e| pin_error(&path, e))?;
+        let found_type = info.map_type().map_err(|e| pin_error(&path, e))?;
+        let mismatch = if found_type != map_type {
+            Some(format!(
+                "is a {found_type:?} map, this ftp-guard needs {map_type:?}"
+            ))
+        } else if info.key_size() != key_size {
+            Some(format!(
+                "has key size {}, this ftp-guard needs {key_size}",
+                info.key_size()
+            ))
+        } else if info.value_size() != value_size {
+            Some(format!(
+                "has value size {}, this ftp-guard needs {value_size}",
+                info.value_size()
+            ))
+        } else if info.max_entries() != max_entries {
+            Some(format!(
+                "has {} entries, this ftp-guard needs {max_entries} (max_leases changed?)",
+                info.max_entries()
+            ))
+        } else {
+            None
+        };
+        if let Some(mismatch) = mismatch {
+            return Err(pin_error(
+                &path,
+                format!("map {name} {mismatch}: {UNPIN_ADVICE}"),
+            ));
+        }
     }
     Ok(())
 }
@@ -117,7 +262,13 @@ pub fn unpin(dir: &Path) -> Result<usize, KernelError> {
         Err(e) => return Err(pin_error(dir, e)),
     };
     for entry in entries.flatten() {
-        std::fs::remove_file(entry.path()).map_err(|e| pin_error(&entry.path(), e))?;
+        let path = entry.path();
+        if path.is_dir() {
+            // The layout marker.
+            std::fs::remove_dir(&path).map_err(|e| pin_error(&path, e))?;
+            continue;
+        }
+        std::fs::remove_file(&path).map_err(|e| pin_error(&path, e))?;
         removed += 1;
     }
     let _ = std::fs::remove_dir(dir);
@@ -186,6 +337,10 @@ pub enum LeaseAction {
         target_ifindex: u32,
         /// Largest MSS the connection's SYNs may announce (0: no clamping).
         mss_max: u16,
+        /// The interface the peer's SYN must arrive on (0: any).
+        peer_ifindex: u32,
+        /// The source port the peer's SYN must come from (0: any).
+        peer_port: u16,
     },
 }
 
@@ -287,6 +442,8 @@ pub struct FlowState {
     pub last_seen_ns: u64,
     pub fin: bool,
     pub rst: bool,
+    /// This direction has acknowledged the other direction's FIN.
+    pub peer_fin_acked: bool,
     /// The other direction's key: which connection this entry belongs to (a later
     /// connection may take over a 4-tuple once this one is over).
     pub reverse: FlowTuple,
@@ -300,8 +457,25 @@ impl From<FlowValue> for FlowState {
             last_seen_ns: v.last_seen_ns,
             fin: v.flags & ftp_guard_common::FLOW_FIN != 0,
             rst: v.flags & ftp_guard_common::FLOW_RST != 0,
+            peer_fin_acked: v.flags & ftp_guard_common::FLOW_PEER_FIN_ACKED != 0,
             reverse: tuple_of(&v.reverse),
         }
+    }
+}
+
+impl FlowState {
+    /// True when the connection of this entry and its `pair` is over, by the kernel's own
+    /// rule (`connection_over`): a RST either way, or both FINs acknowledged.
+    pub fn over_with(&self, pair: &FlowState) -> bool {
+        let flags = |f: &FlowState| {
+            (if f.rst { ftp_guard_common::FLOW_RST } else { 0 })
+                | if f.peer_fin_acked {
+                    ftp_guard_common::FLOW_PEER_FIN_ACKED
+                } else {
+                    0
+                }
+        };
+        ftp_guard_common::connection_over(flags(self), flags(pair))
     }
 }
 
@@ -359,6 +533,7 @@ impl Kernel {
         let map_paths: Vec<(&str, PathBuf)> = match pin {
             Some(dir) => {
                 prepare_pin_dir(dir)?;
+                check_pinned_maps(dir, sizes)?;
                 PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect()
             }
             None => Vec::new(),
@@ -380,6 +555,12 @@ impl Kernel {
             .try_into()
             .map_err(program_error(names::TC_GUARD))?;
         tc.load().map_err(program_error(names::TC_GUARD))?;
+        if let Some(dir) = pin {
+            let marker = dir.join(layout_marker(PIN_LAYOUT_VERSION));
+            if !marker.is_dir() {
+                std::fs::create_dir(&marker).map_err(|e| pin_error(&marker, e))?;
+            }
+        }
         Ok(Self {
             filter_config: take_map(&mut ebpf, names::FILTER_CONFIG)?,
             leases: take_map(&mut ebpf, names::LEASES)?,
@@ -583,6 +764,8 @@ impl Kernel {
                 deadline_ns,
                 target_ifindex,
                 mss_max,
+                peer_ifindex,
+                peer_port,
             } => LeaseValue {
                 target_addr_be: be32(*target.ip()),
                 source_addr_be: be32(*source.ip()),
@@ -593,6 +776,9 @@ impl Kernel {
                 target_ifindex,
                 mss_max,
                 _pad: 0,
+                peer_ifindex,
+                peer_port_be: peer_port.to_be(),
+                _pad2: 0,
             },
         };
         // NOEXIST: never overwrite a lease (it may be another dataplane's, kept by a reload).
@@ -676,6 +862,88 @@ impl Kernel {
 
     pub fn remove_flow(&mut self, tuple: FlowTuple) -> Result<bool, KernelError> {
         removed(names::FLOWS, self.flows.remove(&flow_key(tuple)))
+    }
+
+    /// Removes flow entries that no connection accounts for, e.g. left in pinned maps by
+    /// a previous process: an entry whose pair is missing or paired with another entry,
+    /// and both entries of a connection whose claimed address and port lie in no protected
+    /// range (a service since removed from the config). Returns how many were removed.
+    pub fn sweep_unclaimed_flows(&mut self) -> Result<usize, KernelError> {
+        let config = self
+            .filter_config
+            .get(&0, 0)
+            .map_err(|source| KernelError::Map {
+                map: names::FILTER_CONFIG,
+                source,
+            })?;
+        let ranges = &config.ranges[..(config.range_count as usize).min(MAX_DATA_RANGES)];
+        let protected = |k: &FlowKey| {
+            let port = u16::from_be(k.dst_port_be);
+            ranges.iter().any(|r| {
+                (r.addr_be == k.dst_addr_be
+                    || (r.nat_addr_be != 0 && r.nat_addr_be == k.dst_addr_be))
+                    && r.contains(port)
+            })
+        };
+        let entries: std::collections::HashMap<FlowKey, FlowValue> =
+            self.flows.iter().filter_map(Result::ok).collect();
+        let doomed: Vec<FlowKey> = entries
+            .iter()
+            .filter(|(key, value)| {
+                let paired = entries
+                    .get(&value.reverse)
+                    .is_some_and(|pair| pair.reverse == **key);
+                // The claiming direction's destination: the lease's address and port.
+                let claimed = if value.flags & ftp_guard_common::FLOW_CLAIMER != 0 {
+                    **key
+                } else {
+                    value.reverse
+                };
+                !paired || !protected(&claimed)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        let mut count = 0;
+        for key in doomed {
+            if removed(names::FLOWS, self.flows.remove(&key))? {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Unpins the links of interfaces that `configured` does not name (left by a previous
+    /// process whose config did): with their last reference gone, the kernel detaches
+    /// their programs. Returns the link pins removed.
+    pub fn detach_unconfigured_links(
+        &self,
+        configured: &[&str],
+    ) -> Result<Vec<String>, KernelError> {
+        let Some(dir) = &self.pin else {
+            return Ok(Vec::new());
+        };
+        let mut detached = Vec::new();
+        for entry in std::fs::read_dir(dir)
+            .map_err(|e| pin_error(dir, e))?
+            .flatten()
+        {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let Some(interface) = name
+                .strip_prefix("link-xdp-")
+                .or_else(|| name.strip_prefix("link-tcx-"))
+            else {
+                continue;
+            };
+            if configured.contains(&interface) {
+                continue;
+            }
+            std::fs::remove_file(entry.path()).map_err(|e| pin_error(&entry.path(), e))?;
+            detached.push(name);
+        }
+        detached.sort();
+        Ok(detached)
     }
 
     /// Every lease in the map as (peer, local address) — e.g. leases a previous process left.

@@ -15,7 +15,7 @@ use ftp_guard_tests::{
         TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, run_tc, run_xdp,
         run_xdp_marked,
     },
-    packet::{self, Ipv4Frame, flags, internet_checksum, parse_tcp},
+    packet::{self, FIXTURE_ISN, Ipv4Frame, flags, internet_checksum, parse_tcp},
     require_privileged,
 };
 
@@ -61,6 +61,8 @@ fn nat_lease(port: u16, deadline_ns: u64) -> Lease {
             deadline_ns,
             target_ifindex: 0,
             mss_max: 0,
+            peer_ifindex: 0,
+            peer_port: 0,
         },
     }
 }
@@ -434,6 +436,8 @@ fn active_mode_both_directions_from_port_20() {
                     deadline_ns: far_future(),
                     target_ifindex: 0,
                     mss_max: 0,
+                    peer_ifindex: 0,
+                    peer_port: 0,
                 },
             })
             .unwrap();
@@ -693,6 +697,8 @@ fn a_syn_on_the_tuple_of_a_finished_connection_starts_a_new_one() {
                 deadline_ns: far_future(),
                 target_ifindex: 0,
                 mss_max: 0,
+                peer_ifindex: 0,
+                peer_port: 0,
             },
         };
         let origin = sa(ORIGIN, 20);
@@ -707,15 +713,21 @@ fn a_syn_on_the_tuple_of_a_finished_connection_starts_a_new_one() {
         let (_, out, _) = run_tc(&kernel, &syn);
         assert_eq!(parse_tcp(&out).unwrap().dst, first);
 
-        // Over (FIN both ways): a new SYN on the tuple (a new sequence number) now claims
-        // the second lease.
+        // Over (each FIN acknowledged by the other side): a new SYN on the tuple (a new
+        // sequence number) now claims the second lease.
+        let fin_acked = FIXTURE_ISN + 2;
+        let fin_ack = |frame: &[u8]| with_numbers(frame, FIXTURE_ISN + 1, fin_acked);
         run_tc(
             &kernel,
             &tcp(origin, origin_side, flags::FIN | flags::ACK, &[]),
         );
         run_tc(
             &kernel,
-            &tcp(first, sa(PUBLIC, 40007), flags::FIN | flags::ACK, &[]),
+            &fin_ack(&tcp(first, sa(PUBLIC, 40007), flags::FIN | flags::ACK, &[])),
+        );
+        run_tc(
+            &kernel,
+            &fin_ack(&tcp(origin, origin_side, flags::ACK, &[])),
         );
         let syn = with_seq(&syn, 777_000);
         let (action, out, moved) = run_tc(&kernel, &syn);
@@ -735,9 +747,18 @@ fn a_syn_on_the_tuple_of_a_finished_connection_starts_a_new_one() {
 
 /// `frame` (Ethernet/IPv4 without options/TCP) with another sequence number.
 fn with_seq(frame: &[u8], seq: u32) -> Vec<u8> {
+    let tcp_at = packet::ETH_HLEN + 20;
+    let ack = u32::from_be_bytes(frame[tcp_at + 8..tcp_at + 12].try_into().unwrap());
+    with_numbers(frame, seq, ack)
+}
+
+/// `frame` (Ethernet/IPv4 without options/TCP) with another sequence and acknowledgment
+/// number.
+fn with_numbers(frame: &[u8], seq: u32, ack: u32) -> Vec<u8> {
     let mut out = frame.to_vec();
     let tcp_at = packet::ETH_HLEN + 20;
     out[tcp_at + 4..tcp_at + 8].copy_from_slice(&seq.to_be_bytes());
+    out[tcp_at + 8..tcp_at + 12].copy_from_slice(&ack.to_be_bytes());
     out[tcp_at + 16..tcp_at + 18].copy_from_slice(&[0, 0]);
     let src = Ipv4Addr::new(out[26], out[27], out[28], out[29]);
     let dst = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
@@ -821,5 +842,341 @@ fn a_blind_reset_does_not_end_a_connection() {
         // In the window: it counts.
         run_tc(&kernel, &tcp(client, public, flags::RST, &[]));
         assert!(kernel.flow((client, public)).unwrap().unwrap().rst);
+    });
+}
+
+/// A SYN (from `src` to `dst`) whose options announce window scale `shift` (after an MSS,
+/// SACK-permitted and a timestamp, as Linux orders them), or no options at all.
+fn syn_with_wscale(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    tcp_flags: u8,
+    shift: Option<u8>,
+) -> Vec<u8> {
+    let Some(shift) = shift else {
+        return tcp(src, dst, tcp_flags, &[]);
+    };
+    let mut seg = packet::tcp_segment(src, dst, tcp_flags, &[]);
+    seg[12] = 10 << 4; // data offset: 10 words (20 bytes of options)
+    seg.extend_from_slice(&[2, 4, 0x05, 0xb4, 4, 2, 8, 10]);
+    seg.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
+    seg.extend_from_slice(&[1, 3, 3, shift]);
+    seg[16..18].copy_from_slice(&[0, 0]);
+    let sum = packet::transport_checksum(*src.ip(), *dst.ip(), packet::PROTO_TCP, &seg);
+    seg[16..18].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = Ipv4Frame::tcp(src, dst, tcp_flags, &[]);
+    frame.payload = seg;
+    frame.build()
+}
+
+/// The fixture builder's advertised window (unscaled).
+const FIXTURE_WINDOW: u32 = 64240;
+
+/// A connection through the handshake, each SYN announcing the given window scale: the
+/// kernel and the ends [client, public, origin, nat].
+fn established(client_scale: Option<u8>, origin_scale: Option<u8>) -> (Kernel, [SocketAddrV4; 4]) {
+    let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+    let [client, public, origin, nat] = [
+        sa(CLIENT, CLIENT_PORT),
+        sa(PUBLIC, PORT),
+        sa(ORIGIN, ORIGIN_PORT),
+        sa(NAT, PORT),
+    ];
+    let (action, _, _) = run_tc(
+        &kernel,
+        &syn_with_wscale(client, public, flags::SYN, client_scale),
+    );
+    assert_eq!(action, TC_ACT_OK);
+    let syn_ack = syn_with_wscale(origin, nat, flags::SYN | flags::ACK, origin_scale);
+    assert_eq!(run_tc(&kernel, &syn_ack).0, TC_ACT_REDIRECT);
+    assert_eq!(
+        run_tc(&kernel, &tcp(client, public, flags::ACK, &[])).0,
+        TC_ACT_REDIRECT
+    );
+    (kernel, [client, public, origin, nat])
+}
+
+/// Runs `frame` (from `src` to `dst`) through TC and asserts that it was carried on
+/// (redirected) and that the flow entry `(src, dst)` changed only by its counts, i.e. the
+/// packet did not touch the connection's teardown state.
+fn assert_forwarded_without_effect(
+    kernel: &Kernel,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    frame: &[u8],
+) {
+    let before = kernel.flow((src, dst)).unwrap().unwrap();
+    let pair_before = kernel.flow(before.reverse).unwrap().unwrap();
+    let (action, _, moved) = run_tc(kernel, frame);
+    let to_origin = *dst.ip() == PUBLIC;
+    let nat_counter = if to_origin {
+        "nat_to_origin"
+    } else {
+        "nat_to_client"
+    };
+    assert_eq!(
+        (action, moved),
+        (TC_ACT_REDIRECT, vec![nat_counter, "redirected"])
+    );
+    let after = kernel.flow((src, dst)).unwrap().unwrap();
+    assert_eq!(
+        after,
+        ftp_guard::kernel::FlowState {
+            packets: before.packets + 1,
+            bytes: before.bytes + 40,
+            last_seen_ns: after.last_seen_ns,
+            ..before
+        }
+    );
+    assert_eq!(kernel.flow(before.reverse).unwrap().unwrap(), pair_before);
+}
+
+/// RFC 5961: a RST counts for the gateway only exactly at the receiver's last
+/// acknowledgment or within the receive window it advertised (here 64,240 bytes, no
+/// scaling); one a byte past the window is carried (the endpoint answers it with a
+/// challenge ACK) but leaves the flow as it was.
+#[test]
+fn a_reset_counts_only_at_the_last_ack_or_within_the_window() {
+    if !require_privileged() {
+        return;
+    }
+    let last_ack = FIXTURE_ISN + 1;
+    for (name, seq, counts) in [
+        ("exactly at the last ack", last_ack, true),
+        (
+            "last byte of the window",
+            last_ack + FIXTURE_WINDOW - 1,
+            true,
+        ),
+        ("one past the window", last_ack + FIXTURE_WINDOW, false),
+        ("one before the last ack", last_ack - 1, false),
+    ] {
+        in_empty_netns(|| {
+            let (kernel, [client, public, ..]) = established(None, None);
+            let rst = with_seq(&tcp(client, public, flags::RST, &[]), seq);
+            if counts {
+                let (action, _, moved) = run_tc(&kernel, &rst);
+                assert_eq!(
+                    (action, moved),
+                    (TC_ACT_REDIRECT, vec!["nat_to_origin", "redirected"]),
+                    "{name}"
+                );
+                let up = kernel.flow((client, public)).unwrap().unwrap();
+                assert_eq!((up.rst, up.fin), (true, false), "{name}");
+            } else {
+                assert_forwarded_without_effect(&kernel, client, public, &rst);
+            }
+        });
+    }
+}
+
+/// The window a RST is judged by is the receiver's advertised window shifted by the scale
+/// its SYN announced, only when both SYNs announced one (RFC 7323).
+#[test]
+fn the_reset_window_follows_the_announced_window_scale() {
+    if !require_privileged() {
+        return;
+    }
+    let past_unscaled = FIXTURE_ISN + 1 + FIXTURE_WINDOW;
+    for (name, client_scale, origin_scale, counts) in [
+        ("both scaled by 7", Some(7), Some(7), true),
+        ("only the origin announced", None, Some(7), false),
+        ("only the client announced", Some(7), None, false),
+    ] {
+        in_empty_netns(|| {
+            let (kernel, [_, _, origin, nat]) = established(client_scale, origin_scale);
+            // From the origin, judged by the client's window (scaled by the client's 7).
+            let rst = with_seq(&tcp(origin, nat, flags::RST, &[]), past_unscaled);
+            if counts {
+                run_tc(&kernel, &rst);
+                assert!(kernel.flow((origin, nat)).unwrap().unwrap().rst, "{name}");
+            } else {
+                assert_forwarded_without_effect(&kernel, origin, nat, &rst);
+            }
+        });
+    }
+}
+
+/// A FIN outside the receiver's window is carried but does not half-close the flow for
+/// the gateway (nor tell the other side's entry where the FIN ends).
+#[test]
+fn a_fin_outside_the_window_is_ignored() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let (kernel, [client, public, origin, nat]) = established(None, None);
+        let fin = with_seq(
+            &tcp(client, public, flags::FIN | flags::ACK, &[]),
+            FIXTURE_ISN + 1 + FIXTURE_WINDOW,
+        );
+        assert_forwarded_without_effect(&kernel, client, public, &fin);
+        // The origin acknowledging "past" it does not close that half either.
+        let ack = with_numbers(
+            &tcp(origin, nat, flags::ACK, &[]),
+            FIXTURE_ISN + 1,
+            fin_end(&fin),
+        );
+        run_tc(&kernel, &ack);
+        assert!(!kernel.flow((origin, nat)).unwrap().unwrap().peer_fin_acked);
+    });
+}
+
+/// The acknowledgment number that covers the FIN in `frame` (no payload).
+fn fin_end(frame: &[u8]) -> u32 {
+    let tcp_at = packet::ETH_HLEN + 20;
+    u32::from_be_bytes(frame[tcp_at + 4..tcp_at + 8].try_into().unwrap()) + 1
+}
+
+/// A connection is over for the gateway only once each FIN has been acknowledged by the
+/// other side: until then a new SYN on its tuple follows the flow (it is not replaced), and
+/// userspace's rule (`FlowState::over_with`) says the same.
+#[test]
+fn a_flow_is_over_only_when_both_fins_are_acknowledged() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let (kernel, [client, public, origin, nat]) = established(None, None);
+        let new_syn = |seq| with_seq(&tcp(client, public, flags::SYN, &[]), seq);
+        let still_open = |step: &str, seq| {
+            let (_, out, moved) = run_tc(&kernel, &new_syn(seq));
+            assert_eq!(moved, ["nat_to_origin", "redirected"], "{step}");
+            assert_eq!(parse_tcp(&out).unwrap().dst, origin, "{step}");
+            assert_eq!(kernel.flow_count(), 2, "{step}");
+            let up = kernel.flow((client, public)).unwrap().unwrap();
+            let down = kernel.flow((origin, nat)).unwrap().unwrap();
+            assert!(!up.over_with(&down), "{step}");
+        };
+        let isn1 = FIXTURE_ISN + 1;
+        // Both FINs, neither acknowledged (each FIN|ACK acknowledges only the SYN).
+        run_tc(&kernel, &tcp(client, public, flags::FIN | flags::ACK, &[]));
+        run_tc(&kernel, &tcp(origin, nat, flags::FIN | flags::ACK, &[]));
+        let (up, down) = (
+            kernel.flow((client, public)).unwrap().unwrap(),
+            kernel.flow((origin, nat)).unwrap().unwrap(),
+        );
+        assert_eq!(
+            (up.fin, up.peer_fin_acked, down.fin, down.peer_fin_acked),
+            (true, false, true, false)
+        );
+        still_open("both FINs, none acknowledged", 7_000);
+        // The client acknowledges the origin's FIN: one half closed.
+        run_tc(
+            &kernel,
+            &with_numbers(&tcp(client, public, flags::ACK, &[]), isn1 + 1, isn1 + 1),
+        );
+        assert!(
+            kernel
+                .flow((client, public))
+                .unwrap()
+                .unwrap()
+                .peer_fin_acked
+        );
+        still_open("the origin's FIN acknowledged", 8_000);
+        // An acknowledgment short of the FIN, or past it (nothing follows a FIN: a
+        // blind guess), does not count.
+        run_tc(
+            &kernel,
+            &with_numbers(&tcp(origin, nat, flags::ACK, &[]), isn1 + 1, isn1),
+        );
+        still_open("an ACK short of the client's FIN", 9_000);
+        run_tc(
+            &kernel,
+            &with_numbers(&tcp(origin, nat, flags::ACK, &[]), isn1 + 1, isn1 + 2),
+        );
+        still_open("an ACK past the client's FIN", 9_500);
+        // The origin acknowledges the client's FIN: over. A new SYN replaces the flow (and,
+        // the lease being used, is dropped as one without a lease).
+        run_tc(
+            &kernel,
+            &with_numbers(&tcp(origin, nat, flags::ACK, &[]), isn1 + 1, isn1 + 1),
+        );
+        let (up, down) = (
+            kernel.flow((client, public)).unwrap().unwrap(),
+            kernel.flow((origin, nat)).unwrap().unwrap(),
+        );
+        assert!(up.over_with(&down) && down.over_with(&up));
+        let (action, _, moved) = run_tc(&kernel, &new_syn(10_000));
+        assert_eq!((action, moved), (TC_ACT_SHOT, vec!["drop_no_lease"]));
+        assert_eq!(kernel.flow_count(), 0);
+    });
+}
+
+/// Active mode: the origin's SYN claims its lease only when it arrives on the origin's
+/// interface (a host elsewhere spoofing the origin's address cannot open the client's
+/// data connection) and, when the lease asks for it, from port 20. A refused SYN leaves
+/// the lease for the real one. (Test runs arrive on `lo`, ifindex 1.)
+#[test]
+fn an_active_syn_is_admitted_only_from_the_origins_interface_and_port() {
+    if !require_privileged() {
+        return;
+    }
+    const LO: u32 = 1;
+    in_empty_netns(|| {
+        let mut kernel = kernel_with(MapSizes::default(), &[]);
+        let active_lease = |port: u16, peer_ifindex: u32, peer_port: u16| Lease {
+            peer: ORIGIN,
+            local: sa(NAT, port),
+            action: LeaseAction::Nat {
+                target: sa(CLIENT, 51201),
+                source: sa(PUBLIC, port),
+                deadline_ns: far_future(),
+                target_ifindex: 0,
+                mss_max: 0,
+                peer_ifindex,
+                peer_port,
+            },
+        };
+        kernel
+            .insert_lease(&active_lease(40007, LO + 1, 0))
+            .unwrap();
+        kernel.insert_lease(&active_lease(40008, LO, 20)).unwrap();
+        kernel.insert_lease(&active_lease(40009, LO, 0)).unwrap();
+
+        let syn = |src_port, port| tcp(sa(ORIGIN, src_port), sa(NAT, port), flags::SYN, &[]);
+        let (action, _, moved) = run_xdp(&kernel, &syn(20, 40007));
+        assert_eq!((action, moved), (XDP_DROP, vec!["drop_wrong_interface"]));
+        let (action, _, moved) = run_tc(&kernel, &syn(20, 40007));
+        assert_eq!((action, moved), (TC_ACT_SHOT, vec!["drop_wrong_interface"]));
+        assert!(kernel.has_lease(ORIGIN, sa(NAT, 40007)).unwrap());
+
+        let (action, _, moved) = run_tc(&kernel, &syn(2020, 40008));
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_SHOT, vec!["drop_wrong_source_port"])
+        );
+        assert!(kernel.has_lease(ORIGIN, sa(NAT, 40008)).unwrap());
+        assert_eq!(kernel.flow_count(), 0);
+
+        let (action, _, moved) = run_tc(&kernel, &syn(20, 40008));
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_OK, vec!["nat_to_client", "forwarded_by_stack"])
+        );
+        let (action, _, moved) = run_tc(&kernel, &syn(2021, 40009));
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_OK, vec!["nat_to_client", "forwarded_by_stack"])
+        );
+        let mut claimed = kernel.claimed_flows();
+        claimed.sort();
+        assert_eq!(
+            claimed,
+            [
+                (
+                    sa(ORIGIN, 20),
+                    sa(NAT, 40008),
+                    sa(PUBLIC, 40008),
+                    sa(CLIENT, 51201)
+                ),
+                (
+                    sa(ORIGIN, 2021),
+                    sa(NAT, 40009),
+                    sa(PUBLIC, 40009),
+                    sa(CLIENT, 51201)
+                ),
+            ]
+        );
     });
 }

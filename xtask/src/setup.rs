@@ -559,10 +559,25 @@ fn bpffs() -> Result<()> {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.get(1) == Some(&BPFFS) && f.get(2) == Some(&"bpf")
     });
-    if mounted {
-        println!("ok: bpffs on {BPFFS}");
+    if !mounted {
+        // Not world-writable (bpffs defaults to 1777): whoever can pin there can plant
+        // maps and links that ftp-guard with pin_path would adopt.
+        println!("installing: mount -t bpf -o mode=0700 bpf {BPFFS}");
+        return run_cmd(Command::new("mount").args(["-t", "bpf", "-o", "mode=0700", "bpf", BPFFS]));
+    }
+    let mode = fs::metadata(BPFFS)
+        .with_context(|| format!("reading {BPFFS}"))?
+        .permissions()
+        .mode();
+    if mode & 0o022 != 0 {
+        println!(
+            "fixing: chmod go-w {BPFFS} (mode {:o}: anyone could pin there)",
+            mode & 0o7777
+        );
+        fs::set_permissions(BPFFS, fs::Permissions::from_mode(mode & 0o7755))
+            .with_context(|| format!("chmod go-w {BPFFS}"))?;
         return Ok(());
     }
-    println!("installing: mount -t bpf bpf {BPFFS}");
-    run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+    println!("ok: bpffs on {BPFFS}");
+    Ok(())
 }

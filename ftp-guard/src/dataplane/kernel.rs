@@ -14,8 +14,9 @@
 //! A sweeper task runs every [`SWEEP_EVERY`] (and is the safety net for events a full
 //! ring buffer lost):
 //! - a waiting lease past its TTL is deleted;
-//! - a carried connection is watched: when both directions have sent FIN, or either sent
-//!   RST, and [`CLOSE_GRACE`] has passed (for the last ACKs), or when it has been idle for
+//! - a carried connection is watched: when each direction's FIN has been acknowledged by
+//!   the other, or either sent a RST (in window: the kernel's rule), and [`CLOSE_GRACE`]
+//!   has passed, or when it has been idle for
 //!   the flow idle timeout, its flow entries are deleted and its byte counts logged. This
 //!   frees only its flow entries and NAT port: its public port was free at the claim.
 use std::{
@@ -52,8 +53,8 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const LOOK_WAITING: Duration = Duration::from_secs(2);
 /// A carried connection is looked at this often: idle timeout, a lost FIN/RST event.
 const LOOK_CARRYING: Duration = Duration::from_secs(10);
-/// How long a closed flow keeps its entries: the last ACKs follow the FINs within a round
-/// trip, and a peer whose SYN was answered by a stale connection at the target resets it
+/// How long a closed flow keeps its entries: a retransmitted last ACK may still pass, and
+/// a peer whose SYN was answered by a stale connection at the target resets it
 /// and sends the SYN again (after 1 s, then 2 s more), which the flow must still carry.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(4);
 
@@ -74,6 +75,8 @@ pub struct KernelSettings {
     pub client_ifindex: u32,
     /// Largest MSS a data connection's SYNs may announce (0: no clamping).
     pub mss_max: u16,
+    /// Active mode: the origin's data connection must come from its port 20.
+    pub active_origin_port_20_only: bool,
 }
 
 /// Totals since start.
@@ -438,7 +441,7 @@ impl KernelDataplane {
         }
         let (closed, idle) = match (forward, reverse) {
             (Some(a), Some(b)) => {
-                let closed = (a.fin && b.fin) || a.rst || b.rst;
+                let closed = a.over_with(&b);
                 let last = a.last_seen_ns.max(b.last_seen_ns);
                 let idle_ns = monotonic_ns().saturating_sub(last);
                 (closed, idle_ns > self.timeouts().idle.as_nanos() as u64)
@@ -557,6 +560,7 @@ impl KernelDataplane {
         peer: Ipv4Addr,
         local: Ipv4Addr,
         target_ifindex: u32,
+        admitted: (u32, u16),
         mut build: impl FnMut(u16) -> Result<Tracked, LeaseError>,
     ) -> Result<LeaseId, LeaseError> {
         // Held until the end, so that the next attempt picks another port.
@@ -573,7 +577,7 @@ impl KernelDataplane {
                     break Err(e);
                 }
             };
-            match self.install_nat(t, target_ifindex) {
+            match self.install_nat(t, target_ifindex, admitted) {
                 Ok(id) => break Ok(id),
                 Err(InstallFailed::Taken) => {
                     debug!(%peer, port, "lease key taken by another dataplane: trying another port");
@@ -591,10 +595,16 @@ impl KernelDataplane {
         result
     }
 
-    /// Installs a NAT lease for `peer` → `local`, carried to `target` from `source`; on
-    /// failure its NAT port is given back, and its port too unless another lease has its
-    /// key (the caller tries another port first).
-    fn install_nat(&self, t: Tracked, target_ifindex: u32) -> Result<LeaseId, InstallFailed> {
+    /// Installs a NAT lease for `peer` → `local`, carried to `target` from `source`, whose
+    /// SYN must come in on `peer_ifindex` from `peer_port` (0: any); on failure its NAT
+    /// port is given back, and its port too unless another lease has its key (the caller
+    /// tries another port first).
+    fn install_nat(
+        &self,
+        t: Tracked,
+        target_ifindex: u32,
+        (peer_ifindex, peer_port): (u32, u16),
+    ) -> Result<LeaseId, InstallFailed> {
         let lease = Lease {
             peer: t.peer,
             local: t.local,
@@ -604,6 +614,8 @@ impl KernelDataplane {
                 deadline_ns: monotonic_ns() + self.timeouts().lease_ttl.as_nanos() as u64,
                 target_ifindex,
                 mss_max: self.settings.mss_max,
+                peer_ifindex,
+                peer_port,
             },
         };
         if let Err(e) = self.kernel().insert_lease(&lease) {
@@ -663,6 +675,7 @@ impl Dataplane for KernelDataplane {
             request.client,
             public_ip,
             self.settings.origin_ifindex,
+            (0, 0),
             |port| {
                 let nat_port = self
                     .nat_ports
@@ -688,6 +701,16 @@ impl Dataplane for KernelDataplane {
             request.origin,
             nat_ip,
             self.settings.client_ifindex,
+            // The origin's SYN must come from the origin's side (a spoofer elsewhere cannot
+            // open the client's data connection), and from port 20 when so configured.
+            (
+                self.settings.origin_ifindex,
+                if self.settings.active_origin_port_20_only {
+                    20
+                } else {
+                    0
+                },
+            ),
             |port| {
                 let source_port = if self.settings.active_port_20 {
                     20
@@ -903,6 +926,25 @@ pub fn setup(
         events,
     };
     update(&mut setup, services)?;
+    if pin.is_some() {
+        // What a previous process left that this configuration no longer accounts for.
+        let mut kernel = setup.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        let interfaces: Vec<&str> = services.iter().flat_map(|s| s.interfaces()).collect();
+        let detached = kernel.detach_unconfigured_links(&interfaces)?;
+        if !detached.is_empty() {
+            info!(
+                ?detached,
+                "detached pinned links of interfaces no longer configured"
+            );
+        }
+        let swept = kernel.sweep_unclaimed_flows()?;
+        if swept > 0 {
+            info!(
+                swept,
+                "removed pinned flow entries no connection accounts for"
+            );
+        }
+    }
     tokio::spawn(refresh_local_ipv6(Arc::downgrade(&setup.kernel)));
     Ok(setup)
 }
