@@ -153,6 +153,13 @@ pub const FLOW_PAIR_L2: u32 = 8;
 pub const FLOW_CLAIMER: u32 = 16;
 /// [`FlowValue::last_ack`] holds an acknowledgment number seen this way.
 pub const FLOW_ACKED: u32 = 32;
+/// Both entries of a connection whose handshake has not completed: its SYN made them,
+/// but its lease stays in the lease map (claimable) until the peer acknowledges the
+/// target's SYN-ACK, which an off-path spoofer of the peer's address cannot do.
+pub const FLOW_TENTATIVE: u32 = 1 << 8;
+/// On the target's entry of a tentative connection: [`FlowValue::claim_seq`] holds the
+/// sequence number of the target's SYN-ACK, which the confirming ACK must acknowledge.
+pub const FLOW_TARGET_ISN: u32 = 1 << 9;
 
 /// How to rewrite one direction of a NATed data connection, where to send it, and what
 /// passed that way.
@@ -165,7 +172,8 @@ pub struct FlowValue {
     pub new_dst_port_be: u16,
     /// The other direction's key (the two entries are created and removed as a pair).
     pub reverse: FlowKey,
-    /// [`FLOW_FIN`], [`FLOW_RST`], [`FLOW_L2`], [`FLOW_PAIR_L2`], [`FLOW_CLAIMER`].
+    /// [`FLOW_FIN`], [`FLOW_RST`], [`FLOW_L2`], [`FLOW_PAIR_L2`], [`FLOW_CLAIMER`],
+    /// [`FLOW_ACKED`], [`FLOW_TENTATIVE`], [`FLOW_TARGET_ISN`].
     pub flags: u32,
     /// Interface to send this direction out of (host order): where the other direction's
     /// packets arrive; 0 = unknown (the FIB decides).
@@ -179,7 +187,8 @@ pub struct FlowValue {
     pub _pad: u16,
     /// The claiming SYN's sequence number, host order (on the claimer's entry): a SYN with
     /// the same one is that SYN again, not a new connection; the target's answer must
-    /// acknowledge it before the way back is learned from it.
+    /// acknowledge it before the way back is learned from it. On the target's entry (with
+    /// [`FLOW_TARGET_ISN`]): the target's SYN-ACK sequence number.
     pub claim_seq: u32,
     /// The last acknowledgment number sent this way, host order (valid with
     /// [`FLOW_ACKED`]): a FIN or RST the other way counts only near it (blind spoofing).
@@ -191,7 +200,8 @@ pub struct FlowValue {
     pub last_seen_ns: u64,
 }
 
-/// [`FlowEvent::kind`]: a SYN claimed a lease and both flow entries exist.
+/// [`FlowEvent::kind`]: a connection's handshake completed under its lease, which it
+/// claimed (deleted) then; both flow entries exist.
 pub const EVENT_CLAIMED: u32 = 1;
 /// [`FlowEvent::kind`]: the first FIN in one direction of a flow.
 pub const EVENT_FIN: u32 = 2;
@@ -264,7 +274,8 @@ pub enum Counter {
     DropNoFlow = 19,
     /// The flow table is full: the connection cannot be NATed.
     DropFlowTableFull = 20,
-    /// The TTL would expire: left to be dropped here rather than forwarded.
+    /// The TTL would expire: left to be dropped here rather than forwarded. A SYN (or the
+    /// ACK completing a handshake) is dropped before it touches its lease or flows.
     DropTtl = 21,
     /// Not TCP (UDP, SCTP…) to a public address's data range: never ours to carry.
     DropNotTcp = 22,
@@ -273,10 +284,13 @@ pub enum Counter {
     DropIpv6 = 23,
     /// The redirect helper refused the packet (egress interface gone).
     DropRedirect = 24,
+    /// From the claiming peer on a connection whose handshake has not completed: neither
+    /// its SYN again, a RST, nor the ACK of the target's SYN-ACK.
+    DropUnconfirmed = 25,
 }
 
 /// Number of [`Counter`] values: the size of the counter map.
-pub const COUNTER_COUNT: u32 = 25;
+pub const COUNTER_COUNT: u32 = 26;
 
 impl Counter {
     /// Every counter in index order.
@@ -306,6 +320,7 @@ impl Counter {
         Counter::DropNotTcp,
         Counter::DropIpv6,
         Counter::DropRedirect,
+        Counter::DropUnconfirmed,
     ];
 
     /// Stable snake_case name, used in logs and metric labels.
@@ -336,6 +351,7 @@ impl Counter {
             Counter::DropNotTcp => "drop_not_tcp",
             Counter::DropIpv6 => "drop_ipv6",
             Counter::DropRedirect => "drop_redirect",
+            Counter::DropUnconfirmed => "drop_unconfirmed",
         }
     }
 

@@ -82,9 +82,9 @@ fn kernel_with(sizes: MapSizes, leases: &[Lease]) -> Kernel {
     kernel
 }
 
-/// A kernel with the fixture's one passive lease, claimed through TC by the client's SYN,
-/// and the connection's ends: [client, public address and port, origin, NAT address and
-/// port].
+/// A kernel with the fixture's one passive lease, claimed through TC by the client's
+/// completed handshake, and the connection's ends: [client, public address and port,
+/// origin, NAT address and port].
 fn claimed() -> (Kernel, [SocketAddrV4; 4]) {
     let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
     let ends = [
@@ -98,7 +98,24 @@ fn claimed() -> (Kernel, [SocketAddrV4; 4]) {
         (action, moved),
         (TC_ACT_OK, vec!["nat_to_origin", "forwarded_by_stack"])
     );
+    complete_handshake(&kernel, ends);
     (kernel, ends)
+}
+
+/// After the client's SYN: the origin's SYN-ACK and the client's ACK of it through TC,
+/// which claim the lease. `[client, public, origin, nat]` as [`claimed`] returns them.
+fn complete_handshake(kernel: &Kernel, [client, public, origin, nat]: [SocketAddrV4; 4]) {
+    let (action, _, moved) = run_tc(kernel, &tcp(origin, nat, flags::SYN | flags::ACK, &[]));
+    assert_eq!(
+        (action, moved),
+        (TC_ACT_REDIRECT, vec!["nat_to_client", "redirected"])
+    );
+    let (action, _, moved) = run_tc(kernel, &tcp(client, public, flags::ACK, &[]));
+    assert_eq!(
+        (action, moved),
+        (TC_ACT_REDIRECT, vec!["nat_to_origin", "redirected"])
+    );
+    assert!(!kernel.has_lease(*client.ip(), public).unwrap());
 }
 
 fn far_future() -> u64 {
@@ -164,8 +181,8 @@ fn both_directions_are_nated_with_valid_checksums() {
         assert_eq!(action, TC_ACT_OK);
         assert_eq!(moved, ["nat_to_origin", "forwarded_by_stack"]);
         assert_rewritten(&out, &syn, nat, origin);
-        // The SYN consumed the lease: the same client may be given this port again.
-        assert!(!kernel.has_lease(CLIENT, public).unwrap());
+        // The SYN started the connection; its lease waits for the handshake to complete.
+        assert!(kernel.has_lease(CLIENT, public).unwrap());
         assert_eq!(kernel.flow_count(), 2);
 
         // The way back to the client was learned from its SYN: redirected, not routed.
@@ -174,6 +191,16 @@ fn both_directions_are_nated_with_valid_checksums() {
         assert_eq!(action, TC_ACT_REDIRECT);
         assert_eq!(moved, ["nat_to_client", "redirected"]);
         assert_redirected(&out, &syn_ack, public, client);
+        // The client's ACK completes the handshake: the lease is used up, and the same
+        // client may be given this port again.
+        let ack = tcp(client, public, flags::ACK, &[]);
+        let (action, out, moved) = run_tc(&kernel, &ack);
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_REDIRECT, vec!["nat_to_origin", "redirected"])
+        );
+        assert_redirected(&out, &ack, nat, origin);
+        assert!(!kernel.has_lease(CLIENT, public).unwrap());
 
         // Data both ways, then FIN both ways: bytes and flags land in the flow entries.
         let data = tcp(origin, nat, flags::ACK | flags::PSH, &[0x5a; 1000]);
@@ -192,6 +219,7 @@ fn both_directions_are_nated_with_valid_checksums() {
         let up = kernel.flow((client, public)).unwrap().unwrap();
         assert_eq!(down.packets, 3);
         assert_eq!(down.bytes, 40 + 1040 + 40);
+        assert_eq!((up.packets, up.bytes), (3, 40 + 40 + 40));
         assert!(down.fin && up.fin && !down.rst);
     });
 }
@@ -227,12 +255,21 @@ fn drop_reasons() {
                 nat_lease(PORT + 2, far_future()),
             ],
         );
-        // The first connection claims the lease on PORT (XDP claims, then leaves it to TC).
-        let (action, _, moved) = run_xdp(
-            &kernel,
-            &tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]),
-        );
+        // The first connection claims the lease on PORT (XDP starts it, then leaves it to
+        // TC; its handshake completes through TC).
+        let syn = tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]);
+        let (action, _, moved) = run_xdp(&kernel, &syn);
         assert_eq!((action, moved), (XDP_PASS, vec!["deferred_to_tc"]));
+        run_tc(&kernel, &syn);
+        complete_handshake(
+            &kernel,
+            [
+                sa(CLIENT, CLIENT_PORT),
+                sa(PUBLIC, PORT),
+                sa(ORIGIN, ORIGIN_PORT),
+                sa(NAT, PORT),
+            ],
+        );
         let cases: &[(&str, Vec<u8>, u32, &str)] = &[
             (
                 "second connection to a used lease",
@@ -342,6 +379,15 @@ fn ip_options_and_broken_checksums_survive_nat() {
         let p = parse_tcp(&out).unwrap();
         assert_eq!((p.src, p.dst), (sa(NAT, PORT), sa(ORIGIN, ORIGIN_PORT)));
         assert!(p.ip_checksum_ok && p.tcp_checksum_ok, "{p:?}");
+        complete_handshake(
+            &kernel,
+            [
+                sa(CLIENT, CLIENT_PORT),
+                sa(PUBLIC, PORT),
+                sa(ORIGIN, ORIGIN_PORT),
+                sa(NAT, PORT),
+            ],
+        );
 
         // A segment that arrives corrupted must leave corrupted (the update is incremental,
         // never recomputed): the receiver's check still catches it. This is also the proof
@@ -387,8 +433,17 @@ fn a_full_flow_table_rolls_back_the_claim() {
             &kernel,
             &tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]),
         );
+        complete_handshake(
+            &kernel,
+            [
+                sa(CLIENT, CLIENT_PORT),
+                sa(PUBLIC, PORT),
+                sa(ORIGIN, ORIGIN_PORT),
+                sa(NAT, PORT),
+            ],
+        );
         assert_eq!(kernel.flow_count(), 2);
-        // The second lease's pair does not fit: neither entry nor the claim may remain.
+        // The second lease's pair does not fit: no entry may remain, the lease stays.
         let syn = tcp(
             sa(CLIENT, CLIENT_PORT + 1),
             sa(PUBLIC, PORT + 1),
@@ -400,6 +455,7 @@ fn a_full_flow_table_rolls_back_the_claim() {
         assert_eq!(moved, ["drop_flow_table_full"]);
         assert_eq!(kernel.flow_count(), 2);
         assert_eq!(kernel.claimed_flows().len(), 1);
+        assert!(kernel.has_lease(CLIENT, sa(PUBLIC, PORT + 1)).unwrap());
     });
 }
 
@@ -450,17 +506,27 @@ fn active_mode_both_directions_from_port_20() {
         assert_eq!(action, TC_ACT_OK);
         assert_eq!(moved, ["nat_to_client", "forwarded_by_stack"]);
         assert_rewritten(&out, &syn, sa(PUBLIC, 20), client_data);
-        assert!(!kernel.has_lease(ORIGIN, origin_side).unwrap());
-        assert_eq!(
-            kernel.claimed_flows(),
-            [(origin, origin_side, sa(PUBLIC, 20), client_data)]
-        );
+        assert!(kernel.has_lease(ORIGIN, origin_side).unwrap());
+        assert_eq!(kernel.claimed_flows(), []);
 
         let syn_ack = tcp(client_data, sa(PUBLIC, 20), flags::SYN | flags::ACK, &[]);
         let (action, out, moved) = run_tc(&kernel, &syn_ack);
         assert_eq!(action, TC_ACT_REDIRECT);
         assert_eq!(moved, ["nat_to_origin", "redirected"]);
         assert_redirected(&out, &syn_ack, origin_side, origin);
+        // The origin's ACK completes the handshake and claims the lease.
+        let ack = tcp(origin, origin_side, flags::ACK, &[]);
+        let (action, out, moved) = run_tc(&kernel, &ack);
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_REDIRECT, vec!["nat_to_client", "redirected"])
+        );
+        assert_redirected(&out, &ack, sa(PUBLIC, 20), client_data);
+        assert!(!kernel.has_lease(ORIGIN, origin_side).unwrap());
+        assert_eq!(
+            kernel.claimed_flows(),
+            [(origin, origin_side, sa(PUBLIC, 20), client_data)]
+        );
 
         // Only the origin may claim an active lease, and only once.
         let stranger = tcp(
@@ -497,18 +563,17 @@ fn xdp_redirects_what_it_knows_and_defers_the_rest_to_tc() {
         assert_eq!((action, moved), (XDP_PASS, vec!["deferred_to_tc"]));
         assert_eq!(out, syn, "a deferred packet must reach TC unchanged");
         assert!(!marked, "a deferred packet must not be marked as judged");
-        assert_eq!(kernel.flow_count(), 2, "XDP claimed the lease");
+        assert_eq!(kernel.flow_count(), 2, "XDP started the connection");
         let (action, out, _) = run_tc(&kernel, &syn);
         assert_eq!(action, TC_ACT_OK);
         assert_rewritten(&out, &syn, nat, origin);
 
         // A packet from the origin's side that does not acknowledge the client's SYN (a
-        // blind spoofer) teaches nothing: the client's next packet still goes by TC.
-        let mut blind = tcp(origin, nat, flags::ACK, &[]);
-        blind[packet::ETH_HLEN + 20 + 8..packet::ETH_HLEN + 20 + 12]
-            .copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        // blind spoofer) teaches nothing: the client's next packet (its SYN again) still
+        // goes by TC.
+        let blind = with_numbers(&tcp(origin, nat, flags::ACK, &[]), 1001, 0x1234_5678);
         run_xdp(&kernel, &blind);
-        let (_, _, moved) = run_xdp(&kernel, &tcp(client, public, flags::ACK, &[]));
+        let (_, _, moved) = run_xdp(&kernel, &syn);
         assert_eq!(moved, ["deferred_to_tc"], "learned from a blind packet");
 
         let syn_ack = tcp(origin, nat, flags::SYN | flags::ACK, &[]);
@@ -519,7 +584,8 @@ fn xdp_redirects_what_it_knows_and_defers_the_rest_to_tc() {
         );
         assert_redirected(&out, &syn_ack, public, client);
 
-        // The SYN-ACK showed the way to the origin: the client's packets go by XDP now.
+        // The SYN-ACK showed the way to the origin: the client's packets go by XDP now,
+        // from the ACK that completes the handshake on.
         let ack = tcp(client, public, flags::ACK, b"data");
         let (action, out, moved) = run_xdp(&kernel, &ack);
         assert_eq!(
@@ -701,6 +767,12 @@ fn a_syn_on_the_tuple_of_a_finished_connection_starts_a_new_one() {
         let syn = tcp(origin, origin_side, flags::SYN, &[]);
         let (_, out, _) = run_tc(&kernel, &syn);
         assert_eq!(parse_tcp(&out).unwrap().dst, first);
+        run_tc(
+            &kernel,
+            &tcp(first, sa(PUBLIC, 40007), flags::SYN | flags::ACK, &[]),
+        );
+        run_tc(&kernel, &tcp(origin, origin_side, flags::ACK, &[]));
+        assert!(!kernel.has_lease(ORIGIN, origin_side).unwrap());
 
         // Still open: a SYN on the tuple is a retransmission and follows the flow.
         kernel.insert_lease(&active_lease(second)).unwrap();
@@ -724,6 +796,21 @@ fn a_syn_on_the_tuple_of_a_finished_connection_starts_a_new_one() {
             (TC_ACT_OK, vec!["nat_to_client", "forwarded_by_stack"])
         );
         assert_rewritten(&out, &syn, sa(PUBLIC, 40007), second);
+        assert_eq!(kernel.flow_count(), 2);
+        // Claimed once its handshake completes.
+        run_tc(
+            &kernel,
+            &with_numbers(
+                &tcp(second, sa(PUBLIC, 40007), flags::SYN | flags::ACK, &[]),
+                5000,
+                777_001,
+            ),
+        );
+        assert!(kernel.has_lease(ORIGIN, origin_side).unwrap());
+        run_tc(
+            &kernel,
+            &with_numbers(&tcp(origin, origin_side, flags::ACK, &[]), 777_001, 5001),
+        );
         assert!(!kernel.has_lease(ORIGIN, origin_side).unwrap());
         assert_eq!(
             kernel.claimed_flows(),
@@ -735,9 +822,18 @@ fn a_syn_on_the_tuple_of_a_finished_connection_starts_a_new_one() {
 
 /// `frame` (Ethernet/IPv4 without options/TCP) with another sequence number.
 fn with_seq(frame: &[u8], seq: u32) -> Vec<u8> {
+    let tcp_at = packet::ETH_HLEN + 20;
+    let ack = u32::from_be_bytes(frame[tcp_at + 8..tcp_at + 12].try_into().unwrap());
+    with_numbers(frame, seq, ack)
+}
+
+/// `frame` (Ethernet/IPv4 without options/TCP) with another sequence and acknowledgment
+/// number.
+fn with_numbers(frame: &[u8], seq: u32, ack: u32) -> Vec<u8> {
     let mut out = frame.to_vec();
     let tcp_at = packet::ETH_HLEN + 20;
     out[tcp_at + 4..tcp_at + 8].copy_from_slice(&seq.to_be_bytes());
+    out[tcp_at + 8..tcp_at + 12].copy_from_slice(&ack.to_be_bytes());
     out[tcp_at + 16..tcp_at + 18].copy_from_slice(&[0, 0]);
     let src = Ipv4Addr::new(out[26], out[27], out[28], out[29]);
     let dst = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
