@@ -616,7 +616,8 @@ impl Kernel {
         removed(names::LEASES, self.leases.remove(&lease_key(peer, local)))
     }
 
-    /// True while a lease waits in the map (the SYN that claims it deletes it).
+    /// True while a lease waits in the map (the peer's completed handshake claims it by
+    /// deleting it).
     pub fn has_lease(&self, peer: Ipv4Addr, local: SocketAddrV4) -> Result<bool, KernelError> {
         Ok(found(names::LEASES, self.leases.get(&lease_key(peer, local), 0))?.is_some())
     }
@@ -749,7 +750,8 @@ impl Kernel {
 /// What happened to a flow, as the programs report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// A SYN claimed a lease; `key` is the claiming direction.
+    /// A connection's handshake completed and claimed its lease; `key` is the claiming
+    /// direction.
     Claimed,
     /// The first FIN one way.
     Fin,
