@@ -148,7 +148,8 @@ impl Book {
 /// Where a lease is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
-    /// In the kernel's lease map, waiting for the peer's SYN; its port is held.
+    /// In the kernel's lease map, waiting for the peer's connection to complete its
+    /// handshake (a tentative one may exist); its port is held.
     Waiting,
     /// Claimed by a connection from the peer's `peer_port` (its handshake completed),
     /// carried by the kernel.
