@@ -181,6 +181,13 @@ pub const fn connection_over(flags: u32, pair_flags: u32) -> bool {
     (flags | pair_flags) & FLOW_RST != 0
         || (flags & FLOW_PEER_FIN_ACKED != 0 && pair_flags & FLOW_PEER_FIN_ACKED != 0)
 }
+/// Both entries of a connection whose handshake has not completed: its SYN made them,
+/// but its lease stays in the lease map (claimable) until the peer acknowledges the
+/// target's SYN-ACK, which an off-path spoofer of the peer's address cannot do.
+pub const FLOW_TENTATIVE: u32 = 1 << 11;
+/// On the target's entry of a tentative connection: [`FlowValue::claim_seq`] holds the
+/// sequence number of the target's SYN-ACK, which the confirming ACK must acknowledge.
+pub const FLOW_TARGET_ISN: u32 = 1 << 12;
 
 /// How to rewrite one direction of a NATed data connection, where to send it, and what
 /// passed that way.
@@ -194,7 +201,8 @@ pub struct FlowValue {
     /// The other direction's key (the two entries are created and removed as a pair).
     pub reverse: FlowKey,
     /// [`FLOW_FIN`], [`FLOW_RST`], [`FLOW_L2`], [`FLOW_PAIR_L2`], [`FLOW_CLAIMER`],
-    /// [`FLOW_ACKED`], [`FLOW_WSCALE`], [`FLOW_PEER_FIN`], [`FLOW_PEER_FIN_ACKED`].
+    /// [`FLOW_ACKED`], [`FLOW_WSCALE`], [`FLOW_PEER_FIN`], [`FLOW_PEER_FIN_ACKED`],
+    /// [`FLOW_TENTATIVE`], [`FLOW_TARGET_ISN`].
     pub flags: u32,
     /// Interface to send this direction out of (host order): where the other direction's
     /// packets arrive; 0 = unknown (the FIB decides).
@@ -208,7 +216,8 @@ pub struct FlowValue {
     pub _pad: u16,
     /// The claiming SYN's sequence number, host order (on the claimer's entry): a SYN with
     /// the same one is that SYN again, not a new connection; the target's answer must
-    /// acknowledge it before the way back is learned from it.
+    /// acknowledge it before the way back is learned from it. On the target's entry (with
+    /// [`FLOW_TARGET_ISN`]): the target's SYN-ACK sequence number.
     pub claim_seq: u32,
     /// The last acknowledgment number sent this way, host order (valid with
     /// [`FLOW_ACKED`]): a FIN or RST the other way counts only from it to the end of this
@@ -232,7 +241,8 @@ pub struct FlowValue {
     pub last_seen_ns: u64,
 }
 
-/// [`FlowEvent::kind`]: a SYN claimed a lease and both flow entries exist.
+/// [`FlowEvent::kind`]: a connection's handshake completed under its lease, which it
+/// claimed (deleted) then; both flow entries exist.
 pub const EVENT_CLAIMED: u32 = 1;
 /// [`FlowEvent::kind`]: the first FIN in one direction of a flow, or the other direction
 /// acknowledging it (`key` is then the acknowledging direction).
@@ -306,7 +316,8 @@ pub enum Counter {
     DropNoFlow = 19,
     /// The flow table is full: the connection cannot be NATed.
     DropFlowTableFull = 20,
-    /// The TTL would expire: left to be dropped here rather than forwarded.
+    /// The TTL would expire: left to be dropped here rather than forwarded. A SYN (or the
+    /// ACK completing a handshake) is dropped before it touches its lease or flows.
     DropTtl = 21,
     /// Not TCP (UDP, SCTP…) to a public address's data range: never ours to carry.
     DropNotTcp = 22,
@@ -320,10 +331,13 @@ pub enum Counter {
     DropWrongInterface = 25,
     /// A SYN for a lease from another source port than the lease requires.
     DropWrongSourcePort = 26,
+    /// From the claiming peer on a connection whose handshake has not completed: neither
+    /// its SYN again, a RST, nor the ACK of the target's SYN-ACK.
+    DropUnconfirmed = 27,
 }
 
 /// Number of [`Counter`] values: the size of the counter map.
-pub const COUNTER_COUNT: u32 = 27;
+pub const COUNTER_COUNT: u32 = 28;
 
 impl Counter {
     /// Every counter in index order.
@@ -355,6 +369,7 @@ impl Counter {
         Counter::DropRedirect,
         Counter::DropWrongInterface,
         Counter::DropWrongSourcePort,
+        Counter::DropUnconfirmed,
     ];
 
     /// Stable snake_case name, used in logs and metric labels.
@@ -387,6 +402,7 @@ impl Counter {
             Counter::DropRedirect => "drop_redirect",
             Counter::DropWrongInterface => "drop_wrong_interface",
             Counter::DropWrongSourcePort => "drop_wrong_source_port",
+            Counter::DropUnconfirmed => "drop_unconfirmed",
         }
     }
 

@@ -14,10 +14,15 @@
 //! 8. a packet of a known flow → NAT it (either direction) and forward;
 //! 9. a lease for (source, destination, port) — passive leases on the client side, active
 //!    leases on the origin side: an admit-only lease → pass; a NAT lease: only a SYN
-//!    from the lease's interface and source port (when it names them) within the
-//!    deadline may claim it, by deleting it (so exactly one SYN wins, and the
-//!    key is free at once for the peer's next lease on that port); the claim creates both
-//!    flow entries (rolled back together on failure) → NAT and forward;
+//!    from the lease's interface and source port (when it names them), within the
+//!    deadline, with a TTL left to forward may start a connection on it. The SYN
+//!    creates both flow entries, marked tentative (rolled back together on failure), and
+//!    leaves the lease in place → NAT and forward. The claim is made when the handshake
+//!    completes (see `tentative`): the peer's ACK of the target's SYN-ACK deletes the
+//!    lease (single use; the key is free at once for the peer's next lease on that port).
+//!    So a SYN spoofed with the peer's address burns nothing: the real peer's SYN from
+//!    another port replaces the tentative pair (same lease, same target tuple), and the
+//!    peer's RST answering the stray SYN-ACK removes it;
 //! 10. no lease: from a client → drop; from the origin's side → pass (nothing listens
 //!     there: the stack resets it).
 //!
@@ -26,8 +31,8 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ftp_guard_common::{
     Counter, EVENT_CLAIMED, FLOW_CLAIMER, FLOW_ENDING, FLOW_L2, FLOW_PAIR_L2, FLOW_RST,
-    FilterConfig, FlowKey, FlowValue, LEASE_ADMIT, LeaseKey, LeaseValue, MAX_DATA_RANGES,
-    RANGE_ACTIVE_PORT_20, connection_over,
+    FLOW_TARGET_ISN, FLOW_TENTATIVE, FilterConfig, FlowKey, FlowValue, LEASE_ADMIT, LeaseKey,
+    LeaseValue, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20, connection_over,
 };
 use network_types::{
     eth::EthHdr,
@@ -43,6 +48,8 @@ use crate::{
 
 /// IPv4 "more fragments" flag within the 3-bit flags field.
 const IP_MF: u8 = 0b001;
+/// Map update flag: insert or replace.
+const BPF_ANY: u64 = 0;
 /// Map update flag: insert only if absent.
 const BPF_NOEXIST: u64 = 1;
 
@@ -77,6 +84,9 @@ pub struct Hit {
     pub flow: *mut FlowValue,
     /// Its key (the packet as it arrived).
     pub key: FlowKey,
+    /// Remove both entries once the packet is sent on (the peer's RST ending a
+    /// handshake that never completed).
+    pub forget: bool,
 }
 
 /// Which side of the gateway a destination address belongs to.
@@ -122,6 +132,7 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
                     l4_offset: hdr.l4_offset,
                     flow,
                     key: FlowKey::default(),
+                    forget: false,
                 }),
                 Counter::IcmpTranslated,
             ),
@@ -162,25 +173,37 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
         Side::Client => Counter::NatToOrigin,
         Side::Origin => Counter::NatToClient,
     };
-    let hit = |flow| Hit {
+    let hit = |flow, forget| Hit {
         ip: hdr.ip,
         tcp,
         l3_offset: hdr.l3_offset,
         l4_offset: hdr.l4_offset,
         flow,
         key: flow_key,
+        forget,
     };
     // SAFETY: tcp is a complete header (ptr_at above).
     let t = unsafe { &*tcp };
     let plain_syn = t.syn() != 0 && t.ack() == 0;
     let seq = u32::from_be_bytes(t.seq);
     if let Some(flow) = FLOWS.get_ptr_mut(&flow_key) {
-        // A new connection on the 4-tuple of one that is over (a peer that reuses its
-        // source port, like an origin connecting from port 20): the remnant goes, the
-        // SYN is judged as new.
-        if !(plain_syn && forget_if_over(&flow_key, flow, seq)) {
+        // SAFETY: map value pointers stay valid for the program run.
+        if unsafe { (*flow).flags } & FLOW_TENTATIVE != 0 {
+            match tentative(&flow_key, flow, t, ip.ttl) {
+                Handshake::Forward { forget } => {
+                    learn_l2(p, hdr.l3_offset, flow, ingress_ifindex, t);
+                    return (Verdict::Forward(hit(flow, forget)), nat_counter);
+                }
+                Handshake::Drop(reason) => return (Verdict::Drop, reason),
+                // Its entries are gone: the SYN is judged as new below.
+                Handshake::Restart => {}
+            }
+        } else if !(plain_syn && forget_if_over(&flow_key, flow, seq)) {
+            // (Otherwise: a new connection on the 4-tuple of one that is over — a peer
+            // that reuses its source port, like an origin connecting from port 20: the
+            // remnant went, the SYN is judged as new.)
             learn_l2(p, hdr.l3_offset, flow, ingress_ifindex, t);
-            return (Verdict::Forward(hit(flow)), nat_counter);
+            return (Verdict::Forward(hit(flow, false)), nat_counter);
         }
     }
     if port_class == PortClass::ActiveSource {
@@ -212,14 +235,108 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
     if lease.peer_port_be != 0 && lease.peer_port_be != flow_key.src_port_be {
         return (Verdict::Drop, Counter::DropWrongSourcePort);
     }
+    // Checked before the lease is touched: forwarding would drop the SYN anyway.
+    if ip.ttl <= 1 {
+        return (Verdict::Drop, Counter::DropTtl);
+    }
     let link = link_of(p, hdr.l3_offset);
-    if let Err(reason) = claim(&flow_key, &lease_key, &lease, ingress_ifindex, link, seq) {
+    if let Err(reason) = start(&flow_key, &lease, ingress_ifindex, link, seq) {
         return (Verdict::Drop, reason);
     }
     match FLOWS.get_ptr_mut(&flow_key) {
-        Some(flow) => (Verdict::Forward(hit(flow)), nat_counter),
+        Some(flow) => (Verdict::Forward(hit(flow, false)), nat_counter),
         None => (Verdict::Drop, Counter::DropFlowTableFull),
     }
+}
+
+/// What a packet of a tentative connection (handshake not complete) does.
+enum Handshake {
+    Forward {
+        forget: bool,
+    },
+    Drop(Counter),
+    /// The entries were removed: judge the packet as a new connection's SYN.
+    Restart,
+}
+
+/// A packet on a tentative connection's entry `flow` (keyed `key`).
+///
+/// From the target: everything passes (it answers what it was sent); its SYN-ACK that
+/// acknowledges the claiming SYN records its sequence number. From the claiming peer:
+/// - its SYN again (same sequence number) passes; a SYN with another one is a new
+///   connection on the same ports: the tentative pair goes and the SYN is judged anew;
+/// - a RST passes; with the sequence number the target's SYN-ACK acknowledged (what the
+///   peer's host answers a SYN-ACK to a SYN it never sent) it also ends the attempt;
+/// - the ACK of the target's SYN-ACK completes the handshake — something an off-path
+///   spoofer of the peer's address cannot send: the entries become a plain connection and
+///   the lease is claimed (deleted; if userspace revoked it meanwhile, the handshake still
+///   completed under a valid lease, so the connection stays) and userspace told;
+/// - anything else is dropped.
+#[inline(always)]
+fn tentative(key: &FlowKey, flow: *mut FlowValue, tcp: &TcpHdr, ttl: u8) -> Handshake {
+    // SAFETY: map value pointers stay valid for the program run.
+    let f = unsafe { &mut *flow };
+    let seq = u32::from_be_bytes(tcp.seq);
+    let ack_seq = u32::from_be_bytes(tcp.ack_seq);
+    if f.flags & FLOW_CLAIMER == 0 {
+        if tcp.syn() != 0 && tcp.ack() != 0 {
+            // SAFETY: a plain read of the other direction's entry.
+            let acks_claim = unsafe { FLOWS.get(&f.reverse) }.is_some_and(|claimer| {
+                claimer.flags & FLOW_CLAIMER != 0 && ack_seq == claimer.claim_seq.wrapping_add(1)
+            });
+            if acks_claim {
+                f.claim_seq = seq;
+                f.flags |= FLOW_TARGET_ISN;
+            }
+        }
+        return Handshake::Forward { forget: false };
+    }
+    if tcp.rst() != 0 {
+        return Handshake::Forward {
+            forget: seq == f.claim_seq.wrapping_add(1),
+        };
+    }
+    if tcp.syn() != 0 && tcp.ack() == 0 {
+        if seq == f.claim_seq {
+            return Handshake::Forward { forget: false };
+        }
+        if ttl <= 1 {
+            return Handshake::Drop(Counter::DropTtl);
+        }
+        let _ = FLOWS.remove(&f.reverse);
+        let _ = FLOWS.remove(key);
+        return Handshake::Restart;
+    }
+    if tcp.ack() == 0 || tcp.syn() != 0 {
+        return Handshake::Drop(Counter::DropUnconfirmed);
+    }
+    let reverse = f.reverse;
+    let Some(pair) = FLOWS.get_ptr_mut(&reverse) else {
+        return Handshake::Drop(Counter::DropUnconfirmed);
+    };
+    // SAFETY: as above.
+    let pair = unsafe { &mut *pair };
+    if pair.flags & FLOW_TARGET_ISN == 0 || ack_seq != pair.claim_seq.wrapping_add(1) {
+        return Handshake::Drop(Counter::DropUnconfirmed);
+    }
+    // Before anything changes, as for the claiming SYN: forwarding would drop it.
+    if ttl <= 1 {
+        return Handshake::Drop(Counter::DropTtl);
+    }
+    // The target's entry first: userspace reads it to tell a claimed lease from one that
+    // vanished otherwise, and it sees the lease gone only after this.
+    pair.flags &= !(FLOW_TENTATIVE | FLOW_TARGET_ISN);
+    pair.claim_seq = 0;
+    f.flags &= !FLOW_TENTATIVE;
+    let lease_key = LeaseKey {
+        peer_addr_be: key.src_addr_be,
+        addr_be: key.dst_addr_be,
+        port_be: key.dst_port_be,
+        _pad: 0,
+    };
+    let _ = LEASES.remove(&lease_key);
+    maps::notify(EVENT_CLAIMED, key, &reverse);
+    Handshake::Forward { forget: false }
 }
 
 /// IPv6 is not carried yet: TCP or UDP aimed at a data-range port on one of the gateway's
@@ -406,13 +523,13 @@ fn learn_l2<P: Packet>(
     f.flags |= FLOW_PAIR_L2;
 }
 
-/// Claims `lease` for the connection `key` (single use) and creates both flow entries.
-/// The reverse entry (towards the claiming peer) leaves by the interface the claim came in
-/// on, to the MAC it came from; the forward one by the lease's target interface.
+/// Starts the connection `key` under `lease`: creates both flow entries, tentative (the
+/// lease stays until the handshake completes, see `tentative`). The reverse entry
+/// (towards the claiming peer) leaves by the interface the SYN came in on, to the MAC it
+/// came from; the forward one by the lease's target interface.
 #[inline(always)]
-fn claim(
+fn start(
     key: &FlowKey,
-    lease_key: &LeaseKey,
     lease: &LeaseValue,
     ingress_ifindex: u32,
     link: Option<([u8; 6], [u8; 6])>,
@@ -422,11 +539,6 @@ fn claim(
     let now = unsafe { bpf_ktime_get_ns() };
     if lease.expires_ns != 0 && now > lease.expires_ns {
         return Err(Counter::DropLeaseExpired);
-    }
-    // Deleting is the claim: of two racing SYNs only one deletes; a lease userspace
-    // revoked meanwhile is gone too.
-    if LEASES.remove(lease_key).is_err() {
-        return Err(Counter::DropLeaseUsed);
     }
     let reverse_key = FlowKey {
         src_addr_be: lease.target_addr_be,
@@ -444,9 +556,9 @@ fn claim(
         mss_max: lease.mss_max,
         claim_seq: syn_seq,
         flags: if link.is_some() {
-            FLOW_CLAIMER | FLOW_PAIR_L2
+            FLOW_TENTATIVE | FLOW_CLAIMER | FLOW_PAIR_L2
         } else {
-            FLOW_CLAIMER
+            FLOW_TENTATIVE | FLOW_CLAIMER
         },
         last_seen_ns: now,
         ..FlowValue::default()
@@ -459,42 +571,46 @@ fn claim(
         reverse: *key,
         egress_ifindex: ingress_ifindex,
         mss_max: lease.mss_max,
+        flags: FLOW_TENTATIVE,
         last_seen_ns: now,
         ..FlowValue::default()
     };
     if let Some((src, dst)) = link {
         reverse.dst_mac = src;
         reverse.src_mac = dst;
-        reverse.flags = FLOW_L2;
+        reverse.flags |= FLOW_L2;
     }
     // Both directions or neither. A key already taken means a stale entry of an earlier
     // connection with the same ports: refuse rather than hijack it.
     if FLOWS.insert(key, &forward, BPF_NOEXIST).is_err() {
-        give_back(lease_key, lease);
         return Err(Counter::DropFlowTableFull);
     }
     if FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST).is_err() {
-        // The target's tuple may still hold a finished connection's entries (its NAT pair
-        // came round again while they wait out their close grace): those give way.
-        let stale = match FLOWS.get_ptr_mut(&reverse_key) {
-            Some(old) => forget_if_over(&reverse_key, old, 0),
-            None => false,
+        let taken = match FLOWS.get_ptr_mut(&reverse_key) {
+            // The same lease's target tuple, held by a connection that never completed its
+            // handshake (a SYN spoofed with the peer's address from another port, or the
+            // peer's own earlier attempt): this SYN takes it over.
+            // SAFETY: map value pointers stay valid for the program run.
+            Some(old) if unsafe { (*old).flags } & FLOW_TENTATIVE != 0 => {
+                // SAFETY: as above.
+                let old_forward = unsafe { (*old).reverse };
+                let _ = FLOWS.remove(&old_forward);
+                FLOWS.insert(&reverse_key, &reverse, BPF_ANY).is_err()
+            }
+            // A finished connection's entries (its NAT pair came round again while they
+            // wait out their close grace) give way.
+            Some(old) => {
+                !forget_if_over(&reverse_key, old, 0)
+                    || FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST).is_err()
+            }
+            None => FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST).is_err(),
         };
-        if !stale || FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST).is_err() {
+        if taken {
             let _ = FLOWS.remove(key);
-            give_back(lease_key, lease);
             return Err(Counter::DropFlowTableFull);
         }
     }
-    maps::notify(EVENT_CLAIMED, key, &reverse_key);
     Ok(())
-}
-
-/// A claim that could not create its flows puts its lease back, so the peer's SYN
-/// retransmission can try again (unless userspace revoked it meanwhile).
-#[inline(always)]
-fn give_back(lease_key: &LeaseKey, lease: &LeaseValue) {
-    let _ = LEASES.insert(lease_key, lease, BPF_NOEXIST);
 }
 
 /// The side `addr_be` belongs to, if any data range is on it.

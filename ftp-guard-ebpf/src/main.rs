@@ -33,7 +33,14 @@ pub fn xdp_guard(ctx: XdpContext) -> u32 {
         // (The guard translates ICMP errors only for TC.)
         Verdict::LeaveToTc | Verdict::ForwardIcmp(_) => pass_or_drop(counter, xdp_action::XDP_PASS),
         Verdict::Drop => pass_or_drop(counter, xdp_action::XDP_DROP),
-        Verdict::Forward(hit) => forwarded(counter, forward::xdp(&ctx, &hit)),
+        Verdict::Forward(hit) => {
+            let (action, how) = forward::xdp(&ctx, &hit);
+            // A deferred packet is judged again by TC, which forgets then.
+            if how != ftp_guard_common::Counter::DeferredToTc {
+                forget(&hit);
+            }
+            forwarded(counter, (action, how))
+        }
     }
 }
 
@@ -50,8 +57,24 @@ pub fn tc_guard(ctx: TcContext) -> i32 {
     match verdict {
         Verdict::Pass | Verdict::LeaveToTc => pass_or_drop(counter, TC_ACT_OK as i32),
         Verdict::Drop => pass_or_drop(counter, TC_ACT_SHOT as i32),
-        Verdict::Forward(hit) => forwarded(counter, forward::tc(&ctx, &hit, false)),
+        Verdict::Forward(hit) => {
+            let out = forward::tc(&ctx, &hit, false);
+            forget(&hit);
+            forwarded(counter, out)
+        }
         Verdict::ForwardIcmp(hit) => forwarded(counter, forward::tc(&ctx, &hit, true)),
+    }
+}
+
+/// Removes both entries of a hit that asked for it, after its packet was rewritten by
+/// them (the entry must not be freed, and perhaps reused, while still in use).
+#[inline(always)]
+fn forget(hit: &guard::Hit) {
+    if hit.forget {
+        // SAFETY: map value pointers stay valid for the program run.
+        let reverse = unsafe { (*hit.flow).reverse };
+        let _ = maps::FLOWS.remove(&reverse);
+        let _ = maps::FLOWS.remove(&hit.key);
     }
 }
 

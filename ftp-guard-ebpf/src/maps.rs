@@ -14,7 +14,7 @@ use ftp_guard_common::{
 pub static FILTER_CONFIG: Array<FilterConfig> = Array::with_max_entries(1, 0);
 
 /// Leases written by the control proxy: (client, public address, public port) → origin.
-/// The SYN that claims one deletes it.
+/// The peer's ACK completing a connection's handshake claims one by deleting it.
 #[map(name = "LEASES")]
 pub static LEASES: HashMap<LeaseKey, LeaseValue> = HashMap::with_max_entries(DEFAULT_MAX_LEASES, 0);
 

@@ -444,6 +444,8 @@ pub struct FlowState {
     pub rst: bool,
     /// This direction has acknowledged the other direction's FIN.
     pub peer_fin_acked: bool,
+    /// Its handshake has not completed: the lease it was started under is not claimed.
+    pub tentative: bool,
     /// The other direction's key: which connection this entry belongs to (a later
     /// connection may take over a 4-tuple once this one is over).
     pub reverse: FlowTuple,
@@ -458,6 +460,7 @@ impl From<FlowValue> for FlowState {
             fin: v.flags & ftp_guard_common::FLOW_FIN != 0,
             rst: v.flags & ftp_guard_common::FLOW_RST != 0,
             peer_fin_acked: v.flags & ftp_guard_common::FLOW_PEER_FIN_ACKED != 0,
+            tentative: v.flags & ftp_guard_common::FLOW_TENTATIVE != 0,
             reverse: tuple_of(&v.reverse),
         }
     }
@@ -809,18 +812,23 @@ impl Kernel {
         removed(names::LEASES, self.leases.remove(&lease_key(peer, local)))
     }
 
-    /// True while a lease waits in the map (the SYN that claims it deletes it).
+    /// True while a lease waits in the map (the peer's completed handshake claims it by
+    /// deleting it).
     pub fn has_lease(&self, peer: Ipv4Addr, local: SocketAddrV4) -> Result<bool, KernelError> {
         Ok(found(names::LEASES, self.leases.get(&lease_key(peer, local), 0))?.is_some())
     }
 
-    /// Every connection in the flow map, by the direction that claimed its lease:
-    /// (peer's address, gateway address it connected to, new source, new destination).
+    /// Every connection in the flow map that claimed its lease (its handshake completed), by
+    /// the claiming direction: (peer's address, gateway address it connected to, new
+    /// source, new destination).
     pub fn claimed_flows(&self) -> Vec<(SocketAddrV4, SocketAddrV4, SocketAddrV4, SocketAddrV4)> {
         self.flows
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, v)| v.flags & ftp_guard_common::FLOW_CLAIMER != 0)
+            .filter(|(_, v)| {
+                v.flags & ftp_guard_common::FLOW_CLAIMER != 0
+                    && v.flags & ftp_guard_common::FLOW_TENTATIVE == 0
+            })
             .map(|(k, v)| {
                 (
                     SocketAddrV4::new(ip_of(k.src_addr_be), u16::from_be(k.src_port_be)),
@@ -858,6 +866,27 @@ impl Kernel {
     /// One direction of a flow, keyed as its packets arrive at the gateway.
     pub fn flow(&self, tuple: FlowTuple) -> Result<Option<FlowState>, KernelError> {
         Ok(found(names::FLOWS, self.flows.get(&flow_key(tuple), 0))?.map(FlowState::from))
+    }
+
+    /// One direction of a flow as the programs keep it (for tests and diagnostics).
+    pub fn flow_value(&self, tuple: FlowTuple) -> Result<Option<FlowValue>, KernelError> {
+        found(names::FLOWS, self.flows.get(&flow_key(tuple), 0))
+    }
+
+    /// Removes every entry of a connection whose handshake never completed (a previous
+    /// process's: their leases are gone with it); returns how many.
+    pub fn remove_tentative_flows(&mut self) -> Result<usize, KernelError> {
+        let keys: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.flags & ftp_guard_common::FLOW_TENTATIVE != 0)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &keys {
+            removed(names::FLOWS, self.flows.remove(k))?;
+        }
+        Ok(keys.len())
     }
 
     pub fn remove_flow(&mut self, tuple: FlowTuple) -> Result<bool, KernelError> {
@@ -999,7 +1028,8 @@ impl Kernel {
 /// What happened to a flow, as the programs report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// A SYN claimed a lease; `key` is the claiming direction.
+    /// A connection's handshake completed and claimed its lease; `key` is the claiming
+    /// direction.
     Claimed,
     /// The first FIN one way.
     Fin,

@@ -10,6 +10,10 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ftp_guard::kernel::{Kernel, Lease, LeaseAction, MapSizes, ProtectedRange, monotonic_ns};
+use ftp_guard_common::{
+    FLOW_ACKED, FLOW_CLAIMER, FLOW_L2, FLOW_PAIR_L2, FLOW_TARGET_ISN, FLOW_TENTATIVE, FlowKey,
+    FlowValue,
+};
 use ftp_guard_tests::{
     fixture::{
         TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, run_tc, run_xdp,
@@ -84,9 +88,9 @@ fn kernel_with(sizes: MapSizes, leases: &[Lease]) -> Kernel {
     kernel
 }
 
-/// A kernel with the fixture's one passive lease, claimed through TC by the client's SYN,
-/// and the connection's ends: [client, public address and port, origin, NAT address and
-/// port].
+/// A kernel with the fixture's one passive lease, claimed through TC by the client's
+/// completed handshake, and the connection's ends: [client, public address and port,
+/// origin, NAT address and port].
 fn claimed() -> (Kernel, [SocketAddrV4; 4]) {
     let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
     let ends = [
@@ -100,7 +104,24 @@ fn claimed() -> (Kernel, [SocketAddrV4; 4]) {
         (action, moved),
         (TC_ACT_OK, vec!["nat_to_origin", "forwarded_by_stack"])
     );
+    complete_handshake(&kernel, ends);
     (kernel, ends)
+}
+
+/// After the client's SYN: the origin's SYN-ACK and the client's ACK of it through TC,
+/// which claim the lease. `[client, public, origin, nat]` as [`claimed`] returns them.
+fn complete_handshake(kernel: &Kernel, [client, public, origin, nat]: [SocketAddrV4; 4]) {
+    let (action, _, moved) = run_tc(kernel, &tcp(origin, nat, flags::SYN | flags::ACK, &[]));
+    assert_eq!(
+        (action, moved),
+        (TC_ACT_REDIRECT, vec!["nat_to_client", "redirected"])
+    );
+    let (action, _, moved) = run_tc(kernel, &tcp(client, public, flags::ACK, &[]));
+    assert_eq!(
+        (action, moved),
+        (TC_ACT_REDIRECT, vec!["nat_to_origin", "redirected"])
+    );
+    assert!(!kernel.has_lease(*client.ip(), public).unwrap());
 }
 
 fn far_future() -> u64 {
@@ -166,8 +187,8 @@ fn both_directions_are_nated_with_valid_checksums() {
         assert_eq!(action, TC_ACT_OK);
         assert_eq!(moved, ["nat_to_origin", "forwarded_by_stack"]);
         assert_rewritten(&out, &syn, nat, origin);
-        // The SYN consumed the lease: the same client may be given this port again.
-        assert!(!kernel.has_lease(CLIENT, public).unwrap());
+        // The SYN started the connection; its lease waits for the handshake to complete.
+        assert!(kernel.has_lease(CLIENT, public).unwrap());
         assert_eq!(kernel.flow_count(), 2);
 
         // The way back to the client was learned from its SYN: redirected, not routed.
@@ -176,6 +197,16 @@ fn both_directions_are_nated_with_valid_checksums() {
         assert_eq!(action, TC_ACT_REDIRECT);
         assert_eq!(moved, ["nat_to_client", "redirected"]);
         assert_redirected(&out, &syn_ack, public, client);
+        // The client's ACK completes the handshake: the lease is used up, and the same
+        // client may be given this port again.
+        let ack = tcp(client, public, flags::ACK, &[]);
+        let (action, out, moved) = run_tc(&kernel, &ack);
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_REDIRECT, vec!["nat_to_origin", "redirected"])
+        );
+        assert_redirected(&out, &ack, nat, origin);
+        assert!(!kernel.has_lease(CLIENT, public).unwrap());
 
         // Data both ways, then FIN both ways: bytes and flags land in the flow entries.
         let data = tcp(origin, nat, flags::ACK | flags::PSH, &[0x5a; 1000]);
@@ -194,6 +225,7 @@ fn both_directions_are_nated_with_valid_checksums() {
         let up = kernel.flow((client, public)).unwrap().unwrap();
         assert_eq!(down.packets, 3);
         assert_eq!(down.bytes, 40 + 1040 + 40);
+        assert_eq!((up.packets, up.bytes), (3, 40 + 40 + 40));
         assert!(down.fin && up.fin && !down.rst);
     });
 }
@@ -229,12 +261,21 @@ fn drop_reasons() {
                 nat_lease(PORT + 2, far_future()),
             ],
         );
-        // The first connection claims the lease on PORT (XDP claims, then leaves it to TC).
-        let (action, _, moved) = run_xdp(
-            &kernel,
-            &tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]),
-        );
+        // The first connection claims the lease on PORT (XDP starts it, then leaves it to
+        // TC; its handshake completes through TC).
+        let syn = tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]);
+        let (action, _, moved) = run_xdp(&kernel, &syn);
         assert_eq!((action, moved), (XDP_PASS, vec!["deferred_to_tc"]));
+        run_tc(&kernel, &syn);
+        complete_handshake(
+            &kernel,
+            [
+                sa(CLIENT, CLIENT_PORT),
+                sa(PUBLIC, PORT),
+                sa(ORIGIN, ORIGIN_PORT),
+                sa(NAT, PORT),
+            ],
+        );
         let cases: &[(&str, Vec<u8>, u32, &str)] = &[
             (
                 "second connection to a used lease",
@@ -344,6 +385,15 @@ fn ip_options_and_broken_checksums_survive_nat() {
         let p = parse_tcp(&out).unwrap();
         assert_eq!((p.src, p.dst), (sa(NAT, PORT), sa(ORIGIN, ORIGIN_PORT)));
         assert!(p.ip_checksum_ok && p.tcp_checksum_ok, "{p:?}");
+        complete_handshake(
+            &kernel,
+            [
+                sa(CLIENT, CLIENT_PORT),
+                sa(PUBLIC, PORT),
+                sa(ORIGIN, ORIGIN_PORT),
+                sa(NAT, PORT),
+            ],
+        );
 
         // A segment that arrives corrupted must leave corrupted (the update is incremental,
         // never recomputed): the receiver's check still catches it. This is also the proof
@@ -389,8 +439,17 @@ fn a_full_flow_table_rolls_back_the_claim() {
             &kernel,
             &tcp(sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT), flags::SYN, &[]),
         );
+        complete_handshake(
+            &kernel,
+            [
+                sa(CLIENT, CLIENT_PORT),
+                sa(PUBLIC, PORT),
+                sa(ORIGIN, ORIGIN_PORT),
+                sa(NAT, PORT),
+            ],
+        );
         assert_eq!(kernel.flow_count(), 2);
-        // The second lease's pair does not fit: neither entry nor the claim may remain.
+        // The second lease's pair does not fit: no entry may remain, the lease stays.
         let syn = tcp(
             sa(CLIENT, CLIENT_PORT + 1),
             sa(PUBLIC, PORT + 1),
@@ -402,6 +461,7 @@ fn a_full_flow_table_rolls_back_the_claim() {
         assert_eq!(moved, ["drop_flow_table_full"]);
         assert_eq!(kernel.flow_count(), 2);
         assert_eq!(kernel.claimed_flows().len(), 1);
+        assert!(kernel.has_lease(CLIENT, sa(PUBLIC, PORT + 1)).unwrap());
     });
 }
 
@@ -454,17 +514,27 @@ fn active_mode_both_directions_from_port_20() {
         assert_eq!(action, TC_ACT_OK);
         assert_eq!(moved, ["nat_to_client", "forwarded_by_stack"]);
         assert_rewritten(&out, &syn, sa(PUBLIC, 20), client_data);
-        assert!(!kernel.has_lease(ORIGIN, origin_side).unwrap());
-        assert_eq!(
-            kernel.claimed_flows(),
-            [(origin, origin_side, sa(PUBLIC, 20), client_data)]
-        );
+        assert!(kernel.has_lease(ORIGIN, origin_side).unwrap());
+        assert_eq!(kernel.claimed_flows(), []);
 
         let syn_ack = tcp(client_data, sa(PUBLIC, 20), flags::SYN | flags::ACK, &[]);
         let (action, out, moved) = run_tc(&kernel, &syn_ack);
         assert_eq!(action, TC_ACT_REDIRECT);
         assert_eq!(moved, ["nat_to_origin", "redirected"]);
         assert_redirected(&out, &syn_ack, origin_side, origin);
+        // The origin's ACK completes the handshake and claims the lease.
+        let ack = tcp(origin, origin_side, flags::ACK, &[]);
+        let (action, out, moved) = run_tc(&kernel, &ack);
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_REDIRECT, vec!["nat_to_client", "redirected"])
+        );
+        assert_redirected(&out, &ack, sa(PUBLIC, 20), client_data);
+        assert!(!kernel.has_lease(ORIGIN, origin_side).unwrap());
+        assert_eq!(
+            kernel.claimed_flows(),
+            [(origin, origin_side, sa(PUBLIC, 20), client_data)]
+        );
 
         // Only the origin may claim an active lease, and only once.
         let stranger = tcp(
@@ -501,18 +571,17 @@ fn xdp_redirects_what_it_knows_and_defers_the_rest_to_tc() {
         assert_eq!((action, moved), (XDP_PASS, vec!["deferred_to_tc"]));
         assert_eq!(out, syn, "a deferred packet must reach TC unchanged");
         assert!(!marked, "a deferred packet must not be marked as judged");
-        assert_eq!(kernel.flow_count(), 2, "XDP claimed the lease");
+        assert_eq!(kernel.flow_count(), 2, "XDP started the connection");
         let (action, out, _) = run_tc(&kernel, &syn);
         assert_eq!(action, TC_ACT_OK);
         assert_rewritten(&out, &syn, nat, origin);
 
         // A packet from the origin's side that does not acknowledge the client's SYN (a
-        // blind spoofer) teaches nothing: the client's next packet still goes by TC.
-        let mut blind = tcp(origin, nat, flags::ACK, &[]);
-        blind[packet::ETH_HLEN + 20 + 8..packet::ETH_HLEN + 20 + 12]
-            .copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        // blind spoofer) teaches nothing: the client's next packet (its SYN again) still
+        // goes by TC.
+        let blind = with_numbers(&tcp(origin, nat, flags::ACK, &[]), 1001, 0x1234_5678);
         run_xdp(&kernel, &blind);
-        let (_, _, moved) = run_xdp(&kernel, &tcp(client, public, flags::ACK, &[]));
+        let (_, _, moved) = run_xdp(&kernel, &syn);
         assert_eq!(moved, ["deferred_to_tc"], "learned from a blind packet");
 
         let syn_ack = tcp(origin, nat, flags::SYN | flags::ACK, &[]);
@@ -523,7 +592,8 @@ fn xdp_redirects_what_it_knows_and_defers_the_rest_to_tc() {
         );
         assert_redirected(&out, &syn_ack, public, client);
 
-        // The SYN-ACK showed the way to the origin: the client's packets go by XDP now.
+        // The SYN-ACK showed the way to the origin: the client's packets go by XDP now,
+        // from the ACK that completes the handshake on.
         let ack = tcp(client, public, flags::ACK, b"data");
         let (action, out, moved) = run_xdp(&kernel, &ack);
         assert_eq!(
@@ -707,6 +777,12 @@ fn a_syn_on_the_tuple_of_a_finished_connection_starts_a_new_one() {
         let syn = tcp(origin, origin_side, flags::SYN, &[]);
         let (_, out, _) = run_tc(&kernel, &syn);
         assert_eq!(parse_tcp(&out).unwrap().dst, first);
+        run_tc(
+            &kernel,
+            &tcp(first, sa(PUBLIC, 40007), flags::SYN | flags::ACK, &[]),
+        );
+        run_tc(&kernel, &tcp(origin, origin_side, flags::ACK, &[]));
+        assert!(!kernel.has_lease(ORIGIN, origin_side).unwrap());
 
         // Still open: a SYN on the tuple is a retransmission and follows the flow.
         kernel.insert_lease(&active_lease(second)).unwrap();
@@ -736,6 +812,21 @@ fn a_syn_on_the_tuple_of_a_finished_connection_starts_a_new_one() {
             (TC_ACT_OK, vec!["nat_to_client", "forwarded_by_stack"])
         );
         assert_rewritten(&out, &syn, sa(PUBLIC, 40007), second);
+        assert_eq!(kernel.flow_count(), 2);
+        // Claimed once its handshake completes.
+        run_tc(
+            &kernel,
+            &with_numbers(
+                &tcp(second, sa(PUBLIC, 40007), flags::SYN | flags::ACK, &[]),
+                5000,
+                777_001,
+            ),
+        );
+        assert!(kernel.has_lease(ORIGIN, origin_side).unwrap());
+        run_tc(
+            &kernel,
+            &with_numbers(&tcp(origin, origin_side, flags::ACK, &[]), 777_001, 5001),
+        );
         assert!(!kernel.has_lease(ORIGIN, origin_side).unwrap());
         assert_eq!(
             kernel.claimed_flows(),
@@ -1178,5 +1269,368 @@ fn an_active_syn_is_admitted_only_from_the_origins_interface_and_port() {
                 ),
             ]
         );
+    });
+}
+
+/// The key the programs use for a flow direction arriving from `src` at `dst`.
+fn flow_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
+    FlowKey {
+        src_addr_be: u32::from_ne_bytes(src.ip().octets()),
+        dst_addr_be: u32::from_ne_bytes(dst.ip().octets()),
+        src_port_be: src.port().to_be(),
+        dst_port_be: dst.port().to_be(),
+    }
+}
+
+/// The two entries a SYN from `client` to the fixture's lease on PORT creates (arriving on
+/// `lo`, from the fixtures' MAC): (client's direction, origin's direction), tentative.
+/// Time and counts are the caller's to fill in.
+fn tentative_pair(client: SocketAddrV4) -> (FlowValue, FlowValue) {
+    let (public, origin, nat) = (sa(PUBLIC, PORT), sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
+    let forward = FlowValue {
+        new_src_addr_be: flow_key(nat, origin).src_addr_be,
+        new_dst_addr_be: flow_key(nat, origin).dst_addr_be,
+        new_src_port_be: PORT.to_be(),
+        new_dst_port_be: ORIGIN_PORT.to_be(),
+        reverse: flow_key(origin, nat),
+        flags: FLOW_TENTATIVE | FLOW_CLAIMER | FLOW_PAIR_L2,
+        claim_seq: packet::FIXTURE_ISN,
+        ..FlowValue::default()
+    };
+    let reverse = FlowValue {
+        new_src_addr_be: flow_key(public, client).src_addr_be,
+        new_dst_addr_be: flow_key(public, client).dst_addr_be,
+        new_src_port_be: PORT.to_be(),
+        new_dst_port_be: client.port().to_be(),
+        reverse: flow_key(client, public),
+        flags: FLOW_TENTATIVE | FLOW_L2,
+        egress_ifindex: LO_IFINDEX,
+        // The fixtures' frames go from the client's MAC to the gateway's.
+        dst_mac: [0x02, 0, 0, 0, 0, 0x02],
+        src_mac: [0x02, 0, 0, 0, 0, 0x01],
+        ..FlowValue::default()
+    };
+    (forward, reverse)
+}
+
+/// `lo` in a fresh network namespace.
+const LO_IFINDEX: u32 = 1;
+
+/// `expected` with what only the kernel knows (the time of the last packet) taken from
+/// `actual`, so that everything else compares whole.
+fn at_time_of(expected: FlowValue, actual: FlowValue) -> FlowValue {
+    FlowValue {
+        last_seen_ns: actual.last_seen_ns,
+        ..expected
+    }
+}
+
+/// A SYN starts a connection without claiming its lease: both entries are tentative and
+/// the lease stays. The origin's SYN-ACK records its sequence number; the client's ACK of
+/// it completes the handshake: the lease is deleted (claimed) and the entries become a
+/// plain connection.
+#[test]
+fn the_lease_is_claimed_when_the_handshake_completes() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+        let (client, public) = (sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT));
+        let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
+        let value = |tuple| kernel.flow_value(tuple).unwrap().unwrap();
+
+        let (action, _, moved) = run_tc(&kernel, &tcp(client, public, flags::SYN, &[]));
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_OK, vec!["nat_to_origin", "forwarded_by_stack"])
+        );
+        assert!(kernel.has_lease(CLIENT, public).unwrap());
+        let (mut forward, mut reverse) = tentative_pair(client);
+        forward.packets = 1;
+        forward.bytes = 40;
+        assert_eq!(
+            value((client, public)),
+            at_time_of(forward, value((client, public)))
+        );
+        assert_eq!(
+            value((origin, nat)),
+            at_time_of(reverse, value((origin, nat)))
+        );
+        assert_eq!(kernel.claimed_flows(), []);
+
+        let (action, _, moved) = run_tc(&kernel, &tcp(origin, nat, flags::SYN | flags::ACK, &[]));
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_REDIRECT, vec!["nat_to_client", "redirected"])
+        );
+        assert!(kernel.has_lease(CLIENT, public).unwrap());
+        // It also taught the way to the origin (FLOW_PAIR_L2: learned).
+        reverse.flags |= FLOW_TARGET_ISN | FLOW_ACKED | FLOW_PAIR_L2;
+        reverse.claim_seq = packet::FIXTURE_ISN;
+        reverse.last_ack = packet::FIXTURE_ISN + 1;
+        reverse.packets = 1;
+        reverse.bytes = 40;
+        assert_eq!(
+            value((origin, nat)),
+            at_time_of(reverse, value((origin, nat)))
+        );
+        // The SYN-ACK showed the way to the origin (lo, same MACs).
+        forward.flags |= FLOW_L2;
+        forward.egress_ifindex = LO_IFINDEX;
+        forward.dst_mac = [0x02, 0, 0, 0, 0, 0x02];
+        forward.src_mac = [0x02, 0, 0, 0, 0, 0x01];
+        assert_eq!(
+            value((client, public)),
+            at_time_of(forward, value((client, public)))
+        );
+
+        let (action, _, moved) = run_tc(&kernel, &tcp(client, public, flags::ACK, &[]));
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_REDIRECT, vec!["nat_to_origin", "redirected"])
+        );
+        assert!(!kernel.has_lease(CLIENT, public).unwrap());
+        forward.flags &= !FLOW_TENTATIVE;
+        forward.flags |= FLOW_ACKED;
+        forward.last_ack = packet::FIXTURE_ISN + 1;
+        forward.packets = 2;
+        forward.bytes = 80;
+        reverse.flags &= !(FLOW_TENTATIVE | FLOW_TARGET_ISN);
+        reverse.claim_seq = 0;
+        assert_eq!(
+            value((client, public)),
+            at_time_of(forward, value((client, public)))
+        );
+        assert_eq!(
+            value((origin, nat)),
+            at_time_of(reverse, value((origin, nat)))
+        );
+        assert_eq!(kernel.claimed_flows(), [(client, public, nat, origin)]);
+        assert_eq!(kernel.flow_count(), 2);
+    });
+}
+
+/// A SYN spoofed with the client's address (from a port the client does not use) cannot
+/// burn the lease: the client's own SYN from another port takes the tentative connection
+/// over (same lease, same tuple towards the origin), and its handshake claims the lease.
+#[test]
+fn the_clients_syn_replaces_a_spoofed_tentative_connection() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+        let (spoofed, client, public) = (
+            sa(CLIENT, CLIENT_PORT + 7),
+            sa(CLIENT, CLIENT_PORT),
+            sa(PUBLIC, PORT),
+        );
+        let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
+        let value = |tuple| kernel.flow_value(tuple).unwrap().unwrap();
+
+        run_tc(&kernel, &tcp(spoofed, public, flags::SYN, &[]));
+        assert_eq!(value((origin, nat)).reverse, flow_key(spoofed, public));
+
+        let syn = with_seq(&tcp(client, public, flags::SYN, &[]), packet::FIXTURE_ISN);
+        let (action, out, moved) = run_tc(&kernel, &syn);
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_OK, vec!["nat_to_origin", "forwarded_by_stack"])
+        );
+        assert_rewritten(&out, &syn, nat, origin);
+        assert_eq!(kernel.flow_value((spoofed, public)).unwrap(), None);
+        let (mut forward, reverse) = tentative_pair(client);
+        forward.packets = 1;
+        forward.bytes = 40;
+        assert_eq!(
+            value((client, public)),
+            at_time_of(forward, value((client, public)))
+        );
+        assert_eq!(
+            value((origin, nat)),
+            at_time_of(reverse, value((origin, nat)))
+        );
+        assert_eq!(kernel.flow_count(), 2);
+        assert!(kernel.has_lease(CLIENT, public).unwrap());
+
+        complete_handshake(&kernel, [client, public, origin, nat]);
+        assert_eq!(kernel.claimed_flows(), [(client, public, nat, origin)]);
+
+        // Claimed: a SYN from yet another port replaces nothing (and finds no lease).
+        let late = tcp(sa(CLIENT, CLIENT_PORT + 9), public, flags::SYN, &[]);
+        let (action, _, moved) = run_tc(&kernel, &late);
+        assert_eq!((action, moved), (TC_ACT_SHOT, vec!["drop_no_lease"]));
+        assert_eq!(kernel.claimed_flows(), [(client, public, nat, origin)]);
+        assert_eq!(kernel.flow_count(), 2);
+    });
+}
+
+/// Until its handshake completes, only the handshake passes from the claiming side: its
+/// SYN again, a RST, and the ACK of the origin's SYN-ACK. Data, a FIN, or an ACK that does
+/// not acknowledge the SYN-ACK (a spoofer cannot know its sequence number) are dropped
+/// and change nothing.
+#[test]
+fn a_tentative_connection_carries_only_the_handshake() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+        let (client, public) = (sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT));
+        let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
+        run_tc(&kernel, &tcp(client, public, flags::SYN, &[]));
+        let state = || {
+            (
+                kernel.flow_value((client, public)).unwrap(),
+                kernel.flow_value((origin, nat)).unwrap(),
+            )
+        };
+        let before_syn_ack = state();
+        // Before the SYN-ACK, even the ACK a real client would send next is premature.
+        for (name, frame) in [
+            ("ACK", tcp(client, public, flags::ACK, &[])),
+            ("data", tcp(client, public, flags::ACK | flags::PSH, b"x")),
+        ] {
+            let (action, _, moved) = run_tc(&kernel, &frame);
+            assert_eq!(
+                (action, moved),
+                (TC_ACT_SHOT, vec!["drop_unconfirmed"]),
+                "{name}"
+            );
+        }
+        assert_eq!(state(), before_syn_ack);
+
+        run_tc(
+            &kernel,
+            &with_numbers(&tcp(origin, nat, flags::SYN | flags::ACK, &[]), 9000, 1001),
+        );
+        let before = state();
+        for (name, frame) in [
+            ("guessed ACK", tcp(client, public, flags::ACK, &[])),
+            (
+                "guessed data",
+                tcp(client, public, flags::ACK | flags::PSH, b"x"),
+            ),
+            (
+                "FIN",
+                with_numbers(
+                    &tcp(client, public, flags::FIN | flags::ACK, &[]),
+                    1001,
+                    9002,
+                ),
+            ),
+            ("bare FIN", tcp(client, public, flags::FIN, &[])),
+            ("SYN-ACK", tcp(client, public, flags::SYN | flags::ACK, &[])),
+        ] {
+            let (action, _, moved) = run_tc(&kernel, &frame);
+            assert_eq!(
+                (action, moved),
+                (TC_ACT_SHOT, vec!["drop_unconfirmed"]),
+                "{name}"
+            );
+        }
+        assert_eq!(state(), before);
+        assert!(kernel.has_lease(CLIENT, public).unwrap());
+
+        // Its SYN again passes and changes nothing but the counts.
+        let (action, _, moved) = run_tc(&kernel, &tcp(client, public, flags::SYN, &[]));
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_REDIRECT, vec!["nat_to_origin", "redirected"])
+        );
+        assert!(kernel.flow((client, public)).unwrap().unwrap().tentative);
+
+        let ack = with_numbers(&tcp(client, public, flags::ACK, &[]), 1001, 9001);
+        let (action, _, moved) = run_tc(&kernel, &ack);
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_REDIRECT, vec!["nat_to_origin", "redirected"])
+        );
+        assert!(!kernel.has_lease(CLIENT, public).unwrap());
+        assert!(!kernel.flow((client, public)).unwrap().unwrap().tentative);
+        assert!(!kernel.flow((origin, nat)).unwrap().unwrap().tentative);
+    });
+}
+
+/// The client's host answers the origin's SYN-ACK to a SYN it never sent (a spoofed one)
+/// with a RST whose sequence number is the one the SYN-ACK acknowledged: the RST goes on to
+/// the origin and the tentative connection is removed; the lease stays. A RST with another
+/// sequence number passes without removing anything.
+#[test]
+fn the_clients_reset_ends_a_tentative_connection() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+        let (client, public) = (sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT));
+        let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
+        run_tc(&kernel, &tcp(client, public, flags::SYN, &[]));
+        run_tc(&kernel, &tcp(origin, nat, flags::SYN | flags::ACK, &[]));
+
+        let other = with_seq(&tcp(client, public, flags::RST, &[]), 5_000_000);
+        let (action, _, moved) = run_tc(&kernel, &other);
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_REDIRECT, vec!["nat_to_origin", "redirected"])
+        );
+        assert_eq!(kernel.flow_count(), 2);
+
+        let rst = tcp(client, public, flags::RST, &[]);
+        let (action, out, moved) = run_tc(&kernel, &rst);
+        assert_eq!(
+            (action, moved),
+            (TC_ACT_REDIRECT, vec!["nat_to_origin", "redirected"])
+        );
+        assert_redirected(&out, &rst, nat, origin);
+        assert_eq!(kernel.flow_count(), 0);
+        assert!(kernel.has_lease(CLIENT, public).unwrap());
+
+        // The same through XDP (which redirects by itself here).
+        let mut kernel = kernel;
+        kernel.allow_xdp_redirect("lo").unwrap();
+        run_tc(&kernel, &tcp(client, public, flags::SYN, &[]));
+        run_tc(&kernel, &tcp(origin, nat, flags::SYN | flags::ACK, &[]));
+        let (action, _, moved) = run_xdp(&kernel, &rst);
+        assert_eq!(
+            (action, moved),
+            (XDP_REDIRECT, vec!["nat_to_origin", "redirected"])
+        );
+        assert_eq!(kernel.flow_count(), 0);
+        assert!(kernel.has_lease(CLIENT, public).unwrap());
+    });
+}
+
+/// A SYN whose TTL would expire on the way through is dropped before it touches its
+/// lease: no flow entries, the lease untouched (by XDP and by TC); so is a tentative
+/// connection's completing ACK with TTL 1.
+#[test]
+fn a_syn_with_ttl_1_is_dropped_before_it_starts_a_connection() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
+        let (client, public) = (sa(CLIENT, CLIENT_PORT), sa(PUBLIC, PORT));
+        let (origin, nat) = (sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
+        let ttl_1 = |tcp_flags| {
+            let mut f = Ipv4Frame::tcp(client, public, tcp_flags, &[]);
+            f.ttl = 1;
+            f.build()
+        };
+        let (action, _, moved) = run_xdp(&kernel, &ttl_1(flags::SYN));
+        assert_eq!((action, moved), (XDP_DROP, vec!["drop_ttl"]));
+        let (action, _, moved) = run_tc(&kernel, &ttl_1(flags::SYN));
+        assert_eq!((action, moved), (TC_ACT_SHOT, vec!["drop_ttl"]));
+        assert_eq!(kernel.flow_count(), 0);
+        assert_eq!(kernel.lease_keys(), [(CLIENT, public)]);
+
+        run_tc(&kernel, &tcp(client, public, flags::SYN, &[]));
+        run_tc(&kernel, &tcp(origin, nat, flags::SYN | flags::ACK, &[]));
+        let (action, _, moved) = run_tc(&kernel, &ttl_1(flags::ACK));
+        assert_eq!((action, moved), (TC_ACT_SHOT, vec!["drop_ttl"]));
+        assert_eq!(kernel.lease_keys(), [(CLIENT, public)]);
+        assert!(kernel.flow((client, public)).unwrap().unwrap().tentative);
     });
 }

@@ -1230,3 +1230,213 @@ fn checksum_offload_partial_is_completed() {
         &failures,
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// (e) a SYN spoofed with the client's address
+// ---------------------------------------------------------------------------------------
+
+/// The source port the spoofer's SYN claims to come from (outside the client's ephemeral
+/// range, 32768-60999, so the client never uses it).
+const SPOOFED_PORT: u16 = 61000;
+
+/// Sends, from `client2` (the bystander on the client bridge), a SYN with the client's
+/// address from [`SPOOFED_PORT`] to `target`, through a raw IP socket: what any host on
+/// the client's network can do right after seeing the 227.
+fn spoof_syn(topo: &Topology, target: std::net::SocketAddrV4) {
+    let spoofed = std::net::SocketAddrV4::new(netns::CLIENT_IP, SPOOFED_PORT);
+    let frame = ftp_guard_tests::packet::Ipv4Frame::tcp(
+        spoofed,
+        target,
+        ftp_guard_tests::packet::flags::SYN,
+        &[],
+    )
+    .build();
+    let ip = frame[ftp_guard_tests::packet::ETH_HLEN..].to_vec();
+    topo.in_ns(CLIENT2, || {
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+        )
+        .expect("raw socket");
+        let to = std::net::SocketAddr::V4(target);
+        raw.send_to(&ip, &to.into())
+            .expect("sending the spoofed SYN");
+    });
+}
+
+/// Waits (up to `bound`) until `done` holds; how long it took, or `None`.
+fn await_state(bound: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < bound {
+        if done() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// (lease entries, flow entries) in the gateway's kernel maps.
+fn map_sizes(env: &Env) -> (usize, usize) {
+    let kernel = env
+        .gateway
+        .kernel()
+        .expect("the kernel path")
+        .lock()
+        .unwrap();
+    (kernel.lease_count(), kernel.flow_count())
+}
+
+/// A host on the client's network sends a SYN with the client's address to the client's
+/// fresh lease right after the 227 (from a port the client does not use): the client's
+/// own data connection over that lease still opens and carries the file byte-identical.
+/// The spoofer's SYN starts a tentative connection (its SYN-ACK goes to the spoofer's MAC,
+/// so the client never answers it); the client's SYN from its own port replaces it. The
+/// origin still holds the spoofed SYN's half-open connection on the NAT tuple, so it
+/// answers the client's SYN with an out-of-window ACK; the client resets that (which
+/// clears it at the origin) and sends its SYN again (Linux 6.18: within ~10 ms, not after
+/// the 1 s RTO), which completes the handshake. Measured: the connect time.
+#[test]
+fn a_spoofed_syn_does_not_deny_the_client_its_lease() {
+    if !require_privileged() {
+        return;
+    }
+    let mut failures = Vec::new();
+    let mut measured = String::new();
+    for kind in SERVERS {
+        let k = kind.name();
+        let env = field_env(&format!("spoof-{}", short(kind)), kind, PORTS_100, false);
+        let original = env.origin_file("spoofed.bin", 3 << 20);
+        let login = env.login();
+        let control = env.topo.in_ns(CLIENT, || {
+            let mut c = FtpControl::login(
+                login.addr,
+                &login.user,
+                &login.password,
+                Duration::from_secs(10),
+            )
+            .unwrap();
+            let data = c.pasv().unwrap();
+            (c, data)
+        });
+        let (mut control, data_addr) = control;
+        spoof_syn(&env.topo, data_addr);
+        // The spoofer's SYN first (its host may still be resolving the gateway's MAC).
+        if await_state(Duration::from_secs(2), || map_sizes(&env).1 == 2).is_none() {
+            failures.push(format!(
+                "{k}: the spoofed SYN did not reach the gateway: (leases, flows) = {:?}, {}",
+                map_sizes(&env),
+                counters(&env)
+            ));
+            continue;
+        }
+        let result = env.topo.in_ns(
+            CLIENT,
+            || -> anyhow::Result<(Duration, Duration, Vec<u8>)> {
+                let started = Instant::now();
+                let mut data =
+                    TcpStream::connect_timeout(&data_addr.into(), Duration::from_secs(10))?;
+                let connected = started.elapsed();
+                data.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let mark = control.command("RETR spoofed.bin")?;
+                anyhow::ensure!(mark.code == 150 || mark.code == 125, "RETR: {mark:?}");
+                let mut got = Vec::new();
+                std::io::Read::read_to_end(&mut data, &mut got)?;
+                drop(data);
+                let end = control.reply()?;
+                anyhow::ensure!(end.code == 226, "end of transfer: {end:?}");
+                Ok((connected, started.elapsed(), got))
+            },
+        );
+        match result {
+            Ok((connected, took, got)) => {
+                let _ = writeln!(
+                    measured,
+                    "{k}: after the spoofed SYN the client's data connection opened in {:.3} s, \
+                     the 3 MiB transfer took {:.3} s; gateway counters: {}",
+                    connected.as_secs_f64(),
+                    took.as_secs_f64(),
+                    counters(&env)
+                );
+                if got != fs::read(&original).unwrap() {
+                    failures.push(format!(
+                        "{k}: the file arrived different ({} bytes)",
+                        got.len()
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!(
+                "{k}: the client's transfer after a spoofed SYN failed: {}\n  gateway counters: {}",
+                brief(&e),
+                counters(&env)
+            )),
+        }
+    }
+    conclude(
+        "a_spoofed_syn_does_not_deny_the_client_its_lease",
+        &measured,
+        &failures,
+    );
+}
+
+/// A spoofed SYN whose handshake never completes (nobody answers the origin's SYN-ACK)
+/// holds nothing beyond the lease's TTL (10 s here): the lease and the tentative flow
+/// entries are gone from the kernel's maps within a sweep after it.
+#[test]
+fn an_unfinished_handshake_holds_nothing_beyond_the_lease_ttl() {
+    if !require_privileged() {
+        return;
+    }
+    const LEASE_TTL: Duration = Duration::from_secs(10);
+    let env = field_env("spoof-ttl", ServerKind::Vsftpd, PORTS_100, false);
+    let login = env.login();
+    let (control, data_addr) = env.topo.in_ns(CLIENT, || {
+        let mut c = FtpControl::login(
+            login.addr,
+            &login.user,
+            &login.password,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let data = c.pasv().unwrap();
+        (c, data)
+    });
+    let leased = Instant::now();
+    spoof_syn(&env.topo, data_addr);
+    let started = await_state(Duration::from_secs(2), || map_sizes(&env).1 == 2);
+    assert!(
+        started.is_some(),
+        "the spoofed SYN did not reach the gateway: (leases, flows) = {:?}, {}",
+        map_sizes(&env),
+        counters(&env)
+    );
+    let gone = await_state(LEASE_TTL + Duration::from_secs(5), || {
+        map_sizes(&env) == (0, 0)
+    });
+    let after = leased.elapsed();
+    eprintln!(
+        "\n==== an_unfinished_handshake_holds_nothing_beyond_the_lease_ttl: measured ====\n\
+         lease and tentative flows {} {:.1} s after the 227 (lease TTL {} s); counters: {}",
+        if gone.is_some() {
+            "gone"
+        } else {
+            "still there"
+        },
+        after.as_secs_f64(),
+        LEASE_TTL.as_secs(),
+        counters(&env)
+    );
+    assert!(
+        gone.is_some(),
+        "(leases, flows) = {:?} {:.1} s after the 227",
+        map_sizes(&env),
+        after.as_secs_f64()
+    );
+    assert!(
+        after < LEASE_TTL + Duration::from_secs(3),
+        "gone only {:.1} s after the 227",
+        after.as_secs_f64()
+    );
+    drop(control);
+}

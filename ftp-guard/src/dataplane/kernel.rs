@@ -1,6 +1,8 @@
 //! Data connections carried by the eBPF programs: a lease here is an entry in the
-//! kernel's lease map; the client's SYN claims it (deleting it) and creates the NAT flow
-//! in the kernel, and no data byte passes through userspace.
+//! kernel's lease map; the client's SYN creates the NAT flow in the kernel, tentative, and
+//! the client's ACK completing the handshake claims the lease (deleting it): a SYN spoofed
+//! with the client's address cannot use the lease up. No data byte passes through
+//! userspace.
 //!
 //! Ports (see `ports`): a public port is held only against the peer whose lease waits on
 //! it, and is free for that peer again the moment its lease is claimed or gone — learned
@@ -13,7 +15,9 @@
 //!
 //! A sweeper task runs every [`SWEEP_EVERY`] (and is the safety net for events a full
 //! ring buffer lost):
-//! - a waiting lease past its TTL is deleted;
+//! - a waiting lease past its TTL is deleted, with the tentative flow of a handshake that
+//!   never completed on it (a spoofed SYN's); its NAT port is given back only once no
+//!   flow of it is left ([`TENTATIVE_LINGER`]);
 //! - a carried connection is watched: when each direction's FIN has been acknowledged by
 //!   the other, or either sent a RST (in window: the kernel's rule), and [`CLOSE_GRACE`]
 //!   has passed, or when it has been idle for
@@ -57,6 +61,11 @@ const LOOK_CARRYING: Duration = Duration::from_secs(10);
 /// a peer whose SYN was answered by a stale connection at the target resets it
 /// and sends the SYN again (after 1 s, then 2 s more), which the flow must still carry.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(4);
+/// How long a withdrawn (expired or revoked) lease is still watched: a SYN that read the
+/// lease just before it went may create its tentative flow just after (removed when
+/// seen), or even complete its handshake (then carried). Generous against the microseconds
+/// that race takes; it only delays giving back the NAT port.
+pub const TENTATIVE_LINGER: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct KernelSettings {
@@ -154,10 +163,15 @@ impl Book {
 /// Where a lease is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
-    /// In the kernel's lease map, waiting for the peer's SYN; its port is held.
+    /// In the kernel's lease map, waiting for the peer's connection to complete its
+    /// handshake (a tentative one may exist); its port is held.
     Waiting,
-    /// Claimed by a connection from the peer's `peer_port`, carried by the kernel.
+    /// Claimed by a connection from the peer's `peer_port` (its handshake completed),
+    /// carried by the kernel.
     Carrying { peer_port: u16 },
+    /// Deleted unclaimed (revoked or expired) at `since`; watched for a tentative flow
+    /// left on it until [`TENTATIVE_LINGER`] has passed. Its public port is free already.
+    Withdrawn { since: Instant },
     /// Deleted unclaimed (revoked or expired), or its claim rolled back: nothing left.
     Gone,
 }
@@ -239,7 +253,11 @@ impl KernelDataplane {
 
     /// Leases (waiting or carrying) still tracked.
     pub fn active(&self) -> usize {
-        self.book().leases.len()
+        self.book()
+            .leases
+            .values()
+            .filter(|t| !matches!(t.stage, Stage::Withdrawn { .. }))
+            .count()
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -255,7 +273,7 @@ impl KernelDataplane {
         let keep = match event.kind {
             EventKind::Claimed => {
                 // Only the claim of this very lease: its peer, to its address.
-                if t.stage == Stage::Waiting
+                if matches!(t.stage, Stage::Waiting | Stage::Withdrawn { .. })
                     && *event.key.0.ip() == t.peer
                     && event.key.1 == t.local
                 {
@@ -315,10 +333,15 @@ impl KernelDataplane {
                 dropped += 1;
             }
         }
-        if adopted + dropped > 0 {
+        // Handshakes under those leases that never completed: nobody tracks them now.
+        let unfinished = kernel.remove_tentative_flows().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot remove the previous process's unfinished connections");
+            0
+        });
+        if adopted + dropped + unfinished > 0 {
             info!(
                 adopted,
-                dropped, "took over the previous process's data connections"
+                dropped, unfinished, "took over the previous process's data connections"
             );
         }
     }
@@ -345,18 +368,24 @@ impl KernelDataplane {
         }
     }
 
-    /// A waiting lease is no longer in the kernel's map: claimed (its connection's flow
-    /// exists) or its claim rolled back. Either way its port is free for its peer again.
-    fn settle_claim(&self, t: &mut Tracked, kernel: &Kernel) -> Result<(), KernelError> {
+    /// The flow entry of the target's direction of `t`'s connection, if one exists (any
+    /// connection on the same pair started under this lease).
+    fn our_flow(&self, t: &Tracked, kernel: &Kernel) -> Result<Option<FlowState>, KernelError> {
         // The target's direction is keyed by the (target, source) pair userspace chose.
-        let pair = (t.target, t.source);
-        let ours = kernel
-            .flow(pair)?
-            .filter(|f| *f.reverse.0.ip() == t.peer && f.reverse.1 == t.local);
-        match ours {
+        Ok(kernel
+            .flow((t.target, t.source))?
+            .filter(|f| *f.reverse.0.ip() == t.peer && f.reverse.1 == t.local))
+    }
+
+    /// A waiting lease is no longer in the kernel's map: claimed (its connection completed
+    /// its handshake, which deleted the lease) or gone otherwise. Either way its port is
+    /// free for its peer again.
+    fn settle_claim(&self, t: &mut Tracked, kernel: &Kernel) -> Result<(), KernelError> {
+        // The kernel marks the target's entry complete before it deletes the lease.
+        match self.our_flow(t, kernel)?.filter(|f| !f.tentative) {
             Some(f) => self.claimed(t, f.reverse.0.port()),
-            // Between the SYN's delete and its flows' insert, or a claim rolled back: look
-            // once more before giving the lease up.
+            // Removed by hand, or its connection over and taken over already: look once
+            // more before giving the lease up.
             None if !t.vanished => t.vanished = true,
             None => {
                 t.stage = Stage::Gone;
@@ -378,12 +407,32 @@ impl KernelDataplane {
             port = t.local.port(),
             "data connection started in the kernel"
         );
+        // A withdrawn lease's port was given back then (and may be held again by now).
+        if t.stage == Stage::Waiting {
+            self.ports.release(t.peer, t.local);
+        }
         t.stage = Stage::Carrying { peer_port };
-        self.ports.release(t.peer, t.local);
     }
 
-    /// Deletes a waiting lease (revoked or expired); if the peer's SYN deleted it first,
-    /// the lease is settled as claimed instead.
+    /// Removes the tentative flow of a handshake that never completed under `t`; true if
+    /// there was one.
+    fn drop_tentative(&self, t: &Tracked, kernel: &mut Kernel) -> Result<bool, KernelError> {
+        let Some(f) = self.our_flow(t, kernel)?.filter(|f| f.tentative) else {
+            return Ok(false);
+        };
+        kernel.remove_flow(f.reverse)?;
+        kernel.remove_flow((t.target, t.source))?;
+        debug!(
+            from = %f.reverse.0,
+            port = t.local.port(),
+            "unfinished handshake removed with its lease"
+        );
+        Ok(true)
+    }
+
+    /// Deletes a waiting lease (revoked or expired) and any tentative flow on it; if the
+    /// peer's completed handshake deleted it first, the lease is settled as claimed
+    /// instead.
     fn withdraw(&self, t: &mut Tracked, kernel: &mut Kernel) -> Result<(), KernelError> {
         if kernel.remove_lease(t.peer, t.local)? {
             let counter = if t.revoked {
@@ -397,8 +446,11 @@ impl KernelDataplane {
                 revoked = t.revoked,
                 "unused lease removed"
             );
-            t.stage = Stage::Gone;
+            t.stage = Stage::Withdrawn {
+                since: Instant::now(),
+            };
             self.ports.release(t.peer, t.local);
+            self.drop_tentative(t, kernel)?;
             Ok(())
         } else {
             self.settle_claim(t, kernel)
@@ -415,6 +467,18 @@ impl KernelDataplane {
                 self.withdraw(t, &mut kernel)?;
             }
         }
+        if let Stage::Withdrawn { since } = t.stage {
+            match self.our_flow(t, &kernel)? {
+                // The handshake completed after all (its ACK crossed the withdrawal).
+                Some(f) if !f.tentative => self.claimed(t, f.reverse.0.port()),
+                Some(_) => {
+                    self.drop_tentative(t, &mut kernel)?;
+                    t.next_look = now + SWEEP_EVERY;
+                }
+                None if now.duration_since(since) >= TENTATIVE_LINGER => t.stage = Stage::Gone,
+                None => t.next_look = since + TENTATIVE_LINGER,
+            }
+        }
         let peer_port = match t.stage {
             Stage::Waiting => {
                 t.next_look = if t.vanished {
@@ -424,6 +488,7 @@ impl KernelDataplane {
                 };
                 return Ok(true);
             }
+            Stage::Withdrawn { .. } => return Ok(true),
             Stage::Gone => {
                 self.release_nat_port(t);
                 return Ok(false);
@@ -729,7 +794,7 @@ impl Dataplane for KernelDataplane {
                         .is_some_and(|t| match t.stage {
                             Stage::Waiting => true,
                             Stage::Carrying { .. } => t.closed_since.is_none(),
-                            Stage::Gone => false,
+                            Stage::Withdrawn { .. } | Stage::Gone => false,
                         })
                 };
                 if busy {
@@ -767,7 +832,7 @@ impl Dataplane for KernelDataplane {
         let kernel = self.kernel();
         book.leases
             .values()
-            .filter(|t| t.stage != Stage::Gone)
+            .filter(|t| matches!(t.stage, Stage::Waiting | Stage::Carrying { .. }))
             .map(|t| {
                 let (peer, state, forward, reverse) = match t.stage {
                     Stage::Carrying { peer_port } => {
