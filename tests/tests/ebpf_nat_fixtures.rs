@@ -1250,25 +1250,23 @@ fn an_active_syn_is_admitted_only_from_the_origins_interface_and_port() {
             (action, moved),
             (TC_ACT_OK, vec!["nat_to_client", "forwarded_by_stack"])
         );
-        let mut claimed = kernel.claimed_flows();
-        claimed.sort();
+        // Each admitted SYN started its connection (tentative until the handshake
+        // completes); the refused ones started none.
+        let started: Vec<_> = [(20, 40008), (2021, 40009)]
+            .into_iter()
+            .map(|(src_port, port)| {
+                let up = kernel.flow((sa(ORIGIN, src_port), sa(NAT, port))).unwrap();
+                (up.map(|f| (f.tentative, f.reverse)), port)
+            })
+            .collect();
         assert_eq!(
-            claimed,
+            started,
             [
-                (
-                    sa(ORIGIN, 20),
-                    sa(NAT, 40008),
-                    sa(PUBLIC, 40008),
-                    sa(CLIENT, 51201)
-                ),
-                (
-                    sa(ORIGIN, 2021),
-                    sa(NAT, 40009),
-                    sa(PUBLIC, 40009),
-                    sa(CLIENT, 51201)
-                ),
+                (Some((true, (sa(CLIENT, 51201), sa(PUBLIC, 40008)))), 40008),
+                (Some((true, (sa(CLIENT, 51201), sa(PUBLIC, 40009)))), 40009),
             ]
         );
+        assert_eq!(kernel.flow_count(), 4);
     });
 }
 
@@ -1349,6 +1347,7 @@ fn the_lease_is_claimed_when_the_handshake_completes() {
         let (mut forward, mut reverse) = tentative_pair(client);
         forward.packets = 1;
         forward.bytes = 40;
+        forward.window = FIXTURE_WINDOW as u16;
         assert_eq!(
             value((client, public)),
             at_time_of(forward, value((client, public)))
@@ -1371,6 +1370,7 @@ fn the_lease_is_claimed_when_the_handshake_completes() {
         reverse.last_ack = packet::FIXTURE_ISN + 1;
         reverse.packets = 1;
         reverse.bytes = 40;
+        reverse.window = FIXTURE_WINDOW as u16;
         assert_eq!(
             value((origin, nat)),
             at_time_of(reverse, value((origin, nat)))
@@ -1443,6 +1443,7 @@ fn the_clients_syn_replaces_a_spoofed_tentative_connection() {
         let (mut forward, reverse) = tentative_pair(client);
         forward.packets = 1;
         forward.bytes = 40;
+        forward.window = FIXTURE_WINDOW as u16;
         assert_eq!(
             value((client, public)),
             at_time_of(forward, value((client, public)))
