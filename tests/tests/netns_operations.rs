@@ -211,9 +211,14 @@ impl Daemon {
         }
     }
 
+    /// Gone, or a zombie with no thread left: a killed process's leader turns zombie while
+    /// its other threads may still be exiting, holding its sockets open.
     fn exited(&self) -> bool {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z")
+        let threads = std::fs::read_dir(format!("/proc/{}/task", self.pid))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        stat.is_empty() || (stat.split_whitespace().nth(2) == Some("Z") && threads <= 1)
     }
 }
 
