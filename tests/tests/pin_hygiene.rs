@@ -208,7 +208,7 @@ fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
-/// Installs a passive lease (client → `public`) and claims it with the client's SYN from
+/// Installs a passive lease (client → `public`) and claims it with a handshake from
 /// `client_port`.
 fn claim(kernel: &mut Kernel, public: SocketAddrV4, client_port: u16) {
     kernel
@@ -226,8 +226,20 @@ fn claim(kernel: &mut Kernel, public: SocketAddrV4, client_port: u16) {
             },
         })
         .unwrap();
-    let syn = Ipv4Frame::tcp(sa(CLIENT, client_port), public, flags::SYN, &[]).build();
+    // The handshake claims it: the client's SYN, the origin's SYN-ACK, the client's ACK.
+    let (client, origin) = (
+        sa(CLIENT, client_port),
+        sa(ORIGIN, 30000 + client_port % 1000),
+    );
+    let syn = Ipv4Frame::tcp(client, public, flags::SYN, &[]).build();
     assert_eq!(run_tc(kernel, &syn).0, TC_ACT_OK);
+    let syn_ack = Ipv4Frame::tcp(origin, sa(NAT, public.port()), flags::SYN | flags::ACK, &[]);
+    run_tc(kernel, &syn_ack.build());
+    run_tc(
+        kernel,
+        &Ipv4Frame::tcp(client, public, flags::ACK, &[]).build(),
+    );
+    assert!(!kernel.has_lease(CLIENT, public).unwrap(), "not claimed");
 }
 
 /// On adopting pinned state, a restarted ftp-guard detaches the pinned links of interfaces
