@@ -273,21 +273,34 @@ impl Session {
                 ),
                 Err(LineError::Nul) => Reply::new(500, "Command contains a NUL byte."),
             };
+            // A rejected line takes a place in the queue too: behind a slow command, a
+            // flood of bad lines would otherwise queue replies without bound.
+            if self.pipelining_limit_reached() {
+                return;
+            }
             self.actions
                 .push_back(Action::Warn(format!("client: {}", reply.text())));
             self.local(reply);
         }
     }
 
+    /// Whether the queue is full; if so, says so and closes.
+    fn pipelining_limit_reached(&mut self) -> bool {
+        if self.pending.len() < self.config.max_pending {
+            return false;
+        }
+        self.say(Reply::new(
+            421,
+            "Too many commands without replies; closing.",
+        ));
+        self.actions
+            .push_back(Action::Warn("client pipelined too many commands".into()));
+        self.close();
+        true
+    }
+
     fn client_command(&mut self, command: Command) {
-        if self.pending.len() >= self.config.max_pending {
-            self.say(Reply::new(
-                421,
-                "Too many commands without replies; closing.",
-            ));
-            self.actions
-                .push_back(Action::Warn("client pipelined too many commands".into()));
-            self.close();
+        if self.pipelining_limit_reached() {
             return;
         }
         let verb = command.verb.as_str();
@@ -1119,6 +1132,25 @@ mod tests {
             8
         );
         assert_eq!(out.last(), Some(&Action::Close));
+    }
+
+    /// Found by the `session` fuzz target: rejected lines queued a local reply each behind
+    /// an unanswered command, without bound.
+    #[test]
+    fn rejected_lines_count_against_the_pipelining_bound() {
+        let mut s = greeted();
+        assert_eq!(client(&mut s, b"USER a\r\n"), vec![to_origin("USER a\r\n")]);
+        let out = client(&mut s, &b"1\r\n".repeat(20));
+        let warn = || {
+            Action::Warn("client: Syntax error: command verb must be 1 to 8 ASCII letters.".into())
+        };
+        let mut expected: Vec<Action> = std::iter::repeat_with(warn).take(7).collect();
+        expected.extend([
+            to_client("421 Too many commands without replies; closing.\r\n"),
+            Action::Warn("client pipelined too many commands".into()),
+            Action::Close,
+        ]);
+        assert_eq!(out, expected);
     }
 
     #[test]
