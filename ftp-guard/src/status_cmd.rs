@@ -1,22 +1,50 @@
 //! `ftp-guard status`: what a running daemon is doing, read from its admin endpoint.
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Args;
 
-use crate::admin::{self, Status};
+use crate::{
+    admin::{self, Status},
+    config::Config,
+};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The daemon's admin endpoint (its `admin_listen`).
-    #[arg(long, default_value = "127.0.0.1:9640")]
-    pub admin: SocketAddr,
+    /// The daemon's admin endpoint (its `admin_listen`) [default: the config's
+    /// admin_listen with --config, else 127.0.0.1:9640].
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// A file with the admin token (`admin_token_file`) [default: the config's with --config].
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The daemon's configuration: where its endpoint listens and its token file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Print the raw JSON instead of tables.
     #[arg(long)]
     pub json: bool,
 }
 
+impl StatusArgs {
+    /// The endpoint and the token to use: flags first, then the configuration.
+    pub fn endpoint(&self) -> anyhow::Result<(SocketAddr, Option<String>)> {
+        let config = self.config.as_deref().map(Config::load).transpose()?;
+        let admin = self
+            .admin
+            .or(config.as_ref().map(|c| c.admin_listen))
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9640)));
+        let token_file = self
+            .token_file
+            .as_deref()
+            .or(config.as_ref().and_then(Config::admin_token_path));
+        let token = token_file.map(admin::read_token).transpose()?;
+        Ok((admin, token))
+    }
+}
+
 pub async fn run(args: &StatusArgs) -> anyhow::Result<()> {
-    let body = admin::get(args.admin, "/status").await?;
+    let (addr, token) = args.endpoint()?;
+    let body = admin::get(addr, "/status", token.as_deref()).await?;
     if args.json {
         print!("{body}");
         return Ok(());

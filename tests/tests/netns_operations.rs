@@ -24,7 +24,7 @@ fn admin_get(topo: &Topology, path: &str) -> anyhow::Result<String> {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(admin::get(ADMIN.parse().unwrap(), path))
+            .block_on(admin::get(ADMIN.parse().unwrap(), path, None))
     })
 }
 
