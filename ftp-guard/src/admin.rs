@@ -532,7 +532,7 @@ pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::R
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{get as get_body, *};
     use crate::{
         config::Config,
         dataplane::userspace::{RelaySettings, UserspaceRelay},
@@ -667,6 +667,27 @@ mod tests {
                 "",
                 "no service running\n"
             )
+        );
+    }
+
+    /// What `ftp-guard status` does: with the token it gets the body, without it an error
+    /// that says what is missing.
+    #[tokio::test]
+    async fn the_status_client_sends_the_token() {
+        let state = AdminState::new(Registry::default(), limits());
+        state.set_token(Some(TOKEN.into()));
+        let addr = start(state).await;
+        assert_eq!(
+            get_body(addr, "/metrics", Some(TOKEN)).await.unwrap(),
+            "# EOF\n"
+        );
+        assert_eq!(
+            get_body(addr, "/metrics", None)
+                .await
+                .unwrap_err()
+                .to_string(),
+            "HTTP/1.1 401 Unauthorized: the admin endpoint wants its token (--token-file, or \
+             --config with admin_token_file)"
         );
     }
 

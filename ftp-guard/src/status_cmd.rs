@@ -311,4 +311,47 @@ SERVICE  MODE  PORT  PEER  TARGET  STATE  AGE_S  BYTES->CLIENT  BYTES->ORIGIN
 ";
         assert_eq!(render(&status), expected);
     }
+
+    #[test]
+    fn the_endpoint_and_token_come_from_flags_then_the_config() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("ftp-guard-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (token, other, config) = (dir.join("token"), dir.join("other"), dir.join("c.toml"));
+        for (file, text) in [(&token, "from-config\n"), (&other, "from-flag\n")] {
+            std::fs::write(file, text).unwrap();
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        std::fs::write(
+            &config,
+            format!(
+                "admin_listen = \"127.0.0.1:9641\"\nadmin_token_file = \"{}\"\n\
+                 [[service]]\nname = \"ftp\"\nlisten = \"203.0.113.1:21\"\n\
+                 origin = \"198.51.100.2:21\"\ndata_ports = \"40000-40099\"\ndataplane = \"userspace\"\n",
+                token.display()
+            ),
+        )
+        .unwrap();
+        let args = |admin: Option<&str>, token_file: Option<&PathBuf>, config: Option<&PathBuf>| {
+            StatusArgs {
+                admin: admin.map(|a| a.parse().unwrap()),
+                token_file: token_file.cloned(),
+                config: config.cloned(),
+                json: false,
+            }
+            .endpoint()
+            .unwrap()
+        };
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        assert_eq!(args(None, None, None), (at("127.0.0.1:9640"), None));
+        assert_eq!(
+            args(None, None, Some(&config)),
+            (at("127.0.0.1:9641"), Some("from-config".into()))
+        );
+        assert_eq!(
+            args(Some("127.0.0.1:9642"), Some(&other), Some(&config)),
+            (at("127.0.0.1:9642"), Some("from-flag".into()))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
