@@ -35,6 +35,10 @@ pub struct Config {
     /// /status (what `ftp-guard status` shows).
     #[serde(default = "defaults::admin_listen")]
     pub admin_listen: std::net::SocketAddr,
+    /// A file holding a bearer token that /status and /metrics then require
+    /// (`Authorization: Bearer <token>`); read at start and on reload. Must not be readable
+    /// by others. /healthz and /readyz stay open for probes. Unset: no token.
+    pub admin_token_file: Option<toml::Spanned<std::path::PathBuf>>,
     /// A bpffs directory where the kernel path's maps and program links are pinned, so
     /// that they outlive the process: a restarted ftp-guard adopts them and data
     /// connections in flight go on. Unset: everything is removed when ftp-guard exits.
@@ -440,6 +444,15 @@ impl Config {
         if self.services.is_empty() {
             return Err("no [[service]] defined: there is nothing to protect".into());
         }
+        if let Some(file) = &self.admin_token_file
+            && !file.get_ref().is_absolute()
+        {
+            return Err(format!(
+                "line {}: admin_token_file: `{}` must be an absolute path",
+                line_of(text, file.span().start),
+                file.get_ref().display()
+            ));
+        }
         if self.max_sessions == 0 {
             return Err("max_sessions: must be at least 1".into());
         }
@@ -602,6 +615,13 @@ impl Config {
     }
 
     /// The services, without their spans.
+    /// [`Config::admin_token_file`] without its place in the file.
+    pub fn admin_token_path(&self) -> Option<&Path> {
+        self.admin_token_file
+            .as_ref()
+            .map(|f| f.get_ref().as_path())
+    }
+
     pub fn services(&self) -> impl Iterator<Item = &Service> {
         self.services.iter().map(|s| s.get_ref())
     }
@@ -875,5 +895,20 @@ client_interface = "eth0"
                 .unwrap_err()
                 .contains("no [[service]]")
         );
+    }
+
+    #[test]
+    fn admin_token_file_is_an_absolute_path() {
+        let with = |v: &str| Config::parse(&format!("admin_token_file = {v}\n{MINIMAL}"));
+        assert_eq!(
+            with("\"token\"").unwrap_err(),
+            "line 1: admin_token_file: `token` must be an absolute path"
+        );
+        let c = with("\"/etc/ftp-guard/admin.token\"").unwrap();
+        assert_eq!(
+            c.admin_token_path(),
+            Some(Path::new("/etc/ftp-guard/admin.token"))
+        );
+        assert_eq!(Config::parse(MINIMAL).unwrap().admin_token_path(), None);
     }
 }

@@ -2,7 +2,7 @@
 //! proxy task, the kernel path when a service uses it, and the admin endpoint. `ftp-guard
 //! run` is this plus signal handling; tests and benchmarks start it in-process.
 use std::{
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -22,6 +22,18 @@ use crate::{
     metrics::{Metrics, Sources},
     proxy::{self, ServiceContext, SessionSlots},
 };
+
+/// The admin token the configuration names, read now (start and reload).
+fn admin_token(config: &Config) -> anyhow::Result<Option<String>> {
+    config.admin_token_path().map(admin::read_token).transpose()
+}
+
+/// `listen`: where the endpoint really listens (a reload keeps the first address).
+fn warn_if_admin_exposed(listen: std::net::SocketAddr, config: &Config) {
+    if let Some(warning) = admin::exposure_warning(listen, config.admin_token_file.is_some()) {
+        warn!("{warning}");
+    }
+}
 
 /// One service accepting clients.
 struct Running {
@@ -55,12 +67,11 @@ impl Gateway {
     pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         let metrics = Arc::new(Metrics::new());
         let sources = Arc::new(Sources::default());
-        let admin = Arc::new(AdminState {
-            registry: metrics.registry(sources.clone()),
-            services: RwLock::default(),
-            kernel: Mutex::default(),
-            started: Instant::now(),
-        });
+        let admin = Arc::new(AdminState::new(
+            metrics.registry(sources.clone()),
+            admin::Limits::default(),
+        ));
+        admin.set_token(admin_token(config)?);
         let mut gateway = Gateway {
             config: config.clone(),
             sessions: SessionSlots::new(config.max_sessions),
@@ -90,6 +101,7 @@ impl Gateway {
             .await
             .with_context(|| format!("admin_listen: cannot listen on {}", config.admin_listen))?;
         info!(listen = %config.admin_listen, "admin endpoint ready (/metrics /healthz /readyz /status)");
+        warn_if_admin_exposed(config.admin_listen, config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(admin::serve(listener, admin, async move {
             let _ = stopped.await;
@@ -275,6 +287,7 @@ impl Gateway {
                 self.config.admin_listen
             );
         }
+        let token = admin_token(&config)?;
         self.setup_kernel(&config)?;
         // Check everything that can fail before stopping anything.
         for s in config.services() {
@@ -331,6 +344,8 @@ impl Gateway {
         self.sessions
             .resize(self.config.max_sessions, config.max_sessions);
         warn_if_fd_limit_too_low(&config);
+        self.admin.set_token(token);
+        warn_if_admin_exposed(self.config.admin_listen, &config);
         self.config = config;
         self.publish();
         info!(services = self.running.len(), "configuration reloaded");

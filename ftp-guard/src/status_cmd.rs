@@ -1,22 +1,50 @@
 //! `ftp-guard status`: what a running daemon is doing, read from its admin endpoint.
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Args;
 
-use crate::admin::{self, Status};
+use crate::{
+    admin::{self, Status},
+    config::Config,
+};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The daemon's admin endpoint (its `admin_listen`).
-    #[arg(long, default_value = "127.0.0.1:9640")]
-    pub admin: SocketAddr,
+    /// The daemon's admin endpoint (its `admin_listen`) [default: the config's
+    /// admin_listen with --config, else 127.0.0.1:9640].
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// A file with the admin token (`admin_token_file`) [default: the config's with --config].
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The daemon's configuration: where its endpoint listens and its token file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Print the raw JSON instead of tables.
     #[arg(long)]
     pub json: bool,
 }
 
+impl StatusArgs {
+    /// The endpoint and the token to use: flags first, then the configuration.
+    pub fn endpoint(&self) -> anyhow::Result<(SocketAddr, Option<String>)> {
+        let config = self.config.as_deref().map(Config::load).transpose()?;
+        let admin = self
+            .admin
+            .or(config.as_ref().map(|c| c.admin_listen))
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9640)));
+        let token_file = self
+            .token_file
+            .as_deref()
+            .or(config.as_ref().and_then(Config::admin_token_path));
+        let token = token_file.map(admin::read_token).transpose()?;
+        Ok((admin, token))
+    }
+}
+
 pub async fn run(args: &StatusArgs) -> anyhow::Result<()> {
-    let body = admin::get(args.admin, "/status").await?;
+    let (addr, token) = args.endpoint()?;
+    let body = admin::get(addr, "/status", token.as_deref()).await?;
     if args.json {
         print!("{body}");
         return Ok(());
@@ -282,5 +310,48 @@ SERVICE  MODE  PORT  PEER  TARGET  STATE  AGE_S  BYTES->CLIENT  BYTES->ORIGIN
 (none)
 ";
         assert_eq!(render(&status), expected);
+    }
+
+    #[test]
+    fn the_endpoint_and_token_come_from_flags_then_the_config() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("ftp-guard-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (token, other, config) = (dir.join("token"), dir.join("other"), dir.join("c.toml"));
+        for (file, text) in [(&token, "from-config\n"), (&other, "from-flag\n")] {
+            std::fs::write(file, text).unwrap();
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        std::fs::write(
+            &config,
+            format!(
+                "admin_listen = \"127.0.0.1:9641\"\nadmin_token_file = \"{}\"\n\
+                 [[service]]\nname = \"ftp\"\nlisten = \"203.0.113.1:21\"\n\
+                 origin = \"198.51.100.2:21\"\ndata_ports = \"40000-40099\"\ndataplane = \"userspace\"\n",
+                token.display()
+            ),
+        )
+        .unwrap();
+        let args = |admin: Option<&str>, token_file: Option<&PathBuf>, config: Option<&PathBuf>| {
+            StatusArgs {
+                admin: admin.map(|a| a.parse().unwrap()),
+                token_file: token_file.cloned(),
+                config: config.cloned(),
+                json: false,
+            }
+            .endpoint()
+            .unwrap()
+        };
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        assert_eq!(args(None, None, None), (at("127.0.0.1:9640"), None));
+        assert_eq!(
+            args(None, None, Some(&config)),
+            (at("127.0.0.1:9641"), Some("from-config".into()))
+        );
+        assert_eq!(
+            args(Some("127.0.0.1:9642"), Some(&other), Some(&config)),
+            (at("127.0.0.1:9642"), Some("from-flag".into()))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

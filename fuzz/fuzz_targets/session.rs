@@ -1,11 +1,19 @@
-//! The control-connection state machine under arbitrary event sequences: no panic, every
-//! line sent to the origin is exactly one clean command line, and no origin address ever
-//! reaches the client.
+//! A whole control session under arbitrary interleavings of client lines, origin replies,
+//! lease results and timeouts. Invariants: no panic; every line sent to the origin is one
+//! clean command line; no origin address (the origin's IP or any hidden address or name, in
+//! any form the scrubber knows) reaches the client; nothing follows `Close`; the actions of
+//! one event and the memory the session holds between events stay within bounds derived
+//! from its limits, however long the input runs.
 //!
-//! Input: a sequence of events, each `kind, len, bytes…`. In origin bytes, 0x01 and 0x02
-//! stand for the origin's address in dotted and comma form, so real leaks get tried.
+//! Input: 2 header bytes (limits and active mode, see [`session_config`]), then events,
+//! each `kind, len, bytes…`. In origin bytes, 0x01..=0x06 stand for the hidden addresses
+//! and name written out, so real leaks get tried next to arbitrary bytes.
 #![no_main]
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use ftp_guard::ftp::{
     scrub::Scrubber,
@@ -14,65 +22,203 @@ use ftp_guard::ftp::{
 use libfuzzer_sys::fuzz_target;
 
 const ORIGIN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const ORIGIN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+const ORIGIN_NAME: &str = "ftp.internal.example";
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+
+/// Counts live heap bytes, so "bounded memory" is measured, not inferred.
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn scrubber() -> Scrubber {
+    Scrubber::new(&[IpAddr::V4(ORIGIN), IpAddr::V6(ORIGIN_V6)], PUBLIC).with_names(&[ORIGIN_NAME])
+}
+
+/// The one place that builds a `SessionConfig` (its fields change as limits are added).
+/// Small, input-chosen limits, so that the bounds below bite early.
+fn session_config(limits: u8, flags: u8) -> SessionConfig {
+    SessionConfig {
+        client_ip: CLIENT,
+        active_mode: flags & 1 == 1,
+        public_ip: PUBLIC,
+        origin_ip: ORIGIN,
+        scrubber: scrubber(),
+        max_command_line: 16 + usize::from(limits & 0x3f),
+        max_reply_line: 64 + usize::from(flags >> 2),
+        max_reply_lines: 1 + usize::from(limits >> 6) * 4,
+        max_pending: 1 + usize::from((flags >> 1) & 1) * 7,
+        max_consecutive_errors: 1 + usize::from(limits & 0x7),
+        max_reply_bytes: 128 + usize::from(flags) * 4,
+    }
+}
+
+/// Most heap bytes a session may hold between events: its line buffers, one reply being
+/// assembled, and per queued command a reply (a local one or one held from the origin).
+/// Generous constants (allocator rounding, queue growth by doubling), but independent of
+/// how much input has been fed. On top, the line readers keep the capacity of the largest
+/// single read (the driver's read buffer bounds that), see the check below.
+fn memory_bound(config: &SessionConfig) -> usize {
+    let reply = config.max_reply_line * config.max_reply_lines
+        + 64 * config.max_reply_lines
+        + config.max_reply_bytes;
+    2 * (config.max_command_line + config.max_reply_line)
+        + 2 * reply
+        + 4 * (config.max_pending + 2) * (reply + 256)
+        + 4096
+}
+
+fn origin_bytes(chunk: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(chunk.len() * 4);
+    for b in chunk {
+        match b {
+            1 => bytes.extend_from_slice(b"198.51.100.2"),
+            2 => bytes.extend_from_slice(b"198,51,100,2"),
+            3 => bytes.extend_from_slice(b"2001:db8::2"),
+            4 => bytes.extend_from_slice(b"2001:0DB8:0000:0000:0000:0000:0000:0002"),
+            5 => bytes.extend_from_slice(b"::ffff:198.51.100.2"),
+            6 => bytes.extend_from_slice(b"FTP.Internal.Example"),
+            _ => bytes.push(*b),
+        }
+    }
+    bytes
+}
+
+/// Lease requests the session made and the harness has not answered yet.
+#[derive(Default)]
+struct Requests {
+    passive: usize,
+    active: usize,
+}
 
 fuzz_target!(|data: &[u8]| {
-    let scrubber = Scrubber::new(&[IpAddr::V4(ORIGIN)], Ipv4Addr::new(203, 0, 113, 1));
-    let oracle = Scrubber::new(&[IpAddr::V4(ORIGIN)], Ipv4Addr::new(203, 0, 113, 1));
-    let mut session = Session::new(SessionConfig {
-        public_ip: Ipv4Addr::new(203, 0, 113, 1),
-        origin_ip: ORIGIN,
-        scrubber,
-        max_command_line: 64,
-        max_reply_line: 256,
-        max_reply_lines: 16,
-        max_pending: 8,
-    });
-    let mut rest = data;
+    let [limits, flags, input @ ..] = data else {
+        return;
+    };
+    let mut rest = input;
+    let oracle = scrubber();
+    let config = session_config(*limits, *flags);
+    let bound = memory_bound(&config);
+    let max_command_line = config.max_command_line;
+    let baseline = LIVE.load(Ordering::Relaxed);
+    let mut session = Session::new(config);
+    let mut requests = Requests::default();
+    let mut closed = false;
+    let mut largest_read = 0;
     while let [kind, len, tail @ ..] = rest {
         let n = usize::from(*len).min(tail.len());
         let (chunk, next) = tail.split_at(n);
         rest = next;
-        match kind % 7 {
-            0 => session.handle(Event::FromClient(chunk)),
-            1 => {
-                let mut bytes = Vec::with_capacity(chunk.len() * 4);
-                for b in chunk {
-                    match b {
-                        1 => bytes.extend_from_slice(b"198.51.100.2"),
-                        2 => bytes.extend_from_slice(b"198,51,100,2"),
-                        _ => bytes.push(*b),
-                    }
-                }
+        // Lines an event can complete: what bounds the actions it may cause.
+        let lines = chunk.iter().filter(|&&b| b == b'\n').count() * 2 + 2;
+        match kind % 12 {
+            // The driver reads the client only while the session wants input
+            // (backpressure at the pipelining bound).
+            0 | 1 if session.wants_client_input() => {
+                largest_read = largest_read.max(chunk.len());
+                session.handle(Event::FromClient(chunk));
+            }
+            2 | 3 => {
+                let bytes = origin_bytes(chunk);
+                largest_read = largest_read.max(bytes.len());
                 session.handle(Event::FromOrigin(&bytes));
             }
-            2 => session.handle(Event::LeaseInstalled {
-                public_port: u16::from(*len) + 40000,
+            // Answers in the driver's manner: only to what was asked.
+            4 if requests.passive > 0 => {
+                requests.passive -= 1;
+                session.handle(Event::LeaseInstalled {
+                    public_port: 40000 + u16::from(*len),
+                });
+            }
+            4 if requests.active > 0 => {
+                requests.active -= 1;
+                session.handle(Event::ActiveLeaseInstalled {
+                    origin_side: SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 1), 50000),
+                });
+            }
+            5 if requests.passive + requests.active > 0 => {
+                requests.passive = requests.passive.saturating_sub(1);
+                requests.active = requests.active.saturating_sub(1);
+                session.handle(if len % 2 == 0 {
+                    Event::LeaseFailed {
+                        reason: "no port free".into(),
+                    }
+                } else {
+                    Event::LeaseLimit
+                });
+            }
+            // And out of turn, as a buggy or racing driver might.
+            6 => session.handle(Event::LeaseInstalled {
+                public_port: u16::from_le_bytes([*len, chunk.first().copied().unwrap_or(0)]),
             }),
-            3 => session.handle(Event::LeaseFailed {
-                reason: "full".into(),
+            7 => session.handle(Event::ActiveLeaseInstalled {
+                origin_side: SocketAddrV4::new(ORIGIN, 20),
             }),
-            4 => session.origin_closed(),
-            5 => session.idle_timeout(),
-            _ => session.client_closed(),
+            8 => session.handle(Event::LeaseFailed {
+                reason: String::from_utf8_lossy(chunk).into_owned(),
+            }),
+            9 => match len % 4 {
+                0 => session.origin_closed(),
+                1 => session.idle_timeout(),
+                2 => session.greeting_timeout(),
+                _ => session.client_closed(),
+            },
+            _ => {}
         }
-        let mut closed = false;
+        let mut actions = 0;
         while let Some(action) = session.poll_action() {
+            actions += 1;
             assert!(!closed, "action after Close: {action:?}");
             match action {
                 Action::ToOrigin(line) => {
                     assert!(line.ends_with(b"\r\n"), "{line:?}");
                     let body = &line[..line.len() - 2];
+                    assert!(body.len() <= max_command_line.max(64), "{line:?}");
                     assert!(
                         !body.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)),
                         "not one clean line: {line:?}"
                     );
                 }
                 Action::ToClient(bytes) => {
-                    assert!(!oracle.leaks(&bytes), "leak: {:?}", String::from_utf8_lossy(&bytes));
+                    assert!(
+                        !oracle.leaks(&bytes),
+                        "leak: {:?}",
+                        String::from_utf8_lossy(&bytes)
+                    );
+                }
+                Action::InstallLease { origin } => {
+                    assert_eq!(*origin.ip(), ORIGIN, "lease to a third party");
+                    requests.passive += 1;
+                }
+                Action::InstallActiveLease { client } => {
+                    assert_eq!(*client.ip(), CLIENT, "active lease to a third party");
+                    requests.active += 1;
                 }
                 Action::Close => closed = true,
                 _ => {}
             }
         }
+        assert!(
+            actions <= 4 * lines + 8,
+            "{actions} actions from one event of {n} bytes"
+        );
+        assert_eq!(session.is_closed(), closed);
+        let held = LIVE.load(Ordering::Relaxed).saturating_sub(baseline);
+        let bound = bound + 4 * largest_read;
+        assert!(held <= bound, "session holds {held} bytes (bound {bound})");
     }
 });

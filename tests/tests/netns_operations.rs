@@ -26,7 +26,7 @@ fn admin_get(topo: &Topology, path: &str) -> anyhow::Result<String> {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(admin::get(ADMIN.parse().unwrap(), path))
+            .block_on(admin::get(ADMIN.parse().unwrap(), path, None))
     })
 }
 
@@ -141,8 +141,18 @@ fn admin_endpoint_reports_sessions_leases_metrics_and_readiness() {
     // The origin goes away: not ready any more, and the reason is given.
     // SAFETY: the server's PID, started by this test.
     unsafe { libc::kill(env.server.pid() as i32, libc::SIGKILL) };
-    std::thread::sleep(Duration::from_millis(300));
-    let err = admin_get(&env.topo, "/readyz").unwrap_err().to_string();
+    // /readyz probes at most once per READY_CACHE: the news takes up to that long.
+    let deadline = std::time::Instant::now() + admin::READY_CACHE + Duration::from_secs(3);
+    let err = loop {
+        match admin_get(&env.topo, "/readyz") {
+            Err(e) => break e.to_string(),
+            Ok(body) => assert!(
+                std::time::Instant::now() < deadline,
+                "still {body:?} after the origin died"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(err.contains("503"), "{err}");
     assert_eq!(admin_get(&env.topo, "/healthz").unwrap(), "ok\n");
 }

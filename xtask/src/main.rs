@@ -2,6 +2,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod fuzz;
 mod interop;
 mod run;
 mod setup;
@@ -64,6 +65,19 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the fuzz targets (fuzz/, stable toolchain + libFuzzer) and run each in turn;
+    /// prints executions, exec/s and corpus size per target. Crashes: fuzz/artifacts/.
+    Fuzz {
+        /// Only this target (repeatable); default: all.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Seconds per target.
+        #[arg(long, conflicts_with = "runs")]
+        secs: Option<u64>,
+        /// Executions per target.
+        #[arg(long)]
+        runs: Option<u64>,
+    },
     /// Setup, build, then run `ftp-guard demo`.
     Demo {
         /// Run the demo scenario once and exit.
@@ -80,6 +94,17 @@ fn main() -> ExitCode {
         Cmd::Test { no_interop, args } => test::run(&args, !no_interop),
         Cmd::Bench { args } => bench::run(&args),
         Cmd::Interop { args } => interop::run(&args),
+        Cmd::Fuzz {
+            targets,
+            secs,
+            runs,
+        } => {
+            let budget = match (secs, runs) {
+                (_, Some(n)) => fuzz::Budget::Runs(n),
+                (s, None) => fuzz::Budget::Secs(s.unwrap_or(60)),
+            };
+            fuzz::run(&targets, budget).map(|()| 0)
+        }
         Cmd::Demo { once } => demo::run(once).map(|()| 0),
     };
     match result {

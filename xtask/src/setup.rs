@@ -71,6 +71,8 @@ const PACKAGES: &[&str] = &[
     "libsodium23",
     // debugging
     "tcpdump",
+    // `cargo xtask fuzz`: libfuzzer-sys compiles libFuzzer (C++) with the `cc` crate
+    "g++",
 ];
 
 pub fn run() -> Result<()> {

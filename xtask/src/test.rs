@@ -1,12 +1,16 @@
 //! `cargo xtask test [--no-interop] [-- ARGS]`: setup, then the whole workspace's tests,
 //! privileged ones included, one at a time, then the interoperability matrix on both data
-//! paths and both topologies (reports: target/interop/interop-{standard,field}.md). Fails
-//! if any fails.
+//! paths and both topologies (reports: target/interop/interop-{standard,field}.md), and a
+//! fuzz smoke run (every target of fuzz/ for a few seconds: a broken harness fails here).
+//! Fails if any fails.
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
 
-use crate::{interop, setup, util};
+use crate::{fuzz, interop, setup, util};
+
+/// Seconds each fuzz target runs in the smoke run (5 targets; the build comes on top).
+const FUZZ_SMOKE_SECS: u64 = 5;
 
 /// Returns the exit code to pass on: `cargo test`'s if it failed, else the matrix's.
 pub fn run(extra: &[String], with_interop: bool) -> Result<i32> {
@@ -34,6 +38,19 @@ pub fn run(extra: &[String], with_interop: bool) -> Result<i32> {
     println!("running: {}", util::cmdline(&cmd));
     let tests = util::status(&mut cmd)?;
     let tests_secs = start.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let fuzz_ok = match fuzz::smoke(FUZZ_SMOKE_SECS) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("fuzz smoke: {e:#}");
+            false
+        }
+    };
+    println!(
+        "fuzz smoke: {} ({:.1} s)",
+        if fuzz_ok { "ok" } else { "FAILED" },
+        t.elapsed().as_secs_f64()
+    );
     // The matrix runs even after a test failure: one CI run then tells both stories.
     // On both topologies: the standard one (veths, forwarding on, offloads off) and the
     // field one (bridges, ip_forward = 0, default offloads, 100 data ports).
@@ -65,12 +82,13 @@ pub fn run(extra: &[String], with_interop: bool) -> Result<i32> {
     } else {
         None
     };
-    let ok = tests.success() && matrix.is_none_or(|m| m.success());
+    let ok = tests.success() && fuzz_ok && matrix.is_none_or(|m| m.success());
     println!(
-        "cargo xtask test: {} (tests {} in {:.1} s; interop matrix {}; wall time {:.1} s)",
+        "cargo xtask test: {} (tests {} in {:.1} s; fuzz smoke {}; interop matrix {}; wall time {:.1} s)",
         if ok { "ok" } else { "FAILED" },
         if tests.success() { "ok" } else { "FAILED" },
         tests_secs,
+        if fuzz_ok { "ok" } else { "FAILED" },
         match matrix {
             None => "skipped",
             Some(m) if m.success() => "ok",
@@ -80,6 +98,8 @@ pub fn run(extra: &[String], with_interop: bool) -> Result<i32> {
     );
     Ok(if !tests.success() {
         util::exit_code(tests)
+    } else if !fuzz_ok {
+        1
     } else {
         matrix.map_or(0, util::exit_code)
     })

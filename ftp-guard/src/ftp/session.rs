@@ -1517,6 +1517,26 @@ mod tests {
         );
     }
 
+    /// Found by the `session` fuzz target: rejected lines queued a local reply each behind
+    /// an unanswered command, without bound.
+    #[test]
+    fn rejected_lines_count_against_the_pipelining_bound() {
+        let mut s = greeted();
+        assert_eq!(client(&mut s, b"USER a\r\n"), vec![to_origin("USER a\r\n")]);
+        let out = client(&mut s, &b"1\r\n".repeat(20));
+        let warn = || {
+            Action::Warn("client: Syntax error: command verb must be 1 to 8 ASCII letters.".into())
+        };
+        // Seven take the places left (five warnings logged, the rest only counted); the
+        // others wait unread until replies make room.
+        assert_eq!(
+            out,
+            std::iter::repeat_with(warn).take(5).collect::<Vec<_>>()
+        );
+        assert_eq!(s.replies_owed(), 8);
+        assert!(!s.wants_client_input());
+    }
+
     #[test]
     fn port_and_eprt_name_a_gateway_port_to_the_origin() {
         let client_data = SocketAddrV4::new(CLIENT, 51201);
