@@ -341,11 +341,14 @@ mod defaults {
     pub fn login_timeout_secs() -> u64 {
         60
     }
+    /// A client host running parallel transfers (50 concurrent curls in the interop
+    /// matrix, `lftp mirror -P`, `rclone --transfers`) stays below it; a NAT'd office may not.
     pub fn max_sessions_per_client() -> usize {
-        32
+        64
     }
+    /// One lease per session: as many as the sessions a client may have.
     pub fn max_leases_per_client() -> usize {
-        16
+        64
     }
     pub fn max_consecutive_errors() -> usize {
         20
@@ -658,8 +661,8 @@ client_interface = "eth0"
         assert_eq!(s.data_ports.len(), 100);
         assert_eq!(c.max_sessions, 1024);
         assert_eq!(s.login_timeout_secs, 60);
-        assert_eq!(s.max_sessions_per_client, 32);
-        assert_eq!(s.max_leases_per_client, 16);
+        assert_eq!(s.max_sessions_per_client, 64);
+        assert_eq!(s.max_leases_per_client, 64);
         assert_eq!(s.max_consecutive_errors, 20);
     }
 
