@@ -37,6 +37,9 @@ pub struct ServiceContext {
     /// The most bytes any session of this service has held (see
     /// [`crate::ftp::session::Session::buffered_bytes`]).
     peak_buffered: AtomicUsize,
+    /// Refusals (session limits) are logged at most once a second: a client hammering
+    /// the port at its limit must not turn each connection into a log line.
+    refusals: Mutex<LogBudget>,
     /// What replies are cleaned of: the origin's addresses and names, and the gateway's
     /// addresses on the origin side known when the service started (each session adds
     /// its own control connection's, see [`ServiceContext::session_scrubber`]).
@@ -70,8 +73,17 @@ impl ServiceContext {
             open: Mutex::default(),
             clients: Mutex::default(),
             peak_buffered: AtomicUsize::new(0),
+            refusals: Mutex::new(LogBudget::new(REFUSAL_LOG_EVERY)),
             scrubber,
         }
+    }
+
+    /// Whether to log a refusal now, and how many went unlogged since the last one.
+    fn refusal_to_log(&self) -> Option<u64> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(Instant::now())
     }
 
     /// A session for `client`, unless its address has `max_sessions_per_client` open.
@@ -293,8 +305,10 @@ pub async fn serve(
         let Some(client_session) = ctx.admit_client(peer.ip()) else {
             ctx.metrics
                 .session_rejected(&ctx.service.name, "client_limit");
+            let log = ctx.refusal_to_log();
             tokio::spawn(
-                refuse_client(stream, peer, ctx.service.max_sessions_per_client).instrument(span),
+                refuse_client(stream, peer, ctx.service.max_sessions_per_client, log)
+                    .instrument(span),
             );
             continue;
         };
@@ -328,7 +342,8 @@ pub async fn serve(
             None => {
                 drop(client_session);
                 ctx.metrics.session_rejected(&ctx.service.name, "limit");
-                tokio::spawn(refuse_busy(stream, peer).instrument(span));
+                let log = ctx.refusal_to_log();
+                tokio::spawn(refuse_busy(stream, peer, log).instrument(span));
             }
         }
     }
@@ -336,18 +351,59 @@ pub async fn serve(
     listener
 }
 
-/// Tells a client whose address has its limit of sessions open why it is turned away.
-async fn refuse_client(mut stream: TcpStream, peer: SocketAddr, limit: usize) {
-    warn!(%peer, limit, "sessions per client address reached: refusing client");
+/// Tells a client whose address has its limit of sessions open why it is turned away;
+/// logged when `log` says so (with the refusals not logged since the last line).
+async fn refuse_client(mut stream: TcpStream, peer: SocketAddr, limit: usize, log: Option<u64>) {
+    if let Some(unlogged) = log {
+        warn!(%peer, limit, unlogged, "sessions per client address reached: refusing client");
+    }
     let reply = b"421 Too many connections from your address, try again later.\r\n";
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(reply)).await;
 }
 
 /// Tells a client over the session limit why it is turned away, without waiting on it.
-async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr) {
-    warn!(%peer, "session limit reached: refusing client");
+async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, log: Option<u64>) {
+    if let Some(unlogged) = log {
+        warn!(%peer, unlogged, "session limit reached: refusing client");
+    }
     let reply = b"421 Too many connections, try again later.\r\n";
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(reply)).await;
+}
+
+/// How often refusals are logged at most.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// At most one log line per period; the events in between are counted, and the count
+/// goes with the next line.
+#[derive(Debug)]
+struct LogBudget {
+    every: Duration,
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogBudget {
+    fn new(every: Duration) -> Self {
+        LogBudget {
+            every,
+            last: None,
+            unlogged: 0,
+        }
+    }
+
+    /// For an event at `now`: `Some(events not logged since the last line)` when this one
+    /// is to be logged, else `None` (it is counted).
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.every)
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 #[cfg(test)]
@@ -409,6 +465,21 @@ hide_names = ["ftp.internal.example"]
 
     fn scrubbed(scrubber: &Scrubber, line: &str) -> String {
         String::from_utf8(scrubber.scrub(line.as_bytes()).into_owned()).unwrap()
+    }
+
+    #[test]
+    fn refusals_are_logged_once_a_period_with_the_count_between() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut budget = LogBudget::new(Duration::from_secs(1));
+        let decisions: Vec<Option<u64>> = [0, 1, 500, 999, 1000, 1001, 2500, 2600]
+            .into_iter()
+            .map(|ms| budget.take(at(ms)))
+            .collect();
+        assert_eq!(
+            decisions,
+            [Some(0), None, None, None, Some(3), None, Some(1), None]
+        );
     }
 
     #[test]
