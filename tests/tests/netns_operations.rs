@@ -221,6 +221,19 @@ impl Daemon {
         }
     }
 
+    /// Waits (up to 10 s) until the process has exited.
+    fn wait_exit(&self) {
+        let started = Instant::now();
+        while !self.exited() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "ftp-guard (pid {}) did not exit",
+                self.pid
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Gone, or a zombie with no thread left: a killed process's leader turns zombie while
     /// its other threads may still be exiting, holding its sockets open.
     fn exited(&self) -> bool {
@@ -514,11 +527,7 @@ fn restart_with_pinning(hook: &str, link: &str, adopted: &str) {
 
     // Stop, unpin: nothing of ours stays attached.
     second.signal(libc::SIGINT);
-    let started = Instant::now();
-    while !second.exited() {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    second.wait_exit();
     let exe = std::env::current_exe().unwrap();
     let binary = exe.parent().unwrap().parent().unwrap().join("ftp-guard");
     let out = Command::new(&binary)
@@ -696,11 +705,7 @@ fn restart_with_pinning_drops_a_dead_relays_admit_leases() {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("{epsv}"));
     first.signal(libc::SIGKILL);
-    let started = Instant::now();
-    while !first.exited() {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    first.wait_exit();
     drop(control);
     // No process: the pinned guard still admits the client; nothing listens, so a reset.
     let refused = connect(&topo, port).unwrap_err();
@@ -721,11 +726,7 @@ fn restart_with_pinning_drops_a_dead_relays_admit_leases() {
     assert_eq!(dropped.kind(), std::io::ErrorKind::TimedOut);
 
     second.signal(libc::SIGINT);
-    let started = Instant::now();
-    while !second.exited() {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    second.wait_exit();
     let exe = std::env::current_exe().unwrap();
     let binary = exe.parent().unwrap().parent().unwrap().join("ftp-guard");
     let out = Command::new(&binary)
