@@ -61,3 +61,38 @@ fn run(
         .collect();
     (result.return_value, out, moved)
 }
+
+/// A bpffs of a test's own (`ip netns exec` hides the host's /sys/fs/bpf), mounted (mode
+/// 0700) on a fresh temporary directory; what is pinned in it is unpinned and it is
+/// unmounted on drop, a failing test's too.
+pub struct Bpffs {
+    mount: std::path::PathBuf,
+}
+
+impl Bpffs {
+    pub fn mount_fresh() -> Self {
+        let dir = crate::ftp_clients::unique_temp_dir("fg-pins").unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "-o", "mode=0700", "bpf"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t bpf");
+        Bpffs { mount: dir }
+    }
+
+    /// The pin directory inside (not created).
+    pub fn pin(&self) -> std::path::PathBuf {
+        self.mount.join("ftp-guard")
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = ftp_guard::kernel::unpin(&self.pin());
+        let _ = std::process::Command::new("umount")
+            .arg(&self.mount)
+            .status();
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}

@@ -10,6 +10,7 @@ use std::{
 
 use ftp_guard::admin::{self, Status};
 use ftp_guard_tests::{
+    fixture::Bpffs,
     ftp_clients::{DataMode, curl_download, sha256_file},
     ftp_servers::ServerKind,
     netns::{self, CLIENT, GATEWAY, Topology},
@@ -438,16 +439,8 @@ fn restart_with_pinning(hook: &str, link: &str, adopted: &str) {
     ftp_guard_tests::ftp_clients::random_file(&big, 64 << 20).unwrap();
     server.give_to_user(&big).unwrap();
     let dir = ftp_guard_tests::ftp_clients::unique_temp_dir("fg-pin").unwrap();
-    // A bpffs of our own: `ip netns exec` hides the host's /sys/fs/bpf.
-    let bpffs = dir.join("bpffs");
-    std::fs::create_dir_all(&bpffs).unwrap();
-    let mount = Command::new("mount")
-        .args(["-t", "bpf", "bpf"])
-        .arg(&bpffs)
-        .status()
-        .unwrap();
-    assert!(mount.success());
-    let pin = bpffs.join("ftp-guard");
+    let bpffs = Bpffs::mount_fresh();
+    let pin = bpffs.pin();
     let config = format!(
         "pin_path = \"{}\"\n{}kernel_hook = \"{hook}\"\n",
         pin.display(),
@@ -556,7 +549,6 @@ fn restart_with_pinning(hook: &str, link: &str, adopted: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!pin.join(link).exists());
-    let _ = Command::new("umount").arg(&bpffs).status();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -677,15 +669,8 @@ fn restart_with_pinning_drops_a_dead_relays_admit_leases() {
     let topo = standard_topology("pinrelay").unwrap();
     let server = origin_server(&topo, ServerKind::Vsftpd).unwrap();
     let dir = ftp_guard_tests::ftp_clients::unique_temp_dir("fg-pin-relay").unwrap();
-    let bpffs = dir.join("bpffs");
-    std::fs::create_dir_all(&bpffs).unwrap();
-    let mount = Command::new("mount")
-        .args(["-t", "bpf", "bpf"])
-        .arg(&bpffs)
-        .status()
-        .unwrap();
-    assert!(mount.success());
-    let pin = bpffs.join("ftp-guard");
+    let bpffs = Bpffs::mount_fresh();
+    let pin = bpffs.pin();
     let config = format!(
         "pin_path = \"{}\"\n{}dataplane = \"userspace\"\n",
         pin.display(),
@@ -739,6 +724,5 @@ fn restart_with_pinning_drops_a_dead_relays_admit_leases() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = Command::new("umount").arg(&bpffs).status();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,7 +4,7 @@
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -14,7 +14,7 @@ use ftp_guard::kernel::{
 };
 use ftp_guard_common::PIN_LAYOUT_VERSION;
 use ftp_guard_tests::{
-    fixture::{TC_ACT_OK, run_tc},
+    fixture::{Bpffs, TC_ACT_OK, run_tc},
     packet::{Ipv4Frame, flags},
     require_privileged,
 };
@@ -24,37 +24,6 @@ const PUBLIC_GONE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const NAT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const ORIGIN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-
-/// A bpffs mounted (mode 0700) on a fresh temporary directory; unmounted on drop.
-struct Bpffs {
-    mount: PathBuf,
-}
-
-impl Bpffs {
-    fn new() -> Self {
-        let dir = ftp_guard_tests::ftp_clients::unique_temp_dir("fg-pins").unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "bpf", "-o", "mode=0700", "bpf"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount -t bpf");
-        Bpffs { mount: dir }
-    }
-
-    /// The pin directory inside (not created).
-    fn pin(&self) -> PathBuf {
-        self.mount.join("ftp-guard")
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = unpin(&self.pin());
-        let _ = Command::new("umount").arg(&self.mount).status();
-        let _ = std::fs::remove_dir(&self.mount);
-    }
-}
 
 fn sizes(max_leases: u32, max_flows: u32) -> MapSizes {
     MapSizes {
@@ -81,7 +50,7 @@ fn pinned_maps_of_another_shape_or_version_are_refused() {
     if !require_privileged() {
         return;
     }
-    let fs = Bpffs::new();
+    let fs = Bpffs::mount_fresh();
     let pin = fs.pin();
     drop(Kernel::load_pinned(sizes(1024, 2048), Some(&pin)).unwrap());
     assert_eq!(
@@ -142,7 +111,7 @@ fn a_pin_directory_others_could_write_is_refused() {
     if !require_privileged() {
         return;
     }
-    let fs = Bpffs::new();
+    let fs = Bpffs::mount_fresh();
     let pin = fs.pin();
     drop(Kernel::load_pinned(MapSizes::default(), Some(&pin)).unwrap());
     let mode = std::fs::metadata(&pin).unwrap().permissions().mode();
@@ -251,7 +220,7 @@ fn adopting_clears_stale_links_and_unclaimed_flows() {
     if !require_privileged() {
         return;
     }
-    let fs = Bpffs::new();
+    let fs = Bpffs::mount_fresh();
     let pin = fs.pin();
     in_empty_netns(|| {
         for dev in ["fgd0", "fgd1"] {
