@@ -859,7 +859,7 @@ client_interface = "eth0"
 
     #[test]
     fn the_shipped_example_is_valid() {
-        let text = include_str!("../../config/ftp-guard.example.toml");
+        let text = include_str!("../../../config/ftp-guard.example.toml");
         let c = Config::parse(text).unwrap();
         let s = c.services().next().unwrap();
         assert_eq!(
