@@ -800,13 +800,14 @@ mod tests {
         );
         let config = Config::parse(&text).unwrap();
         let service = config.services().next().unwrap().clone();
+        let addresses = service.ipv4().unwrap();
         let relay = UserspaceRelay::new(
             RelaySettings {
-                bind_ip: *service.listen.ip(),
-                origin_side_ip: *service.listen.ip(),
+                bind_ip: *addresses.listen.ip(),
+                origin_side_ip: *addresses.listen.ip(),
                 active_port_20: false,
                 ports: service.data_ports,
-                public_ip: service.public_ip(),
+                public_ip: addresses.public_ip,
             },
             crate::dataplane::DataTimeouts::of(&service),
         );
