@@ -145,6 +145,7 @@ impl Gateway {
         service: &Service,
         leftovers: Leftovers,
     ) -> anyhow::Result<Arc<dyn Dataplane>> {
+        let addresses = service.ipv4()?;
         Ok(match service.dataplane {
             DataplaneKind::Kernel => {
                 let setup = self.kernel.as_ref().context("kernel path not set up")?;
@@ -152,7 +153,7 @@ impl Gateway {
                     setup.kernel.clone(),
                     &setup.events,
                     KernelSettings {
-                        public_ip: service.public_ip(),
+                        public_ip: addresses.public_ip,
                         nat_ip: self.nat_ip(service)?,
                         active_port_20: service.active_from_port_20,
                         ports: service.data_ports,
@@ -177,10 +178,10 @@ impl Gateway {
             DataplaneKind::Userspace => {
                 let relay = UserspaceRelay::new(
                     RelaySettings {
-                        bind_ip: *service.listen.ip(),
-                        origin_side_ip: match service.nat_ip {
+                        bind_ip: *addresses.listen.ip(),
+                        origin_side_ip: match addresses.nat_ip {
                             Some(ip) => ip,
-                            None => crate::dataplane::origin_side_ip(*service.origin.ip())
+                            None => crate::dataplane::origin_side_ip(*addresses.origin.ip())
                                 .with_context(|| {
                                     format!(
                                         "service `{}`: no route to {}",
@@ -190,7 +191,7 @@ impl Gateway {
                         },
                         active_port_20: service.active_from_port_20,
                         ports: service.data_ports,
-                        public_ip: service.public_ip(),
+                        public_ip: addresses.public_ip,
                     },
                     DataTimeouts::of(service),
                 );

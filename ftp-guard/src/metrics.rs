@@ -10,6 +10,7 @@ use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
     metrics::{
+        MetricType,
         counter::{ConstCounter, Counter},
         family::Family,
         gauge::{ConstGauge, Gauge},
@@ -18,7 +19,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{dataplane::Dataplane, kernel::Kernel};
+use crate::{
+    dataplane::Dataplane,
+    kernel::{Counters, Kernel},
+};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -119,31 +123,36 @@ impl Metrics {
             "Control sessions open now",
             self.sessions_active.clone(),
         );
-        r.register(
-            "sessions",
-            "Control sessions accepted",
-            self.sessions_total.clone(),
-        );
-        r.register(
-            "sessions_rejected",
-            "Clients turned away, by reason (limit, origin_unreachable, origin_silent, ipv6)",
-            self.sessions_rejected.clone(),
-        );
-        r.register(
-            "leases_installed",
-            "Data leases installed, by mode (passive, active)",
-            self.leases_installed.clone(),
-        );
-        r.register(
-            "leases_failed",
-            "Data leases that could not be installed (exhausted, table_full, error)",
-            self.leases_failed.clone(),
-        );
-        r.register(
-            "origin_connect_errors",
-            "Control connections to the origin that failed",
-            self.origin_connect_errors.clone(),
-        );
+        let counters = [
+            (
+                "sessions",
+                "Control sessions accepted",
+                &self.sessions_total,
+            ),
+            (
+                "sessions_rejected",
+                "Clients turned away, by reason (limit, origin_unreachable, origin_silent, ipv6)",
+                &self.sessions_rejected,
+            ),
+            (
+                "leases_installed",
+                "Data leases installed, by mode (passive, active)",
+                &self.leases_installed,
+            ),
+            (
+                "leases_failed",
+                "Data leases that could not be installed (exhausted, table_full, error)",
+                &self.leases_failed,
+            ),
+            (
+                "origin_connect_errors",
+                "Control connections to the origin that failed",
+                &self.origin_connect_errors,
+            ),
+        ];
+        for (name, help, family) in counters {
+            r.register(name, help, family.clone());
+        }
         r.register(
             "origin_connect_seconds",
             "Time to connect to the origin",
@@ -219,51 +228,97 @@ impl Collector for Sources {
             ),
         ];
         for (name, help, get) in counters {
-            let metric = ConstCounter::new(0u64);
-            let mut family = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (svc, snap) in &snapshots {
                 let labels = service(svc);
                 ConstCounter::new(get(snap)).encode(family.encode_family(&labels)?)?;
             }
         }
-        let gauge = ConstGauge::new(0i64);
-        let mut family = encoder.encode_descriptor(
-            "leases_active",
-            "Leases waiting for or carrying a data connection",
-            None,
-            gauge.metric_type(),
-        )?;
+        let help = "Leases waiting for or carrying a data connection";
+        let mut family =
+            encoder.encode_descriptor("leases_active", help, None, MetricType::Gauge)?;
         for (svc, snap) in &snapshots {
             ConstGauge::new(snap.active as i64).encode(family.encode_family(&service(svc))?)?;
         }
+        if let Some(counters) = self.kernel_counters() {
+            let help = "Packets seen by the XDP/TC programs, by reason and verdict";
+            let mut family =
+                encoder.encode_descriptor("kernel_packets", help, None, MetricType::Counter)?;
+            for (counter, value) in counters.0 {
+                let labels: Labels = vec![
+                    ("reason", counter.name().to_owned()),
+                    (
+                        "verdict",
+                        if counter.is_drop() { "drop" } else { "pass" }.to_owned(),
+                    ),
+                ];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Sources {
+    /// The kernel programs' packet counters, when the kernel path is set up and readable.
+    fn kernel_counters(&self) -> Option<Counters> {
         let kernel = self
             .kernel
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .and_then(Weak::upgrade);
-        if let Some(kernel) = kernel {
-            let counters = kernel.lock().unwrap_or_else(|e| e.into_inner()).counters();
-            if let Ok(counters) = counters {
-                let metric = ConstCounter::new(0u64);
-                let mut family = encoder.encode_descriptor(
-                    "kernel_packets",
-                    "Packets seen by the XDP/TC programs, by reason and verdict",
-                    None,
-                    metric.metric_type(),
-                )?;
-                for (counter, value) in counters.0 {
-                    let labels: Labels = vec![
-                        ("reason", counter.name().to_owned()),
-                        (
-                            "verdict",
-                            if counter.is_drop() { "drop" } else { "pass" }.to_owned(),
-                        ),
-                    ];
-                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        Ok(())
+            .and_then(Weak::upgrade)?;
+        let counters = kernel.lock().unwrap_or_else(|e| e.into_inner()).counters();
+        counters.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family a scrape shows, in order, once each has a sample (no dataplane and no
+    /// kernel registered: the snapshot families without samples).
+    #[test]
+    fn the_registry_holds_every_family() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.session_started("ftp");
+        metrics.session_rejected("ftp", "limit");
+        metrics.lease_installed("ftp", "passive");
+        metrics.lease_failed("ftp", "exhausted");
+        metrics.origin_connect_failed("ftp");
+        metrics.origin_connected("ftp", Duration::from_millis(1));
+        let registry = metrics.registry(Arc::new(Sources::default()));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        assert_eq!(
+            families,
+            [
+                "ftp_guard_sessions_active gauge",
+                "ftp_guard_sessions counter",
+                "ftp_guard_sessions_rejected counter",
+                "ftp_guard_leases_installed counter",
+                "ftp_guard_leases_failed counter",
+                "ftp_guard_origin_connect_errors counter",
+                "ftp_guard_origin_connect_seconds histogram",
+                "ftp_guard_leases_used counter",
+                "ftp_guard_leases_expired counter",
+                "ftp_guard_leases_revoked counter",
+                "ftp_guard_data_bytes_to_client counter",
+                "ftp_guard_data_bytes_to_origin counter",
+                "ftp_guard_flows_closed counter",
+                "ftp_guard_flows_idle counter",
+                "ftp_guard_leases_strangers_refused counter",
+                "ftp_guard_leases_active gauge",
+            ]
+        );
+        assert!(
+            text.contains("ftp_guard_sessions_active{service=\"ftp\"} 1\n"),
+            "{text}"
+        );
     }
 }

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::Args;
 
 use crate::{
-    admin::{self, Status},
+    admin::{self, ServiceStatus, Status},
     config::Config,
 };
 
@@ -90,41 +90,35 @@ pub fn render(status: &Status) -> String {
             })
             .collect(),
     );
-    let sessions: Vec<Vec<String>> = status
-        .services
-        .iter()
-        .flat_map(|s| {
-            s.sessions.iter().map(|x| {
-                vec![
-                    s.name.clone(),
-                    x.id.to_string(),
-                    x.client.clone(),
-                    format!("{:.0}", x.age_secs),
-                ]
-            })
-        })
-        .collect();
+    let sessions = per_service(
+        status,
+        |s| &s.sessions,
+        |x| {
+            vec![
+                x.id.to_string(),
+                x.client.clone(),
+                format!("{:.0}", x.age_secs),
+            ]
+        },
+    );
     out += "\nSESSIONS\n";
     out += &table(&["SERVICE", "ID", "CLIENT", "AGE_S"], sessions);
-    let leases: Vec<Vec<String>> = status
-        .services
-        .iter()
-        .flat_map(|s| {
-            s.leases.iter().map(|l| {
-                vec![
-                    s.name.clone(),
-                    l.mode.clone(),
-                    l.port.to_string(),
-                    l.peer.clone(),
-                    l.target.clone(),
-                    l.state.clone(),
-                    format!("{:.0}", l.age_secs),
-                    l.bytes_to_client.to_string(),
-                    l.bytes_to_origin.to_string(),
-                ]
-            })
-        })
-        .collect();
+    let leases = per_service(
+        status,
+        |s| &s.leases,
+        |l| {
+            vec![
+                l.mode.clone(),
+                l.port.to_string(),
+                l.peer.clone(),
+                l.target.clone(),
+                l.state.clone(),
+                format!("{:.0}", l.age_secs),
+                l.bytes_to_client.to_string(),
+                l.bytes_to_origin.to_string(),
+            ]
+        },
+    );
     out += "\nLEASES AND DATA CONNECTIONS\n";
     out += &table(
         &[
@@ -161,6 +155,22 @@ pub fn render(status: &Status) -> String {
     out
 }
 
+/// A row per item of every service (its sessions, its leases): the service's name, then
+/// the item's `cells`.
+fn per_service<T>(
+    status: &Status,
+    items: impl Fn(&ServiceStatus) -> &[T],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for s in &status.services {
+        for item in items(s) {
+            rows.push([vec![s.name.clone()], cells(item)].concat());
+        }
+    }
+    rows
+}
+
 fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
@@ -192,7 +202,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 mod tests {
     use super::*;
     use crate::{
-        admin::{KernelStatus, ServiceStatus, SessionStatus},
+        admin::{KernelStatus, SessionStatus},
         dataplane::{LeaseInfo, Snapshot},
     };
 

@@ -102,13 +102,14 @@ async fn start_proxy(origin: SocketAddrV4, max_sessions: usize, tweak: fn(&mut S
     let config = Config::parse(&text).unwrap();
     let mut service = config.services().next().unwrap().clone();
     tweak(&mut service);
+    let addresses = service.ipv4().unwrap();
     let relay = UserspaceRelay::new(
         RelaySettings {
-            bind_ip: *service.listen.ip(),
-            origin_side_ip: *service.listen.ip(),
+            bind_ip: *addresses.listen.ip(),
+            origin_side_ip: *addresses.listen.ip(),
             active_port_20: false,
             ports: service.data_ports,
-            public_ip: service.public_ip(),
+            public_ip: addresses.public_ip,
         },
         DataTimeouts::of(&service),
     );

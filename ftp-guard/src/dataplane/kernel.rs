@@ -1059,9 +1059,10 @@ pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> 
     let mut nat_ips = Vec::new();
     let mut ranges = Vec::new();
     for s in services {
+        let addresses = s.ipv4()?;
         if s.dataplane == DataplaneKind::Userspace {
             ranges.push(ProtectedRange {
-                public_ip: s.public_ip(),
+                public_ip: addresses.public_ip,
                 first_port: s.data_ports.first,
                 last_port: s.data_ports.last,
                 nat_ip: None,
@@ -1069,9 +1070,9 @@ pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> 
             });
             continue;
         }
-        let nat_ip = match s.nat_ip {
+        let nat_ip = match addresses.nat_ip {
             Some(ip) => ip,
-            None => super::origin_side_ip(*s.origin.ip()).with_context(|| {
+            None => super::origin_side_ip(*addresses.origin.ip()).with_context(|| {
                 format!(
                     "service `{}`: cannot find the address that reaches {}; set nat_ip",
                     s.name, s.origin
@@ -1083,7 +1084,7 @@ pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> 
         }
         nat_ips.push((s.name.clone(), nat_ip));
         ranges.push(ProtectedRange {
-            public_ip: s.public_ip(),
+            public_ip: addresses.public_ip,
             first_port: s.data_ports.first,
             last_port: s.data_ports.last,
             nat_ip: Some(nat_ip),

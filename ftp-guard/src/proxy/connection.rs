@@ -57,6 +57,10 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
         .await;
         return;
     };
+    let addresses = match service.ipv4() {
+        Ok(addresses) => addresses,
+        Err(e) => return refuse_unreachable(client, &e.to_string()).await,
+    };
     configure_socket(&client, service.keepalive(), true);
     info!("client connected");
 
@@ -94,8 +98,8 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
     let session = Session::new(SessionConfig {
         client_ip,
         active_mode: service.active_mode,
-        public_ip: service.public_ip(),
-        origin_ip: *service.origin.ip(),
+        public_ip: addresses.public_ip,
+        origin_ip: *addresses.origin.ip(),
         scrubber,
         max_command_line: service.max_command_line,
         max_reply_line: MAX_REPLY_LINE,
@@ -107,6 +111,7 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
     let mut driver = Driver {
         ctx: ctx.clone(),
         client_ip,
+        origin_ip: *addresses.origin.ip(),
         client,
         origin,
         session,
@@ -129,6 +134,7 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
 struct Driver {
     ctx: Arc<ServiceContext>,
     client_ip: Ipv4Addr,
+    origin_ip: Ipv4Addr,
     client: TcpStream,
     origin: TcpStream,
     session: Session,
@@ -360,7 +366,7 @@ impl Driver {
                         continue;
                     }
                     let request = ActiveRequest {
-                        origin: *self.ctx.service.origin.ip(),
+                        origin: self.origin_ip,
                         client,
                     };
                     let event = match self.ctx.dataplane.install_active(request) {

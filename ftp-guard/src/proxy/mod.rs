@@ -5,7 +5,7 @@ pub mod connection;
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -60,8 +60,13 @@ impl ServiceContext {
         sessions: Arc<SessionSlots>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let mut scrubber = Scrubber::new(&service.hidden_addresses(), service.public_ip())
-            .with_names(&service.hide_names);
+        // No IPv4 public address (a service built by hand; validation refuses it): mask,
+        // and each session is refused in `connection::run`.
+        let public_ip = service
+            .ipv4()
+            .map_or(Ipv4Addr::UNSPECIFIED, |a| a.public_ip);
+        let mut scrubber =
+            Scrubber::new(&service.hidden_addresses(), public_ip).with_names(&service.hide_names);
         if let Some(ip) = dataplane.origin_side_ip() {
             hide_gateway_address(&mut scrubber, &service, IpAddr::V4(ip));
         }
@@ -267,7 +272,7 @@ impl Drop for SessionSlot {
 /// address on both sides shows the origin what clients know anyway) or says nothing.
 fn hide_gateway_address(scrubber: &mut Scrubber, service: &Service, ip: IpAddr) {
     let ip = ip.to_canonical();
-    if ip != IpAddr::V4(service.public_ip()) && !ip.is_unspecified() {
+    if ip != service.public_ip() && !ip.is_unspecified() {
         scrubber.hide_address(ip);
     }
 }

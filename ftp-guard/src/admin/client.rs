@@ -1,0 +1,63 @@
+//! The admin endpoint's client, for `ftp-guard status`: one GET on hyper's HTTP/1.1
+//! client connection, the body of a 200 or an error that says what went wrong.
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::{
+    Request, StatusCode,
+    header::{AUTHORIZATION, CONNECTION, HOST},
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// How long `ftp-guard status` waits for each step (connecting, then the exchange).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Fetches `path` from an admin endpoint (for `ftp-guard status`): the body of a 200.
+/// `token`: sent as `Authorization: Bearer`.
+pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> anyhow::Result<String> {
+    let stream = tokio::time::timeout(CLIENT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .context("timed out")?
+        .with_context(|| {
+            format!(
+                "cannot reach the admin endpoint at {addr} (is ftp-guard running? see admin_listen)"
+            )
+        })?;
+    tokio::time::timeout(CLIENT_TIMEOUT, exchange(stream, addr, path, token))
+        .await
+        .context("timed out")?
+}
+
+async fn exchange(
+    stream: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<String> {
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // Drives the connection; it ends with the response (Connection: close).
+    tokio::spawn(connection);
+    let mut request = Request::get(path)
+        .header(HOST, addr.to_string())
+        .header(CONNECTION, "close");
+    if let Some(token) = token {
+        request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let response = sender
+        .send_request(request.body(Empty::<Bytes>::new())?)
+        .await?;
+    let status_line = format!("{:?} {}", response.version(), response.status());
+    let code = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if code == StatusCode::UNAUTHORIZED {
+        anyhow::bail!(
+            "{status_line}: the admin endpoint wants its token (--token-file, or --config with admin_token_file)"
+        );
+    }
+    anyhow::ensure!(code == StatusCode::OK, "{status_line}");
+    String::from_utf8(body.to_vec()).context("the admin endpoint's answer is not UTF-8")
+}

@@ -1,0 +1,99 @@
+//! What each path answers: [`answer`] routes a request (GET only; `/status` and `/metrics`
+//! behind the token), [`Answer`] is the response before it becomes hyper's.
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE},
+};
+
+use super::{AdminState, auth::authorize, readiness::cached_readiness, status::status};
+
+const METRICS_KIND: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A response: status code, content type, the 401's challenge, body.
+#[derive(Debug, PartialEq)]
+pub(super) struct Answer {
+    code: StatusCode,
+    kind: &'static str,
+    /// `WWW-Authenticate`, for a 401.
+    challenge: Option<&'static str>,
+    body: String,
+}
+
+impl Answer {
+    fn new(code: StatusCode, kind: &'static str, body: String) -> Answer {
+        Answer {
+            code,
+            kind,
+            challenge: None,
+            body,
+        }
+    }
+
+    fn text(code: StatusCode, body: impl Into<String>) -> Answer {
+        Answer::new(code, "text/plain", body.into())
+    }
+
+    pub(super) fn unauthorized(challenge: &'static str, body: &str) -> Answer {
+        Answer {
+            challenge: Some(challenge),
+            ..Answer::text(StatusCode::UNAUTHORIZED, body)
+        }
+    }
+
+    /// hyper's response; the header lines in the order they always had.
+    pub(super) fn into_http(self) -> Response<Full<Bytes>> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(self.kind));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        if let Some(challenge) = self.challenge {
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        let mut response = Response::new(Full::new(Bytes::from(self.body)));
+        *response.status_mut() = self.code;
+        *response.headers_mut() = headers;
+        response
+    }
+}
+
+/// The answer to one request.
+pub(super) async fn answer<B>(request: &Request<B>, state: &AdminState) -> Answer {
+    if request.method() != Method::GET {
+        return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    // The request target as sent, query included: `/status?x` is no route.
+    let path = request.uri().path_and_query().map_or("", |p| p.as_str());
+    if matches!(path, "/metrics" | "/status")
+        && let Err(denied) = authorize(request.headers(), state)
+    {
+        return denied;
+    }
+    match path {
+        "/metrics" => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+                Ok(()) => Answer::new(StatusCode::OK, METRICS_KIND, text),
+                Err(_) => Answer::text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+            }
+        }
+        "/healthz" => Answer::text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            let problems = cached_readiness(state).await;
+            if problems.is_empty() {
+                Answer::text(StatusCode::OK, "ready\n")
+            } else {
+                Answer::text(StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+            }
+        }
+        "/status" => match serde_json::to_string_pretty(&status(state)) {
+            Ok(json) => Answer::new(StatusCode::OK, "application/json", json + "\n"),
+            Err(e) => Answer::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        _ => Answer::text(
+            StatusCode::NOT_FOUND,
+            "not found: /metrics /healthz /readyz /status\n",
+        ),
+    }
+}
