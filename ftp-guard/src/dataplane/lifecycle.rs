@@ -385,12 +385,8 @@ impl LeaseTable {
         now: Instant,
     ) -> Result<Candidate, Refused> {
         let a = self.addresses;
+        let local = self.hold_port(client, a.public_ip)?;
         let shared = &mut self.shared;
-        let port = shared
-            .ports
-            .allocate(client.into(), a.public_ip.into())
-            .ok_or(Refused::PeerHoldsAll)?;
-        let local = SocketAddrV4::new(a.public_ip, port);
         let Some(nat_port) = shared.nat_ports.allocate(origin.into(), now) else {
             shared.ports.release(client.into(), local.into());
             return Err(Refused::Error(LeaseError::PortsExhausted(
@@ -398,14 +394,33 @@ impl LeaseTable {
             )));
         };
         let source = SocketAddrV4::new(a.nat_ip, nat_port);
-        let ttl = self.timeouts.lease_ttl;
-        Ok(Candidate(Tracked::new(
-            (client, local),
-            (origin, source),
-            false,
-            ttl,
+        Ok(self.candidate((client, local), (origin, source), false, now))
+    }
+
+    /// A port of `local` held for `peer`'s new lease.
+    fn hold_port(&mut self, peer: Ipv4Addr, local: Ipv4Addr) -> Result<SocketAddrV4, Refused> {
+        let port = self
+            .shared
+            .ports
+            .allocate(peer.into(), local.into())
+            .ok_or(Refused::PeerHoldsAll)?;
+        Ok(SocketAddrV4::new(local, port))
+    }
+
+    fn candidate(
+        &self,
+        lease_key: (Ipv4Addr, SocketAddrV4),
+        pair: FlowTuple,
+        active: bool,
+        now: Instant,
+    ) -> Candidate {
+        Candidate(Tracked::new(
+            lease_key,
+            pair,
+            active,
+            self.timeouts.lease_ttl,
             now,
-        )))
+        ))
     }
 
     /// A port and a lease for an active data connection from `origin` to `client`.
@@ -416,13 +431,9 @@ impl LeaseTable {
         now: Instant,
     ) -> Result<Candidate, Refused> {
         let a = self.addresses;
-        let port = self
-            .shared
-            .ports
-            .allocate(origin.into(), a.nat_ip.into())
-            .ok_or(Refused::PeerHoldsAll)?;
-        let local = SocketAddrV4::new(a.nat_ip, port);
-        let source = SocketAddrV4::new(a.public_ip, if a.active_port_20 { 20 } else { port });
+        let local = self.hold_port(origin, a.nat_ip)?;
+        let source_port = if a.active_port_20 { 20 } else { local.port() };
+        let source = SocketAddrV4::new(a.public_ip, source_port);
         // Events find a lease by (target, source): two live leases must not share it (two
         // sessions of one client naming the same PORT address, with port 20 as source).
         let busy = self
@@ -438,14 +449,7 @@ impl LeaseTable {
             self.shared.ports.release(origin.into(), local.into());
             return Err(Refused::Error(LeaseError::Conflict(client.into())));
         }
-        let ttl = self.timeouts.lease_ttl;
-        Ok(Candidate(Tracked::new(
-            (origin, local),
-            (client, source),
-            true,
-            ttl,
-            now,
-        )))
+        Ok(self.candidate((origin, local), (client, source), true, now))
     }
 
     /// The candidate is in the kernel's lease map: tracked from now on.

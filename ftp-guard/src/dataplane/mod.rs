@@ -28,13 +28,18 @@ pub struct LeaseRequest {
     pub origin: SocketAddr,
 }
 
+/// (`ip`, `socket`) when both are IPv4, the only family carried yet.
+fn both_ipv4(ip: IpAddr, socket: SocketAddr) -> Result<(Ipv4Addr, SocketAddrV4), LeaseError> {
+    match (ip, socket) {
+        (IpAddr::V4(ip), SocketAddr::V4(socket)) => Ok((ip, socket)),
+        _ => Err(LeaseError::IPV6),
+    }
+}
+
 impl LeaseRequest {
-    /// (client, origin) when both are IPv4, the only family carried yet.
+    /// (client, origin) when both are IPv4.
     pub fn ipv4(&self) -> Result<(Ipv4Addr, SocketAddrV4), LeaseError> {
-        match (self.client, self.origin) {
-            (IpAddr::V4(client), SocketAddr::V4(origin)) => Ok((client, origin)),
-            _ => Err(LeaseError::IPV6),
-        }
+        both_ipv4(self.client, self.origin)
     }
 }
 
@@ -47,12 +52,9 @@ pub struct ActiveRequest {
 }
 
 impl ActiveRequest {
-    /// (origin, client) when both are IPv4, the only family carried yet.
+    /// (origin, client) when both are IPv4.
     pub fn ipv4(&self) -> Result<(Ipv4Addr, SocketAddrV4), LeaseError> {
-        match (self.origin, self.client) {
-            (IpAddr::V4(origin), SocketAddr::V4(client)) => Ok((origin, client)),
-            _ => Err(LeaseError::IPV6),
-        }
+        both_ipv4(self.origin, self.client)
     }
 }
 
