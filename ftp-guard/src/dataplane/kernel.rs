@@ -83,9 +83,9 @@ pub struct KernelDataplane {
 /// sessions' waiting leases).
 const TAKEN_SKIPS: usize = 64;
 
-/// How many steps one look at a lease may take: waiting (or withdrawn) → carrying →
-/// over is the longest chain a single moment can settle.
-const STEPS_AT_ONCE: usize = 4;
+/// How many looks one settling of a lease may take: an event, then waiting (or
+/// withdrawn) → carrying → over, is the longest chain a single moment can settle.
+const LOOKS_AT_ONCE: usize = 4;
 
 /// Why [`Locked::install`] failed.
 enum InstallFailed {
@@ -251,23 +251,24 @@ impl<'a> Locked<'a> {
 
     /// Does what `step` asks for lease `id`, and looks again while it says so.
     fn carry_out(&mut self, id: LeaseId, mut step: Step, now: Instant) {
-        for _ in 0..STEPS_AT_ONCE {
+        let mut looks = 0;
+        loop {
             self.remove_flows(&step);
             step.reports.iter().for_each(log);
-            if !step.again {
+            if !step.again || looks == LOOKS_AT_ONCE {
                 return;
             }
+            looks += 1;
             let Some(look) = self.table.look(id, now) else {
                 return;
             };
-            let seen = match self.observe(&look) {
-                Ok(seen) => seen,
+            step = match self.observe(&look) {
+                Ok(seen) => self.table.step(id, &seen, now),
                 Err(e) => {
-                    warn!(port = look.pair.1.port(), error = %e, "lease bookkeeping failed; the sweeper retries");
+                    warn!(lease = id.0, target = %look.pair.0, error = %e, "lease bookkeeping failed; the sweeper retries");
                     return;
                 }
             };
-            step = self.table.step(id, &seen, now);
         }
     }
 

@@ -279,3 +279,62 @@ impl Dataplane for UserspaceRelay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddrV4, time::Duration};
+
+    use super::*;
+
+    #[test]
+    fn ipv6_requests_are_refused_before_any_port_is_taken() {
+        let relay = UserspaceRelay::new(
+            RelaySettings {
+                bind_ip: Ipv4Addr::LOCALHOST,
+                origin_side_ip: Ipv4Addr::LOCALHOST,
+                active_port_20: false,
+                ports: PortRange {
+                    first: 40000,
+                    last: 40009,
+                },
+                public_ip: Ipv4Addr::LOCALHOST,
+            },
+            DataTimeouts {
+                lease_ttl: Duration::from_secs(30),
+                idle: Duration::from_secs(900),
+                connect: Duration::from_secs(10),
+                keepalive: Duration::from_secs(60),
+            },
+        );
+        let v4 = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 50000);
+        let v6: SocketAddr = "[2001:db8::2]:50000".parse().unwrap();
+        let refusals = [
+            relay
+                .install(LeaseRequest {
+                    client: v6.ip(),
+                    origin: v4.into(),
+                })
+                .map(|g| g.public_port),
+            relay
+                .install_active(ActiveRequest {
+                    origin: (*v4.ip()).into(),
+                    client: v6,
+                })
+                .map(|g| g.origin_side.port()),
+        ];
+        for refusal in refusals {
+            let e = refusal.unwrap_err();
+            assert_eq!(
+                (e.metric_reason(), e.to_string()),
+                (
+                    "unsupported",
+                    "IPv6 data connections are not supported yet".to_owned()
+                )
+            );
+        }
+        assert_eq!(
+            (relay.pool.in_use(), relay.snapshot()),
+            (0, Snapshot::default())
+        );
+    }
+}
