@@ -70,8 +70,9 @@ impl KernelSettings {
 }
 
 /// Lock order: `table` (this dataplane's own state) first, then `kernel` (shared with the
-/// other dataplanes, the relay's guard and the admin endpoint), reached only through
-/// [`Locked::maps`]: nothing here takes the table's lock while holding the kernel's.
+/// other dataplanes, the relay's guard and the admin endpoint), reached only through the
+/// locked table (`Locked::maps`): nothing here takes the table's lock while holding the
+/// kernel's.
 pub struct KernelDataplane {
     table: Mutex<LeaseTable>,
     kernel: Arc<Mutex<Kernel>>,

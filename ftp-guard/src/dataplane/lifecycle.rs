@@ -160,6 +160,17 @@ impl Tracked {
         pair.filter(|f| *f.reverse.0.ip() == self.peer && f.reverse.1 == self.local)
     }
 
+    /// The connection's (forward, reverse) entries as (towards the origin, towards the
+    /// client). Forward is peer → target: client → origin in passive mode, the reverse in
+    /// active.
+    fn up_down<T>(&self, (forward, reverse): (T, T)) -> (T, T) {
+        if self.active {
+            (reverse, forward)
+        } else {
+            (forward, reverse)
+        }
+    }
+
     /// What `ftp-guard status` shows of it, with its entries' states as read now.
     pub fn info(
         &self,
@@ -173,12 +184,7 @@ impl Tracked {
             ),
             _ => (self.peer.to_string(), "waiting"),
         };
-        // Forward is peer → target: client → origin in passive mode, the reverse in active.
-        let (up, down) = if self.active {
-            (reverse, forward)
-        } else {
-            (forward, reverse)
-        };
+        let (up, down) = self.up_down((forward, reverse));
         LeaseInfo {
             mode: self.mode().into(),
             port: self.local.port(),

@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// A lease about to be installed: its ports are held. The driver writes it to the lease
-/// map, then [`LeaseTable::commit`]s it or [`LeaseTable::give_back`]s it.
+/// map, then [`LeaseTable::commit`](super::LeaseTable::commit)s it or [`LeaseTable::give_back`](super::LeaseTable::give_back)s it.
 #[derive(Debug, PartialEq)]
 pub struct Candidate(pub(super) Tracked);
 
@@ -38,7 +38,7 @@ pub enum Probe {
 }
 
 /// What the driver reads in the kernel's maps for one lease, in this order, before
-/// [`LeaseTable::step`].
+/// [`LeaseTable::step`](super::LeaseTable::step).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Look {
     /// Waiting: the lease's key (peer, local) and what to do with it.

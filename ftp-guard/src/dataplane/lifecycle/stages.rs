@@ -57,62 +57,74 @@ impl Shared {
         idle_timeout: Duration,
         step: &mut Step,
     ) -> bool {
-        if t.stage == Stage::Waiting {
-            match seen.lease {
-                // Claimed (its completed handshake deleted the lease) or gone otherwise:
-                // either way its port is free for its peer again.
-                LeaseSeen::Absent => {
-                    // The kernel marks the target's entry complete before it deletes the
-                    // lease.
-                    match t.ours(seen.pair).filter(|f| !f.tentative) {
-                        Some(f) => {
-                            self.claimed(t, f.reverse.0.port(), step);
-                            step.again = true;
-                            return true;
-                        }
-                        // Removed by hand, or its connection over and taken over already:
-                        // look once more before giving the lease up.
-                        None if !t.vanished => t.vanished = true,
-                        None => {
-                            self.ports.release(t.peer.into(), t.local.into());
-                            self.release_nat_port(t, now);
-                            return false;
-                        }
+        match t.stage {
+            Stage::Waiting => self.waiting(t, seen, now, step),
+            Stage::Withdrawn { since } => self.watch_withdrawn(t, since, seen, now, step),
+            Stage::Carrying { peer_port } => {
+                self.carrying(t, peer_port, seen, now, idle_timeout, step)
+            }
+        }
+    }
+
+    fn waiting(&mut self, t: &mut Tracked, seen: &Observed, now: Instant, step: &mut Step) -> bool {
+        match seen.lease {
+            // Claimed (its completed handshake deleted the lease) or gone otherwise: either
+            // way its port is free for its peer again.
+            LeaseSeen::Absent => {
+                // The kernel marks the target's entry complete before it deletes the lease.
+                match t.ours(seen.pair).filter(|f| !f.tentative) {
+                    Some(f) => {
+                        self.claimed(t, f.reverse.0.port(), step);
+                        step.again = true;
+                        return true;
+                    }
+                    // Removed by hand, or its connection over and taken over already: look
+                    // once more (at the next sweep) before giving the lease up.
+                    None if !t.vanished => t.vanished = true,
+                    None => {
+                        self.ports.release(t.peer.into(), t.local.into());
+                        self.release_nat_port(t, now);
+                        return false;
                     }
                 }
-                LeaseSeen::Removed => return self.withdrawn(t, seen, now, step),
-                LeaseSeen::InMap | LeaseSeen::NotLooked => {}
             }
-            t.next_look = if t.vanished {
-                now
-            } else {
-                t.deadline.min(now + LOOK_WAITING)
-            };
-            return true;
+            LeaseSeen::Removed => return self.withdrawn(t, seen, now, step),
+            LeaseSeen::InMap | LeaseSeen::NotLooked => {}
         }
-        if let Stage::Withdrawn { since } = t.stage {
-            match t.ours(seen.pair) {
-                // The handshake completed after all (its ACK crossed the withdrawal).
-                Some(f) if !f.tentative => {
-                    self.claimed(t, f.reverse.0.port(), step);
-                    step.again = true;
-                }
-                Some(f) => {
-                    Self::drop_tentative(t, f, step);
-                    t.next_look = now + SWEEP_EVERY;
-                }
-                None if now.duration_since(since) >= TENTATIVE_LINGER => {
-                    self.release_nat_port(t, now);
-                    return false;
-                }
-                None => t.next_look = since + TENTATIVE_LINGER,
-            }
-            return true;
-        }
-        let Stage::Carrying { peer_port } = t.stage else {
-            return true;
+        t.next_look = if t.vanished {
+            now
+        } else {
+            t.deadline.min(now + LOOK_WAITING)
         };
-        self.carrying(t, peer_port, seen, now, idle_timeout, step)
+        true
+    }
+
+    /// A withdrawn lease, watched until its linger is over.
+    fn watch_withdrawn(
+        &mut self,
+        t: &mut Tracked,
+        since: Instant,
+        seen: &Observed,
+        now: Instant,
+        step: &mut Step,
+    ) -> bool {
+        match t.ours(seen.pair) {
+            // The handshake completed after all (its ACK crossed the withdrawal).
+            Some(f) if !f.tentative => {
+                self.claimed(t, f.reverse.0.port(), step);
+                step.again = true;
+            }
+            Some(f) => {
+                Self::drop_tentative(t, f, step);
+                t.next_look = now + SWEEP_EVERY;
+            }
+            None if now.duration_since(since) >= TENTATIVE_LINGER => {
+                self.release_nat_port(t, now);
+                return false;
+            }
+            None => t.next_look = since + TENTATIVE_LINGER,
+        }
+        true
     }
 
     /// A waiting lease was deleted now (revoked or expired), with any tentative flow on it.
@@ -207,13 +219,7 @@ impl Shared {
 
     /// Counts and reports a connection's end.
     fn finish(&self, t: &Tracked, peer_port: u16, idle: bool) -> Report {
-        let (forward, reverse) = t.last_seen;
-        // Forward is peer → target: client → origin in passive mode, the reverse in active.
-        let (up, down) = if t.active {
-            (reverse, forward)
-        } else {
-            (forward, reverse)
-        };
+        let (up, down) = t.up_down(t.last_seen);
         let bytes_to_origin = up.map_or(0, |f| f.bytes);
         let bytes_to_client = down.map_or(0, |f| f.bytes);
         Totals::add(&self.totals.bytes_to_origin, bytes_to_origin);
