@@ -138,19 +138,39 @@ mod tests {
         (accepted.unwrap().0, connected.unwrap())
     }
 
+    /// What a copy did: how it ended, the bytes (peer → target, target → peer), and
+    /// whether the client's direction was signalled.
+    type Outcome = (Ending, (u64, u64), bool);
+
+    /// Copies between `peer` and `target` as the relay does, the client's direction being
+    /// `to_client`.
+    async fn copy(
+        mut peer: TcpStream,
+        mut target: TcpStream,
+        to_client: Direction,
+        idle: Duration,
+    ) -> Outcome {
+        let (done_tx, done_rx) = watch::channel(());
+        let copied = Copied::default();
+        let ending = copy_both_ways(&mut peer, &mut target, to_client, &done_tx, idle, &copied)
+            .await
+            .unwrap();
+        let bytes = (
+            copied.peer_to_target.load(Ordering::Relaxed),
+            copied.target_to_peer.load(Ordering::Relaxed),
+        );
+        (ending, bytes, done_rx.has_changed().unwrap())
+    }
+
     #[tokio::test]
     async fn copies_both_ways_counts_and_signals_the_clients_direction() {
-        let (mut peer_far, mut peer) = pair().await;
-        let (mut target, mut target_far) = pair().await;
-        let (done_tx, mut done_rx) = watch::channel(());
-        let copied = Copied::default();
-        let relay = copy_both_ways(
-            &mut peer,
-            &mut target,
+        let (mut peer_far, peer) = pair().await;
+        let (target, mut target_far) = pair().await;
+        let relay = copy(
+            peer,
+            target,
             Direction::TargetToPeer,
-            &done_tx,
             Duration::from_secs(30),
-            &copied,
         );
         let ends = async {
             peer_far.write_all(b"upload").await.unwrap();
@@ -162,45 +182,25 @@ mod tests {
             peer_far.read_to_end(&mut down).await.unwrap();
             (up, down)
         };
-        let (ending, (up, down)) = tokio::join!(relay, ends);
-        assert_eq!(ending.unwrap(), Ending::Closed);
+        let (outcome, (up, down)) = tokio::join!(relay, ends);
+        assert_eq!(outcome, (Ending::Closed, (6, 9), true));
         assert_eq!(
             (up.as_slice(), down.as_slice()),
             (&b"upload"[..], &b"download!"[..])
         );
-        assert_eq!(
-            (
-                copied.peer_to_target.load(Ordering::Relaxed),
-                copied.target_to_peer.load(Ordering::Relaxed)
-            ),
-            (6, 9)
-        );
-        assert!(
-            done_rx.has_changed().unwrap(),
-            "the client's direction ended unsignalled"
-        );
-        done_rx.mark_unchanged();
     }
 
     #[tokio::test]
-    async fn silence_ends_the_copy_as_idle() {
-        let (_peer_far, mut peer) = pair().await;
-        let (mut target, _target_far) = pair().await;
-        let (done_tx, done_rx) = watch::channel(());
-        let copied = Copied::default();
-        let ending = copy_both_ways(
-            &mut peer,
-            &mut target,
+    async fn silence_ends_the_copy_as_idle_unsignalled() {
+        let (_peer_far, peer) = pair().await;
+        let (target, _target_far) = pair().await;
+        let outcome = copy(
+            peer,
+            target,
             Direction::PeerToTarget,
-            &done_tx,
             Duration::from_millis(200),
-            &copied,
         )
         .await;
-        assert_eq!(ending.unwrap(), Ending::Idle);
-        assert!(
-            !done_rx.has_changed().unwrap(),
-            "signalled without an end of stream"
-        );
+        assert_eq!(outcome, (Ending::Idle, (0, 0), false));
     }
 }
