@@ -4,32 +4,21 @@
 //! with the client's address cannot use the lease up. No data byte passes through
 //! userspace.
 //!
-//! Ports (see `ports`): a public port is held only against the peer whose lease waits on
-//! it, and is free for that peer again the moment its lease is claimed or gone — learned
-//! from the programs' events (a claim, a FIN, a RST: read from their ring buffer as they
-//! happen), and synchronously where it matters (revoking a lease, or a peer that holds
-//! every port). Different peers share ports freely. The source port towards
-//! the origin (the NAT port) is chosen separately, unique per (NAT port, origin address and
-//! port); the data range is added to `net.ipv4.ip_local_reserved_ports` at start-up so the
-//! gateway's own sockets never pick one as an ephemeral port.
+//! [`KernelDataplane`] is the driver: it does the map I/O that the lease lifecycle (see
+//! `lifecycle`, which owns the leases' stages, deadlines and ports) asks for — installing
+//! leases, reading and deleting entries — as the programs' events arrive (a claim, a FIN, a
+//! RST: read from their ring buffer as they happen), synchronously where it matters
+//! (revoking a lease, or a peer that holds every port), and from a sweeper task every
+//! [`SWEEP_EVERY`], the safety net for events a full ring buffer lost.
 //!
-//! A sweeper task runs every [`SWEEP_EVERY`] (and is the safety net for events a full
-//! ring buffer lost):
-//! - a waiting lease past its TTL is deleted, with the tentative flow of a handshake that
-//!   never completed on it (a spoofed SYN's); its NAT port is given back only once no
-//!   flow of it is left ([`TENTATIVE_LINGER`]);
-//! - a carried connection is watched: when each direction's FIN has been acknowledged by
-//!   the other, or either sent a RST (in window: the kernel's rule), and [`CLOSE_GRACE`]
-//!   has passed, or when it has been idle for
-//!   the flow idle timeout, its flow entries are deleted and its byte counts logged. This
-//!   frees only its flow entries and NAT port: its public port was free at the claim.
+//! Ports (see `ports`): a public port is held only against the peer whose lease waits on
+//! it; different peers share ports freely. The source port towards the origin (the NAT
+//! port) is chosen separately, unique per (NAT port, origin address and port); the data
+//! range is added to `net.ipv4.ip_local_reserved_ports` at start-up so the gateway's own
+//! sockets never pick one as an ephemeral port.
 use std::{
-    collections::HashMap,
-    net::{Ipv4Addr, SocketAddrV4},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -38,34 +27,15 @@ use tracing::{debug, info, warn};
 use super::{
     ActiveGrant, ActiveRequest, DataTimeouts, Dataplane, LeaseError, LeaseGrant, LeaseId,
     LeaseInfo, LeaseRequest, Leftovers, Snapshot,
-    ports::{NatPorts, PeerPorts},
+    lifecycle::{
+        Addresses, Candidate, LeaseSeen, LeaseTable, Look, Observed, Probe, Refused, Report,
+        SWEEP_EVERY, Step,
+    },
 };
 use crate::{
     config::PortRange,
-    kernel::{
-        Event, EventKind, FlowState, FlowTuple, Kernel, KernelError, Lease, LeaseAction,
-        monotonic_ns, parse_event,
-    },
+    kernel::{Event, Kernel, KernelError, Lease, LeaseAction, monotonic_ns, parse_event},
 };
-
-/// How often the sweeper runs (claims and closes arrive as events); each lease is looked
-/// at only when something may be due: its deadline, the end of its close grace, or the
-/// next of its periodic looks below.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// A waiting lease is looked at in the kernel this often (in case its claim's event was
-/// lost), besides at its deadline.
-const LOOK_WAITING: Duration = Duration::from_secs(2);
-/// A carried connection is looked at this often: idle timeout, a lost FIN/RST event.
-const LOOK_CARRYING: Duration = Duration::from_secs(10);
-/// How long a closed flow keeps its entries: a retransmitted last ACK may still pass, and
-/// a peer whose SYN was answered by a stale connection at the target resets it
-/// and sends the SYN again (after 1 s, then 2 s more), which the flow must still carry.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(4);
-/// How long a withdrawn (expired or revoked) lease is still watched: a SYN that read the
-/// lease just before it went may create its tentative flow just after (removed when
-/// seen), or even complete its handshake (then carried). Generous against the microseconds
-/// that race takes; it only delays giving back the NAT port.
-pub const TENTATIVE_LINGER: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct KernelSettings {
@@ -88,32 +58,25 @@ pub struct KernelSettings {
     pub active_origin_port_20_only: bool,
 }
 
-/// Totals since start.
-#[derive(Debug, Default)]
-pub struct KernelStats {
-    pub installed: AtomicU64,
-    pub used: AtomicU64,
-    pub expired: AtomicU64,
-    pub revoked: AtomicU64,
-    pub flows_closed: AtomicU64,
-    pub flows_idle: AtomicU64,
-    pub bytes_to_origin: AtomicU64,
-    pub bytes_to_client: AtomicU64,
+impl KernelSettings {
+    fn addresses(&self) -> Addresses {
+        Addresses {
+            public_ip: self.public_ip,
+            nat_ip: self.nat_ip,
+            ports: self.ports,
+            active_port_20: self.active_port_20,
+        }
+    }
 }
 
+/// Lock order: `table` (this dataplane's own state) first, then `kernel` (shared with the
+/// other dataplanes, the relay's guard and the admin endpoint), reached only through the
+/// locked table (`Locked::maps`): nothing here takes the table's lock while holding the
+/// kernel's.
 pub struct KernelDataplane {
+    table: Mutex<LeaseTable>,
     kernel: Arc<Mutex<Kernel>>,
     settings: KernelSettings,
-    /// The lease TTL and the flow idle timeout (the rest is the relay's); a reload
-    /// replaces them in place.
-    timeouts: Mutex<DataTimeouts>,
-    /// Public ports (passive) and origin-side ports (active) held by waiting leases.
-    ports: PeerPorts,
-    /// Passive connections' source ports towards the origin.
-    nat_ports: NatPorts,
-    book: Mutex<Book>,
-    next_id: AtomicU64,
-    stats: KernelStats,
 }
 
 /// How many ports one lease request skips because another dataplane's lease holds their
@@ -121,89 +84,23 @@ pub struct KernelDataplane {
 /// sessions' waiting leases).
 const TAKEN_SKIPS: usize = 64;
 
-/// Why [`KernelDataplane::install_nat`] failed.
+/// How many looks one settling of a lease may take: an event, then waiting (or
+/// withdrawn) → carrying → over, is the longest chain a single moment can settle.
+const LOOKS_AT_ONCE: usize = 4;
+
+/// Why [`Locked::install`] failed.
 enum InstallFailed {
     /// Another lease has the key: its port is still held, for the caller to try another.
-    Taken,
+    Taken(u16),
     Other(LeaseError),
 }
 
-/// The tracked leases, indexed by id and by the (target, source) pair of their connection
-/// — the key of the target's direction, which every event about it names.
-#[derive(Default)]
-struct Book {
-    leases: HashMap<LeaseId, Tracked>,
-    by_pair: HashMap<FlowTuple, LeaseId>,
-}
-
-impl Book {
-    fn insert(&mut self, id: LeaseId, t: Tracked) {
-        self.by_pair.insert((t.target, t.source), id);
-        self.leases.insert(id, t);
-    }
-
-    /// The lease an event is about, by either direction's key.
-    fn about(&mut self, event: &Event) -> Option<(LeaseId, &mut Tracked)> {
-        let id = *self
-            .by_pair
-            .get(&event.reverse)
-            .or_else(|| self.by_pair.get(&event.key))?;
-        self.leases.get_mut(&id).map(|t| (id, t))
-    }
-
-    fn remove(&mut self, id: LeaseId) {
-        if let Some(t) = self.leases.remove(&id)
-            && self.by_pair.get(&(t.target, t.source)) == Some(&id)
-        {
-            self.by_pair.remove(&(t.target, t.source));
-        }
-    }
-}
-
-/// Where a lease is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stage {
-    /// In the kernel's lease map, waiting for the peer's connection to complete its
-    /// handshake (a tentative one may exist); its port is held.
-    Waiting,
-    /// Claimed by a connection from the peer's `peer_port` (its handshake completed),
-    /// carried by the kernel.
-    Carrying { peer_port: u16 },
-    /// Deleted unclaimed (revoked or expired) at `since`; watched for a tentative flow
-    /// left on it until [`TENTATIVE_LINGER`] has passed. Its public port is free already.
-    Withdrawn { since: Instant },
-    /// Deleted unclaimed (revoked or expired), or its claim rolled back: nothing left.
-    Gone,
-}
-
-/// A lease as userspace follows it. The data connection arrives from `peer` at `local`
-/// and is NATed to `target` from `source`:
-/// passive: client → public:port ⇒ nat:nat_port → origin; active: origin → nat:port ⇒
-/// public:(port|20) → client.
-#[derive(Debug)]
-struct Tracked {
-    peer: Ipv4Addr,
-    local: SocketAddrV4,
-    target: SocketAddrV4,
-    source: SocketAddrV4,
-    active: bool,
-    deadline: Instant,
-    revoked: bool,
-    installed: Instant,
-    stage: Stage,
-    /// When the flow was first seen closed.
-    closed_since: Option<Instant>,
-    /// The flow entries as last read (forward, reverse): the final byte counts when the
-    /// kernel has already let a new connection take the entries over.
-    last_seen: (Option<FlowState>, Option<FlowState>),
-    /// Its NAT pair was given back (at the close: it rests from then on, and a claim may
-    /// take over the pair's finished entries).
-    nat_released: bool,
-    /// Seen neither in the lease map nor as a flow once: a claim may have been half done
-    /// (the SYN deletes the lease, then inserts the flows). Gone if so again.
-    vanished: bool,
-    /// When the sweeper should look at it next (events and revokes look at once).
-    next_look: Instant,
+/// The lease table locked: the only way to the kernel's maps, so that the kernel's lock is
+/// always taken after the table's.
+struct Locked<'a> {
+    table: MutexGuard<'a, LeaseTable>,
+    kernel: &'a Mutex<Kernel>,
+    settings: &'a KernelSettings,
 }
 
 impl KernelDataplane {
@@ -218,14 +115,9 @@ impl KernelDataplane {
         leftovers: Leftovers,
     ) -> Arc<Self> {
         let dp = Arc::new(Self {
+            table: Mutex::new(LeaseTable::new(settings.addresses(), timeouts)),
             kernel,
-            ports: PeerPorts::new(settings.ports),
-            nat_ports: NatPorts::new(settings.ports),
             settings,
-            timeouts: Mutex::new(timeouts),
-            book: Mutex::default(),
-            next_id: AtomicU64::new(1),
-            stats: KernelStats::default(),
         });
         if leftovers == Leftovers::Adopt {
             dp.adopt();
@@ -243,65 +135,20 @@ impl KernelDataplane {
         dp
     }
 
-    pub fn stats(&self) -> &KernelStats {
-        &self.stats
-    }
-
-    fn timeouts(&self) -> DataTimeouts {
-        *self.timeouts.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Leases (waiting or carrying) still tracked.
-    pub fn active(&self) -> usize {
-        self.book()
-            .leases
-            .values()
-            .filter(|t| !matches!(t.stage, Stage::Withdrawn { .. }))
-            .count()
-    }
-
-    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
-        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            table: self.table.lock().unwrap_or_else(|e| e.into_inner()),
+            kernel: &self.kernel,
+            settings: &self.settings,
+        }
     }
 
     /// Settles what an event from the programs says about one of this service's leases.
     pub fn on_event(&self, event: &Event) {
-        let mut book = self.book();
-        let Some((id, t)) = book.about(event) else {
-            return;
-        };
-        let keep = match event.kind {
-            EventKind::Claimed => {
-                // Only the claim of this very lease: its peer, to its address.
-                if matches!(t.stage, Stage::Waiting | Stage::Withdrawn { .. })
-                    && *event.key.0.ip() == t.peer
-                    && event.key.1 == t.local
-                {
-                    self.claimed(t, event.key.0.port());
-                }
-                true
-            }
-            // Look now: a connection seen closed both ways starts its grace period.
-            EventKind::Fin | EventKind::Rst => match self.step(t, Instant::now()) {
-                Ok(keep) => keep,
-                Err(e) => {
-                    warn!(peer = %t.peer, port = t.local.port(), error = %e, "lease bookkeeping failed");
-                    true
-                }
-            },
-        };
-        if !keep {
-            book.remove(id);
+        let mut locked = self.lock();
+        if let Some((id, step)) = locked.table.on_event(event) {
+            locked.carry_out(id, step, Instant::now());
         }
-    }
-
-    fn kernel(&self) -> std::sync::MutexGuard<'_, Kernel> {
-        self.kernel.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn owns(&self, local: SocketAddrV4) -> bool {
-        (*local.ip() == self.settings.public_ip || *local.ip() == self.settings.nat_ip)
-            && self.settings.ports.contains(local.port())
     }
 
     /// Takes over what a previous ftp-guard left in pinned maps: data connections under
@@ -309,27 +156,18 @@ impl KernelDataplane {
     /// sessions having died with that process. Only at process start: at a reload the
     /// map's other leases belong to dataplanes still running.
     fn adopt(&self) {
-        let mut kernel = self.kernel();
+        let now = Instant::now();
+        let mut locked = self.lock();
+        let mut kernel = locked.maps();
         let mut adopted = 0;
         for (peer, local, source, target) in kernel.claimed_flows() {
-            if !self.owns(local) {
-                continue;
+            if locked.table.adopt(peer, local, (source, target), now) {
+                adopted += 1;
             }
-            let active = *local.ip() == self.settings.nat_ip;
-            if !active {
-                self.nat_ports.mark(source.port(), target);
-            }
-            let mut t = self.tracked(*peer.ip(), local, target, source, active);
-            t.stage = Stage::Carrying {
-                peer_port: peer.port(),
-            };
-            let id = LeaseId(self.next_id.fetch_add(1, Ordering::Relaxed));
-            self.book().insert(id, t);
-            adopted += 1;
         }
         let mut dropped = 0;
         for (peer, local) in kernel.lease_keys() {
-            if self.owns(local) && matches!(kernel.remove_lease(peer, local), Ok(true)) {
+            if locked.table.owns(local) && matches!(kernel.remove_lease(peer, local), Ok(true)) {
                 dropped += 1;
             }
         }
@@ -346,535 +184,317 @@ impl KernelDataplane {
         }
     }
 
-    /// One pass over every tracked lease.
+    /// Looks at every lease something may be due for.
     pub fn sweep(&self) {
         let now = Instant::now();
-        let mut book = self.book();
-        let mut done = Vec::new();
-        for (id, t) in book.leases.iter_mut() {
-            if now < t.next_look && t.stage != Stage::Gone {
-                continue;
-            }
-            match self.step(t, now) {
-                Ok(true) => {}
-                Ok(false) => done.push(*id),
-                Err(e) => {
-                    warn!(peer = %t.peer, port = t.local.port(), error = %e, "lease bookkeeping failed")
-                }
-            }
-        }
-        for id in done {
-            book.remove(id);
+        let mut locked = self.lock();
+        for id in locked.table.due(now) {
+            locked.settle(id, now);
         }
     }
 
-    /// The flow entry of the target's direction of `t`'s connection, if one exists (any
-    /// connection on the same pair started under this lease).
-    fn our_flow(&self, t: &Tracked, kernel: &Kernel) -> Result<Option<FlowState>, KernelError> {
-        // The target's direction is keyed by the (target, source) pair userspace chose.
-        Ok(kernel
-            .flow((t.target, t.source))?
-            .filter(|f| *f.reverse.0.ip() == t.peer && f.reverse.1 == t.local))
-    }
-
-    /// A waiting lease is no longer in the kernel's map: claimed (its connection completed
-    /// its handshake, which deleted the lease) or gone otherwise. Either way its port is
-    /// free for its peer again.
-    fn settle_claim(&self, t: &mut Tracked, kernel: &Kernel) -> Result<(), KernelError> {
-        // The kernel marks the target's entry complete before it deletes the lease.
-        match self.our_flow(t, kernel)?.filter(|f| !f.tentative) {
-            Some(f) => self.claimed(t, f.reverse.0.port()),
-            // Removed by hand, or its connection over and taken over already: look once
-            // more before giving the lease up.
-            None if !t.vanished => t.vanished = true,
-            None => {
-                t.stage = Stage::Gone;
-                self.ports.release(t.peer, t.local);
-            }
-        }
-        Ok(())
-    }
-
-    /// A waiting lease was claimed by a connection from `peer_port`: its port is free for
-    /// its peer again, the kernel carries the connection.
-    fn claimed(&self, t: &mut Tracked, peer_port: u16) {
-        self.stats.used.fetch_add(1, Ordering::Relaxed);
-        // Debug: the connection's one info line is "done", with its bytes.
-        debug!(
-            mode = if t.active { "active" } else { "passive" },
-            from = %SocketAddrV4::new(t.peer, peer_port),
-            to = %t.target,
-            port = t.local.port(),
-            "data connection started in the kernel"
-        );
-        // A withdrawn lease's port was given back then (and may be held again by now).
-        if t.stage == Stage::Waiting {
-            self.ports.release(t.peer, t.local);
-        }
-        t.stage = Stage::Carrying { peer_port };
-    }
-
-    /// Removes the tentative flow of a handshake that never completed under `t`; true if
-    /// there was one.
-    fn drop_tentative(&self, t: &Tracked, kernel: &mut Kernel) -> Result<bool, KernelError> {
-        let Some(f) = self.our_flow(t, kernel)?.filter(|f| f.tentative) else {
-            return Ok(false);
-        };
-        kernel.remove_flow(f.reverse)?;
-        kernel.remove_flow((t.target, t.source))?;
-        debug!(
-            from = %f.reverse.0,
-            port = t.local.port(),
-            "unfinished handshake removed with its lease"
-        );
-        Ok(true)
-    }
-
-    /// Deletes a waiting lease (revoked or expired) and any tentative flow on it; if the
-    /// peer's completed handshake deleted it first, the lease is settled as claimed
-    /// instead.
-    fn withdraw(&self, t: &mut Tracked, kernel: &mut Kernel) -> Result<(), KernelError> {
-        if kernel.remove_lease(t.peer, t.local)? {
-            let counter = if t.revoked {
-                &self.stats.revoked
-            } else {
-                &self.stats.expired
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            debug!(
-                port = t.local.port(),
-                revoked = t.revoked,
-                "unused lease removed"
-            );
-            t.stage = Stage::Withdrawn {
-                since: Instant::now(),
-            };
-            self.ports.release(t.peer, t.local);
-            self.drop_tentative(t, kernel)?;
-            Ok(())
-        } else {
-            self.settle_claim(t, kernel)
-        }
-    }
-
-    /// Advances one lease; `Ok(false)` when it is over and forgotten.
-    fn step(&self, t: &mut Tracked, now: Instant) -> Result<bool, KernelError> {
-        let mut kernel = self.kernel();
-        if t.stage == Stage::Waiting {
-            if !kernel.has_lease(t.peer, t.local)? {
-                self.settle_claim(t, &kernel)?;
-            } else if t.revoked || now >= t.deadline {
-                self.withdraw(t, &mut kernel)?;
-            }
-        }
-        if let Stage::Withdrawn { since } = t.stage {
-            match self.our_flow(t, &kernel)? {
-                // The handshake completed after all (its ACK crossed the withdrawal).
-                Some(f) if !f.tentative => self.claimed(t, f.reverse.0.port()),
-                Some(_) => {
-                    self.drop_tentative(t, &mut kernel)?;
-                    t.next_look = now + SWEEP_EVERY;
-                }
-                None if now.duration_since(since) >= TENTATIVE_LINGER => t.stage = Stage::Gone,
-                None => t.next_look = since + TENTATIVE_LINGER,
-            }
-        }
-        let peer_port = match t.stage {
-            Stage::Waiting => {
-                t.next_look = if t.vanished {
-                    now
-                } else {
-                    t.deadline.min(now + LOOK_WAITING)
-                };
-                return Ok(true);
-            }
-            Stage::Withdrawn { .. } => return Ok(true),
-            Stage::Gone => {
-                self.release_nat_port(t);
-                return Ok(false);
-            }
-            Stage::Carrying { peer_port } => peer_port,
-        };
-        let forward_key = (SocketAddrV4::new(t.peer, peer_port), t.local);
-        let pair = (t.target, t.source);
-        // The forward 4-tuple may belong to a newer connection by now (the kernel hands a
-        // tuple over once its connection is over): only an entry paired with ours counts.
-        let forward = kernel.flow(forward_key)?.filter(|f| f.reverse == pair);
-        let reverse = kernel.flow(pair)?.filter(|f| f.reverse == forward_key);
-        if forward.is_some() && reverse.is_some() {
-            t.last_seen = (forward, reverse);
-        }
-        let (closed, idle) = match (forward, reverse) {
-            (Some(a), Some(b)) => {
-                let closed = a.over_with(&b);
-                let last = a.last_seen_ns.max(b.last_seen_ns);
-                let idle_ns = monotonic_ns().saturating_sub(last);
-                (closed, idle_ns > self.timeouts().idle.as_nanos() as u64)
-            }
-            // Gone from the kernel (removed by hand, or a previous process's leftovers).
-            _ => (true, false),
-        };
-        if closed && !idle {
-            // The pair's TIME_WAIT at the origin starts now: let it rest from here.
-            self.release_nat_port(t);
-            let since = *t.closed_since.get_or_insert(now);
-            if now.duration_since(since) < CLOSE_GRACE {
-                t.next_look = since + CLOSE_GRACE;
-                return Ok(true);
-            }
-        } else if !idle {
-            t.closed_since = None;
-            // Reopened (its claiming SYN again after a reset): its NAT pair is in use again.
-            if t.nat_released && !t.active {
-                self.nat_ports.mark(t.source.port(), t.target);
-                t.nat_released = false;
-            }
-            t.next_look = now + LOOK_CARRYING;
-            return Ok(true);
-        }
-        if forward.is_some() {
-            kernel.remove_flow(forward_key)?;
-        }
-        if reverse.is_some() {
-            kernel.remove_flow(pair)?;
-        }
-        drop(kernel);
-        let (forward, reverse) = t.last_seen;
-        self.finish(t, peer_port, forward, reverse, idle);
-        self.release_nat_port(t);
-        Ok(false)
-    }
-
-    fn release_nat_port(&self, t: &mut Tracked) {
-        if !t.active && !t.nat_released {
-            self.nat_ports.release(t.source.port(), t.target);
-            t.nat_released = true;
-        }
-    }
-
-    fn finish(
+    /// Installs the lease `reserve` makes for `peer` on a port of `local`; returns it with
+    /// the address its peer connects to. A port whose lease key is already in the map
+    /// (another dataplane's lease on an overlapping range, still running after a reload)
+    /// is skipped for another, up to [`TAKEN_SKIPS`] times.
+    fn install_lease(
         &self,
-        t: &Tracked,
-        peer_port: u16,
-        forward: Option<FlowState>,
-        reverse: Option<FlowState>,
-        idle: bool,
-    ) {
-        // Forward is peer → target: client → origin in passive mode, the reverse in active.
-        let (up, down) = if t.active {
-            (reverse, forward)
-        } else {
-            (forward, reverse)
-        };
-        let up_bytes = up.map_or(0, |f| f.bytes);
-        let down_bytes = down.map_or(0, |f| f.bytes);
-        self.stats
-            .bytes_to_origin
-            .fetch_add(up_bytes, Ordering::Relaxed);
-        self.stats
-            .bytes_to_client
-            .fetch_add(down_bytes, Ordering::Relaxed);
-        let counter = if idle {
-            &self.stats.flows_idle
-        } else {
-            &self.stats.flows_closed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        info!(
-            mode = if t.active { "active" } else { "passive" },
-            from = %SocketAddrV4::new(t.peer, peer_port),
-            to = %t.target,
-            port = t.local.port(),
-            bytes_to_client = down_bytes,
-            bytes_to_origin = up_bytes,
-            packets = up.map_or(0, |f| f.packets) + down.map_or(0, |f| f.packets),
-            ended = if idle { "idle timeout" } else { "closed" },
-            "data connection done (kernel)"
-        );
-    }
-
-    /// A port of `local` for `peer`'s next lease. When the peer holds every port, its
-    /// waiting leases are checked against the kernel first: a claim frees a port at once.
-    fn allocate(&self, peer: Ipv4Addr, local: Ipv4Addr) -> Result<u16, LeaseError> {
-        if let Some(port) = self.ports.allocate(peer, local) {
-            return Ok(port);
-        }
-        {
-            let mut book = self.book();
-            let kernel = self.kernel();
-            for t in book.leases.values_mut() {
-                if t.peer == peer
-                    && *t.local.ip() == local
-                    && t.stage == Stage::Waiting
-                    && matches!(kernel.has_lease(t.peer, t.local), Ok(false))
-                {
-                    let _ = self.settle_claim(t, &kernel);
-                }
-            }
-        }
-        self.ports
-            .allocate(peer, local)
-            .ok_or(LeaseError::PortsExhausted(self.ports.capacity()))
-    }
-
-    /// Installs the lease `build` makes for a port of `local` held for `peer`. A port whose
-    /// lease key is already in the map (another dataplane's lease on an overlapping range,
-    /// still running after a reload) is skipped for another, up to [`TAKEN_SKIPS`] times.
-    fn install_on_free_port(
-        &self,
-        peer: Ipv4Addr,
-        local: Ipv4Addr,
+        (peer, local): (Ipv4Addr, Ipv4Addr),
         target_ifindex: u32,
         admitted: (u32, u16),
-        mut build: impl FnMut(u16) -> Result<Tracked, LeaseError>,
-    ) -> Result<LeaseId, LeaseError> {
+        reserve: impl Fn(&mut LeaseTable, Instant) -> Result<Candidate, Refused>,
+    ) -> Result<(LeaseId, SocketAddrV4), LeaseError> {
+        let now = Instant::now();
+        let mut locked = self.lock();
         // Held until the end, so that the next attempt picks another port.
         let mut skipped = Vec::new();
         let result = loop {
-            let port = match self.allocate(peer, local) {
-                Ok(port) => port,
+            let candidate = match locked.reserve(&reserve, (peer, local), now) {
+                Ok(candidate) => candidate,
                 Err(e) => break Err(e),
             };
-            let t = match build(port) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.ports.release(peer, SocketAddrV4::new(local, port));
-                    break Err(e);
-                }
-            };
-            match self.install_nat(t, target_ifindex, admitted) {
-                Ok(id) => break Ok(id),
-                Err(InstallFailed::Taken) => {
+            let at = candidate.lease().local;
+            match locked.install(candidate, target_ifindex, admitted, now) {
+                Ok(id) => break Ok((id, at)),
+                Err(InstallFailed::Taken(port)) => {
                     debug!(%peer, port, "lease key taken by another dataplane: trying another port");
                     skipped.push(port);
                     if skipped.len() >= TAKEN_SKIPS {
-                        break Err(LeaseError::PortsExhausted(self.ports.capacity()));
+                        break Err(LeaseError::PortsExhausted(self.settings.ports.len()));
                     }
                 }
                 Err(InstallFailed::Other(e)) => break Err(e),
             }
         };
         for port in skipped {
-            self.ports.release(peer, SocketAddrV4::new(local, port));
+            locked
+                .table
+                .give_back_port(peer, SocketAddrV4::new(local, port));
         }
         result
     }
+}
 
-    /// Installs a NAT lease for `peer` → `local`, carried to `target` from `source`, whose
-    /// SYN must come in on `peer_ifindex` from `peer_port` (0: any); on failure its NAT
-    /// port is given back, and its port too unless another lease has its key (the caller
-    /// tries another port first).
-    fn install_nat(
-        &self,
-        t: Tracked,
+impl<'a> Locked<'a> {
+    /// The kernel's maps, locked (after the table: see [`KernelDataplane`]).
+    fn maps(&self) -> MutexGuard<'a, Kernel> {
+        self.kernel.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Looks at lease `id` in the kernel's maps and steps it until nothing more is due now.
+    fn settle(&mut self, id: LeaseId, now: Instant) {
+        let look_now = Step {
+            again: true,
+            ..Step::default()
+        };
+        self.carry_out(id, look_now, now);
+    }
+
+    /// Does what `step` asks for lease `id`, and looks again while it says so.
+    fn carry_out(&mut self, id: LeaseId, mut step: Step, now: Instant) {
+        let mut looks = 0;
+        loop {
+            self.remove_flows(&step);
+            step.reports.iter().for_each(log);
+            if !step.again || looks == LOOKS_AT_ONCE {
+                return;
+            }
+            looks += 1;
+            let Some(look) = self.table.look(id, now) else {
+                return;
+            };
+            step = match self.observe(&look) {
+                Ok(seen) => self.table.step(id, &seen, now),
+                Err(e) => {
+                    warn!(lease = id.0, target = %look.pair.0, error = %e, "lease bookkeeping failed; the sweeper retries");
+                    return;
+                }
+            };
+        }
+    }
+
+    fn remove_flows(&self, step: &Step) {
+        if step.remove_flows.is_empty() {
+            return;
+        }
+        let mut kernel = self.maps();
+        for key in &step.remove_flows {
+            if let Err(e) = kernel.remove_flow(*key) {
+                warn!(from = %key.0, to = %key.1, error = %e, "cannot remove a flow entry");
+            }
+        }
+    }
+
+    /// Reads (and, withdrawing, deletes) what `look` names, in its order.
+    fn observe(&self, look: &Look) -> Result<Observed, KernelError> {
+        let mut kernel = self.maps();
+        let lease = match look.lease {
+            None => LeaseSeen::NotLooked,
+            Some((peer, local, Probe::Check)) if kernel.has_lease(peer, local)? => LeaseSeen::InMap,
+            Some((peer, local, Probe::Remove)) if kernel.remove_lease(peer, local)? => {
+                LeaseSeen::Removed
+            }
+            Some(_) => LeaseSeen::Absent,
+        };
+        let flows = kernel.flow(look.pair).and_then(|pair| {
+            let forward = look.forward.map(|key| kernel.flow(key)).transpose()?;
+            Ok((pair, forward.flatten()))
+        });
+        let (pair, forward) = match flows {
+            Ok(flows) => flows,
+            // The lease is deleted: the step must learn it. A tentative flow left on it is
+            // found by the look at the end of its linger.
+            Err(e) if lease == LeaseSeen::Removed => {
+                warn!(error = %e, "cannot read a withdrawn lease's flows");
+                (None, None)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Observed {
+            lease,
+            pair,
+            forward,
+            clock_ns: monotonic_ns(),
+        })
+    }
+
+    /// A candidate from `reserve`. When the peer holds every port, its waiting leases are
+    /// checked against the kernel first: a claim frees a port at once.
+    fn reserve(
+        &mut self,
+        reserve: impl Fn(&mut LeaseTable, Instant) -> Result<Candidate, Refused>,
+        (peer, local): (Ipv4Addr, Ipv4Addr),
+        now: Instant,
+    ) -> Result<Candidate, LeaseError> {
+        let refused = match reserve(&mut self.table, now) {
+            Ok(candidate) => return Ok(candidate),
+            Err(Refused::PeerHoldsAll) => {
+                for id in self.table.waiting_of(peer, local) {
+                    self.settle(id, now);
+                }
+                reserve(&mut self.table, now)
+            }
+            Err(refused) => Err(refused),
+        };
+        refused.map_err(|refused| match refused {
+            Refused::PeerHoldsAll => LeaseError::PortsExhausted(self.settings.ports.len()),
+            Refused::Error(e) => e,
+        })
+    }
+
+    /// Writes `candidate` to the lease map: a NAT lease whose SYN must come in on
+    /// `peer_ifindex` from `peer_port` (0: any). On failure its NAT port is given back,
+    /// and its port too unless another lease has its key (the caller tries another port
+    /// first).
+    fn install(
+        &mut self,
+        candidate: Candidate,
         target_ifindex: u32,
         (peer_ifindex, peer_port): (u32, u16),
+        now: Instant,
     ) -> Result<LeaseId, InstallFailed> {
+        let t = candidate.lease();
+        let ttl = self.table.timeouts().lease_ttl;
         let lease = Lease {
             peer: t.peer,
             local: t.local,
             action: LeaseAction::Nat {
                 target: t.target,
                 source: t.source,
-                deadline_ns: monotonic_ns() + self.timeouts().lease_ttl.as_nanos() as u64,
+                deadline_ns: monotonic_ns() + ttl.as_nanos() as u64,
                 target_ifindex,
                 mss_max: self.settings.mss_max,
                 peer_ifindex,
                 peer_port,
             },
         };
-        if let Err(e) = self.kernel().insert_lease(&lease) {
-            let mut t = t;
-            self.release_nat_port(&mut t);
-            if let KernelError::LeaseTaken { .. } = e {
-                return Err(InstallFailed::Taken);
+        let port = t.local.port();
+        let inserted = self.maps().insert_lease(&lease);
+        match inserted {
+            Ok(()) => Ok(self.table.commit(candidate)),
+            Err(KernelError::LeaseTaken { .. }) => {
+                self.table.give_back(candidate, true, now);
+                Err(InstallFailed::Taken(port))
             }
-            self.ports.release(t.peer, t.local);
-            return Err(InstallFailed::Other(match e {
-                KernelError::LeasesFull(_) => LeaseError::TableFull,
-                other => LeaseError::Io(std::io::Error::other(other.to_string())),
-            }));
-        }
-        let id = LeaseId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        self.stats.installed.fetch_add(1, Ordering::Relaxed);
-        self.book().insert(id, t);
-        Ok(id)
-    }
-
-    fn tracked(
-        &self,
-        peer: Ipv4Addr,
-        local: SocketAddrV4,
-        target: SocketAddrV4,
-        source: SocketAddrV4,
-        active: bool,
-    ) -> Tracked {
-        Tracked {
-            peer,
-            local,
-            target,
-            source,
-            active,
-            deadline: Instant::now() + self.timeouts().lease_ttl,
-            installed: Instant::now(),
-            revoked: false,
-            stage: Stage::Waiting,
-            closed_since: None,
-            last_seen: (None, None),
-            nat_released: false,
-            vanished: false,
-            next_look: Instant::now(),
+            Err(e) => {
+                self.table.give_back(candidate, false, now);
+                Err(InstallFailed::Other(match e {
+                    KernelError::LeasesFull(_) => LeaseError::TableFull,
+                    other => LeaseError::Io(std::io::Error::other(other.to_string())),
+                }))
+            }
         }
     }
 }
 
+/// Logs what the lifecycle reports. Debug for a connection's start and the unused ends:
+/// a connection's one info line is its end, with its bytes.
+fn log(report: &Report) {
+    match *report {
+        Report::Started {
+            mode,
+            from,
+            to,
+            port,
+        } => debug!(mode, %from, %to, port, "data connection started in the kernel"),
+        Report::Unused { port, revoked } => debug!(port, revoked, "unused lease removed"),
+        Report::Unfinished { from, port } => {
+            debug!(%from, port, "unfinished handshake removed with its lease")
+        }
+        Report::Done {
+            mode,
+            from,
+            to,
+            port,
+            bytes_to_client,
+            bytes_to_origin,
+            packets,
+            idle,
+        } => info!(
+            mode,
+            %from,
+            %to,
+            port,
+            bytes_to_client,
+            bytes_to_origin,
+            packets,
+            ended = if idle { "idle timeout" } else { "closed" },
+            "data connection done (kernel)"
+        ),
+    }
+}
+
 impl Dataplane for KernelDataplane {
-    fn origin_side_ip(&self) -> Option<Ipv4Addr> {
-        Some(self.settings.nat_ip)
+    fn origin_side_ip(&self) -> Option<IpAddr> {
+        Some(self.settings.nat_ip.into())
     }
 
     fn install(&self, request: LeaseRequest) -> Result<LeaseGrant, LeaseError> {
-        let public_ip = self.settings.public_ip;
-        let mut public_port = 0;
-        let id = self.install_on_free_port(
-            request.client,
-            public_ip,
+        let (client, origin) = request.ipv4()?;
+        let (id, local) = self.install_lease(
+            (client, self.settings.public_ip),
             self.settings.origin_ifindex,
             (0, 0),
-            |port| {
-                let nat_port = self
-                    .nat_ports
-                    .allocate(request.origin)
-                    .ok_or(LeaseError::PortsExhausted(self.ports.capacity()))?;
-                public_port = port;
-                Ok(self.tracked(
-                    request.client,
-                    SocketAddrV4::new(public_ip, port),
-                    request.origin,
-                    SocketAddrV4::new(self.settings.nat_ip, nat_port),
-                    false,
-                ))
-            },
+            |table, now| table.reserve_passive(client, origin, now),
         )?;
-        Ok(LeaseGrant { id, public_port })
+        Ok(LeaseGrant {
+            id,
+            public_port: local.port(),
+        })
     }
 
     fn install_active(&self, request: ActiveRequest) -> Result<ActiveGrant, LeaseError> {
-        let nat_ip = self.settings.nat_ip;
-        let mut origin_side = SocketAddrV4::new(nat_ip, 0);
-        let id = self.install_on_free_port(
-            request.origin,
-            nat_ip,
-            self.settings.client_ifindex,
+        let (origin, client) = request.ipv4()?;
+        let s = &self.settings;
+        let (id, local) = self.install_lease(
+            (origin, s.nat_ip),
+            s.client_ifindex,
             // The origin's SYN must come from the origin's side (a spoofer elsewhere cannot
             // open the client's data connection), and from port 20 when so configured.
             (
-                self.settings.origin_ifindex,
-                if self.settings.active_origin_port_20_only {
-                    20
-                } else {
-                    0
-                },
+                s.origin_ifindex,
+                if s.active_origin_port_20_only { 20 } else { 0 },
             ),
-            |port| {
-                let source_port = if self.settings.active_port_20 {
-                    20
-                } else {
-                    port
-                };
-                let source = SocketAddrV4::new(self.settings.public_ip, source_port);
-                // Events find a lease by (target, source): two live leases must not share
-                // it (two sessions of one client naming the same PORT address, with port
-                // 20 as source).
-                let busy = {
-                    let book = self.book();
-                    book.by_pair
-                        .get(&(request.client, source))
-                        .and_then(|id| book.leases.get(id))
-                        .is_some_and(|t| match t.stage {
-                            Stage::Waiting => true,
-                            Stage::Carrying { .. } => t.closed_since.is_none(),
-                            Stage::Withdrawn { .. } | Stage::Gone => false,
-                        })
-                };
-                if busy {
-                    return Err(LeaseError::Conflict(request.client));
-                }
-                origin_side = SocketAddrV4::new(nat_ip, port);
-                Ok(self.tracked(request.origin, origin_side, request.client, source, true))
-            },
+            |table, now| table.reserve_active(origin, client, now),
         )?;
-        Ok(ActiveGrant { id, origin_side })
+        Ok(ActiveGrant {
+            id,
+            origin_side: local.into(),
+        })
     }
 
     fn set_timeouts(&self, timeouts: DataTimeouts) {
-        *self.timeouts.lock().unwrap_or_else(|e| e.into_inner()) = timeouts;
+        self.lock().table.set_timeouts(timeouts);
     }
 
     fn snapshot(&self) -> Snapshot {
-        let s = &self.stats;
-        Snapshot {
-            installed: s.installed.load(Ordering::Relaxed),
-            used: s.used.load(Ordering::Relaxed),
-            expired: s.expired.load(Ordering::Relaxed),
-            revoked: s.revoked.load(Ordering::Relaxed),
-            active: self.active() as u64,
-            bytes_to_client: s.bytes_to_client.load(Ordering::Relaxed),
-            bytes_to_origin: s.bytes_to_origin.load(Ordering::Relaxed),
-            flows_closed: s.flows_closed.load(Ordering::Relaxed),
-            flows_idle: s.flows_idle.load(Ordering::Relaxed),
-            strangers_refused: 0,
-        }
+        self.lock().table.snapshot()
     }
 
     fn leases(&self) -> Vec<LeaseInfo> {
-        let book = self.book();
-        let kernel = self.kernel();
-        book.leases
-            .values()
-            .filter(|t| matches!(t.stage, Stage::Waiting | Stage::Carrying { .. }))
+        let now = Instant::now();
+        let locked = self.lock();
+        let kernel = locked.maps();
+        let flow = |key| kernel.flow(key).ok().flatten();
+        locked
+            .table
+            .live()
             .map(|t| {
-                let (peer, state, forward, reverse) = match t.stage {
-                    Stage::Carrying { peer_port } => {
-                        let peer = SocketAddrV4::new(t.peer, peer_port);
-                        let f = kernel.flow((peer, t.local)).ok().flatten();
-                        let r = kernel.flow((t.target, t.source)).ok().flatten();
-                        (peer.to_string(), "carrying", f, r)
-                    }
-                    _ => (t.peer.to_string(), "waiting", None, None),
-                };
-                let (up, down) = if t.active {
-                    (reverse, forward)
-                } else {
-                    (forward, reverse)
-                };
-                LeaseInfo {
-                    mode: if t.active { "active" } else { "passive" }.into(),
-                    port: t.local.port(),
-                    peer,
-                    target: t.target.to_string(),
-                    state: state.into(),
-                    age_secs: t.installed.elapsed().as_secs_f64(),
-                    bytes_to_client: down.map_or(0, |f| f.bytes),
-                    bytes_to_origin: up.map_or(0, |f| f.bytes),
-                }
+                let flows = t.carried_keys().map_or((None, None), |(forward, reverse)| {
+                    (flow(forward), flow(reverse))
+                });
+                t.info(flows, now)
             })
             .collect()
     }
 
     fn revoke(&self, id: LeaseId) {
-        let mut book = self.book();
-        let Some(t) = book.leases.get_mut(&id) else {
-            return;
-        };
-        t.revoked = true;
-        if t.stage != Stage::Waiting {
-            return;
-        }
+        let now = Instant::now();
+        let mut locked = self.lock();
         // Settled now rather than at the next sweep: the peer's next passive request
         // finds the port free again whether the lease was claimed or not.
-        if let Err(e) = self.withdraw(t, &mut self.kernel()) {
-            warn!(port = t.local.port(), error = %e, "revoking a lease failed; the sweeper retries");
+        if locked.table.revoke(id, now) {
+            locked.settle(id, now);
         }
     }
 }

@@ -3,14 +3,20 @@
 //! The proxy asks for a lease when a passive reply arrives and revokes it when a new
 //! passive request or the end of the session makes it stale. An implementation enforces
 //! the lease rules: only `client` may use it, once, within its TTL.
-//! - [`kernel::KernelDataplane`]: leases in BPF maps, NAT and forwarding in XDP/TC (default);
+//! - [`kernel::KernelDataplane`]: leases in BPF maps, NAT and forwarding in XDP/TC (default),
+//!   its lease lifecycle kept apart from the map I/O in [`lifecycle`];
 //! - [`userspace::UserspaceRelay`]: accepts and copies in userspace (fallback, baseline).
+//!
+//! The types here are address-family generic; both implementations carry IPv4 only for
+//! now and refuse an IPv6 request with [`LeaseError::Unsupported`].
 pub mod kernel;
+pub mod lifecycle;
 pub mod ports;
 pub mod userspace;
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -18,23 +24,45 @@ use std::{
 /// (the address and port from the origin's 227 reply).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseRequest {
-    pub client: Ipv4Addr,
-    pub origin: SocketAddrV4,
+    pub client: IpAddr,
+    pub origin: SocketAddr,
+}
+
+/// (`ip`, `socket`) when both are IPv4, the only family carried yet.
+fn both_ipv4(ip: IpAddr, socket: SocketAddr) -> Result<(Ipv4Addr, SocketAddrV4), LeaseError> {
+    match (ip, socket) {
+        (IpAddr::V4(ip), SocketAddr::V4(socket)) => Ok((ip, socket)),
+        _ => Err(LeaseError::IPV6),
+    }
+}
+
+impl LeaseRequest {
+    /// (client, origin) when both are IPv4.
+    pub fn ipv4(&self) -> Result<(Ipv4Addr, SocketAddrV4), LeaseError> {
+        both_ipv4(self.client, self.origin)
+    }
 }
 
 /// Active mode: one data connection from the origin (`origin`, its address) to a port on
 /// the gateway's origin-side address, carried to `client` (the address from PORT/EPRT).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ActiveRequest {
-    pub origin: Ipv4Addr,
-    pub client: SocketAddrV4,
+    pub origin: IpAddr,
+    pub client: SocketAddr,
+}
+
+impl ActiveRequest {
+    /// (origin, client) when both are IPv4.
+    pub fn ipv4(&self) -> Result<(Ipv4Addr, SocketAddrV4), LeaseError> {
+        both_ipv4(self.origin, self.client)
+    }
 }
 
 /// An installed active lease: the origin is told to connect to `origin_side`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ActiveGrant {
     pub id: LeaseId,
-    pub origin_side: SocketAddrV4,
+    pub origin_side: SocketAddr,
 }
 
 /// Identifies an installed lease for [`Dataplane::revoke`].
@@ -55,18 +83,25 @@ pub enum LeaseError {
     #[error("the lease table is full")]
     TableFull,
     #[error("another lease already carries a connection to {0}")]
-    Conflict(SocketAddrV4),
+    Conflict(SocketAddr),
+    /// A request this dataplane cannot carry yet.
+    #[error("{0} are not supported yet")]
+    Unsupported(&'static str),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
 impl LeaseError {
+    /// An IPv6 client, origin or address in a request.
+    pub const IPV6: LeaseError = LeaseError::Unsupported("IPv6 data connections");
+
     /// The `reason` label of the `leases_failed` metric.
     pub fn metric_reason(&self) -> &'static str {
         match self {
             LeaseError::PortsExhausted(_) => "exhausted",
             LeaseError::TableFull => "table_full",
             LeaseError::Conflict(_) => "conflict",
+            LeaseError::Unsupported(_) => "unsupported",
             LeaseError::Io(_) => "error",
         }
     }
@@ -85,6 +120,44 @@ pub struct Snapshot {
     pub flows_closed: u64,
     pub flows_idle: u64,
     pub strangers_refused: u64,
+}
+
+/// The totals of a [`Snapshot`], counted as they happen (by many tasks at once in the
+/// relay).
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub installed: AtomicU64,
+    pub used: AtomicU64,
+    pub expired: AtomicU64,
+    pub revoked: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    pub bytes_to_origin: AtomicU64,
+    pub flows_closed: AtomicU64,
+    pub flows_idle: AtomicU64,
+    pub strangers_refused: AtomicU64,
+}
+
+impl Totals {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The totals so far, with `active` leases alive now.
+    pub fn snapshot(&self, active: u64) -> Snapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            installed: get(&self.installed),
+            used: get(&self.used),
+            expired: get(&self.expired),
+            revoked: get(&self.revoked),
+            active,
+            bytes_to_client: get(&self.bytes_to_client),
+            bytes_to_origin: get(&self.bytes_to_origin),
+            flows_closed: get(&self.flows_closed),
+            flows_idle: get(&self.flows_idle),
+            strangers_refused: get(&self.strangers_refused),
+        }
+    }
 }
 
 /// One live lease, for `ftp-guard status`.
@@ -172,7 +245,7 @@ pub trait Dataplane: Send + Sync {
     }
     /// The gateway's address that data connections to and from the origin use, if the
     /// origin sees one: it must be hidden from clients like the origin's own.
-    fn origin_side_ip(&self) -> Option<Ipv4Addr> {
+    fn origin_side_ip(&self) -> Option<IpAddr> {
         None
     }
 }
@@ -247,6 +320,93 @@ pub fn host_addresses() -> std::io::Result<Vec<(String, Option<IpAddr>)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_ipv4_or_unsupported() {
+        let v4 = Ipv4Addr::new(203, 0, 113, 2);
+        let origin = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 50000);
+        let v6: SocketAddr = "[2001:db8::2]:50000".parse().unwrap();
+        let passive = LeaseRequest {
+            client: v4.into(),
+            origin: origin.into(),
+        };
+        assert_eq!(passive.ipv4().unwrap(), (v4, origin));
+        let active = ActiveRequest {
+            origin: (*origin.ip()).into(),
+            client: SocketAddrV4::new(v4, 40000).into(),
+        };
+        assert_eq!(
+            active.ipv4().unwrap(),
+            (*origin.ip(), SocketAddrV4::new(v4, 40000))
+        );
+        for err in [
+            LeaseRequest {
+                client: v6.ip(),
+                origin: origin.into(),
+            }
+            .ipv4()
+            .unwrap_err(),
+            LeaseRequest {
+                client: v4.into(),
+                origin: v6,
+            }
+            .ipv4()
+            .unwrap_err(),
+            ActiveRequest {
+                origin: v6.ip(),
+                client: SocketAddrV4::new(v4, 40000).into(),
+            }
+            .ipv4()
+            .unwrap_err(),
+            ActiveRequest {
+                origin: v4.into(),
+                client: v6,
+            }
+            .ipv4()
+            .unwrap_err(),
+        ] {
+            assert_eq!(
+                (err.metric_reason(), err.to_string().as_str()),
+                ("unsupported", "IPv6 data connections are not supported yet")
+            );
+        }
+    }
+
+    #[test]
+    fn totals_snapshot_every_counter() {
+        let totals = Totals::default();
+        for (i, c) in [
+            &totals.installed,
+            &totals.used,
+            &totals.expired,
+            &totals.revoked,
+            &totals.bytes_to_client,
+            &totals.bytes_to_origin,
+            &totals.flows_closed,
+            &totals.flows_idle,
+            &totals.strangers_refused,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            Totals::add(c, i as u64 + 1);
+        }
+        assert_eq!(
+            totals.snapshot(10),
+            Snapshot {
+                installed: 1,
+                used: 2,
+                expired: 3,
+                revoked: 4,
+                active: 10,
+                bytes_to_client: 5,
+                bytes_to_origin: 6,
+                flows_closed: 7,
+                flows_idle: 8,
+                strangers_refused: 9,
+            }
+        );
+    }
 
     #[test]
     fn loopback_addresses() {

@@ -11,7 +11,7 @@
 //! Ports are handed out from a random start, so they are not predictable.
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -68,25 +68,25 @@ impl PortPool {
     }
 }
 
-/// Ports held by waiting leases, per (peer, gateway address).
+/// Ports held by waiting leases, per (peer, gateway address). Owned by the kernel path's
+/// lease table, under its lock.
 pub struct PeerPorts {
     range: PortRange,
-    held: Mutex<HashMap<(Ipv4Addr, Ipv4Addr), HashSet<u16>>>,
+    held: HashMap<(IpAddr, IpAddr), HashSet<u16>>,
 }
 
 impl PeerPorts {
     pub fn new(range: PortRange) -> Self {
         Self {
             range,
-            held: Mutex::default(),
+            held: HashMap::new(),
         }
     }
 
     /// A port of `local` that `peer` holds no waiting lease on, now held; `None` when the
     /// peer holds them all.
-    pub fn allocate(&self, peer: Ipv4Addr, local: Ipv4Addr) -> Option<u16> {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let ports = held.entry((peer, local)).or_default();
+    pub fn allocate(&mut self, peer: IpAddr, local: IpAddr) -> Option<u16> {
+        let ports = self.held.entry((peer, local)).or_default();
         if ports.len() >= self.range.len() {
             return None;
         }
@@ -96,29 +96,28 @@ impl PeerPorts {
     }
 
     /// Marks `port` as held by `peer` (a lease adopted from a previous process).
-    pub fn mark(&self, peer: Ipv4Addr, local: SocketAddrV4) {
+    pub fn mark(&mut self, peer: IpAddr, local: SocketAddr) {
         if self.range.contains(local.port()) {
-            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            held.entry((peer, *local.ip()))
+            self.held
+                .entry((peer, local.ip()))
                 .or_default()
                 .insert(local.port());
         }
     }
 
-    pub fn release(&self, peer: Ipv4Addr, local: SocketAddrV4) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(ports) = held.get_mut(&(peer, *local.ip())) {
+    pub fn release(&mut self, peer: IpAddr, local: SocketAddr) {
+        let key = (peer, local.ip());
+        if let Some(ports) = self.held.get_mut(&key) {
             ports.remove(&local.port());
             if ports.is_empty() {
-                held.remove(&(peer, *local.ip()));
+                self.held.remove(&key);
             }
         }
     }
 
     /// Ports held over all peers.
     pub fn held(&self) -> usize {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.values().map(HashSet::len).sum()
+        self.held.values().map(HashSet::len).sum()
     }
 
     pub fn capacity(&self) -> usize {
@@ -132,23 +131,29 @@ impl PeerPorts {
 pub const NAT_PAIR_REST: Duration = Duration::from_secs(61);
 
 /// Source ports towards targets, unique per (port, target) among connections alive, and
-/// not reused for [`NAT_PAIR_REST`] after one ends while another port is free.
+/// not reused for [`NAT_PAIR_REST`] after one ends while another port is free. Owned by
+/// the kernel path's lease table, under its lock; told the time rather than reading it.
+#[derive(Debug)]
 pub struct NatPorts {
     range: PortRange,
-    state: Mutex<NatState>,
-}
-
-#[derive(Default)]
-struct NatState {
-    in_use: HashSet<(u16, SocketAddrV4)>,
+    in_use: HashSet<(u16, SocketAddr)>,
     /// Pairs whose connection ended, with when it did.
-    resting: HashMap<(u16, SocketAddrV4), Instant>,
+    resting: HashMap<(u16, SocketAddr), Instant>,
     /// The same in the order they began to rest (an entry whose time no longer matches
     /// `resting` is stale: the pair was taken and released again since).
-    rest_order: VecDeque<(Instant, (u16, SocketAddrV4))>,
+    rest_order: VecDeque<(Instant, (u16, SocketAddr))>,
 }
 
-impl NatState {
+impl NatPorts {
+    pub fn new(range: PortRange) -> Self {
+        Self {
+            range,
+            in_use: HashSet::new(),
+            resting: HashMap::new(),
+            rest_order: VecDeque::new(),
+        }
+    }
+
     /// Ends the rests that are over by `now`.
     fn expire(&mut self, now: Instant) {
         while let Some((since, pair)) = self.rest_order.front().copied() {
@@ -161,68 +166,47 @@ impl NatState {
             }
         }
     }
-}
-
-impl NatPorts {
-    pub fn new(range: PortRange) -> Self {
-        Self {
-            range,
-            state: Mutex::default(),
-        }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, NatState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
 
     /// A source port towards `target`: not in use, preferably not resting; else the one
     /// that has rested longest.
-    pub fn allocate(&self, target: SocketAddrV4) -> Option<u16> {
-        self.allocate_at(target, Instant::now())
-    }
-
-    fn allocate_at(&self, target: SocketAddrV4, now: Instant) -> Option<u16> {
-        let mut st = self.state();
-        st.expire(now);
+    pub fn allocate(&mut self, target: SocketAddr, now: Instant) -> Option<u16> {
+        self.expire(now);
         let port = scan(self.range, |p| {
-            st.in_use.contains(&(p, target)) || st.resting.contains_key(&(p, target))
+            self.in_use.contains(&(p, target)) || self.resting.contains_key(&(p, target))
         })
         .or_else(|| {
             // Every port rests or is in use towards this target: the longest-rested one.
-            st.resting
+            self.resting
                 .iter()
                 .filter(|((_, t), _)| *t == target)
                 .min_by_key(|(_, since)| **since)
                 .map(|((p, _), _)| *p)
         })?;
-        st.resting.remove(&(port, target));
-        st.in_use.insert((port, target));
+        self.resting.remove(&(port, target));
+        self.in_use.insert((port, target));
         Some(port)
     }
 
-    /// Marks (`port`, `target`) as in use (a connection adopted from a previous process).
-    pub fn mark(&self, port: u16, target: SocketAddrV4) {
-        let mut st = self.state();
-        st.resting.remove(&(port, target));
-        st.in_use.insert((port, target));
+    /// Marks (`port`, `target`) as in use (a connection adopted from a previous process,
+    /// or one reopened).
+    pub fn mark(&mut self, port: u16, target: SocketAddr) {
+        self.resting.remove(&(port, target));
+        self.in_use.insert((port, target));
     }
 
-    /// The connection over (`port`, `target`) is over: the pair rests.
-    pub fn release(&self, port: u16, target: SocketAddrV4) {
-        self.release_at(port, target, Instant::now());
-    }
-
-    fn release_at(&self, port: u16, target: SocketAddrV4, now: Instant) {
-        let mut st = self.state();
-        if st.in_use.remove(&(port, target)) {
-            st.resting.insert((port, target), now);
-            st.rest_order.push_back((now, (port, target)));
+    /// The connection over (`port`, `target`) is over at `now`: the pair rests.
+    pub fn release(&mut self, port: u16, target: SocketAddr, now: Instant) {
+        if self.in_use.remove(&(port, target)) {
+            self.resting.insert((port, target), now);
+            self.rest_order.push_back((now, (port, target)));
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
     use super::*;
 
     const RANGE: PortRange = PortRange {
@@ -230,8 +214,12 @@ mod tests {
         last: 40009,
     };
 
-    fn ip(last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(203, 0, 113, last)
+    fn ip(last: u8) -> IpAddr {
+        Ipv4Addr::new(203, 0, 113, last).into()
+    }
+
+    fn origin(port: u16) -> SocketAddr {
+        SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), port).into()
     }
 
     #[test]
@@ -259,7 +247,7 @@ mod tests {
 
     #[test]
     fn peers_share_ports_and_each_holds_at_most_the_range() {
-        let ports = PeerPorts::new(RANGE);
+        let mut ports = PeerPorts::new(RANGE);
         let public = ip(1);
         for peer in [ip(2), ip(3)] {
             let mut got: Vec<u16> = (0..10)
@@ -271,7 +259,7 @@ mod tests {
         }
         assert_eq!(ports.held(), 20);
         // Released by one peer: free for that peer again, the other peer is unaffected.
-        ports.release(ip(2), SocketAddrV4::new(public, 40003));
+        ports.release(ip(2), SocketAddr::new(public, 40003));
         assert_eq!(ports.allocate(ip(3), public), None);
         assert_eq!(ports.allocate(ip(2), public), Some(40003));
         // Another gateway address is another set.
@@ -280,49 +268,47 @@ mod tests {
 
     #[test]
     fn nat_ports_are_unique_per_target() {
-        let nat = NatPorts::new(RANGE);
-        let a = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 50000);
-        let b = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 50001);
-        let mut got: Vec<u16> = (0..10).map(|_| nat.allocate(a).unwrap()).collect();
-        assert_eq!(nat.allocate(a), None);
+        let mut nat = NatPorts::new(RANGE);
+        let (a, b) = (origin(50000), origin(50001));
+        let now = Instant::now();
+        let mut got: Vec<u16> = (0..10).map(|_| nat.allocate(a, now).unwrap()).collect();
+        assert_eq!(nat.allocate(a, now), None);
         got.sort_unstable();
         assert_eq!(got, (40000..=40009).collect::<Vec<_>>());
-        assert!(nat.allocate(b).is_some());
-        nat.release(40007, a);
-        assert_eq!(nat.allocate(a), Some(40007));
+        assert!(nat.allocate(b, now).is_some());
+        nat.release(40007, a, now);
+        assert_eq!(nat.allocate(a, now), Some(40007));
     }
 
     #[test]
     fn nat_pairs_rest_after_their_connection() {
-        let nat = NatPorts::new(RANGE);
-        let target = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 50000);
+        let mut nat = NatPorts::new(RANGE);
+        let target = origin(50000);
         let t0 = Instant::now();
-        let first = nat.allocate_at(target, t0).unwrap();
-        nat.release_at(first, target, t0);
+        let first = nat.allocate(target, t0).unwrap();
+        nat.release(first, target, t0);
         // While others are free, the pair that just ended is not handed out again.
-        let next: Vec<u16> = (0..9)
-            .map(|_| nat.allocate_at(target, t0).unwrap())
-            .collect();
+        let next: Vec<u16> = (0..9).map(|_| nat.allocate(target, t0).unwrap()).collect();
         assert!(!next.contains(&first), "{first} reused at once: {next:?}");
         // Only the resting one is left: better than a refusal.
-        assert_eq!(nat.allocate_at(target, t0), Some(first));
-        assert_eq!(nat.allocate_at(target, t0), None);
+        assert_eq!(nat.allocate(target, t0), Some(first));
+        assert_eq!(nat.allocate(target, t0), None);
         // Taken from its rest and released again, a pair rests its full time anew (the
         // earlier rest's record, expiring meanwhile, does not end the new one).
-        let other = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 50001);
-        let p = nat.allocate_at(other, t0).unwrap();
-        nat.release_at(p, other, t0);
+        let other = origin(50001);
+        let p = nat.allocate(other, t0).unwrap();
+        nat.release(p, other, t0);
         nat.mark(p, other);
         let t1 = t0 + Duration::from_secs(30);
-        nat.release_at(p, other, t1);
-        nat.state().expire(t0 + NAT_PAIR_REST);
+        nat.release(p, other, t1);
+        nat.expire(t0 + NAT_PAIR_REST);
         assert_eq!(
-            nat.state().resting.get(&(p, other)),
+            nat.resting.get(&(p, other)),
             Some(&t1),
             "the stale record of the first rest ended the second one"
         );
         // After its rest, a pair is an ordinary free port again.
-        nat.release_at(first, target, t0);
-        assert_eq!(nat.allocate_at(target, t0 + NAT_PAIR_REST), Some(first));
+        nat.release(first, target, t0);
+        assert_eq!(nat.allocate(target, t0 + NAT_PAIR_REST), Some(first));
     }
 }

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::ServiceContext;
 use crate::{
-    dataplane::{ActiveRequest, LeaseId, LeaseRequest},
+    dataplane::{ActiveRequest, LeaseError, LeaseId, LeaseRequest},
     ftp::session::{Action, Event, Session, SessionConfig},
 };
 
@@ -334,8 +334,8 @@ impl Driver {
                         continue;
                     }
                     let request = LeaseRequest {
-                        client: self.client_ip,
-                        origin,
+                        client: self.client_ip.into(),
+                        origin: origin.into(),
                     };
                     let event = match self.ctx.dataplane.install(request) {
                         Ok(grant) => {
@@ -366,19 +366,29 @@ impl Driver {
                         continue;
                     }
                     let request = ActiveRequest {
-                        origin: self.origin_ip,
-                        client,
+                        origin: IpAddr::V4(self.origin_ip),
+                        client: client.into(),
                     };
-                    let event = match self.ctx.dataplane.install_active(request) {
-                        Ok(grant) => {
+                    // The session speaks PORT to the origin: an IPv4 address only.
+                    let installed = self
+                        .ctx
+                        .dataplane
+                        .install_active(request)
+                        .and_then(|grant| match grant.origin_side {
+                            SocketAddr::V4(origin_side) => Ok((grant.id, origin_side)),
+                            SocketAddr::V6(_) => {
+                                self.ctx.dataplane.revoke(grant.id);
+                                Err(LeaseError::IPV6)
+                            }
+                        });
+                    let event = match installed {
+                        Ok((id, origin_side)) => {
                             self.ctx
                                 .metrics
                                 .lease_installed(&self.ctx.service.name, "active");
-                            info!(%client, origin_side = %grant.origin_side, "active data lease installed");
-                            self.hold_lease(grant.id);
-                            Event::ActiveLeaseInstalled {
-                                origin_side: grant.origin_side,
-                            }
+                            info!(%client, %origin_side, "active data lease installed");
+                            self.hold_lease(id);
+                            Event::ActiveLeaseInstalled { origin_side }
                         }
                         Err(e) => {
                             self.ctx.release_lease_slot(self.client_ip.into());

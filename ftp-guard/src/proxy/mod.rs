@@ -68,7 +68,7 @@ impl ServiceContext {
         let mut scrubber =
             Scrubber::new(&service.hidden_addresses(), public_ip).with_names(&service.hide_names);
         if let Some(ip) = dataplane.origin_side_ip() {
-            hide_gateway_address(&mut scrubber, &service, IpAddr::V4(ip));
+            hide_gateway_address(&mut scrubber, &service, ip);
         }
         Self {
             service,
@@ -441,8 +441,8 @@ mod tests {
         fn leases(&self) -> Vec<LeaseInfo> {
             Vec::new()
         }
-        fn origin_side_ip(&self) -> Option<Ipv4Addr> {
-            self.0
+        fn origin_side_ip(&self) -> Option<IpAddr> {
+            self.0.map(IpAddr::V4)
         }
     }
 
