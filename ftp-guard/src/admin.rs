@@ -23,7 +23,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::{dataplane::LeaseInfo, dataplane::Snapshot, kernel::Kernel, proxy::ServiceContext};
+use crate::{bpf::Bpf, dataplane::LeaseInfo, dataplane::Snapshot, proxy::ServiceContext};
 
 const MAX_REQUEST: usize = 8192;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -55,7 +55,7 @@ impl Default for Limits {
 pub struct AdminState {
     pub registry: Registry,
     pub services: RwLock<Vec<Arc<ServiceContext>>>,
-    pub kernel: Mutex<Option<Arc<Mutex<Kernel>>>>,
+    pub kernel: Mutex<Option<Arc<Mutex<Bpf>>>>,
     pub started: Instant,
     /// Bearer token `/status` and `/metrics` require; `None`: they are open.
     pub token: RwLock<Option<String>>,

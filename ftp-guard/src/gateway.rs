@@ -12,13 +12,13 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{self, AdminState},
+    bpf::Bpf,
     config::{Config, DataplaneKind, Service},
     dataplane::{
         DataTimeouts, Dataplane, Leftovers,
         kernel::{self as kernel_path, KernelDataplane, KernelSettings, KernelSetup},
         userspace::{RelaySettings, UserspaceRelay},
     },
-    kernel::Kernel,
     metrics::{Metrics, Sources},
     proxy::{self, ServiceContext, SessionSlots},
 };
@@ -160,12 +160,12 @@ impl Gateway {
                             .origin_interface
                             .as_deref()
                             .or(service.client_interface.as_deref())
-                            .and_then(crate::kernel::interface_index)
+                            .and_then(crate::bpf::interface_index)
                             .unwrap_or(0),
                         client_ifindex: service
                             .client_interface
                             .as_deref()
-                            .and_then(crate::kernel::interface_index)
+                            .and_then(crate::bpf::interface_index)
                             .unwrap_or(0),
                         mss_max: service.data_mss_max(),
                         active_origin_port_20_only: service.active_origin_port_20_only,
@@ -353,7 +353,7 @@ impl Gateway {
     }
 
     /// The kernel path's maps and counters, when a service uses it.
-    pub fn kernel(&self) -> Option<&Arc<Mutex<Kernel>>> {
+    pub fn kernel(&self) -> Option<&Arc<Mutex<Bpf>>> {
         self.kernel.as_ref().map(|k| &k.kernel)
     }
 

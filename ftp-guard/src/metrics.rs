@@ -18,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{dataplane::Dataplane, kernel::Kernel};
+use crate::{bpf::Bpf, dataplane::Dataplane};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -158,7 +158,7 @@ impl Metrics {
 #[derive(Default)]
 pub struct Sources {
     pub services: Mutex<Vec<(String, Weak<dyn Dataplane>)>>,
-    pub kernel: Mutex<Option<Weak<Mutex<Kernel>>>>,
+    pub kernel: Mutex<Option<Weak<Mutex<Bpf>>>>,
 }
 
 impl std::fmt::Debug for Sources {

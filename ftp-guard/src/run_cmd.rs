@@ -94,7 +94,7 @@ pub fn unpin(args: &ConfigArgs) -> anyhow::Result<()> {
             args.config.display()
         );
     };
-    let removed = crate::kernel::unpin(&dir)?;
+    let removed = crate::bpf::unpin(&dir)?;
     println!("{}: removed {removed} pinned objects", dir.display());
     Ok(())
 }

@@ -9,10 +9,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use ftp_guard::{
+    bpf::{Bpf, Counters},
     config::Config,
     dataplane::Dataplane,
     gateway::Gateway,
-    kernel::{Counters, Kernel},
 };
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
@@ -30,7 +30,7 @@ pub struct RunningGateway {
     stop: Option<oneshot::Sender<()>>,
     commands: async_mpsc::UnboundedSender<Command>,
     thread: Option<JoinHandle<()>>,
-    kernel: Option<Arc<Mutex<Kernel>>>,
+    kernel: Option<Arc<Mutex<Bpf>>>,
 }
 
 impl RunningGateway {
@@ -117,7 +117,7 @@ impl RunningGateway {
     }
 
     /// The kernel path's object, if a service uses it.
-    pub fn kernel(&self) -> Option<&Arc<Mutex<Kernel>>> {
+    pub fn kernel(&self) -> Option<&Arc<Mutex<Bpf>>> {
         self.kernel.as_ref()
     }
 

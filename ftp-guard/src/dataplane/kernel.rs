@@ -41,11 +41,11 @@ use super::{
     ports::{NatPorts, PeerPorts},
 };
 use crate::{
-    config::PortRange,
-    kernel::{
-        Event, EventKind, FlowState, FlowTuple, Kernel, KernelError, Lease, LeaseAction,
-        monotonic_ns, parse_event,
+    bpf::{
+        Bpf, BpfError, Event, EventKind, FlowState, FlowTuple, Lease, LeaseAction, monotonic_ns,
+        parse_event,
     },
+    config::PortRange,
 };
 
 /// How often the sweeper runs (claims and closes arrive as events); each lease is looked
@@ -102,7 +102,7 @@ pub struct KernelStats {
 }
 
 pub struct KernelDataplane {
-    kernel: Arc<Mutex<Kernel>>,
+    kernel: Arc<Mutex<Bpf>>,
     settings: KernelSettings,
     /// The lease TTL and the flow idle timeout (the rest is the relay's); a reload
     /// replaces them in place.
@@ -211,7 +211,7 @@ impl KernelDataplane {
     /// until the dataplane is dropped. With [`Leftovers::Adopt`] (process start with
     /// pinned maps) it first takes over what a previous process left in its ranges.
     pub fn start(
-        kernel: Arc<Mutex<Kernel>>,
+        kernel: Arc<Mutex<Bpf>>,
         events: &EventRouter,
         settings: KernelSettings,
         timeouts: DataTimeouts,
@@ -295,7 +295,7 @@ impl KernelDataplane {
         }
     }
 
-    fn kernel(&self) -> std::sync::MutexGuard<'_, Kernel> {
+    fn kernel(&self) -> std::sync::MutexGuard<'_, Bpf> {
         self.kernel.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -370,7 +370,7 @@ impl KernelDataplane {
 
     /// The flow entry of the target's direction of `t`'s connection, if one exists (any
     /// connection on the same pair started under this lease).
-    fn our_flow(&self, t: &Tracked, kernel: &Kernel) -> Result<Option<FlowState>, KernelError> {
+    fn our_flow(&self, t: &Tracked, kernel: &Bpf) -> Result<Option<FlowState>, BpfError> {
         // The target's direction is keyed by the (target, source) pair userspace chose.
         Ok(kernel
             .flow((t.target, t.source))?
@@ -380,7 +380,7 @@ impl KernelDataplane {
     /// A waiting lease is no longer in the kernel's map: claimed (its connection completed
     /// its handshake, which deleted the lease) or gone otherwise. Either way its port is
     /// free for its peer again.
-    fn settle_claim(&self, t: &mut Tracked, kernel: &Kernel) -> Result<(), KernelError> {
+    fn settle_claim(&self, t: &mut Tracked, kernel: &Bpf) -> Result<(), BpfError> {
         // The kernel marks the target's entry complete before it deletes the lease.
         match self.our_flow(t, kernel)?.filter(|f| !f.tentative) {
             Some(f) => self.claimed(t, f.reverse.0.port()),
@@ -416,7 +416,7 @@ impl KernelDataplane {
 
     /// Removes the tentative flow of a handshake that never completed under `t`; true if
     /// there was one.
-    fn drop_tentative(&self, t: &Tracked, kernel: &mut Kernel) -> Result<bool, KernelError> {
+    fn drop_tentative(&self, t: &Tracked, kernel: &mut Bpf) -> Result<bool, BpfError> {
         let Some(f) = self.our_flow(t, kernel)?.filter(|f| f.tentative) else {
             return Ok(false);
         };
@@ -433,7 +433,7 @@ impl KernelDataplane {
     /// Deletes a waiting lease (revoked or expired) and any tentative flow on it; if the
     /// peer's completed handshake deleted it first, the lease is settled as claimed
     /// instead.
-    fn withdraw(&self, t: &mut Tracked, kernel: &mut Kernel) -> Result<(), KernelError> {
+    fn withdraw(&self, t: &mut Tracked, kernel: &mut Bpf) -> Result<(), BpfError> {
         if kernel.remove_lease(t.peer, t.local)? {
             let counter = if t.revoked {
                 &self.stats.revoked
@@ -458,7 +458,7 @@ impl KernelDataplane {
     }
 
     /// Advances one lease; `Ok(false)` when it is over and forgotten.
-    fn step(&self, t: &mut Tracked, now: Instant) -> Result<bool, KernelError> {
+    fn step(&self, t: &mut Tracked, now: Instant) -> Result<bool, BpfError> {
         let mut kernel = self.kernel();
         if t.stage == Stage::Waiting {
             if !kernel.has_lease(t.peer, t.local)? {
@@ -686,12 +686,12 @@ impl KernelDataplane {
         if let Err(e) = self.kernel().insert_lease(&lease) {
             let mut t = t;
             self.release_nat_port(&mut t);
-            if let KernelError::LeaseTaken { .. } = e {
+            if let BpfError::LeaseTaken { .. } = e {
                 return Err(InstallFailed::Taken);
             }
             self.ports.release(t.peer, t.local);
             return Err(InstallFailed::Other(match e {
-                KernelError::LeasesFull(_) => LeaseError::TableFull,
+                BpfError::LeasesFull(_) => LeaseError::TableFull,
                 other => LeaseError::Io(std::io::Error::other(other.to_string())),
             }));
         }
@@ -882,7 +882,7 @@ impl Dataplane for KernelDataplane {
 /// The kernel path set up for a set of services: the loaded object with its programs
 /// attached, each service's NAT address, and the events' way to the services' dataplanes.
 pub struct KernelSetup {
-    pub kernel: Arc<Mutex<Kernel>>,
+    pub kernel: Arc<Mutex<Bpf>>,
     /// (service name, NAT address), in the order given.
     pub nat_ips: Vec<(String, Ipv4Addr)>,
     pub events: Arc<EventRouter>,
@@ -971,9 +971,9 @@ pub fn setup(
     max_leases: u32,
     pin: Option<&std::path::Path>,
 ) -> anyhow::Result<KernelSetup> {
-    use crate::kernel::MapSizes;
+    use crate::bpf::MapSizes;
 
-    let kernel = Kernel::load_pinned(
+    let kernel = Bpf::load_pinned(
         MapSizes {
             max_leases,
             max_flows: max_leases.saturating_mul(2),
@@ -1020,7 +1020,7 @@ const LOCAL_IPV6_EVERY: Duration = Duration::from_secs(5);
 
 /// Keeps the programs' list of the host's IPv6 addresses current, until the kernel path
 /// is gone.
-async fn refresh_local_ipv6(kernel: std::sync::Weak<Mutex<Kernel>>) {
+async fn refresh_local_ipv6(kernel: std::sync::Weak<Mutex<Bpf>>) {
     let mut tick = tokio::time::interval(LOCAL_IPV6_EVERY);
     let mut known = Vec::new();
     loop {
@@ -1052,8 +1052,8 @@ pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> 
     use anyhow::Context as _;
 
     use crate::{
+        bpf::{ProtectedRange, XdpAttach},
         config::{DataplaneKind, KernelHook},
-        kernel::{ProtectedRange, XdpAttach},
     };
 
     let mut nat_ips = Vec::new();
@@ -1123,7 +1123,7 @@ pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> 
                 continue;
             }
             let xdp = match s.kernel_hook {
-                KernelHook::Auto => match crate::kernel::driver_name(interface) {
+                KernelHook::Auto => match crate::bpf::driver_name(interface) {
                     Some(driver) if SKB_DRIVERS.contains(&driver.as_str()) => {
                         info!(interface, %driver, "software device: using TC (XDP would copy every packet)");
                         None

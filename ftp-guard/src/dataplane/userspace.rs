@@ -30,8 +30,8 @@ use super::{
     LeaseInfo, LeaseRequest, Leftovers, Snapshot, ports::PortPool,
 };
 use crate::{
+    bpf::{Bpf, BpfError},
     config::PortRange,
-    kernel::{Kernel, KernelError},
 };
 
 /// Bind attempts per lease when a chosen port turns out to be taken by another socket.
@@ -58,7 +58,7 @@ pub struct UserspaceRelay {
     /// Replaced in place on reload; each lease takes those of its start.
     timeouts: Mutex<DataTimeouts>,
     /// The kernel path's guard in front of the passive listeners, if loaded.
-    guard: Option<Arc<Mutex<Kernel>>>,
+    guard: Option<Arc<Mutex<Bpf>>>,
     pool: Arc<PortPool>,
     /// Leases still waiting for their client: dropping the sender cancels the wait.
     waiting: Arc<Mutex<HashMap<LeaseId, oneshot::Sender<()>>>>,
@@ -106,7 +106,7 @@ impl UserspaceRelay {
     /// client interface, which drop everything else to the data range). At process start
     /// with pinned maps ([`Leftovers::Adopt`]) the admissions a previous process left in
     /// this range are removed first: their listeners died with it.
-    pub fn guarded_by(mut self, guard: Arc<Mutex<Kernel>>, leftovers: Leftovers) -> Self {
+    pub fn guarded_by(mut self, guard: Arc<Mutex<Bpf>>, leftovers: Leftovers) -> Self {
         if leftovers == Leftovers::Adopt {
             let mut kernel = guard.lock().unwrap_or_else(|e| e.into_inner());
             let mut dropped = 0;
@@ -188,7 +188,7 @@ fn bind_listener(addr: SocketAddrV4) -> io::Result<TcpListener> {
 
 impl UserspaceRelay {
     /// Lets `client`'s packets to the public `port` through the guard (if any).
-    fn admit(&self, client: Ipv4Addr, port: u16) -> Result<Option<Admitted>, KernelError> {
+    fn admit(&self, client: Ipv4Addr, port: u16) -> Result<Option<Admitted>, BpfError> {
         let Some(kernel) = &self.guard else {
             return Ok(None);
         };
@@ -196,7 +196,7 @@ impl UserspaceRelay {
         kernel
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert_lease(&crate::kernel::Lease::admit(client, local))?;
+            .insert_lease(&crate::bpf::Lease::admit(client, local))?;
         Ok(Some(Admitted {
             kernel: kernel.clone(),
             client,
@@ -283,7 +283,7 @@ impl Dataplane for UserspaceRelay {
             };
             match self.admit(request.client, port) {
                 Ok(admitted) => break Ok((port, listener, admitted)),
-                Err(KernelError::LeaseTaken { .. }) if skipped.len() + 1 < BIND_ATTEMPTS => {
+                Err(BpfError::LeaseTaken { .. }) if skipped.len() + 1 < BIND_ATTEMPTS => {
                     debug!(
                         port,
                         "admission taken by another relay: trying another port"
@@ -293,7 +293,7 @@ impl Dataplane for UserspaceRelay {
                 Err(e) => {
                     self.pool.release(port);
                     break Err(match e {
-                        KernelError::LeasesFull(_) => LeaseError::TableFull,
+                        BpfError::LeasesFull(_) => LeaseError::TableFull,
                         other => LeaseError::Io(io::Error::other(other.to_string())),
                     });
                 }
@@ -523,7 +523,7 @@ fn set_keepalive(stream: &TcpStream, keepalive: Duration) {
 /// A client admitted through the guard to a passive lease's port: removed from the
 /// guard's map when dropped (the lease is over: expired, revoked, or its connection done).
 struct Admitted {
-    kernel: Arc<Mutex<Kernel>>,
+    kernel: Arc<Mutex<Bpf>>,
     client: Ipv4Addr,
     local: SocketAddrV4,
 }

@@ -136,7 +136,7 @@ impl Drop for Active {
 
 impl Active {
     /// The kernel path's counters, if this scenario has one.
-    pub fn counters(&self) -> Option<ftp_guard::kernel::Counters> {
+    pub fn counters(&self) -> Option<ftp_guard::bpf::Counters> {
         let gateway = self.gateway.as_ref()?;
         gateway.kernel()?;
         Some(gateway.counters())

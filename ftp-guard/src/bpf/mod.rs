@@ -27,7 +27,7 @@ use ftp_guard_common::{
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-guard"));
 
 #[derive(Debug, thiserror::Error)]
-pub enum KernelError {
+pub enum BpfError {
     #[error("loading the eBPF object failed (needs root or CAP_BPF+CAP_NET_ADMIN): {0}")]
     Load(#[from] aya::EbpfError),
     #[error("the eBPF object lacks {0} (stale build?)")]
@@ -70,8 +70,8 @@ pub enum KernelError {
     Pin { path: PathBuf, message: String },
 }
 
-fn pin_error(path: &Path, e: impl std::fmt::Display) -> KernelError {
-    KernelError::Pin {
+fn pin_error(path: &Path, e: impl std::fmt::Display) -> BpfError {
+    BpfError::Pin {
         path: path.to_owned(),
         message: e.to_string(),
     }
@@ -93,7 +93,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Checks that `dir` is (or can be created, mode 0700) on a bpffs mount, owned by root or
 /// this process's user and writable by nobody else: whoever can write there can replace a
 /// pinned map or link with their own, which the next start adopts.
-fn prepare_pin_dir(dir: &Path) -> Result<(), KernelError> {
+fn prepare_pin_dir(dir: &Path) -> Result<(), BpfError> {
     use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 
     std::fs::DirBuilder::new()
@@ -190,7 +190,7 @@ const UNPIN_ADVICE: &str = "it was pinned by an incompatible ftp-guard: run `ftp
 /// Refuses pinned maps under `dir` that this build cannot use as they are: another map
 /// type, key or value size, capacity, or layout version (aya would adopt any map pinned
 /// under the right name).
-fn check_pinned_maps(dir: &Path, sizes: MapSizes) -> Result<(), KernelError> {
+fn check_pinned_maps(dir: &Path, sizes: MapSizes) -> Result<(), BpfError> {
     let specs = pinned_map_specs(sizes);
     if !specs.iter().any(|(name, ..)| dir.join(name).exists()) {
         return Ok(());
@@ -254,7 +254,7 @@ fn check_pinned_maps(dir: &Path, sizes: MapSizes) -> Result<(), KernelError> {
 
 /// Removes everything ftp-guard pinned under `dir`: its programs detach once nothing else
 /// holds them, its maps are freed.
-pub fn unpin(dir: &Path) -> Result<usize, KernelError> {
+pub fn unpin(dir: &Path) -> Result<usize, BpfError> {
     let mut removed = 0;
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -502,14 +502,14 @@ fn flow_key((src, dst): FlowTuple) -> FlowKey {
 }
 
 /// The loaded eBPF object with its maps. Dropping it detaches every program it attached.
-pub struct Kernel {
+pub struct Bpf {
     ebpf: Ebpf,
     filter_config: Array<MapData, FilterConfig>,
     leases: HashMap<MapData, LeaseKey, LeaseValue>,
     local_v6: HashMap<MapData, [u8; 16], u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     tx_ports: DevMapHash<MapData>,
-    /// The programs' event ring, until [`Kernel::take_events`] hands it to a reader.
+    /// The programs' event ring, until [`Bpf::take_events`] hands it to a reader.
     events: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     max_leases: u32,
@@ -518,17 +518,17 @@ pub struct Kernel {
     pin: Option<PathBuf>,
 }
 
-impl Kernel {
+impl Bpf {
     /// Loads and verifies every program of the embedded object. Attaches nothing.
-    pub fn load(sizes: MapSizes) -> Result<Self, KernelError> {
+    pub fn load(sizes: MapSizes) -> Result<Self, BpfError> {
         Self::load_pinned(sizes, None)
     }
 
-    /// Like [`Kernel::load`], with maps and links pinned under `pin` (a bpffs directory):
+    /// Like [`Bpf::load`], with maps and links pinned under `pin` (a bpffs directory):
     /// maps already pinned there are reused, with their contents, and links already
-    /// pinned get the new programs (see [`Kernel::attach_guard`]) — a restarted ftp-guard
+    /// pinned get the new programs (see [`Bpf::attach_guard`]) — a restarted ftp-guard
     /// adopts what the previous one left, and data connections go on meanwhile.
-    pub fn load_pinned(sizes: MapSizes, pin: Option<&Path>) -> Result<Self, KernelError> {
+    pub fn load_pinned(sizes: MapSizes, pin: Option<&Path>) -> Result<Self, BpfError> {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::LEASES, sizes.max_leases)
@@ -545,16 +545,16 @@ impl Kernel {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
-        let program_error = |program| move |source| KernelError::Program { program, source };
+        let program_error = |program| move |source| BpfError::Program { program, source };
         let xdp: &mut Xdp = ebpf
             .program_mut(names::XDP_GUARD)
-            .ok_or(KernelError::Missing(names::XDP_GUARD))?
+            .ok_or(BpfError::Missing(names::XDP_GUARD))?
             .try_into()
             .map_err(program_error(names::XDP_GUARD))?;
         xdp.load().map_err(program_error(names::XDP_GUARD))?;
         let tc: &mut SchedClassifier = ebpf
             .program_mut(names::TC_GUARD)
-            .ok_or(KernelError::Missing(names::TC_GUARD))?
+            .ok_or(BpfError::Missing(names::TC_GUARD))?
             .try_into()
             .map_err(program_error(names::TC_GUARD))?;
         tc.load().map_err(program_error(names::TC_GUARD))?;
@@ -595,9 +595,9 @@ impl Kernel {
             .expect("checked at load")
     }
 
-    /// Lets the XDP program redirect to `interface` (done by [`Kernel::attach_guard`] for
+    /// Lets the XDP program redirect to `interface` (done by [`Bpf::attach_guard`] for
     /// every interface it attaches to; packet fixtures use it directly).
-    pub fn allow_xdp_redirect(&mut self, interface: &str) -> Result<(), KernelError> {
+    pub fn allow_xdp_redirect(&mut self, interface: &str) -> Result<(), BpfError> {
         let index = ifindex(interface)?;
         self.tx_ports.insert(index, index, None, 0)?;
         Ok(())
@@ -608,7 +608,7 @@ impl Kernel {
         &mut self,
         interface: &str,
         mode: XdpAttach,
-    ) -> Result<AttachedMode, KernelError> {
+    ) -> Result<AttachedMode, BpfError> {
         let program: &mut Xdp = self
             .ebpf
             .program_mut(names::XDP_GUARD)
@@ -664,7 +664,7 @@ impl Kernel {
                 }
             }
         }
-        Err(KernelError::Attach {
+        Err(BpfError::Attach {
             interface: interface.to_owned(),
             source: last_error.expect("at least one attempt"),
         })
@@ -672,7 +672,7 @@ impl Kernel {
 
     /// Attaches the TC program to `interface`'s ingress (tcx), for devices where XDP
     /// cannot redirect (bridges, bonds) or is not wanted.
-    pub fn attach_tc(&mut self, interface: &str) -> Result<AttachedMode, KernelError> {
+    pub fn attach_tc(&mut self, interface: &str) -> Result<AttachedMode, BpfError> {
         let program: &mut SchedClassifier = self
             .ebpf
             .program_mut(names::TC_GUARD)
@@ -694,7 +694,7 @@ impl Kernel {
         } else {
             let id = program
                 .attach(interface, TcAttachType::Ingress)
-                .map_err(|source| KernelError::AttachTc {
+                .map_err(|source| BpfError::AttachTc {
                     interface: interface.to_owned(),
                     source,
                 })?;
@@ -723,9 +723,9 @@ impl Kernel {
     }
 
     /// Replaces the set of protected ranges (atomically for the program: one map value).
-    pub fn set_protected_ranges(&mut self, ranges: &[ProtectedRange]) -> Result<(), KernelError> {
+    pub fn set_protected_ranges(&mut self, ranges: &[ProtectedRange]) -> Result<(), BpfError> {
         if ranges.len() > MAX_DATA_RANGES {
-            return Err(KernelError::TooManyRanges(ranges.len()));
+            return Err(BpfError::TooManyRanges(ranges.len()));
         }
         let mut config = FilterConfig {
             range_count: ranges.len() as u32,
@@ -746,16 +746,16 @@ impl Kernel {
         }
         self.filter_config
             .set(0, config, 0)
-            .map_err(|source| KernelError::Map {
+            .map_err(|source| BpfError::Map {
                 map: names::FILTER_CONFIG,
                 source,
             })
     }
 
     /// Installs a lease; never replaces one: a key already taken (another dataplane's lease
-    /// on an overlapping range) is [`KernelError::LeaseTaken`], a full map
-    /// [`KernelError::LeasesFull`].
-    pub fn insert_lease(&mut self, lease: &Lease) -> Result<(), KernelError> {
+    /// on an overlapping range) is [`BpfError::LeaseTaken`], a full map
+    /// [`BpfError::LeasesFull`].
+    pub fn insert_lease(&mut self, lease: &Lease) -> Result<(), BpfError> {
         let value = match lease.action {
             LeaseAction::Admit => LeaseValue {
                 kind: LEASE_ADMIT,
@@ -788,15 +788,15 @@ impl Kernel {
         match self.leases.insert(lease.key(), value, 1) {
             Ok(()) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
-                Err(KernelError::LeasesFull(self.max_leases))
+                Err(BpfError::LeasesFull(self.max_leases))
             }
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                Err(KernelError::LeaseTaken {
+                Err(BpfError::LeaseTaken {
                     peer: lease.peer,
                     local: lease.local,
                 })
             }
-            Err(source) => Err(KernelError::Map {
+            Err(source) => Err(BpfError::Map {
                 map: names::LEASES,
                 source,
             }),
@@ -804,17 +804,13 @@ impl Kernel {
     }
 
     /// Removes a lease; `Ok(false)` when there was none.
-    pub fn remove_lease(
-        &mut self,
-        peer: Ipv4Addr,
-        local: SocketAddrV4,
-    ) -> Result<bool, KernelError> {
+    pub fn remove_lease(&mut self, peer: Ipv4Addr, local: SocketAddrV4) -> Result<bool, BpfError> {
         removed(names::LEASES, self.leases.remove(&lease_key(peer, local)))
     }
 
     /// True while a lease waits in the map (the peer's completed handshake claims it by
     /// deleting it).
-    pub fn has_lease(&self, peer: Ipv4Addr, local: SocketAddrV4) -> Result<bool, KernelError> {
+    pub fn has_lease(&self, peer: Ipv4Addr, local: SocketAddrV4) -> Result<bool, BpfError> {
         Ok(found(names::LEASES, self.leases.get(&lease_key(peer, local), 0))?.is_some())
     }
 
@@ -842,8 +838,8 @@ impl Kernel {
 
     /// Replaces the set of the gateway's own IPv6 addresses (IPv6 to their data ports is
     /// dropped).
-    pub fn set_local_ipv6(&mut self, addrs: &[std::net::Ipv6Addr]) -> Result<(), KernelError> {
-        let map_error = |source| KernelError::Map {
+    pub fn set_local_ipv6(&mut self, addrs: &[std::net::Ipv6Addr]) -> Result<(), BpfError> {
+        let map_error = |source| BpfError::Map {
             map: names::LOCAL_V6,
             source,
         };
@@ -864,18 +860,18 @@ impl Kernel {
     }
 
     /// One direction of a flow, keyed as its packets arrive at the gateway.
-    pub fn flow(&self, tuple: FlowTuple) -> Result<Option<FlowState>, KernelError> {
+    pub fn flow(&self, tuple: FlowTuple) -> Result<Option<FlowState>, BpfError> {
         Ok(found(names::FLOWS, self.flows.get(&flow_key(tuple), 0))?.map(FlowState::from))
     }
 
     /// One direction of a flow as the programs keep it (for tests and diagnostics).
-    pub fn flow_value(&self, tuple: FlowTuple) -> Result<Option<FlowValue>, KernelError> {
+    pub fn flow_value(&self, tuple: FlowTuple) -> Result<Option<FlowValue>, BpfError> {
         found(names::FLOWS, self.flows.get(&flow_key(tuple), 0))
     }
 
     /// Removes every entry of a connection whose handshake never completed (a previous
     /// process's: their leases are gone with it); returns how many.
-    pub fn remove_tentative_flows(&mut self) -> Result<usize, KernelError> {
+    pub fn remove_tentative_flows(&mut self) -> Result<usize, BpfError> {
         let keys: Vec<FlowKey> = self
             .flows
             .iter()
@@ -889,7 +885,7 @@ impl Kernel {
         Ok(keys.len())
     }
 
-    pub fn remove_flow(&mut self, tuple: FlowTuple) -> Result<bool, KernelError> {
+    pub fn remove_flow(&mut self, tuple: FlowTuple) -> Result<bool, BpfError> {
         removed(names::FLOWS, self.flows.remove(&flow_key(tuple)))
     }
 
@@ -897,11 +893,11 @@ impl Kernel {
     /// a previous process: an entry whose pair is missing or paired with another entry,
     /// and both entries of a connection whose claimed address and port lie in no protected
     /// range (a service since removed from the config). Returns how many were removed.
-    pub fn sweep_unclaimed_flows(&mut self) -> Result<usize, KernelError> {
+    pub fn sweep_unclaimed_flows(&mut self) -> Result<usize, BpfError> {
         let config = self
             .filter_config
             .get(&0, 0)
-            .map_err(|source| KernelError::Map {
+            .map_err(|source| BpfError::Map {
                 map: names::FILTER_CONFIG,
                 source,
             })?;
@@ -944,10 +940,7 @@ impl Kernel {
     /// Unpins the links of interfaces that `configured` does not name (left by a previous
     /// process whose config did): with their last reference gone, the kernel detaches
     /// their programs. Returns the link pins removed.
-    pub fn detach_unconfigured_links(
-        &self,
-        configured: &[&str],
-    ) -> Result<Vec<String>, KernelError> {
+    pub fn detach_unconfigured_links(&self, configured: &[&str]) -> Result<Vec<String>, BpfError> {
         let Some(dir) = &self.pin else {
             return Ok(Vec::new());
         };
@@ -988,7 +981,7 @@ impl Kernel {
     pub fn flow_rewrite(
         &self,
         tuple: FlowTuple,
-    ) -> Result<Option<(SocketAddrV4, SocketAddrV4)>, KernelError> {
+    ) -> Result<Option<(SocketAddrV4, SocketAddrV4)>, BpfError> {
         let value = found(names::FLOWS, self.flows.get(&flow_key(tuple), 0))?;
         Ok(value.map(|v| {
             (
@@ -1009,13 +1002,13 @@ impl Kernel {
     }
 
     /// Reads every counter, summed over CPUs.
-    pub fn counters(&self) -> Result<Counters, KernelError> {
+    pub fn counters(&self) -> Result<Counters, BpfError> {
         let mut out = Vec::with_capacity(Counter::ALL.len());
         for counter in Counter::ALL {
             let per_cpu =
                 self.counters
                     .get(&(counter as u32), 0)
-                    .map_err(|source| KernelError::Map {
+                    .map_err(|source| BpfError::Map {
                         map: names::COUNTERS,
                         source,
                     })?;
@@ -1075,20 +1068,20 @@ fn is_absent(e: &MapError) -> bool {
 }
 
 /// A map lookup's result: `Ok(None)` when the key is not there.
-fn found<V>(map: &'static str, result: Result<V, MapError>) -> Result<Option<V>, KernelError> {
+fn found<V>(map: &'static str, result: Result<V, MapError>) -> Result<Option<V>, BpfError> {
     match result {
         Ok(v) => Ok(Some(v)),
         Err(e) if is_absent(&e) => Ok(None),
-        Err(source) => Err(KernelError::Map { map, source }),
+        Err(source) => Err(BpfError::Map { map, source }),
     }
 }
 
 /// A map removal's result: `Ok(false)` when the key was not there.
-fn removed(map: &'static str, result: Result<(), MapError>) -> Result<bool, KernelError> {
+fn removed(map: &'static str, result: Result<(), MapError>) -> Result<bool, BpfError> {
     match result {
         Ok(()) => Ok(true),
         Err(e) if is_absent(&e) => Ok(false),
-        Err(source) => Err(KernelError::Map { map, source }),
+        Err(source) => Err(BpfError::Map { map, source }),
     }
 }
 
@@ -1172,20 +1165,20 @@ pub fn interface_index(interface: &str) -> Option<u32> {
     ifindex(interface).ok()
 }
 
-fn ifindex(interface: &str) -> Result<u32, KernelError> {
+fn ifindex(interface: &str) -> Result<u32, BpfError> {
     let name = std::ffi::CString::new(interface)
-        .map_err(|_| KernelError::NoInterface(interface.to_owned()))?;
+        .map_err(|_| BpfError::NoInterface(interface.to_owned()))?;
     // SAFETY: a valid NUL-terminated string.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(KernelError::NoInterface(interface.to_owned())),
+        0 => Err(BpfError::NoInterface(interface.to_owned())),
         i => Ok(i),
     }
 }
 
-fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, KernelError>
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, BpfError>
 where
     M: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(KernelError::Missing(name))?;
-    M::try_from(map).map_err(|source| KernelError::Map { map: name, source })
+    let map = ebpf.take_map(name).ok_or(BpfError::Missing(name))?;
+    M::try_from(map).map_err(|source| BpfError::Map { map: name, source })
 }
