@@ -23,7 +23,10 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::{bpf::Bpf, dataplane::LeaseInfo, dataplane::Snapshot, proxy::ServiceContext};
+use crate::{
+    bpf, dataplane::LeaseInfo, dataplane::Snapshot, proxy::ServiceContext,
+    sync::LockUnpoisoned as _,
+};
 
 const MAX_REQUEST: usize = 8192;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -55,7 +58,7 @@ impl Default for Limits {
 pub struct AdminState {
     pub registry: Registry,
     pub services: RwLock<Vec<Arc<ServiceContext>>>,
-    pub kernel: Mutex<Option<Arc<Mutex<Bpf>>>>,
+    pub kernel: Mutex<Option<bpf::Handle>>,
     pub started: Instant,
     /// Bearer token `/status` and `/metrics` require; `None`: they are open.
     pub token: RwLock<Option<String>>,
@@ -387,15 +390,9 @@ async fn readiness(state: &AdminState) -> Vec<String> {
         .any(|s| s.service.dataplane == crate::config::DataplaneKind::Kernel);
     let attached = state
         .kernel
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .lock_unpoisoned()
         .as_ref()
-        .is_some_and(|k| {
-            !k.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .attachments()
-                .is_empty()
-        });
+        .is_some_and(|k| !k.lock().attachments().is_empty());
     if kernel_wanted && !attached {
         problems.push("kernel data path not attached".to_owned());
     }
@@ -440,25 +437,20 @@ fn status(state: &AdminState) -> Status {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let kernel = state
-        .kernel
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
-        .map(|k| {
-            let k = k.lock().unwrap_or_else(|e| e.into_inner());
-            KernelStatus {
-                attachments: k
-                    .attachments()
-                    .iter()
-                    .map(|(i, m)| (i.clone(), m.to_string()))
-                    .collect(),
-                counters: k
-                    .counters()
-                    .map(|c| c.0.iter().map(|(c, v)| (c.name().to_owned(), *v)).collect())
-                    .unwrap_or_default(),
-            }
-        });
+    let kernel = state.kernel.lock_unpoisoned().clone().map(|k| {
+        let k = k.lock();
+        KernelStatus {
+            attachments: k
+                .attachments()
+                .iter()
+                .map(|(i, m)| (i.clone(), m.to_string()))
+                .collect(),
+            counters: k
+                .counters()
+                .map(|c| c.0.iter().map(|(c, v)| (c.name().to_owned(), *v)).collect())
+                .unwrap_or_default(),
+        }
+    });
     Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_secs: state.started.elapsed().as_secs_f64(),

@@ -9,7 +9,8 @@
 //! - [`gateway`]: every configured service running (what `ftp-guard run` starts);
 //! - [`config`]: the TOML configuration;
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP endpoint;
-//! - [`run_cmd`], [`status_cmd`], [`guard_cmd`]: the CLI subcommands.
+//! - [`run_cmd`], [`status_cmd`], [`guard_cmd`]: the CLI subcommands;
+//! - [`sync`]: locking that survives a panic elsewhere (poisoned mutexes recovered in one place).
 pub mod admin;
 pub mod bpf;
 pub mod config;
@@ -21,3 +22,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod run_cmd;
 pub mod status_cmd;
+pub mod sync;

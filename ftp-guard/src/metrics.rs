@@ -18,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{bpf::Bpf, dataplane::Dataplane};
+use crate::{bpf, dataplane::Dataplane, sync::LockUnpoisoned as _};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -158,7 +158,7 @@ impl Metrics {
 #[derive(Default)]
 pub struct Sources {
     pub services: Mutex<Vec<(String, Weak<dyn Dataplane>)>>,
-    pub kernel: Mutex<Option<Weak<Mutex<Bpf>>>>,
+    pub kernel: Mutex<Option<bpf::WeakHandle>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -238,12 +238,11 @@ impl Collector for Sources {
         }
         let kernel = self
             .kernel
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unpoisoned()
             .as_ref()
-            .and_then(Weak::upgrade);
+            .and_then(bpf::WeakHandle::upgrade);
         if let Some(kernel) = kernel {
-            let counters = kernel.lock().unwrap_or_else(|e| e.into_inner()).counters();
+            let counters = kernel.lock().counters();
             if let Ok(counters) = counters {
                 let metric = ConstCounter::new(0u64);
                 let mut family = encoder.encode_descriptor(

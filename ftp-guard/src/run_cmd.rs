@@ -75,9 +75,9 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
             }
         }
     };
-    if let Some(kernel) = gateway.kernel() {
-        let kernel = kernel.lock().unwrap_or_else(|e| e.into_inner());
-        if let Ok(counters) = kernel.counters() {
+    if let Some(bpf) = gateway.bpf() {
+        let counters = bpf.lock().counters();
+        if let Ok(counters) = counters {
             print_counters(&counters);
         }
     }

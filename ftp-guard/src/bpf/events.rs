@@ -1,5 +1,14 @@
-//! The programs' events (a claim, a FIN, a RST), as read from their ring buffer.
+//! The programs' events (a claim, a FIN, a RST): decoding them, reading their ring buffer
+//! as it fills, and routing each to the dataplanes that handle it.
+use std::{
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use tracing::warn;
+
 use super::maps::{FlowTuple, tuple_of};
+use crate::sync::LockUnpoisoned as _;
 
 /// What happened to a flow, as the programs report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,4 +49,91 @@ pub fn parse_event(bytes: &[u8]) -> Option<Event> {
         key: tuple_of(&e.key),
         reverse: tuple_of(&e.reverse),
     })
+}
+
+/// Whoever takes the programs' events: each kernel dataplane settles those about its own
+/// leases and ignores the rest.
+pub trait EventHandler: Send + Sync {
+    fn on_event(&self, event: &Event);
+}
+
+/// Hands each event from the programs to the handlers alive (each takes its own).
+#[derive(Default)]
+pub struct EventRouter {
+    handlers: Mutex<Vec<Weak<dyn EventHandler>>>,
+}
+
+impl EventRouter {
+    /// Adds a handler for as long as it lives (the router holds it weakly).
+    pub fn add<H: EventHandler + 'static>(&self, handler: &Arc<H>) {
+        let handler: Weak<dyn EventHandler> = Arc::downgrade(handler) as _;
+        let mut handlers = self.handlers.lock_unpoisoned();
+        handlers.retain(|w| w.strong_count() > 0);
+        handlers.push(handler);
+    }
+
+    fn route(&self, event: &Event) {
+        // Called outside the lock: handlers take locks of their own.
+        let handlers: Vec<Arc<dyn EventHandler>> = self
+            .handlers
+            .lock_unpoisoned()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for handler in handlers {
+            handler.on_event(event);
+        }
+    }
+}
+
+/// Reads the programs' event ring buffer as it fills, until the process ends.
+pub(super) async fn read_events(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    router: Arc<EventRouter>,
+) {
+    use tokio::io::{Interest, unix::AsyncFd};
+    // SAFETY: the ring's map fd is owned by `ring`, which the AsyncFd owns from here on:
+    // it stays open and the same until the AsyncFd is dropped.
+    let mut ring = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the kernel's event ring: leases settle at the sweeper's pace");
+            return;
+        }
+    };
+    // FINs and RSTs do not wake the reader (see the programs' `notify`): drained with
+    // the next claim, or by this tick.
+    let mut tick = tokio::time::interval(EVENT_DRAIN_EVERY);
+    loop {
+        let woken = tokio::select! {
+            ready = ring.readable_mut() => match ready {
+                Ok(mut guard) => {
+                    drain_events(guard.get_inner_mut(), &router);
+                    guard.clear_ready();
+                    true
+                }
+                Err(e) => {
+                    warn!(error = %e, "the kernel's event ring failed: leases settle at the sweeper's pace");
+                    return;
+                }
+            },
+            _ = tick.tick() => false,
+        };
+        if !woken {
+            drain_events(ring.get_mut(), &router);
+        }
+    }
+}
+
+/// How often the event reader drains events that did not wake it.
+const EVENT_DRAIN_EVERY: Duration = Duration::from_millis(100);
+
+fn drain_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, router: &EventRouter) {
+    while let Some(item) = ring.next() {
+        let event = parse_event(&item);
+        drop(item);
+        if let Some(event) = event {
+            router.route(&event);
+        }
+    }
 }

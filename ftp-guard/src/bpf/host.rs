@@ -1,6 +1,12 @@
-//! The host around the programs: interface look-ups (index, MTU, driver) in the caller
-//! thread's network namespace.
+//! The host around the programs, in the caller thread's network namespace: interface
+//! look-ups (index, MTU, driver, addresses), the route towards an origin, and the sysctls
+//! the kernel path sets (reserved ports, `accept_local`).
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use tracing::{info, warn};
+
 use super::BpfError;
+use crate::config::PortRange;
 
 /// The driver behind `interface` (ethtool's GDRVINFO, in the caller's network namespace):
 /// "veth", "bridge", "mlx5_core"…; `None` when the device does not say.
@@ -89,5 +95,137 @@ pub(super) fn ifindex(interface: &str) -> Result<u32, BpfError> {
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
         0 => Err(BpfError::NoInterface(interface.to_owned())),
         i => Ok(i),
+    }
+}
+
+/// The gateway's address towards `origin`: the one the kernel picks as source (a connected
+/// UDP socket sends nothing). Data connections to or from the origin use it.
+pub fn origin_side_ip(origin: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.connect((origin, 9))?;
+    match socket.local_addr()? {
+        std::net::SocketAddr::V4(a) => Ok(*a.ip()),
+        std::net::SocketAddr::V6(_) => Err(std::io::Error::other("IPv6 source address")),
+    }
+}
+
+/// The addresses (IPv4 and IPv6) configured on `interface` now.
+pub fn interface_addresses(interface: &str) -> std::io::Result<Vec<IpAddr>> {
+    let all = host_addresses()?;
+    if !all.iter().any(|(name, _)| name == interface) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no interface `{interface}`"),
+        ));
+    }
+    Ok(all
+        .into_iter()
+        .filter_map(|(name, a)| (name == interface).then_some(a).flatten())
+        .collect())
+}
+
+/// Every interface of this host (network namespace) with each of its addresses (IPv4 and
+/// IPv6); an interface without any appears once with `None`.
+pub fn host_addresses() -> std::io::Result<Vec<(String, Option<IpAddr>)>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: a valid out-pointer; the list is freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: `entry` is a node of the list getifaddrs returned, not freed yet; its
+        // name is a NUL-terminated string and its address, when not null, a sockaddr of
+        // the family it names (sockaddr_in or sockaddr_in6).
+        unsafe {
+            let ifa = &*entry;
+            entry = ifa.ifa_next;
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
+                .to_string_lossy()
+                .into_owned();
+            let addr = match ifa.ifa_addr.as_ref().map(|a| i32::from(a.sa_family)) {
+                Some(libc::AF_INET) => {
+                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        sin.sin_addr.s_addr,
+                    ))))
+                }
+                Some(libc::AF_INET6) => {
+                    let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                    Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                }
+                _ => None,
+            };
+            out.push((name, addr));
+        }
+    }
+    // SAFETY: the list from getifaddrs above, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(out)
+}
+
+/// Every IPv6 address of this host (namespace), link-local ones included.
+pub(super) fn local_ipv6_addresses() -> Vec<std::net::Ipv6Addr> {
+    let all = host_addresses().unwrap_or_else(|e| {
+        warn!(error = %e, "cannot list the host's IPv6 addresses");
+        Vec::new()
+    });
+    let mut out = Vec::new();
+    for (_, addr) in all {
+        if let Some(std::net::IpAddr::V6(ip)) = addr
+            && !out.contains(&ip)
+        {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// Keeps the gateway's own sockets off the data ports (they are NAT ports too).
+pub(super) fn reserve_ports(ranges: impl Iterator<Item = PortRange>) {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let current = std::fs::read_to_string(PATH).unwrap_or_default();
+    let mut parts: Vec<String> = current
+        .trim()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for r in ranges {
+        let part = format!("{}-{}", r.first, r.last);
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    let value = parts.join(",");
+    if value != current.trim() {
+        set_sysctl("net/ipv4/ip_local_reserved_ports", &value);
+    }
+}
+
+/// Sets a sysctl unless it already has `value` (in containers /proc/sys is often
+/// read-only and set by the platform).
+pub(super) fn set_sysctl(key: &str, value: &str) {
+    let path = format!("/proc/sys/{key}");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == value) {
+        return;
+    }
+    match std::fs::write(&path, value) {
+        Ok(()) => info!(key = %key.replace('/', "."), value, "sysctl set"),
+        Err(e) => warn!(key = %key.replace('/', "."), value, error = %e, "cannot set sysctl"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses() {
+        let lo = interface_addresses("lo").unwrap();
+        assert!(lo.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{lo:?}");
+        let err = interface_addresses("no-such-if0").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 }

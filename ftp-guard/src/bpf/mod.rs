@@ -4,22 +4,29 @@
 //! here. One file per role:
 //! - this file: the loaded object, its errors;
 //! - [`pins`]: pin-directory hygiene, the layout marker, refusing incompatible pins, unpin;
-//! - [`attach`]: XDP/TC attachment and link pins;
+//! - [`attach`]: the XDP-or-TC policy, attaching, link pins;
 //! - [`maps`]: typed access to the lease, range, local-IPv6 and counter maps, and the key
 //!   conversions between userspace addresses and map keys;
 //! - [`flows`]: typed access to the flow map (the NATed data connections);
 //! - [`events`]: the programs' ring-buffer events;
-//! - [`host`]: interface look-ups (index, MTU, driver, addresses), sysctls.
+//! - [`host`]: interface look-ups (index, MTU, driver, addresses), sysctls;
+//! - [`provision`]: the kernel data path for a set of services (load, attach, protect
+//!   their ranges, prepare the host), and its update on reload.
+//!
+//! The loaded object is shared through a [`Handle`], whose documentation gives the lock
+//! order.
 pub mod attach;
 pub mod events;
 pub mod flows;
 pub mod host;
 pub mod maps;
 pub mod pins;
+pub mod provision;
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, Weak},
 };
 
 use aya::{
@@ -32,19 +39,26 @@ use ftp_guard_common::{
     names,
 };
 
-pub use attach::{AttachedMode, XdpAttach};
-pub use events::{Event, EventKind, parse_event};
+pub use attach::{AttachedMode, XdpAttach, XdpPlan};
+pub use events::{Event, EventHandler, EventKind, EventRouter, parse_event};
 pub use flows::FlowState;
-pub use host::{driver_name, interface_index, interface_mtu};
+pub use host::{
+    driver_name, host_addresses, interface_addresses, interface_index, interface_mtu,
+    origin_side_ip,
+};
 pub use maps::{
     Counters, FlowTuple, Lease, LeaseAction, MapSizes, ProtectedRange, lease_key, monotonic_ns,
 };
 pub use pins::unpin;
+pub use provision::Provisioned;
+
+use crate::sync::LockUnpoisoned as _;
 use pins::{PINNED_MAPS, check_pinned_maps, layout_marker, pin_error, prepare_pin_dir};
 
 /// The eBPF object built by build.rs (crate `ftp-guard-ebpf`), embedded in the binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-guard"));
 
+/// What can fail in loading, pinning, attaching, or a map operation.
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
     #[error("loading the eBPF object failed (needs root or CAP_BPF+CAP_NET_ADMIN): {0}")]
@@ -196,4 +210,42 @@ where
 {
     let map = ebpf.take_map(name).ok_or(BpfError::Missing(name))?;
     M::try_from(map).map_err(|source| BpfError::Map { map: name, source })
+}
+
+/// The loaded object, shared: the kernel dataplanes, the relay's guard, provisioning,
+/// metrics and the admin endpoint each hold a clone. [`Handle::lock`] is the only way in.
+///
+/// Lock order: this lock comes after a dataplane's own bookkeeping lock (take the book,
+/// then this; never the reverse), and whoever holds it takes no lock that may itself be
+/// held while waiting for this one — only leaf locks that never wait on anything (a port
+/// pool's, a timeouts cell) may be taken under it. Hold it for map operations only: no
+/// `.await`, no network I/O.
+#[derive(Clone)]
+pub struct Handle(Arc<Mutex<Bpf>>);
+
+impl Handle {
+    pub fn new(bpf: Bpf) -> Self {
+        Handle(Arc::new(Mutex::new(bpf)))
+    }
+
+    /// The object, locked. A panic while another holder had it leaves the maps as they
+    /// were written (each operation is one syscall), so poisoning is recovered from.
+    pub fn lock(&self) -> MutexGuard<'_, Bpf> {
+        self.0.lock_unpoisoned()
+    }
+
+    /// A reference that does not keep the object (and its attachments) alive.
+    pub fn downgrade(&self) -> WeakHandle {
+        WeakHandle(Arc::downgrade(&self.0))
+    }
+}
+
+/// A [`Handle`] that does not keep the object alive (metrics, background refreshes).
+#[derive(Clone, Default)]
+pub struct WeakHandle(Weak<Mutex<Bpf>>);
+
+impl WeakHandle {
+    pub fn upgrade(&self) -> Option<Handle> {
+        self.0.upgrade().map(Handle)
+    }
 }

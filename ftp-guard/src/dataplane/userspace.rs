@@ -30,7 +30,7 @@ use super::{
     LeaseInfo, LeaseRequest, Leftovers, Snapshot, ports::PortPool,
 };
 use crate::{
-    bpf::{Bpf, BpfError},
+    bpf::{BpfError, Handle},
     config::PortRange,
 };
 
@@ -58,7 +58,7 @@ pub struct UserspaceRelay {
     /// Replaced in place on reload; each lease takes those of its start.
     timeouts: Mutex<DataTimeouts>,
     /// The kernel path's guard in front of the passive listeners, if loaded.
-    guard: Option<Arc<Mutex<Bpf>>>,
+    guard: Option<Handle>,
     pool: Arc<PortPool>,
     /// Leases still waiting for their client: dropping the sender cancels the wait.
     waiting: Arc<Mutex<HashMap<LeaseId, oneshot::Sender<()>>>>,
@@ -106,9 +106,9 @@ impl UserspaceRelay {
     /// client interface, which drop everything else to the data range). At process start
     /// with pinned maps ([`Leftovers::Adopt`]) the admissions a previous process left in
     /// this range are removed first: their listeners died with it.
-    pub fn guarded_by(mut self, guard: Arc<Mutex<Bpf>>, leftovers: Leftovers) -> Self {
+    pub fn guarded_by(mut self, guard: Handle, leftovers: Leftovers) -> Self {
         if leftovers == Leftovers::Adopt {
-            let mut kernel = guard.lock().unwrap_or_else(|e| e.into_inner());
+            let mut kernel = guard.lock();
             let mut dropped = 0;
             for (peer, local) in kernel.lease_keys() {
                 if *local.ip() == self.settings.public_ip
@@ -195,7 +195,6 @@ impl UserspaceRelay {
         let local = SocketAddrV4::new(self.settings.public_ip, port);
         kernel
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .insert_lease(&crate::bpf::Lease::admit(client, local))?;
         Ok(Some(Admitted {
             kernel: kernel.clone(),
@@ -523,18 +522,14 @@ fn set_keepalive(stream: &TcpStream, keepalive: Duration) {
 /// A client admitted through the guard to a passive lease's port: removed from the
 /// guard's map when dropped (the lease is over: expired, revoked, or its connection done).
 struct Admitted {
-    kernel: Arc<Mutex<Bpf>>,
+    kernel: Handle,
     client: Ipv4Addr,
     local: SocketAddrV4,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let removed = self
-            .kernel
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove_lease(self.client, self.local);
+        let removed = self.kernel.lock().remove_lease(self.client, self.local);
         if let Err(e) = removed {
             warn!(client = %self.client, port = self.local.port(), error = %e, "cannot remove an admit lease from the guard");
         }
