@@ -2,8 +2,10 @@
 //! the XDP guard (native or generic) and the TC program (tcx ingress), adopting the links a
 //! previous process pinned, and detaching the pinned links of interfaces no longer
 //! configured.
+use std::path::{Path, PathBuf};
+
 use aya::programs::{
-    SchedClassifier, TcAttachType, Xdp, XdpMode,
+    ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, PinnedLink},
     tc::SchedClassifierLink,
     xdp::XdpLink,
@@ -15,7 +17,7 @@ use tracing::info;
 use super::{
     Bpf, BpfError,
     host::{driver_name, ifindex},
-    pin_error,
+    pin_error, program_mut,
 };
 use crate::config::KernelHook;
 
@@ -64,11 +66,9 @@ impl Bpf {
         interface: &str,
         mode: XdpAttach,
     ) -> Result<AttachedMode, BpfError> {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(names::XDP_GUARD)
-            .and_then(|p| p.try_into().ok())
-            .expect("checked at load");
+        let link_path = self.link_pin(XDP_LINK_PIN, interface);
+        let program: &mut Xdp =
+            program_mut(&mut self.ebpf, names::XDP_GUARD).expect("checked at load");
         let attempts: &[(XdpMode, AttachedMode)] = match mode {
             XdpAttach::Auto => &[
                 (XdpMode::Driver, AttachedMode::Native),
@@ -77,14 +77,9 @@ impl Bpf {
             XdpAttach::Native => &[(XdpMode::Driver, AttachedMode::Native)],
             XdpAttach::Generic => &[(XdpMode::Skb, AttachedMode::Generic)],
         };
-        let link_path = self
-            .pin
-            .as_ref()
-            .map(|d| d.join(format!("link-xdp-{interface}")));
         if let Some(path) = link_path.as_ref().filter(|p| p.exists()) {
             // A link left by the previous ftp-guard: swap in our program, atomically.
-            let link = PinnedLink::from_pin(path).map_err(|e| pin_error(path, e))?;
-            let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| pin_error(path, e))?;
+            let link: XdpLink = adopt_pinned_link(path)?;
             let id = program
                 .attach_to_link(link)
                 .map_err(|e| pin_error(path, e))?;
@@ -100,11 +95,7 @@ impl Bpf {
             match program.attach(interface, *xdp_mode) {
                 Ok(id) => {
                     if let Some(path) = &link_path {
-                        let link = program.take_link(id).map_err(|e| pin_error(path, e))?;
-                        FdLink::try_from(link)
-                            .map_err(|e| pin_error(path, e))?
-                            .pin(path)
-                            .map_err(|e| pin_error(path, e))?;
+                        pin_link(program.take_link(id), path)?;
                     }
                     // XDP can redirect only to devices that take XDP frames: in native
                     // mode those attached natively, in generic mode any device.
@@ -128,19 +119,11 @@ impl Bpf {
     /// Attaches the TC program to `interface`'s ingress (tcx), for devices where XDP
     /// cannot redirect (bridges, bonds) or is not wanted.
     pub fn attach_tc(&mut self, interface: &str) -> Result<AttachedMode, BpfError> {
-        let program: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(names::TC_GUARD)
-            .and_then(|p| p.try_into().ok())
-            .expect("checked at load");
-        let link_path = self
-            .pin
-            .as_ref()
-            .map(|d| d.join(format!("link-tcx-{interface}")));
+        let link_path = self.link_pin(TCX_LINK_PIN, interface);
+        let program: &mut SchedClassifier =
+            program_mut(&mut self.ebpf, names::TC_GUARD).expect("checked at load");
         if let Some(path) = link_path.as_ref().filter(|p| p.exists()) {
-            let link = PinnedLink::from_pin(path).map_err(|e| pin_error(path, e))?;
-            let link = SchedClassifierLink::try_from(FdLink::from(link))
-                .map_err(|e| pin_error(path, e))?;
+            let link: SchedClassifierLink = adopt_pinned_link(path)?;
             let id = program
                 .attach_to_link(link)
                 .map_err(|e| pin_error(path, e))?;
@@ -154,11 +137,7 @@ impl Bpf {
                     source,
                 })?;
             if let Some(path) = &link_path {
-                let link = program.take_link(id).map_err(|e| pin_error(path, e))?;
-                FdLink::try_from(link)
-                    .map_err(|e| pin_error(path, e))?
-                    .pin(path)
-                    .map_err(|e| pin_error(path, e))?;
+                pin_link(program.take_link(id), path)?;
             }
         }
         self.attachments
@@ -187,8 +166,8 @@ impl Bpf {
                 continue;
             };
             let Some(interface) = name
-                .strip_prefix("link-xdp-")
-                .or_else(|| name.strip_prefix("link-tcx-"))
+                .strip_prefix(XDP_LINK_PIN)
+                .or_else(|| name.strip_prefix(TCX_LINK_PIN))
             else {
                 continue;
             };
@@ -201,6 +180,43 @@ impl Bpf {
         detached.sort();
         Ok(detached)
     }
+}
+
+/// Link pins are named by hook and interface: `link-xdp-eth0`, `link-tcx-eth0`.
+const XDP_LINK_PIN: &str = "link-xdp-";
+const TCX_LINK_PIN: &str = "link-tcx-";
+
+impl Bpf {
+    /// Where the link of `hook` on `interface` is pinned, when pinning is on.
+    fn link_pin(&self, hook: &str, interface: &str) -> Option<PathBuf> {
+        self.pin
+            .as_ref()
+            .map(|dir| dir.join(format!("{hook}{interface}")))
+    }
+}
+
+/// The link a previous process pinned at `path`, as the program's own link type (for
+/// `attach_to_link`, which swaps in this process's program atomically).
+fn adopt_pinned_link<L>(path: &Path) -> Result<L, BpfError>
+where
+    L: TryFrom<FdLink, Error: std::fmt::Display>,
+{
+    let link = PinnedLink::from_pin(path).map_err(|e| pin_error(path, e))?;
+    L::try_from(FdLink::from(link)).map_err(|e| pin_error(path, e))
+}
+
+/// Pins a link just attached (`taken` from its program) at `path`, so it outlives the
+/// process.
+fn pin_link<L>(taken: Result<L, ProgramError>, path: &Path) -> Result<(), BpfError>
+where
+    FdLink: TryFrom<L, Error: std::fmt::Display>,
+{
+    let link = taken.map_err(|e| pin_error(path, e))?;
+    FdLink::try_from(link)
+        .map_err(|e| pin_error(path, e))?
+        .pin(path)
+        .map_err(|e| pin_error(path, e))?;
+    Ok(())
 }
 
 /// Where `kernel_hook` puts the XDP guard on one interface (the TC program is attached

@@ -148,18 +148,12 @@ impl Bpf {
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         let program_error = |program| move |source| BpfError::Program { program, source };
-        let xdp: &mut Xdp = ebpf
-            .program_mut(names::XDP_GUARD)
-            .ok_or(BpfError::Missing(names::XDP_GUARD))?
-            .try_into()
+        program_mut::<Xdp>(&mut ebpf, names::XDP_GUARD)?
+            .load()
             .map_err(program_error(names::XDP_GUARD))?;
-        xdp.load().map_err(program_error(names::XDP_GUARD))?;
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut(names::TC_GUARD)
-            .ok_or(BpfError::Missing(names::TC_GUARD))?
-            .try_into()
+        program_mut::<SchedClassifier>(&mut ebpf, names::TC_GUARD)?
+            .load()
             .map_err(program_error(names::TC_GUARD))?;
-        tc.load().map_err(program_error(names::TC_GUARD))?;
         if let Some(dir) = pin {
             let marker = dir.join(layout_marker(PIN_LAYOUT_VERSION));
             if !marker.is_dir() {
@@ -202,6 +196,20 @@ impl Bpf {
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
     }
+}
+
+/// The program `name` of the object, as its type (`Xdp`, `SchedClassifier`).
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, BpfError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(BpfError::Missing(name))?
+        .try_into()
+        .map_err(|source| BpfError::Program {
+            program: name,
+            source,
+        })
 }
 
 fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, BpfError>
