@@ -68,20 +68,6 @@ impl Bpf {
         found(names::FLOWS, self.flows.get(&flow_key(tuple), 0))
     }
 
-    /// How a flow direction is rewritten: (new source, new destination).
-    pub fn flow_rewrite(
-        &self,
-        tuple: FlowTuple,
-    ) -> Result<Option<(SocketAddrV4, SocketAddrV4)>, BpfError> {
-        let value = found(names::FLOWS, self.flows.get(&flow_key(tuple), 0))?;
-        Ok(value.map(|v| {
-            (
-                SocketAddrV4::new(ip_of(v.new_src_addr_be), u16::from_be(v.new_src_port_be)),
-                SocketAddrV4::new(ip_of(v.new_dst_addr_be), u16::from_be(v.new_dst_port_be)),
-            )
-        }))
-    }
-
     /// Every connection in the flow map that claimed its lease (its handshake completed), by
     /// the claiming direction: (peer's address, gateway address it connected to, new
     /// source, new destination).
