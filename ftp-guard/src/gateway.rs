@@ -21,7 +21,7 @@ use crate::{
     },
     metrics::{Metrics, Sources},
     proxy::{self, ServiceContext, SessionSlots},
-    sync::LockUnpoisoned as _,
+    sync::{LockUnpoisoned as _, RwLockUnpoisoned as _},
 };
 
 /// The admin token the configuration names, read now (start and reload).
@@ -261,11 +261,7 @@ impl Gateway {
         let bpf = self.bpf().cloned();
         *self.sources.kernel.lock_unpoisoned() = bpf.as_ref().map(bpf::Handle::downgrade);
         *self.admin.kernel.lock_unpoisoned() = bpf;
-        *self
-            .admin
-            .services
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = ctxs;
+        *self.admin.services.write_unpoisoned() = ctxs;
     }
 
     /// Applies a new configuration (SIGHUP). Unchanged services keep running untouched;

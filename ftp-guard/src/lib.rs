@@ -10,7 +10,7 @@
 //! - [`config`]: the TOML configuration;
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP endpoint;
 //! - [`run_cmd`], [`status_cmd`], [`guard_cmd`]: the CLI subcommands;
-//! - [`sync`]: locking that survives a panic elsewhere (poisoned mutexes recovered in one place).
+//! - [`sync`]: locking that survives a panic elsewhere (poisoned locks recovered in one place).
 pub mod admin;
 pub mod bpf;
 pub mod config;

@@ -1,6 +1,6 @@
 //! Locking that survives a panic elsewhere: the one place ftp-guard decides what a
-//! poisoned `std::sync::Mutex` means.
-use std::sync::{Mutex, MutexGuard};
+//! poisoned `std::sync::Mutex` or `RwLock` means.
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// `lock()` that recovers a poisoned mutex instead of failing. A panic in one task (one
 /// session, one lease's bookkeeping) must not take down every other user of shared state,
@@ -13,6 +13,23 @@ pub trait LockUnpoisoned<T> {
 impl<T> LockUnpoisoned<T> for Mutex<T> {
     fn lock_unpoisoned(&self) -> MutexGuard<'_, T> {
         self.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// `read()` and `write()` that recover a poisoned `RwLock`, as [`LockUnpoisoned`] does.
+pub trait RwLockUnpoisoned<T> {
+    fn read_unpoisoned(&self) -> RwLockReadGuard<'_, T>;
+    fn write_unpoisoned(&self) -> RwLockWriteGuard<'_, T>;
+}
+
+impl<T> RwLockUnpoisoned<T> for RwLock<T> {
+    fn read_unpoisoned(&self) -> RwLockReadGuard<'_, T> {
+        self.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_unpoisoned(&self) -> RwLockWriteGuard<'_, T> {
+        self.write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -33,5 +50,22 @@ mod tests {
         assert!(panicked.is_err());
         assert!(shared.is_poisoned());
         assert_eq!(*shared.lock_unpoisoned(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_poisoned_rwlock_is_taken_back_with_its_value() {
+        let shared = std::sync::Arc::new(RwLock::new(1));
+        let in_thread = shared.clone();
+        let panicked = std::thread::spawn(move || {
+            let mut value = in_thread.write().unwrap();
+            *value = 2;
+            panic!("poison it");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(shared.is_poisoned());
+        assert_eq!(*shared.read_unpoisoned(), 2);
+        *shared.write_unpoisoned() = 3;
+        assert_eq!(*shared.read_unpoisoned(), 3);
     }
 }
