@@ -137,3 +137,97 @@ fn drain_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, router: &Even
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use ftp_guard_common::{EVENT_CLAIMED, EVENT_FIN, EVENT_RST, FlowEvent};
+
+    use super::*;
+    use crate::bpf::maps::flow_key;
+
+    const CLAIM: FlowTuple = (
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 10), 50_000),
+        SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 40_001),
+    );
+    const CLAIM_REVERSE: FlowTuple = (
+        SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 30_000),
+        SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 40_001),
+    );
+
+    /// A ring-buffer item as the programs write it.
+    fn item(kind: u32, key: FlowTuple, reverse: FlowTuple) -> Vec<u8> {
+        let event = FlowEvent {
+            kind,
+            key: flow_key(key),
+            reverse: flow_key(reverse),
+        };
+        // SAFETY: FlowEvent is #[repr(C)] integers without padding: every byte is initialised.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&event as *const FlowEvent).cast::<u8>(),
+                std::mem::size_of::<FlowEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn ring_items_decode_to_events() {
+        for (kind, expected) in [
+            (EVENT_CLAIMED, Some(EventKind::Claimed)),
+            (EVENT_FIN, Some(EventKind::Fin)),
+            (EVENT_RST, Some(EventKind::Rst)),
+            (0, None),
+            (99, None),
+        ] {
+            let expected = expected.map(|kind| Event {
+                kind,
+                key: CLAIM,
+                reverse: CLAIM_REVERSE,
+            });
+            assert_eq!(
+                parse_event(&item(kind, CLAIM, CLAIM_REVERSE)),
+                expected,
+                "kind {kind}"
+            );
+        }
+        let whole = item(EVENT_FIN, CLAIM, CLAIM_REVERSE);
+        assert_eq!(parse_event(&whole[..whole.len() - 1]), None);
+    }
+
+    /// Records the events it is handed.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Event>>);
+
+    impl EventHandler for Recorder {
+        fn on_event(&self, event: &Event) {
+            self.0.lock_unpoisoned().push(*event);
+        }
+    }
+
+    #[test]
+    fn every_handler_alive_gets_each_event() {
+        let claimed = Event {
+            kind: EventKind::Claimed,
+            key: CLAIM,
+            reverse: CLAIM_REVERSE,
+        };
+        let fin = Event {
+            kind: EventKind::Fin,
+            ..claimed
+        };
+        let router = EventRouter::default();
+        let staying = Arc::new(Recorder::default());
+        let leaving = Arc::new(Recorder::default());
+        router.add(&staying);
+        router.add(&leaving);
+        router.route(&claimed);
+        let leaving_saw = std::mem::take(&mut *leaving.0.lock_unpoisoned());
+        drop(leaving);
+        router.route(&fin);
+        assert_eq!(leaving_saw, vec![claimed]);
+        assert_eq!(*staying.0.lock_unpoisoned(), vec![claimed, fin]);
+    }
+}

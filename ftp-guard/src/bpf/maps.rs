@@ -337,3 +337,18 @@ pub(super) fn removed(map: &'static str, result: Result<(), MapError>) -> Result
         Err(source) => Err(BpfError::Map { map, source }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_convert_back_to_the_addresses_they_were_made_of() {
+        let peer = Ipv4Addr::new(192, 0, 2, 10);
+        let local = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 40_001);
+        assert_eq!(lease_of(&lease_key(peer, local)), (peer, local));
+        let tuple = (SocketAddrV4::new(peer, 50_000), local);
+        assert_eq!(tuple_of(&flow_key(tuple)), tuple);
+        assert_eq!(ip_of(be32(peer)), peer);
+    }
+}
