@@ -166,14 +166,14 @@ pub fn host_addresses() -> std::io::Result<Vec<(String, Option<IpAddr>)>> {
 }
 
 /// Every IPv6 address of this host (namespace), link-local ones included.
-pub(super) fn local_ipv6_addresses() -> Vec<std::net::Ipv6Addr> {
+pub(super) fn local_ipv6_addresses() -> Vec<Ipv6Addr> {
     let all = host_addresses().unwrap_or_else(|e| {
         warn!(error = %e, "cannot list the host's IPv6 addresses");
         Vec::new()
     });
     let mut out = Vec::new();
     for (_, addr) in all {
-        if let Some(std::net::IpAddr::V6(ip)) = addr
+        if let Some(IpAddr::V6(ip)) = addr
             && !out.contains(&ip)
         {
             out.push(ip);
@@ -186,6 +186,14 @@ pub(super) fn local_ipv6_addresses() -> Vec<std::net::Ipv6Addr> {
 pub(super) fn reserve_ports(ranges: impl Iterator<Item = PortRange>) {
     const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
     let current = std::fs::read_to_string(PATH).unwrap_or_default();
+    if let Some(value) = with_reserved(&current, ranges) {
+        set_sysctl("net/ipv4/ip_local_reserved_ports", &value);
+    }
+}
+
+/// `ip_local_reserved_ports` as `current` with each of `ranges` added unless listed
+/// already; `None` when nothing changes. Entries of others are kept as they are.
+fn with_reserved(current: &str, ranges: impl Iterator<Item = PortRange>) -> Option<String> {
     let mut parts: Vec<String> = current
         .trim()
         .split(',')
@@ -199,9 +207,7 @@ pub(super) fn reserve_ports(ranges: impl Iterator<Item = PortRange>) {
         }
     }
     let value = parts.join(",");
-    if value != current.trim() {
-        set_sysctl("net/ipv4/ip_local_reserved_ports", &value);
-    }
+    (value != current.trim()).then_some(value)
 }
 
 /// Sets a sysctl unless it already has `value` (in containers /proc/sys is often
@@ -227,5 +233,33 @@ mod tests {
         assert!(lo.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{lo:?}");
         let err = interface_addresses("no-such-if0").unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn reserved_ports_are_added_once_and_others_kept() {
+        let range = |first, last| PortRange { first, last };
+        let cases = [
+            ("", vec![range(40000, 40099)], Some("40000-40099")),
+            ("\n", vec![range(40000, 40099)], Some("40000-40099")),
+            (
+                "8080,9000-9010\n",
+                vec![range(40000, 40099), range(50000, 50000)],
+                Some("8080,9000-9010,40000-40099,50000-50000"),
+            ),
+            ("8080,40000-40099\n", vec![range(40000, 40099)], None),
+            (
+                "40000-40099",
+                vec![range(40000, 40099), range(40000, 40099)],
+                None,
+            ),
+            ("8080\n", vec![], None),
+        ];
+        for (current, ranges, expected) in cases {
+            assert_eq!(
+                with_reserved(current, ranges.into_iter()).as_deref(),
+                expected,
+                "{current:?}"
+            );
+        }
     }
 }
