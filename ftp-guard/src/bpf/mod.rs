@@ -220,8 +220,8 @@ where
     M::try_from(map).map_err(|source| BpfError::Map { map: name, source })
 }
 
-/// The loaded object, shared: the kernel dataplanes, the relay's guard, provisioning,
-/// metrics and the admin endpoint each hold a clone. [`Handle::lock`] is the only way in.
+/// The loaded object, shared: the kernel dataplanes, the relay's guard, provisioning and
+/// the admin endpoint each hold a clone, metrics a [`WeakHandle`]. [`Handle::lock`] is the only way in.
 ///
 /// Lock order: this lock comes after a dataplane's own bookkeeping lock (take the book,
 /// then this; never the reverse), and whoever holds it takes no lock that may itself be
