@@ -221,7 +221,8 @@ where
 }
 
 /// The loaded object, shared: the kernel dataplanes, the relay's guard, provisioning and
-/// the admin endpoint each hold a clone, metrics a [`WeakHandle`]. [`Handle::lock`] is the only way in.
+/// the admin endpoint each hold a clone, metrics a [`WeakHandle`]. [`Handle::lock`] is the
+/// only way in.
 ///
 /// Lock order: this lock comes after a dataplane's own bookkeeping lock (take the book,
 /// then this; never the reverse), and whoever holds it takes no lock that may itself be
