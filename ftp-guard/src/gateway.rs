@@ -2,7 +2,7 @@
 //! proxy task, the kernel path when a service uses it, and the admin endpoint. `ftp-guard
 //! run` is this plus signal handling; tests and benchmarks start it in-process.
 use std::{
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -12,15 +12,16 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{self, AdminState},
+    bpf::{self, Provisioned},
     config::{Config, DataplaneKind, Service},
     dataplane::{
         DataTimeouts, Dataplane, Leftovers,
-        kernel::{self as kernel_path, KernelDataplane, KernelSettings, KernelSetup},
+        kernel::{KernelDataplane, KernelSettings},
         userspace::{RelaySettings, UserspaceRelay},
     },
-    kernel::Kernel,
     metrics::{Metrics, Sources},
     proxy::{self, ServiceContext, SessionSlots},
+    sync::{LockUnpoisoned as _, RwLockUnpoisoned as _},
 };
 
 /// The admin token the configuration names, read now (start and reload).
@@ -55,7 +56,7 @@ pub struct Gateway {
     sessions: Arc<SessionSlots>,
     metrics: Arc<Metrics>,
     sources: Arc<Sources>,
-    kernel: Option<KernelSetup>,
+    kernel: Option<Provisioned>,
     running: Vec<Running>,
     admin: Arc<AdminState>,
     admin_task: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
@@ -119,13 +120,13 @@ impl Gateway {
         }
         match &mut self.kernel {
             None => {
-                self.kernel = Some(kernel_path::setup(
+                self.kernel = Some(Provisioned::setup(
                     &kernel_services,
                     config.max_leases,
                     config.pin_path.as_deref(),
                 )?)
             }
-            Some(setup) => kernel_path::update(setup, &kernel_services)?,
+            Some(provisioned) => provisioned.update(&kernel_services)?,
         }
         Ok(())
     }
@@ -150,7 +151,7 @@ impl Gateway {
             DataplaneKind::Kernel => {
                 let setup = self.kernel.as_ref().context("kernel path not set up")?;
                 KernelDataplane::start(
-                    setup.kernel.clone(),
+                    setup.bpf.clone(),
                     &setup.events,
                     KernelSettings {
                         public_ip: addresses.public_ip,
@@ -161,12 +162,12 @@ impl Gateway {
                             .origin_interface
                             .as_deref()
                             .or(service.client_interface.as_deref())
-                            .and_then(crate::kernel::interface_index)
+                            .and_then(bpf::interface_index)
                             .unwrap_or(0),
                         client_ifindex: service
                             .client_interface
                             .as_deref()
-                            .and_then(crate::kernel::interface_index)
+                            .and_then(bpf::interface_index)
                             .unwrap_or(0),
                         mss_max: service.data_mss_max(),
                         active_origin_port_20_only: service.active_origin_port_20_only,
@@ -181,13 +182,14 @@ impl Gateway {
                         bind_ip: *addresses.listen.ip(),
                         origin_side_ip: match addresses.nat_ip {
                             Some(ip) => ip,
-                            None => crate::dataplane::origin_side_ip(*addresses.origin.ip())
-                                .with_context(|| {
+                            None => {
+                                bpf::origin_side_ip(*addresses.origin.ip()).with_context(|| {
                                     format!(
                                         "service `{}`: no route to {}",
                                         service.name, service.origin
                                     )
-                                })?,
+                                })?
+                            }
                         },
                         active_port_20: service.active_from_port_20,
                         ports: service.data_ports,
@@ -196,9 +198,7 @@ impl Gateway {
                     DataTimeouts::of(service),
                 );
                 match (&self.kernel, uses_kernel(service)) {
-                    (Some(setup), true) => {
-                        Arc::new(relay.guarded_by(setup.kernel.clone(), leftovers))
-                    }
+                    (Some(setup), true) => Arc::new(relay.guarded_by(setup.bpf.clone(), leftovers)),
                     _ => Arc::new(relay),
                 }
             }
@@ -255,26 +255,14 @@ impl Gateway {
     /// Tells metrics and the admin endpoint what runs now.
     fn publish(&self) {
         let ctxs: Vec<Arc<ServiceContext>> = self.running.iter().map(|r| r.ctx.clone()).collect();
-        *self
-            .sources
-            .services
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = ctxs
+        *self.sources.services.lock_unpoisoned() = ctxs
             .iter()
             .map(|c| (c.service.name.clone(), Arc::downgrade(&c.dataplane)))
             .collect();
-        let kernel = self.kernel.as_ref().map(|k| k.kernel.clone());
-        *self
-            .sources
-            .kernel
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = kernel.as_ref().map(Arc::downgrade);
-        *self.admin.kernel.lock().unwrap_or_else(|e| e.into_inner()) = kernel;
-        *self
-            .admin
-            .services
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = ctxs;
+        let bpf = self.bpf().cloned();
+        *self.sources.kernel.lock_unpoisoned() = bpf.as_ref().map(bpf::Handle::downgrade);
+        *self.admin.kernel.lock_unpoisoned() = bpf;
+        *self.admin.services.write_unpoisoned() = ctxs;
     }
 
     /// Applies a new configuration (SIGHUP). Unchanged services keep running untouched;
@@ -354,8 +342,8 @@ impl Gateway {
     }
 
     /// The kernel path's maps and counters, when a service uses it.
-    pub fn kernel(&self) -> Option<&Arc<Mutex<Kernel>>> {
-        self.kernel.as_ref().map(|k| &k.kernel)
+    pub fn bpf(&self) -> Option<&bpf::Handle> {
+        self.kernel.as_ref().map(|k| &k.bpf)
     }
 
     pub fn services(&self) -> Vec<Arc<ServiceContext>> {
@@ -400,7 +388,7 @@ fn origin_interface_addresses(service: &Service) -> Vec<std::net::IpAddr> {
     let Some(interface) = &service.origin_interface else {
         return Vec::new();
     };
-    crate::dataplane::interface_addresses(interface).unwrap_or_else(|e| {
+    bpf::interface_addresses(interface).unwrap_or_else(|e| {
         warn!(
             service = %service.name,
             interface,

@@ -9,8 +9,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use crate::bpf::{Bpf, Counters, Lease, MapSizes, ProtectedRange, XdpAttach};
 use crate::config::PortRange;
-use crate::kernel::{Counters, Kernel, Lease, MapSizes, ProtectedRange, XdpAttach};
 
 #[derive(Debug, Args)]
 pub struct GuardArgs {
@@ -53,7 +53,7 @@ fn parse_xdp_mode(s: &str) -> Result<XdpAttach, String> {
 
 pub async fn run(args: GuardArgs) -> anyhow::Result<()> {
     let (first_port, last_port) = args.data_ports;
-    let mut kernel = Kernel::load(MapSizes::default())?;
+    let mut kernel = Bpf::load(MapSizes::default())?;
     kernel.set_protected_ranges(&[ProtectedRange {
         public_ip: args.public_ip,
         first_port,

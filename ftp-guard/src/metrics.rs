@@ -20,8 +20,9 @@ use prometheus_client::{
 };
 
 use crate::{
+    bpf::{self, Counters},
     dataplane::Dataplane,
-    kernel::{Counters, Kernel},
+    sync::LockUnpoisoned as _,
 };
 
 type Labels = Vec<(&'static str, String)>;
@@ -167,7 +168,7 @@ impl Metrics {
 #[derive(Default)]
 pub struct Sources {
     pub services: Mutex<Vec<(String, Weak<dyn Dataplane>)>>,
-    pub kernel: Mutex<Option<Weak<Mutex<Kernel>>>>,
+    pub kernel: Mutex<Option<bpf::WeakHandle>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -180,8 +181,7 @@ impl Collector for Sources {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let services: Vec<(String, Arc<dyn Dataplane>)> = self
             .services
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unpoisoned()
             .iter()
             .filter_map(|(n, w)| Some((n.clone(), w.upgrade()?)))
             .collect();
@@ -264,11 +264,10 @@ impl Sources {
     fn kernel_counters(&self) -> Option<Counters> {
         let kernel = self
             .kernel
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unpoisoned()
             .as_ref()
-            .and_then(Weak::upgrade)?;
-        let counters = kernel.lock().unwrap_or_else(|e| e.into_inner()).counters();
+            .and_then(bpf::WeakHandle::upgrade)?;
+        let counters = kernel.lock().counters();
         counters.ok()
     }
 }

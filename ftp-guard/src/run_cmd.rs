@@ -75,9 +75,9 @@ pub async fn run(args: &ConfigArgs) -> anyhow::Result<()> {
             }
         }
     };
-    if let Some(kernel) = gateway.kernel() {
-        let kernel = kernel.lock().unwrap_or_else(|e| e.into_inner());
-        if let Ok(counters) = kernel.counters() {
+    if let Some(bpf) = gateway.bpf() {
+        let counters = bpf.lock().counters();
+        if let Ok(counters) = counters {
             print_counters(&counters);
         }
     }
@@ -94,7 +94,7 @@ pub fn unpin(args: &ConfigArgs) -> anyhow::Result<()> {
             args.config.display()
         );
     };
-    let removed = crate::kernel::unpin(&dir)?;
+    let removed = crate::bpf::unpin(&dir)?;
     println!("{}: removed {removed} pinned objects", dir.display());
     Ok(())
 }

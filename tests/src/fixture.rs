@@ -1,6 +1,6 @@
 //! Running packet fixtures through the real programs with BPF_PROG_TEST_RUN.
 use aya::programs::{ProgramError, TestRun, TestRunOptions, TestRunResult};
-use ftp_guard::kernel::Kernel;
+use ftp_guard::bpf::Bpf;
 use ftp_guard_common::Counter;
 
 /// XDP return codes (enum xdp_action).
@@ -15,7 +15,7 @@ pub const TC_ACT_REDIRECT: u32 = 7;
 /// Runs one frame through the XDP program: its action, the frame as the program left it,
 /// and the names of the counters that moved. The frame arrives on `lo` of the caller's
 /// network namespace.
-pub fn run_xdp(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>, Vec<&'static str>) {
+pub fn run_xdp(kernel: &Bpf, frame: &[u8]) -> (u32, Vec<u8>, Vec<&'static str>) {
     let (action, out, moved, _) = run_xdp_marked(kernel, frame);
     (action, out, moved)
 }
@@ -27,7 +27,7 @@ const JUDGED_MARK: [u8; 4] = 0x4654_4721u32.to_ne_bytes();
 
 /// Like [`run_xdp`], also telling whether XDP marked the packet as judged (the mark is
 /// taken off the returned frame).
-pub fn run_xdp_marked(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>, Vec<&'static str>, bool) {
+pub fn run_xdp_marked(kernel: &Bpf, frame: &[u8]) -> (u32, Vec<u8>, Vec<&'static str>, bool) {
     let (action, mut out, moved) = run(kernel, frame, |opts| kernel.guard_program().test_run(opts));
     let marked = out.len() == frame.len() + JUDGED_MARK.len() && out.starts_with(&JUDGED_MARK);
     if marked {
@@ -37,12 +37,12 @@ pub fn run_xdp_marked(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>, Vec<&'sta
 }
 
 /// The same through the TC program (the skb arrives on `lo`, its checksum state "none").
-pub fn run_tc(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>, Vec<&'static str>) {
+pub fn run_tc(kernel: &Bpf, frame: &[u8]) -> (u32, Vec<u8>, Vec<&'static str>) {
     run(kernel, frame, |opts| kernel.tc_program().test_run(opts))
 }
 
 fn run(
-    kernel: &Kernel,
+    kernel: &Bpf,
     frame: &[u8],
     test_run: impl FnOnce(TestRunOptions<'_>) -> Result<TestRunResult, ProgramError>,
 ) -> (u32, Vec<u8>, Vec<&'static str>) {
@@ -89,7 +89,7 @@ impl Bpffs {
 
 impl Drop for Bpffs {
     fn drop(&mut self) {
-        let _ = ftp_guard::kernel::unpin(&self.pin());
+        let _ = ftp_guard::bpf::unpin(&self.pin());
         let _ = std::process::Command::new("umount")
             .arg(&self.mount)
             .status();

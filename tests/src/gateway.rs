@@ -3,16 +3,16 @@
 //! land there. Reloaded like SIGHUP does ([`RunningGateway::reload`]). Stopped (programs
 //! detached) when dropped.
 use std::{
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, mpsc},
     thread::JoinHandle,
 };
 
 use anyhow::{Context as _, Result, anyhow};
 use ftp_guard::{
+    bpf::{Counters, Handle},
     config::Config,
     dataplane::Dataplane,
     gateway::Gateway,
-    kernel::{Counters, Kernel},
 };
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
@@ -30,7 +30,7 @@ pub struct RunningGateway {
     stop: Option<oneshot::Sender<()>>,
     commands: async_mpsc::UnboundedSender<Command>,
     thread: Option<JoinHandle<()>>,
-    kernel: Option<Arc<Mutex<Kernel>>>,
+    bpf: Option<Handle>,
 }
 
 impl RunningGateway {
@@ -56,7 +56,7 @@ impl RunningGateway {
             runtime.block_on(async move {
                 match Gateway::start(&config).await {
                     Ok(mut gateway) => {
-                        let _ = ready_tx.send(Ok(gateway.kernel().cloned()));
+                        let _ = ready_tx.send(Ok(gateway.bpf().cloned()));
                         loop {
                             tokio::select! {
                                 _ = &mut stop_rx => break,
@@ -84,14 +84,14 @@ impl RunningGateway {
                 }
             });
         });
-        let kernel = ready_rx
+        let bpf = ready_rx
             .recv()
             .context("the gateway thread died while starting")??;
         Ok(RunningGateway {
             stop: Some(stop_tx),
             commands,
             thread: Some(thread),
-            kernel,
+            bpf,
         })
     }
 
@@ -117,15 +117,15 @@ impl RunningGateway {
     }
 
     /// The kernel path's object, if a service uses it.
-    pub fn kernel(&self) -> Option<&Arc<Mutex<Kernel>>> {
-        self.kernel.as_ref()
+    pub fn bpf(&self) -> Option<&Handle> {
+        self.bpf.as_ref()
     }
 
     /// The kernel path's packet counters (all zero without a kernel path).
     pub fn counters(&self) -> Counters {
-        self.kernel
+        self.bpf
             .as_ref()
-            .and_then(|k| k.lock().ok()?.counters().ok())
+            .and_then(|k| k.lock().counters().ok())
             .unwrap_or_default()
     }
 }
@@ -137,7 +137,7 @@ impl RunningGateway {
             let _ = stop.send(());
         }
         // Drop our handle on the kernel object first: the runtime thread's copy goes with it.
-        self.kernel = None;
+        self.bpf = None;
         if let Some(t) = self.thread.take()
             && t.join().is_err()
         {

@@ -3,7 +3,7 @@
 //! expected counter; the output frame must equal the input (the guard never rewrites).
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use ftp_guard::kernel::{Kernel, Lease, MapSizes, ProtectedRange};
+use ftp_guard::bpf::{Bpf, Lease, MapSizes, ProtectedRange};
 use ftp_guard_common::Counter;
 use ftp_guard_tests::{
     fixture::{XDP_DROP, XDP_PASS, run_xdp, run_xdp_marked},
@@ -31,8 +31,8 @@ fn syn(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Ipv4Frame {
 }
 
 /// A kernel with 203.0.113.1:40000-40099 protected and one lease: CLIENT → 40001.
-fn guarded_kernel() -> Kernel {
-    let mut kernel = Kernel::load(MapSizes::default()).expect("load eBPF object");
+fn guarded_kernel() -> Bpf {
+    let mut kernel = Bpf::load(MapSizes::default()).expect("load eBPF object");
     kernel
         .set_protected_ranges(&[ProtectedRange {
             public_ip: PUBLIC,
@@ -67,7 +67,7 @@ fn ipv6_with_extension(dst_port: u16, kind: u8, extension: [u8; 8]) -> Vec<u8> {
 }
 
 /// Runs one frame through the program; returns the action and the output frame.
-fn run(kernel: &Kernel, frame: &[u8]) -> (u32, Vec<u8>) {
+fn run(kernel: &Bpf, frame: &[u8]) -> (u32, Vec<u8>) {
     let (action, out, _) = run_xdp(kernel, frame);
     (action, out)
 }
@@ -383,7 +383,7 @@ fn nothing_is_protected_until_configured() {
     if !require_privileged() {
         return;
     }
-    let kernel = Kernel::load(MapSizes::default()).unwrap();
+    let kernel = Bpf::load(MapSizes::default()).unwrap();
     let (action, _) = run(&kernel, &syn(CLIENT, PUBLIC, UNLEASED_PORT).build());
     assert_eq!(action, XDP_PASS);
     assert_eq!(kernel.counters().unwrap().get(Counter::PassOtherAddress), 1);
@@ -394,7 +394,7 @@ fn several_ranges_on_several_addresses() {
     if !require_privileged() {
         return;
     }
-    let mut kernel = Kernel::load(MapSizes::default()).unwrap();
+    let mut kernel = Bpf::load(MapSizes::default()).unwrap();
     kernel
         .set_protected_ranges(&[
             ProtectedRange {
@@ -438,7 +438,7 @@ fn a_full_lease_map_is_reported() {
     if !require_privileged() {
         return;
     }
-    let mut kernel = Kernel::load(MapSizes {
+    let mut kernel = Bpf::load(MapSizes {
         max_leases: 4,
         ..MapSizes::default()
     })
@@ -449,7 +449,7 @@ fn a_full_lease_map_is_reported() {
     }
     let err = kernel.insert_lease(&lease(40004)).unwrap_err();
     assert!(
-        matches!(err, ftp_guard::kernel::KernelError::LeasesFull(4)),
+        matches!(err, ftp_guard::bpf::BpfError::LeasesFull(4)),
         "{err}"
     );
     assert_eq!(kernel.lease_count(), 4);
@@ -462,7 +462,7 @@ fn a_taken_lease_key_is_reported_not_overwritten() {
     if !require_privileged() {
         return;
     }
-    let mut kernel = Kernel::load(MapSizes::default()).unwrap();
+    let mut kernel = Bpf::load(MapSizes::default()).unwrap();
     let local = to(PUBLIC, 40000);
     kernel.insert_lease(&Lease::admit(CLIENT, local)).unwrap();
     let err = kernel

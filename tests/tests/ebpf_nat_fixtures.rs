@@ -9,7 +9,7 @@
 //! redirect it there by themselves. The redirect itself is covered by the netns tests.
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use ftp_guard::kernel::{Kernel, Lease, LeaseAction, MapSizes, ProtectedRange, monotonic_ns};
+use ftp_guard::bpf::{Bpf, Lease, LeaseAction, MapSizes, ProtectedRange, monotonic_ns};
 use ftp_guard_common::{
     FLOW_ACKED, FLOW_CLAIMER, FLOW_L2, FLOW_PAIR_L2, FLOW_TARGET_ISN, FLOW_TENTATIVE, FlowKey,
     FlowValue,
@@ -71,8 +71,8 @@ fn nat_lease(port: u16, deadline_ns: u64) -> Lease {
     }
 }
 
-fn kernel_with(sizes: MapSizes, leases: &[Lease]) -> Kernel {
-    let mut kernel = Kernel::load(sizes).expect("load eBPF object");
+fn kernel_with(sizes: MapSizes, leases: &[Lease]) -> Bpf {
+    let mut kernel = Bpf::load(sizes).expect("load eBPF object");
     kernel
         .set_protected_ranges(&[ProtectedRange {
             public_ip: PUBLIC,
@@ -91,7 +91,7 @@ fn kernel_with(sizes: MapSizes, leases: &[Lease]) -> Kernel {
 /// A kernel with the fixture's one passive lease, claimed through TC by the client's
 /// completed handshake, and the connection's ends: [client, public address and port,
 /// origin, NAT address and port].
-fn claimed() -> (Kernel, [SocketAddrV4; 4]) {
+fn claimed() -> (Bpf, [SocketAddrV4; 4]) {
     let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
     let ends = [
         sa(CLIENT, CLIENT_PORT),
@@ -110,7 +110,7 @@ fn claimed() -> (Kernel, [SocketAddrV4; 4]) {
 
 /// After the client's SYN: the origin's SYN-ACK and the client's ACK of it through TC,
 /// which claim the lease. `[client, public, origin, nat]` as [`claimed`] returns them.
-fn complete_handshake(kernel: &Kernel, [client, public, origin, nat]: [SocketAddrV4; 4]) {
+fn complete_handshake(kernel: &Bpf, [client, public, origin, nat]: [SocketAddrV4; 4]) {
     let (action, _, moved) = run_tc(kernel, &tcp(origin, nat, flags::SYN | flags::ACK, &[]));
     assert_eq!(
         (action, moved),
@@ -474,7 +474,7 @@ fn active_mode_both_directions_from_port_20() {
         return;
     }
     in_empty_netns(|| {
-        let mut kernel = Kernel::load(MapSizes::default()).unwrap();
+        let mut kernel = Bpf::load(MapSizes::default()).unwrap();
         kernel
             .set_protected_ranges(&[ProtectedRange {
                 public_ip: PUBLIC,
@@ -965,7 +965,7 @@ const FIXTURE_WINDOW: u32 = 64240;
 
 /// A connection through the handshake, each SYN announcing the given window scale: the
 /// kernel and the ends [client, public, origin, nat].
-fn established(client_scale: Option<u8>, origin_scale: Option<u8>) -> (Kernel, [SocketAddrV4; 4]) {
+fn established(client_scale: Option<u8>, origin_scale: Option<u8>) -> (Bpf, [SocketAddrV4; 4]) {
     let kernel = kernel_with(MapSizes::default(), &[nat_lease(PORT, far_future())]);
     let [client, public, origin, nat] = [
         sa(CLIENT, CLIENT_PORT),
@@ -991,7 +991,7 @@ fn established(client_scale: Option<u8>, origin_scale: Option<u8>) -> (Kernel, [
 /// (redirected) and that the flow entry `(src, dst)` changed only by its counts, i.e. the
 /// packet did not touch the connection's teardown state.
 fn assert_forwarded_without_effect(
-    kernel: &Kernel,
+    kernel: &Bpf,
     src: SocketAddrV4,
     dst: SocketAddrV4,
     frame: &[u8],
@@ -1012,7 +1012,7 @@ fn assert_forwarded_without_effect(
     let after = kernel.flow((src, dst)).unwrap().unwrap();
     assert_eq!(
         after,
-        ftp_guard::kernel::FlowState {
+        ftp_guard::bpf::FlowState {
             packets: before.packets + 1,
             bytes: before.bytes + 40,
             last_seen_ns: after.last_seen_ns,

@@ -1279,12 +1279,7 @@ fn await_state(bound: Duration, mut done: impl FnMut() -> bool) -> Option<Durati
 
 /// (lease entries, flow entries) in the gateway's kernel maps.
 fn map_sizes(env: &Env) -> (usize, usize) {
-    let kernel = env
-        .gateway
-        .kernel()
-        .expect("the kernel path")
-        .lock()
-        .unwrap();
+    let kernel = env.gateway.bpf().expect("the kernel path").lock();
     (kernel.lease_count(), kernel.flow_count())
 }
 

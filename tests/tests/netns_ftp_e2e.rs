@@ -108,7 +108,7 @@ fn kernel_path_vsftpd() {
         c.get(Counter::Redirected) > 0,
         "no packet was redirected by XDP: {c:?}"
     );
-    let kernel = env.gateway.kernel().unwrap().lock().unwrap();
+    let kernel = env.gateway.bpf().unwrap().lock();
     let modes: Vec<_> = kernel
         .attachments()
         .iter()
@@ -146,7 +146,7 @@ fn kernel_path_pyftpdlib() {
     );
     assert!(c.get(Counter::Redirected) > 0, "{c:?}");
     // `auto` on veth: TC, which redirects skbs without XDP's per-packet copy.
-    let kernel = env.gateway.kernel().unwrap().lock().unwrap();
+    let kernel = env.gateway.bpf().unwrap().lock();
     let modes: Vec<_> = kernel
         .attachments()
         .iter()
@@ -389,10 +389,10 @@ fn many_files_on_one_control_connection() {
         );
     }
     // Flows end on FIN (+ grace) and the sweeper frees them.
-    let kernel = env.gateway.kernel().unwrap().clone();
+    let kernel = env.gateway.bpf().unwrap().clone();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let flows = kernel.lock().unwrap().flow_count();
+        let flows = kernel.lock().flow_count();
         if flows == 0 {
             break;
         }
@@ -461,7 +461,7 @@ fn bridges_as_attach_points() {
         c.get(Counter::NatToClient) > 5000 && c.get(Counter::Redirected) > 0,
         "{c:?}"
     );
-    let kernel = env.gateway.kernel().unwrap().lock().unwrap();
+    let kernel = env.gateway.bpf().unwrap().lock();
     let modes: Vec<_> = kernel
         .attachments()
         .iter()

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ftp_guard::kernel::{AttachedMode, Kernel, Lease, MapSizes, ProtectedRange, XdpAttach};
+use ftp_guard::bpf::{AttachedMode, Bpf, Lease, MapSizes, ProtectedRange, XdpAttach};
 use ftp_guard_common::Counter;
 use ftp_guard_tests::{
     netns::{CLIENT, CLIENT_IP, GATEWAY, GATEWAY_PUBLIC_IF, GATEWAY_PUBLIC_IP, Topology},
@@ -127,7 +127,7 @@ fn connects(port: u16) -> Probe {
 }
 
 /// Runs `f` and returns how much `counter` grew meanwhile.
-fn delta<T>(kernel: &Kernel, counter: Counter, f: impl FnOnce() -> T) -> (T, u64) {
+fn delta<T>(kernel: &Bpf, counter: Counter, f: impl FnOnce() -> T) -> (T, u64) {
     let before = kernel.counters().unwrap().get(counter);
     let out = f();
     (out, kernel.counters().unwrap().get(counter) - before)
@@ -147,7 +147,7 @@ fn guard_scenario(tag: &str, mode: XdpAttach, expected: AttachedMode) {
     assert_eq!(probe(&topo, CLIENT, UNLEASED_PORT), connects(UNLEASED_PORT));
     assert_eq!(probe(&topo, ATTACKER, LEASED_PORT), connects(LEASED_PORT));
 
-    let mut kernel = Kernel::load(MapSizes::default()).expect("load eBPF object");
+    let mut kernel = Bpf::load(MapSizes::default()).expect("load eBPF object");
     kernel
         .set_protected_ranges(&[ProtectedRange {
             public_ip: GATEWAY_PUBLIC_IP,

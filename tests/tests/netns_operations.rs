@@ -643,7 +643,7 @@ fn reload_to_an_overlapping_range_never_shares_a_port() {
     let mut new = Control::login(&env);
     let new_ports: Vec<u16> = (0..4).map(|_| new.epsv()).collect();
     assert_eq!(new_ports, [40003; 4]);
-    let mut keys = env.gateway.kernel().unwrap().lock().unwrap().lease_keys();
+    let mut keys = env.gateway.bpf().unwrap().lock().lease_keys();
     keys.sort_unstable();
     let leased = |port| {
         (

@@ -116,11 +116,11 @@ fn the_guard_admits_only_a_relay_lease_client() {
     let port = control.epsv();
     let kernel = env
         .gateway
-        .kernel()
+        .bpf()
         .expect("no guard loaded for the relay")
         .clone();
     assert_eq!(
-        kernel.lock().unwrap().lease_keys(),
+        kernel.lock().lease_keys(),
         [(netns::CLIENT_IP, SocketAddrV4::new(VIP, port))]
     );
 
@@ -147,11 +147,11 @@ fn the_guard_admits_only_a_relay_lease_client() {
 
     // The connection is over both ways: the lease's admission goes with it.
     let started = Instant::now();
-    while !kernel.lock().unwrap().lease_keys().is_empty() {
+    while !kernel.lock().lease_keys().is_empty() {
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "admit lease left: {:?}",
-            kernel.lock().unwrap().lease_keys()
+            kernel.lock().lease_keys()
         );
         std::thread::sleep(Duration::from_millis(20));
     }

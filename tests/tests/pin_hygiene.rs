@@ -9,8 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ftp_guard::kernel::{
-    Kernel, Lease, LeaseAction, MapSizes, ProtectedRange, XdpAttach, monotonic_ns, unpin,
+use ftp_guard::bpf::{
+    Bpf, Lease, LeaseAction, MapSizes, ProtectedRange, XdpAttach, monotonic_ns, unpin,
 };
 use ftp_guard_common::PIN_LAYOUT_VERSION;
 use ftp_guard_tests::{
@@ -32,9 +32,9 @@ fn sizes(max_leases: u32, max_flows: u32) -> MapSizes {
     }
 }
 
-/// The error `Kernel::load_pinned` gives, as the operator reads it.
+/// The error `Bpf::load_pinned` gives, as the operator reads it.
 fn load_error(sizes: MapSizes, pin: &Path) -> String {
-    match Kernel::load_pinned(sizes, Some(pin)) {
+    match Bpf::load_pinned(sizes, Some(pin)) {
         Ok(_) => panic!("adopted what it must refuse under {}", pin.display()),
         Err(e) => e.to_string(),
     }
@@ -52,7 +52,7 @@ fn pinned_maps_of_another_shape_or_version_are_refused() {
     }
     let fs = Bpffs::mount_fresh();
     let pin = fs.pin();
-    drop(Kernel::load_pinned(sizes(1024, 2048), Some(&pin)).unwrap());
+    drop(Bpf::load_pinned(sizes(1024, 2048), Some(&pin)).unwrap());
     assert_eq!(
         load_error(sizes(1024, 4096), &pin),
         format!(
@@ -61,11 +61,11 @@ fn pinned_maps_of_another_shape_or_version_are_refused() {
         )
     );
     // The same sizes adopt.
-    drop(Kernel::load_pinned(sizes(1024, 2048), Some(&pin)).unwrap());
+    drop(Bpf::load_pinned(sizes(1024, 2048), Some(&pin)).unwrap());
 
     // A map of another value size under the name (the lease map pinned as FLOWS).
     unpin(&pin).unwrap();
-    drop(Kernel::load_pinned(sizes(2048, 2048), Some(&pin)).unwrap());
+    drop(Bpf::load_pinned(sizes(2048, 2048), Some(&pin)).unwrap());
     std::fs::remove_file(pin.join("FLOWS")).unwrap();
     std::fs::rename(pin.join("LEASES"), pin.join("FLOWS")).unwrap();
     assert_eq!(
@@ -80,7 +80,7 @@ fn pinned_maps_of_another_shape_or_version_are_refused() {
 
     // Maps of another layout version, or of none (pinned before versions were recorded).
     unpin(&pin).unwrap();
-    drop(Kernel::load_pinned(sizes(1024, 2048), Some(&pin)).unwrap());
+    drop(Bpf::load_pinned(sizes(1024, 2048), Some(&pin)).unwrap());
     let marker = pin.join(format!("layout-v{PIN_LAYOUT_VERSION}"));
     assert!(marker.is_dir());
     std::fs::remove_dir(&marker).unwrap();
@@ -113,7 +113,7 @@ fn a_pin_directory_others_could_write_is_refused() {
     }
     let fs = Bpffs::mount_fresh();
     let pin = fs.pin();
-    drop(Kernel::load_pinned(MapSizes::default(), Some(&pin)).unwrap());
+    drop(Bpf::load_pinned(MapSizes::default(), Some(&pin)).unwrap());
     let mode = std::fs::metadata(&pin).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o700);
     unpin(&pin).unwrap();
@@ -179,7 +179,7 @@ fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
 
 /// Installs a passive lease (client → `public`) and claims it with a handshake from
 /// `client_port`.
-fn claim(kernel: &mut Kernel, public: SocketAddrV4, client_port: u16) {
+fn claim(kernel: &mut Bpf, public: SocketAddrV4, client_port: u16) {
     kernel
         .insert_lease(&Lease {
             peer: CLIENT,
@@ -230,7 +230,7 @@ fn adopting_clears_stale_links_and_unclaimed_flows() {
         }
         let kept = sa(PUBLIC, 40001);
         {
-            let mut first = Kernel::load_pinned(MapSizes::default(), Some(&pin)).unwrap();
+            let mut first = Bpf::load_pinned(MapSizes::default(), Some(&pin)).unwrap();
             first.attach_guard("fgd0", XdpAttach::Generic).unwrap();
             first.attach_guard("fgd1", XdpAttach::Generic).unwrap();
             first
@@ -247,7 +247,7 @@ fn adopting_clears_stale_links_and_unclaimed_flows() {
         }
         assert!(pin.join("link-xdp-fgd1").exists());
 
-        let mut second = Kernel::load_pinned(MapSizes::default(), Some(&pin)).unwrap();
+        let mut second = Bpf::load_pinned(MapSizes::default(), Some(&pin)).unwrap();
         second.attach_guard("fgd0", XdpAttach::Generic).unwrap();
         second
             .set_protected_ranges(&[range(PUBLIC, 40000)])

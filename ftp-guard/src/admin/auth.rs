@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::Path};
 use hyper::header::{AUTHORIZATION, HeaderMap};
 
 use super::{AdminState, routes::Answer};
+use crate::sync::RwLockUnpoisoned as _;
 
 /// Reads a bearer token file: its first line, trimmed. Refused when others may read or
 /// write it (the token guards client addresses and leases) or when it is empty.
@@ -41,7 +42,7 @@ pub fn exposure_warning(listen: SocketAddr, token: bool) -> Option<String> {
 
 /// Whether the request may see `/status` and `/metrics`: `Err` is the 401 to send.
 pub(super) fn authorize(headers: &HeaderMap, state: &AdminState) -> Result<(), Answer> {
-    let token = state.token.read().unwrap_or_else(|e| e.into_inner());
+    let token = state.token.read_unpoisoned();
     let Some(token) = token.as_deref() else {
         return Ok(());
     };

@@ -31,7 +31,8 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::{kernel::Kernel, proxy::ServiceContext};
+use crate::sync::{LockUnpoisoned as _, RwLockUnpoisoned as _};
+use crate::{bpf::Handle, proxy::ServiceContext};
 
 mod auth;
 mod client;
@@ -74,7 +75,7 @@ impl Default for Limits {
 pub struct AdminState {
     pub registry: Registry,
     pub services: RwLock<Vec<Arc<ServiceContext>>>,
-    pub kernel: Mutex<Option<Arc<Mutex<Kernel>>>>,
+    pub kernel: Mutex<Option<Handle>>,
     pub started: Instant,
     /// Bearer token `/status` and `/metrics` require; `None`: they are open.
     pub token: RwLock<Option<String>>,
@@ -98,23 +99,17 @@ impl AdminState {
     }
 
     pub fn set_token(&self, token: Option<String>) {
-        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
+        *self.token.write_unpoisoned() = token;
     }
 
     /// The running services, as of now.
     fn services(&self) -> Vec<Arc<ServiceContext>> {
-        self.services
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.services.read_unpoisoned().clone()
     }
 
     /// The kernel data path, if one is set up.
-    fn kernel(&self) -> Option<Arc<Mutex<Kernel>>> {
-        self.kernel
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn kernel(&self) -> Option<Handle> {
+        self.kernel.lock_unpoisoned().clone()
     }
 }
 

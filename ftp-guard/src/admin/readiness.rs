@@ -57,12 +57,9 @@ async fn readiness(state: &AdminState) -> Vec<String> {
 
 /// Whether the kernel data path has programs attached.
 fn kernel_attached(state: &AdminState) -> bool {
-    state.kernel().is_some_and(|k| {
-        !k.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .attachments()
-            .is_empty()
-    })
+    state
+        .kernel()
+        .is_some_and(|k| !k.lock().attachments().is_empty())
 }
 
 /// Why service `name`'s origin is not reachable, if it is not: it must accept a

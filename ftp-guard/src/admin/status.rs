@@ -75,7 +75,7 @@ pub(super) fn status(state: &AdminState) -> Status {
 /// The kernel data path's attachments and packet counters, if it is set up.
 fn kernel_status(state: &AdminState) -> Option<KernelStatus> {
     let kernel = state.kernel()?;
-    let k = kernel.lock().unwrap_or_else(|e| e.into_inner());
+    let k = kernel.lock();
     Some(KernelStatus {
         attachments: k
             .attachments()

@@ -319,7 +319,7 @@ impl Service {
             DataMss::Word(_) => self
                 .interfaces()
                 .into_iter()
-                .filter_map(crate::kernel::interface_mtu)
+                .filter_map(crate::bpf::interface_mtu)
                 .min()
                 .map_or(0, |mtu| {
                     mtu.saturating_sub(40).min(u32::from(u16::MAX)) as u16

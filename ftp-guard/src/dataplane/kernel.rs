@@ -19,7 +19,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use tracing::{debug, info, warn};
@@ -33,8 +33,11 @@ use super::{
     },
 };
 use crate::{
+    bpf::{
+        Bpf, BpfError, Event, EventHandler, EventRouter, Handle, Lease, LeaseAction, monotonic_ns,
+    },
     config::PortRange,
-    kernel::{Event, Kernel, KernelError, Lease, LeaseAction, monotonic_ns, parse_event},
+    sync::LockUnpoisoned as _,
 };
 
 #[derive(Clone, Debug)]
@@ -75,7 +78,7 @@ impl KernelSettings {
 /// kernel's.
 pub struct KernelDataplane {
     table: Mutex<LeaseTable>,
-    kernel: Arc<Mutex<Kernel>>,
+    kernel: Handle,
     settings: KernelSettings,
 }
 
@@ -99,7 +102,7 @@ enum InstallFailed {
 /// always taken after the table's.
 struct Locked<'a> {
     table: MutexGuard<'a, LeaseTable>,
-    kernel: &'a Mutex<Kernel>,
+    kernel: &'a Handle,
     settings: &'a KernelSettings,
 }
 
@@ -108,7 +111,7 @@ impl KernelDataplane {
     /// until the dataplane is dropped. With [`Leftovers::Adopt`] (process start with
     /// pinned maps) it first takes over what a previous process left in its ranges.
     pub fn start(
-        kernel: Arc<Mutex<Kernel>>,
+        kernel: Handle,
         events: &EventRouter,
         settings: KernelSettings,
         timeouts: DataTimeouts,
@@ -137,7 +140,7 @@ impl KernelDataplane {
 
     fn lock(&self) -> Locked<'_> {
         Locked {
-            table: self.table.lock().unwrap_or_else(|e| e.into_inner()),
+            table: self.table.lock_unpoisoned(),
             kernel: &self.kernel,
             settings: &self.settings,
         }
@@ -237,8 +240,8 @@ impl KernelDataplane {
 
 impl<'a> Locked<'a> {
     /// The kernel's maps, locked (after the table: see [`KernelDataplane`]).
-    fn maps(&self) -> MutexGuard<'a, Kernel> {
-        self.kernel.lock().unwrap_or_else(|e| e.into_inner())
+    fn maps(&self) -> MutexGuard<'a, Bpf> {
+        self.kernel.lock()
     }
 
     /// Looks at lease `id` in the kernel's maps and steps it until nothing more is due now.
@@ -286,7 +289,7 @@ impl<'a> Locked<'a> {
     }
 
     /// Reads (and, withdrawing, deletes) what `look` names, in its order.
-    fn observe(&self, look: &Look) -> Result<Observed, KernelError> {
+    fn observe(&self, look: &Look) -> Result<Observed, BpfError> {
         let mut kernel = self.maps();
         let lease = match look.lease {
             None => LeaseSeen::NotLooked,
@@ -372,14 +375,14 @@ impl<'a> Locked<'a> {
         let inserted = self.maps().insert_lease(&lease);
         match inserted {
             Ok(()) => Ok(self.table.commit(candidate)),
-            Err(KernelError::LeaseTaken { .. }) => {
+            Err(BpfError::LeaseTaken { .. }) => {
                 self.table.give_back(candidate, true, now);
                 Err(InstallFailed::Taken(port))
             }
             Err(e) => {
                 self.table.give_back(candidate, false, now);
                 Err(InstallFailed::Other(match e {
-                    KernelError::LeasesFull(_) => LeaseError::TableFull,
+                    BpfError::LeasesFull(_) => LeaseError::TableFull,
                     other => LeaseError::Io(std::io::Error::other(other.to_string())),
                 }))
             }
@@ -499,381 +502,8 @@ impl Dataplane for KernelDataplane {
     }
 }
 
-/// The kernel path set up for a set of services: the loaded object with its programs
-/// attached, each service's NAT address, and the events' way to the services' dataplanes.
-pub struct KernelSetup {
-    pub kernel: Arc<Mutex<Kernel>>,
-    /// (service name, NAT address), in the order given.
-    pub nat_ips: Vec<(String, Ipv4Addr)>,
-    pub events: Arc<EventRouter>,
-}
-
-/// Hands each event from the programs to the dataplanes alive (each takes its own).
-#[derive(Default)]
-pub struct EventRouter {
-    dataplanes: Mutex<Vec<std::sync::Weak<KernelDataplane>>>,
-}
-
-impl EventRouter {
-    fn add(&self, dp: &Arc<KernelDataplane>) {
-        let mut dps = self.dataplanes.lock().unwrap_or_else(|e| e.into_inner());
-        dps.retain(|w| w.strong_count() > 0);
-        dps.push(Arc::downgrade(dp));
-    }
-
-    fn route(&self, event: &Event) {
-        let dps: Vec<Arc<KernelDataplane>> = self
-            .dataplanes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .collect();
-        for dp in dps {
-            dp.on_event(event);
-        }
-    }
-}
-
-/// Reads the programs' event ring buffer as it fills, until the process ends.
-async fn read_events(ring: aya::maps::RingBuf<aya::maps::MapData>, router: Arc<EventRouter>) {
-    use tokio::io::{Interest, unix::AsyncFd};
-    // SAFETY: the ring's map fd is owned by `ring`, which the AsyncFd owns from here on:
-    // it stays open and the same until the AsyncFd is dropped.
-    let mut ring = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            warn!(error = %e, "cannot watch the kernel's event ring: leases settle at the sweeper's pace");
-            return;
-        }
-    };
-    // FINs and RSTs do not wake the reader (see the programs' `notify`): drained with
-    // the next claim, or by this tick.
-    let mut tick = tokio::time::interval(EVENT_DRAIN_EVERY);
-    loop {
-        let woken = tokio::select! {
-            ready = ring.readable_mut() => match ready {
-                Ok(mut guard) => {
-                    drain_events(guard.get_inner_mut(), &router);
-                    guard.clear_ready();
-                    true
-                }
-                Err(e) => {
-                    warn!(error = %e, "the kernel's event ring failed: leases settle at the sweeper's pace");
-                    return;
-                }
-            },
-            _ = tick.tick() => false,
-        };
-        if !woken {
-            drain_events(ring.get_mut(), &router);
-        }
-    }
-}
-
-/// How often the event reader drains events that did not wake it.
-const EVENT_DRAIN_EVERY: Duration = Duration::from_millis(100);
-
-fn drain_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, router: &EventRouter) {
-    while let Some(item) = ring.next() {
-        let event = parse_event(&item);
-        drop(item);
-        if let Some(event) = event {
-            router.route(&event);
-        }
-    }
-}
-
-/// Loads the eBPF object, protects every service's range, attaches to every interface
-/// once and prepares the host (reserved ports, sysctls). Logs what it did.
-pub fn setup(
-    services: &[&crate::config::Service],
-    max_leases: u32,
-    pin: Option<&std::path::Path>,
-) -> anyhow::Result<KernelSetup> {
-    use crate::kernel::MapSizes;
-
-    let kernel = Kernel::load_pinned(
-        MapSizes {
-            max_leases,
-            max_flows: max_leases.saturating_mul(2),
-        },
-        pin,
-    )?;
-    let mut kernel = kernel;
-    let events = Arc::new(EventRouter::default());
-    if let Some(ring) = kernel.take_events() {
-        tokio::spawn(read_events(ring, events.clone()));
-    }
-    let mut setup = KernelSetup {
-        kernel: Arc::new(Mutex::new(kernel)),
-        nat_ips: Vec::new(),
-        events,
-    };
-    update(&mut setup, services)?;
-    if pin.is_some() {
-        // What a previous process left that this configuration no longer accounts for.
-        let mut kernel = setup.kernel.lock().unwrap_or_else(|e| e.into_inner());
-        let interfaces: Vec<&str> = services.iter().flat_map(|s| s.interfaces()).collect();
-        let detached = kernel.detach_unconfigured_links(&interfaces)?;
-        if !detached.is_empty() {
-            info!(
-                ?detached,
-                "detached pinned links of interfaces no longer configured"
-            );
-        }
-        let swept = kernel.sweep_unclaimed_flows()?;
-        if swept > 0 {
-            info!(
-                swept,
-                "removed pinned flow entries no connection accounts for"
-            );
-        }
-    }
-    tokio::spawn(refresh_local_ipv6(Arc::downgrade(&setup.kernel)));
-    Ok(setup)
-}
-
-/// How often the host's IPv6 addresses are read again (SLAAC, temporary addresses and
-/// operators add them at any time; each must be guarded from when it appears).
-const LOCAL_IPV6_EVERY: Duration = Duration::from_secs(5);
-
-/// Keeps the programs' list of the host's IPv6 addresses current, until the kernel path
-/// is gone.
-async fn refresh_local_ipv6(kernel: std::sync::Weak<Mutex<Kernel>>) {
-    let mut tick = tokio::time::interval(LOCAL_IPV6_EVERY);
-    let mut known = Vec::new();
-    loop {
-        tick.tick().await;
-        let Some(kernel) = kernel.upgrade() else {
-            return;
-        };
-        let now = local_ipv6_addresses();
-        if now == known {
-            continue;
-        }
-        let mut kernel = kernel.lock().unwrap_or_else(|e| e.into_inner());
-        match kernel.set_local_ipv6(&now) {
-            Ok(()) => {
-                debug!(addresses = now.len(), "guarded IPv6 addresses updated");
-                known = now;
-            }
-            Err(e) => warn!(error = %e, "cannot update the guarded IPv6 addresses"),
-        }
-    }
-}
-
-/// Brings a loaded kernel path in line with `services`: NAT addresses, protected ranges
-/// (replaced in one map write) and attachments to interfaces not yet attached. Interfaces
-/// no longer named stay attached until the process exits (their ranges are gone, so the
-/// programs pass everything there). A userspace service among them is guarded only: its
-/// range admits the relay's clients (admit leases), on its client interface.
-pub fn update(setup: &mut KernelSetup, services: &[&crate::config::Service]) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-
-    use crate::{
-        config::{DataplaneKind, KernelHook},
-        kernel::{ProtectedRange, XdpAttach},
-    };
-
-    let mut nat_ips = Vec::new();
-    let mut ranges = Vec::new();
-    for s in services {
-        let addresses = s.ipv4()?;
-        if s.dataplane == DataplaneKind::Userspace {
-            ranges.push(ProtectedRange {
-                public_ip: addresses.public_ip,
-                first_port: s.data_ports.first,
-                last_port: s.data_ports.last,
-                nat_ip: None,
-                active_port_20: false,
-            });
-            continue;
-        }
-        let nat_ip = match addresses.nat_ip {
-            Some(ip) => ip,
-            None => super::origin_side_ip(*addresses.origin.ip()).with_context(|| {
-                format!(
-                    "service `{}`: cannot find the address that reaches {}; set nat_ip",
-                    s.name, s.origin
-                )
-            })?,
-        };
-        if s.origin_interface.is_none() {
-            check_origin_side_attached(s, nat_ip)?;
-        }
-        nat_ips.push((s.name.clone(), nat_ip));
-        ranges.push(ProtectedRange {
-            public_ip: addresses.public_ip,
-            first_port: s.data_ports.first,
-            last_port: s.data_ports.last,
-            nat_ip: Some(nat_ip),
-            active_port_20: s.active_mode && s.active_from_port_20,
-        });
-    }
-    // Leases and flows on a NAT address are keyed by its ports: two services sharing one
-    // must not share ports (each keeps its own books).
-    let nat_services: Vec<_> = services
-        .iter()
-        .filter(|s| s.dataplane == DataplaneKind::Kernel)
-        .collect();
-    for (i, a) in nat_services.iter().enumerate() {
-        for (j, b) in nat_services.iter().enumerate().skip(i + 1) {
-            if nat_ips[i].1 == nat_ips[j].1 && a.data_ports.overlaps(&b.data_ports) {
-                anyhow::bail!(
-                    "services `{}` and `{}` both use the NAT address {} with overlapping \
-                     data_ports ({} and {}): give them separate ranges or separate nat_ip",
-                    a.name,
-                    b.name,
-                    nat_ips[i].1,
-                    a.data_ports,
-                    b.data_ports
-                );
-            }
-        }
-    }
-    let mut kernel = setup.kernel.lock().unwrap_or_else(|e| e.into_inner());
-    for s in services {
-        // A relay needs the guard where clients come from only.
-        let interfaces = match s.dataplane {
-            DataplaneKind::Kernel => s.interfaces(),
-            DataplaneKind::Userspace => s.client_interface.iter().map(String::as_str).collect(),
-        };
-        for interface in interfaces {
-            if kernel.attachments().iter().any(|(a, _)| a == interface) {
-                continue;
-            }
-            let xdp = match s.kernel_hook {
-                KernelHook::Auto => match crate::kernel::driver_name(interface) {
-                    Some(driver) if SKB_DRIVERS.contains(&driver.as_str()) => {
-                        info!(interface, %driver, "software device: using TC (XDP would copy every packet)");
-                        None
-                    }
-                    _ => match kernel.attach_guard(interface, XdpAttach::Native) {
-                        Ok(mode) => Some(Ok(mode)),
-                        Err(e) => {
-                            info!(interface, reason = %e, "native XDP unavailable: using TC");
-                            None
-                        }
-                    },
-                },
-                KernelHook::Xdp => Some(kernel.attach_guard(interface, XdpAttach::Native)),
-                KernelHook::XdpGeneric => Some(kernel.attach_guard(interface, XdpAttach::Generic)),
-                KernelHook::Tc => None,
-            }
-            .transpose()
-            .with_context(|| format!("service `{}`: attaching to {interface}", s.name))?;
-            // TC always: alone, or behind XDP for the packets XDP leaves to it (a data
-            // connection's first packets, before its next hop is known; checksums the
-            // device must complete). Neither needs the host to forward.
-            let tc = kernel
-                .attach_tc(interface)
-                .with_context(|| format!("service `{}`: attaching to {interface}", s.name))?;
-            match xdp {
-                Some(mode) => info!(interface, %mode, behind = %tc, "kernel data path attached"),
-                None => info!(interface, mode = %tc, "kernel data path attached"),
-            }
-            set_sysctl(&format!("net/ipv4/conf/{interface}/accept_local"), "1");
-        }
-    }
-    kernel.set_protected_ranges(&ranges)?;
-    // IPv6 is not carried: the programs drop IPv6 to the data ports of these addresses.
-    kernel.set_local_ipv6(&local_ipv6_addresses())?;
-    drop(kernel);
-    reserve_ports(services.iter().map(|s| s.data_ports));
-    setup.nat_ips = nat_ips;
-    Ok(())
-}
-
-/// Without `origin_interface` the programs are attached only to `client_interface`: the
-/// origin's side of every data connection must arrive there too, or its packets reach the
-/// stack un-NATed and the transfer hangs. Refuses the configuration when the gateway's
-/// origin-side address lives on another interface.
-fn check_origin_side_attached(s: &crate::config::Service, nat_ip: Ipv4Addr) -> anyhow::Result<()> {
-    let holders: Vec<String> = super::host_addresses()?
-        .into_iter()
-        .filter(|(_, a)| *a == Some(std::net::IpAddr::V4(nat_ip)))
-        .map(|(name, _)| name)
-        .collect();
-    let attached = s.interfaces();
-    if holders.is_empty() || holders.iter().any(|h| attached.contains(&h.as_str())) {
-        return Ok(());
-    }
-    anyhow::bail!(
-        "service `{}`: the origin {} is reached through `{}` (the gateway's address {nat_ip} \
-         is there), but the kernel data path would attach only to `{}`: set \
-         origin_interface = \"{}\"",
-        s.name,
-        s.origin.ip(),
-        holders[0],
-        attached.join("`, `"),
-        holders[0]
-    )
-}
-
-/// Every IPv6 address of this host (namespace), link-local ones included.
-fn local_ipv6_addresses() -> Vec<std::net::Ipv6Addr> {
-    let all = super::host_addresses().unwrap_or_else(|e| {
-        warn!(error = %e, "cannot list the host's IPv6 addresses");
-        Vec::new()
-    });
-    let mut out = Vec::new();
-    for (_, addr) in all {
-        if let Some(std::net::IpAddr::V6(ip)) = addr
-            && !out.contains(&ip)
-        {
-            out.push(ip);
-        }
-    }
-    out
-}
-
-/// Drivers of software devices, where `kernel_hook = "auto"` picks TC: their native XDP
-/// (veth) copies each packet into a new page before the program runs and rebuilds an skb
-/// after a redirect, and bridges, bonds and VLANs cannot take redirected XDP frames at all.
-/// Measured on veth (`cargo xtask bench`): XDP 0.88×, TC 1.05× plain routing.
-const SKB_DRIVERS: &[&str] = &[
-    "veth",
-    "bridge",
-    "bonding",
-    "802.1Q VLAN Support",
-    "macvlan",
-    "team",
-    "tun",
-    "dummy",
-];
-
-/// Keeps the gateway's own sockets off the data ports (they are NAT ports too).
-fn reserve_ports(ranges: impl Iterator<Item = PortRange>) {
-    const PATH: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
-    let current = std::fs::read_to_string(PATH).unwrap_or_default();
-    let mut parts: Vec<String> = current
-        .trim()
-        .split(',')
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect();
-    for r in ranges {
-        let part = format!("{}-{}", r.first, r.last);
-        if !parts.contains(&part) {
-            parts.push(part);
-        }
-    }
-    let value = parts.join(",");
-    if value != current.trim() {
-        set_sysctl("net/ipv4/ip_local_reserved_ports", &value);
-    }
-}
-
-/// Sets a sysctl unless it already has `value` (in containers /proc/sys is often
-/// read-only and set by the platform).
-fn set_sysctl(key: &str, value: &str) {
-    let path = format!("/proc/sys/{key}");
-    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == value) {
-        return;
-    }
-    match std::fs::write(&path, value) {
-        Ok(()) => info!(key = %key.replace('/', "."), value, "sysctl set"),
-        Err(e) => warn!(key = %key.replace('/', "."), value, error = %e, "cannot set sysctl"),
+impl EventHandler for KernelDataplane {
+    fn on_event(&self, event: &Event) {
+        KernelDataplane::on_event(self, event)
     }
 }

@@ -31,8 +31,8 @@ use std::{
 pub use self::exchange::{Candidate, LeaseSeen, Look, Observed, Probe, Refused, Report, Step};
 use super::{DataTimeouts, LeaseError, LeaseId, LeaseInfo, Snapshot, Totals, ports};
 use crate::{
+    bpf::{Event, EventKind, FlowState, FlowTuple},
     config::PortRange,
-    kernel::{Event, EventKind, FlowState, FlowTuple},
 };
 
 /// How often the sweeper runs (claims and closes arrive as events).

@@ -15,7 +15,7 @@ pub mod ports;
 pub mod userspace;
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
@@ -250,73 +250,6 @@ pub trait Dataplane: Send + Sync {
     }
 }
 
-/// The gateway's address towards `origin`: the one the kernel picks as source (a connected
-/// UDP socket sends nothing). Data connections to or from the origin use it.
-pub fn origin_side_ip(origin: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
-    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-    socket.connect((origin, 9))?;
-    match socket.local_addr()? {
-        std::net::SocketAddr::V4(a) => Ok(*a.ip()),
-        std::net::SocketAddr::V6(_) => Err(std::io::Error::other("IPv6 source address")),
-    }
-}
-
-/// The addresses (IPv4 and IPv6) configured on `interface` now.
-pub fn interface_addresses(interface: &str) -> std::io::Result<Vec<IpAddr>> {
-    let all = host_addresses()?;
-    if !all.iter().any(|(name, _)| name == interface) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("no interface `{interface}`"),
-        ));
-    }
-    Ok(all
-        .into_iter()
-        .filter_map(|(name, a)| (name == interface).then_some(a).flatten())
-        .collect())
-}
-
-/// Every interface of this host (network namespace) with each of its addresses (IPv4 and
-/// IPv6); an interface without any appears once with `None`.
-pub fn host_addresses() -> std::io::Result<Vec<(String, Option<IpAddr>)>> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: a valid out-pointer; the list is freed below.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut entry = list;
-    while !entry.is_null() {
-        // SAFETY: `entry` is a node of the list getifaddrs returned, not freed yet; its
-        // name is a NUL-terminated string and its address, when not null, a sockaddr of
-        // the family it names (sockaddr_in or sockaddr_in6).
-        unsafe {
-            let ifa = &*entry;
-            entry = ifa.ifa_next;
-            let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
-                .to_string_lossy()
-                .into_owned();
-            let addr = match ifa.ifa_addr.as_ref().map(|a| i32::from(a.sa_family)) {
-                Some(libc::AF_INET) => {
-                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
-                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                        sin.sin_addr.s_addr,
-                    ))))
-                }
-                Some(libc::AF_INET6) => {
-                    let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
-                    Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
-                }
-                _ => None,
-            };
-            out.push((name, addr));
-        }
-    }
-    // SAFETY: the list from getifaddrs above, freed once.
-    unsafe { libc::freeifaddrs(list) };
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,13 +339,5 @@ mod tests {
                 strangers_refused: 9,
             }
         );
-    }
-
-    #[test]
-    fn loopback_addresses() {
-        let lo = interface_addresses("lo").unwrap();
-        assert!(lo.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{lo:?}");
-        let err = interface_addresses("no-such-if0").unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 }

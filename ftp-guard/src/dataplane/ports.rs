@@ -17,6 +17,7 @@ use std::{
 };
 
 use crate::config::PortRange;
+use crate::sync::LockUnpoisoned as _;
 
 /// The first port of `range`, scanning from a random start, for which `taken` is false.
 fn scan(range: PortRange, mut taken: impl FnMut(u16) -> bool) -> Option<u16> {
@@ -43,7 +44,7 @@ impl PortPool {
 
     /// A free port, or `None` when all are taken.
     pub fn allocate(&self) -> Option<u16> {
-        let mut in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        let mut in_use = self.in_use.lock_unpoisoned();
         if in_use.len() >= self.range.len() {
             return None;
         }
@@ -53,14 +54,11 @@ impl PortPool {
     }
 
     pub fn release(&self, port: u16) {
-        self.in_use
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&port);
+        self.in_use.lock_unpoisoned().remove(&port);
     }
 
     pub fn in_use(&self) -> usize {
-        self.in_use.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.in_use.lock_unpoisoned().len()
     }
 
     pub fn capacity(&self) -> usize {

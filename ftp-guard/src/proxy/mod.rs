@@ -20,6 +20,7 @@ use tokio::{
 };
 use tracing::{Instrument as _, error, info, warn};
 
+use crate::sync::LockUnpoisoned as _;
 use crate::{config::Service, dataplane::Dataplane, ftp::scrub::Scrubber, metrics::Metrics};
 
 /// Everything a session of one service needs, shared by its sessions.
@@ -85,16 +86,13 @@ impl ServiceContext {
 
     /// Whether to log a refusal now, and how many went unlogged since the last one.
     fn refusal_to_log(&self) -> Option<u64> {
-        self.refusals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(Instant::now())
+        self.refusals.lock_unpoisoned().take(Instant::now())
     }
 
     /// A session for `client`, unless its address has `max_sessions_per_client` open.
     fn admit_client(self: &Arc<Self>, client: IpAddr) -> Option<ClientSession> {
         let client = client.to_canonical();
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = self.clients.lock_unpoisoned();
         let entry = clients.entry(client).or_default();
         if entry.sessions >= self.service.max_sessions_per_client {
             return None;
@@ -108,7 +106,7 @@ impl ServiceContext {
 
     /// Takes one of `client`'s lease slots: false when it holds `max_leases_per_client`.
     pub fn take_lease_slot(&self, client: IpAddr) -> bool {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = self.clients.lock_unpoisoned();
         let entry = clients.entry(client.to_canonical()).or_default();
         if entry.leases >= self.service.max_leases_per_client {
             return false;
@@ -127,14 +125,13 @@ impl ServiceContext {
     /// Leases held by `client`'s sessions now.
     pub fn client_leases(&self, client: IpAddr) -> usize {
         self.clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unpoisoned()
             .get(&client.to_canonical())
             .map_or(0, |u| u.leases)
     }
 
     fn update_client(&self, client: IpAddr, change: impl FnOnce(&mut ClientUse)) {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = self.clients.lock_unpoisoned();
         if let Some(entry) = clients.get_mut(&client) {
             change(entry);
             if entry.sessions == 0 && entry.leases == 0 {
@@ -174,8 +171,7 @@ impl ServiceContext {
     pub fn open_sessions(&self) -> Vec<(u64, OpenSession)> {
         let mut v: Vec<_> = self
             .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unpoisoned()
             .iter()
             .map(|(id, s)| (*id, s.clone()))
             .collect();
@@ -242,7 +238,7 @@ impl SessionSlots {
     /// Changes the limit from `old` to `new`. Lowered below the sessions open, it takes
     /// effect as they end.
     pub fn resize(&self, old: usize, new: usize) {
-        let mut debt = self.debt.lock().unwrap_or_else(|e| e.into_inner());
+        let mut debt = self.debt.lock_unpoisoned();
         if new > old {
             let paid = (new - old).min(*debt);
             *debt -= paid;
@@ -256,7 +252,7 @@ impl SessionSlots {
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        let mut debt = self.slots.debt.lock().unwrap_or_else(|e| e.into_inner());
+        let mut debt = self.slots.debt.lock_unpoisoned();
         if let Some(permit) = self.permit.take() {
             if *debt > 0 {
                 *debt -= 1;
@@ -321,7 +317,7 @@ pub async fn serve(
             Some(permit) => {
                 let ctx = ctx.clone();
                 ctx.metrics.session_started(&ctx.service.name);
-                ctx.open.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                ctx.open.lock_unpoisoned().insert(
                     id,
                     OpenSession {
                         client: peer,
@@ -335,10 +331,7 @@ pub async fn serve(
                         // slots are free (or paid to a lowered limit).
                         drop(permit);
                         drop(client_session);
-                        ctx.open
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&id);
+                        ctx.open.lock_unpoisoned().remove(&id);
                         ctx.metrics.session_ended(&ctx.service.name);
                     }
                     .instrument(span),

@@ -543,9 +543,8 @@ fn server_matrix(
             return finish(report, started);
         }
     };
-    if let Some(kernel) = gateway.kernel()
-        && let Ok(k) = kernel.lock()
-    {
+    if let Some(bpf) = gateway.bpf() {
+        let k = bpf.lock();
         report.attachments = k
             .attachments()
             .iter()

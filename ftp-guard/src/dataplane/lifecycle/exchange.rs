@@ -5,8 +5,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::Tracked;
 use crate::{
+    bpf::{FlowState, FlowTuple},
     dataplane::LeaseError,
-    kernel::{FlowState, FlowTuple},
 };
 
 /// A lease about to be installed: its ports are held. The driver writes it to the lease

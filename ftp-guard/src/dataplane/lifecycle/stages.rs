@@ -10,7 +10,7 @@ use super::{
     CLOSE_GRACE, LOOK_CARRYING, LOOK_WAITING, LeaseSeen, Observed, Report, SWEEP_EVERY, Shared,
     Stage, Step, TENTATIVE_LINGER, Tracked,
 };
-use crate::{dataplane::Totals, kernel::FlowState};
+use crate::{bpf::FlowState, dataplane::Totals};
 
 impl Shared {
     pub(super) fn release_nat_port(&mut self, t: &mut Tracked, now: Instant) {

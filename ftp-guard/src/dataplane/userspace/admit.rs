@@ -2,17 +2,14 @@
 //! interface): an admit-only lease per passive lease, keyed by (client, public address,
 //! port), written when the lease is installed and deleted when it is over, so that only
 //! the lease's client reaches the relay's listener on that port.
-use std::{
-    net::{Ipv4Addr, SocketAddrV4},
-    sync::{Arc, Mutex},
-};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use tracing::{info, warn};
 
-use super::{UserspaceRelay, locked};
+use super::UserspaceRelay;
 use crate::{
+    bpf::{BpfError, Handle, Lease},
     dataplane::Leftovers,
-    kernel::{Kernel, KernelError, Lease},
 };
 
 impl UserspaceRelay {
@@ -20,9 +17,9 @@ impl UserspaceRelay {
     /// client interface, which drop everything else to the data range). At process start
     /// with pinned maps ([`Leftovers::Adopt`]) the admissions a previous process left in
     /// this range are removed first: their listeners died with it.
-    pub fn guarded_by(mut self, guard: Arc<Mutex<Kernel>>, leftovers: Leftovers) -> Self {
+    pub fn guarded_by(mut self, guard: Handle, leftovers: Leftovers) -> Self {
         if leftovers == Leftovers::Adopt {
-            let mut kernel = locked(&guard);
+            let mut kernel = guard.lock();
             let mut dropped = 0;
             for (peer, local) in kernel.lease_keys() {
                 if *local.ip() == self.settings.public_ip
@@ -41,16 +38,12 @@ impl UserspaceRelay {
     }
 
     /// Lets `client`'s packets to the public `port` through the guard (if any).
-    pub(super) fn admit(
-        &self,
-        client: Ipv4Addr,
-        port: u16,
-    ) -> Result<Option<Admitted>, KernelError> {
+    pub(super) fn admit(&self, client: Ipv4Addr, port: u16) -> Result<Option<Admitted>, BpfError> {
         let Some(kernel) = &self.guard else {
             return Ok(None);
         };
         let local = SocketAddrV4::new(self.settings.public_ip, port);
-        locked(kernel).insert_lease(&Lease::admit(client, local))?;
+        kernel.lock().insert_lease(&Lease::admit(client, local))?;
         Ok(Some(Admitted {
             kernel: kernel.clone(),
             client,
@@ -62,14 +55,14 @@ impl UserspaceRelay {
 /// A client admitted through the guard to a passive lease's port: removed from the
 /// guard's map when dropped (the lease is over: expired, revoked, or its connection done).
 pub(super) struct Admitted {
-    kernel: Arc<Mutex<Kernel>>,
+    kernel: Handle,
     client: Ipv4Addr,
     local: SocketAddrV4,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let removed = locked(&self.kernel).remove_lease(self.client, self.local);
+        let removed = self.kernel.lock().remove_lease(self.client, self.local);
         if let Err(e) = removed {
             warn!(client = %self.client, port = self.local.port(), error = %e, "cannot remove an admit lease from the guard");
         }

@@ -40,9 +40,10 @@ use super::{
     ActiveGrant, ActiveRequest, DataDone, DataTimeouts, Dataplane, LeaseError, LeaseGrant, LeaseId,
     LeaseInfo, LeaseRequest, Snapshot, Totals, ports::PortPool,
 };
+use crate::sync::LockUnpoisoned as _;
 use crate::{
+    bpf::{BpfError, Handle},
     config::PortRange,
-    kernel::{Kernel, KernelError},
 };
 
 /// Bind attempts per lease when a chosen port turns out to be taken by another socket.
@@ -77,16 +78,12 @@ struct Books {
     totals: Totals,
 }
 
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 pub struct UserspaceRelay {
     settings: RelaySettings,
     /// Replaced in place on reload; each lease takes those of its start.
     timeouts: Mutex<DataTimeouts>,
     /// The kernel path's guard in front of the passive listeners, if loaded.
-    guard: Option<Arc<Mutex<Kernel>>>,
+    guard: Option<Handle>,
     pool: Arc<PortPool>,
     books: Arc<Books>,
     next_id: AtomicU64,
@@ -143,9 +140,9 @@ impl UserspaceRelay {
     ) -> LeaseId {
         let id = LeaseId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (cancel_tx, cancel_rx) = oneshot::channel();
-        locked(&self.books.waiting).insert(id, cancel_tx);
+        self.books.waiting.lock_unpoisoned().insert(id, cancel_tx);
         Totals::add(&self.books.totals.installed, 1);
-        locked(&self.books.live).insert(
+        self.books.live.lock_unpoisoned().insert(
             id,
             LeaseInfo {
                 mode: if source.is_some() {
@@ -164,14 +161,14 @@ impl UserspaceRelay {
             },
         );
         let (done_tx, done_rx) = watch::channel(());
-        locked(&self.books.done).insert(id, done_rx);
+        self.books.done.lock_unpoisoned().insert(id, done_rx);
         let task = LeaseTask {
             id,
             port,
             peer,
             target,
             source,
-            timeouts: *locked(&self.timeouts),
+            timeouts: *self.timeouts.lock_unpoisoned(),
             admitted,
             pool: self.pool.clone(),
             books: self.books.clone(),
@@ -216,7 +213,7 @@ impl Dataplane for UserspaceRelay {
             };
             match self.admit(client, port) {
                 Ok(admitted) => break Ok(((port, listener), admitted)),
-                Err(KernelError::LeaseTaken { .. }) if skipped.len() + 1 < BIND_ATTEMPTS => {
+                Err(BpfError::LeaseTaken { .. }) if skipped.len() + 1 < BIND_ATTEMPTS => {
                     debug!(
                         port,
                         "admission taken by another relay: trying another port"
@@ -226,7 +223,7 @@ impl Dataplane for UserspaceRelay {
                 Err(e) => {
                     self.pool.release(port);
                     break Err(match e {
-                        KernelError::LeasesFull(_) => LeaseError::TableFull,
+                        BpfError::LeasesFull(_) => LeaseError::TableFull,
                         other => LeaseError::Io(io::Error::other(other.to_string())),
                     });
                 }
@@ -252,16 +249,21 @@ impl Dataplane for UserspaceRelay {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let active = locked(&self.books.live).len() as u64;
+        let active = self.books.live.lock_unpoisoned().len() as u64;
         self.books.totals.snapshot(active)
     }
 
     fn leases(&self) -> Vec<LeaseInfo> {
-        locked(&self.books.live).values().cloned().collect()
+        self.books
+            .live
+            .lock_unpoisoned()
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn data_done(&self, id: LeaseId) -> Option<DataDone> {
-        let mut done = locked(&self.books.done).get(&id)?.clone();
+        let mut done = self.books.done.lock_unpoisoned().get(&id)?.clone();
         // A change: the data towards the client is passed on; an error: the task ended.
         Some(Box::pin(async move {
             let _ = done.changed().await;
@@ -269,12 +271,12 @@ impl Dataplane for UserspaceRelay {
     }
 
     fn set_timeouts(&self, timeouts: DataTimeouts) {
-        *locked(&self.timeouts) = timeouts;
+        *self.timeouts.lock_unpoisoned() = timeouts;
     }
 
     fn revoke(&self, id: LeaseId) {
         // Dropping the sender wakes the lease task, which ends if it is still waiting.
-        if locked(&self.books.waiting).remove(&id).is_some() {
+        if self.books.waiting.lock_unpoisoned().remove(&id).is_some() {
             Totals::add(&self.books.totals.revoked, 1);
         }
     }

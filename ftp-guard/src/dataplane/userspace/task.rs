@@ -19,9 +19,9 @@ use super::{
     Books,
     admit::Admitted,
     copy::{Copied, Direction, Ending, copy_both_ways},
-    locked,
 };
 use crate::dataplane::{DataTimeouts, LeaseId, LeaseInfo, Totals, ports::PortPool};
+use crate::sync::LockUnpoisoned as _;
 
 /// One lease's task: waits for `peer` on the listener, then relays to `target`.
 pub(super) struct LeaseTask {
@@ -71,7 +71,7 @@ fn set_keepalive(stream: &TcpStream, keepalive: Duration) {
 
 impl LeaseTask {
     fn set_live(&self, update: impl FnOnce(&mut LeaseInfo)) {
-        if let Some(info) = locked(&self.books.live).get_mut(&self.id) {
+        if let Some(info) = self.books.live.lock_unpoisoned().get_mut(&self.id) {
             info.age_secs = self.started.elapsed().as_secs_f64();
             update(info);
         }
@@ -86,7 +86,7 @@ impl LeaseTask {
             }
         };
         drop(listener);
-        locked(&self.books.waiting).remove(&self.id);
+        self.books.waiting.lock_unpoisoned().remove(&self.id);
         if let Some(client) = client {
             // Every claimed lease counts as a closed flow (the relay's totals as before).
             Totals::add(&self.books.totals.used, 1);
@@ -101,8 +101,8 @@ impl LeaseTask {
             });
             self.relay(client).await;
         }
-        locked(&self.books.live).remove(&self.id);
-        locked(&self.books.done).remove(&self.id);
+        self.books.live.lock_unpoisoned().remove(&self.id);
+        self.books.done.lock_unpoisoned().remove(&self.id);
         // Out of the guard before the port can go to another lease.
         drop(self.admitted.take());
         self.pool.release(self.port);

@@ -136,15 +136,15 @@ impl Drop for Active {
 
 impl Active {
     /// The kernel path's counters, if this scenario has one.
-    pub fn counters(&self) -> Option<ftp_guard::kernel::Counters> {
+    pub fn counters(&self) -> Option<ftp_guard::bpf::Counters> {
         let gateway = self.gateway.as_ref()?;
-        gateway.kernel()?;
+        gateway.bpf()?;
         Some(gateway.counters())
     }
 
     /// Where the kernel path's programs are attached (`pub0=xdp-native`, …), if it has one.
     pub fn attachments(&self) -> Option<Vec<String>> {
-        let kernel = self.gateway.as_ref()?.kernel()?.lock().ok()?;
+        let kernel = self.gateway.as_ref()?.bpf()?.lock();
         Some(
             kernel
                 .attachments()
