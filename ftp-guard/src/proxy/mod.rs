@@ -1,7 +1,7 @@
 //! The control-channel proxy (tokio): accepts clients on a service's listen address and
 //! runs one [`connection`] task per client, within a global session limit
 //! ([`SessionSlots`]) and per-client-address limits on sessions and data leases.
-pub mod connection;
+pub mod driver;
 
 use std::{
     collections::HashMap,
@@ -325,7 +325,7 @@ pub async fn serve(
                 );
                 tokio::spawn(
                     async move {
-                        connection::run(stream, peer, ctx.clone()).await;
+                        driver::run(stream, peer, ctx.clone()).await;
                         // Slots first: once status no longer lists the session, its
                         // slots are free (or paid to a lowered limit).
                         drop(permit);
