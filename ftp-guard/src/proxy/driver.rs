@@ -1,26 +1,28 @@
-//! Drives one [`Session`] with real sockets: reads from both legs feed it, its actions
-//! are carried out in order. All protocol decisions live in the session; the driver owns
-//! the timers (greeting, login, idle), the one lease a session may hold (a new one revokes
-//! it; the session's end, whatever the path, too) and the client's share of leases.
+//! Drives one [`Session`] over the two control streams: reads from both legs feed it, its
+//! actions are carried out in order. All protocol decisions live in the session; the driver
+//! owns the timers (greeting, login, idle), the one lease a session may hold (a new one
+//! revokes it; the session's end, whatever the path, too) and the client's share of leases.
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    os::fd::AsRawFd as _,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::ServiceContext;
+use super::{
+    ServiceContext,
+    admission::{LeaseSlot, Refusal},
+    stream::{ControlStream, Leg, WRITE_TIMEOUT},
+    upstream::{self, UpstreamError},
+};
 use crate::{
-    dataplane::{ActiveRequest, LeaseId, LeaseRequest},
+    dataplane::{ActiveRequest, Dataplane, LeaseError, LeaseId, LeaseRequest},
     ftp::session::{Action, Event, Session, SessionConfig},
 };
 
-/// A peer that does not read what it is sent for this long is given up on.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest a transfer's final reply waits for its data connection to be over (a client
 /// that stops reading the data holds it up; the reply goes out then anyway).
 const DATA_DONE_TIMEOUT: Duration = WRITE_TIMEOUT;
@@ -46,50 +48,37 @@ enum End {
 pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) {
     let started = Instant::now();
     let service = &ctx.service;
-    let Some(client_ip) = ipv4_of(peer.ip()) else {
-        warn!("IPv6 clients are not supported yet");
-        ctx.metrics.session_rejected(&service.name, "ipv6");
-        let mut client = client;
-        let _ = write(
-            &mut client,
-            b"421 IPv6 is not supported by this gateway.\r\n",
-        )
-        .await;
+    // Admission let only IPv4 clients (IPv4-mapped ones too) through.
+    let IpAddr::V4(client_ip) = peer.ip().to_canonical() else {
         return;
     };
-    configure_socket(&client, service.keepalive(), true);
     info!("client connected");
 
-    let connect_started = Instant::now();
     // The origin must accept and then greet within the connect timeout: FTP servers speak
     // first, so an origin that never greets would otherwise hold the client in silence.
     let greeting_due = tokio::time::Instant::now() + service.connect_timeout();
-    let connect = TcpStream::connect(service.origin);
-    let origin = match tokio::time::timeout(service.connect_timeout(), connect).await {
-        Ok(Ok(origin)) => origin,
-        failed => {
-            ctx.metrics.origin_connect_failed(&service.name);
+    let upstream = match upstream::connect(
+        ctx.origins.pick(),
+        service.connect_timeout(),
+        service.keepalive(),
+    )
+    .await
+    {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            if !matches!(e, UpstreamError::NoLocalAddress(_)) {
+                ctx.metrics.origin_connect_failed(&service.name);
+            }
+            let refusal = Refusal::OriginUnreachable { why: e.to_string() };
             ctx.metrics
-                .session_rejected(&service.name, "origin_unreachable");
-            let why = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => "connect timed out".to_owned(),
-            };
-            return refuse_unreachable(client, &why).await;
+                .session_rejected(&service.name, refusal.metric_reason());
+            return refusal.send(client, peer, Some(0)).await;
         }
     };
     ctx.metrics
-        .origin_connected(&service.name, connect_started.elapsed());
-    configure_socket(&origin, service.keepalive(), false);
-    let scrubber = match origin.local_addr() {
-        Ok(local) => ctx.session_scrubber(local.ip()),
-        Err(e) => {
-            warn!(error = %e, "origin connection without a local address");
-            ctx.metrics
-                .session_rejected(&service.name, "origin_unreachable");
-            return refuse_unreachable(client, &e.to_string()).await;
-        }
-    };
+        .origin_connected(&service.name, upstream.connect_time);
+    let client = ControlStream::new(client, Leg::Client, service.keepalive());
+    let scrubber = ctx.session_scrubber(upstream.local.ip());
 
     let session = Session::new(SessionConfig {
         client_ip,
@@ -108,7 +97,7 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
         ctx: ctx.clone(),
         client_ip,
         client,
-        origin,
+        origin: upstream.stream,
         session,
         lease: None,
         unsettled: Vec::new(),
@@ -129,10 +118,11 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
 struct Driver {
     ctx: Arc<ServiceContext>,
     client_ip: Ipv4Addr,
-    client: TcpStream,
-    origin: TcpStream,
+    client: ControlStream,
+    origin: ControlStream,
     session: Session,
-    lease: Option<LeaseId>,
+    /// The lease and the client's slot it holds.
+    lease: Option<(LeaseId, LeaseSlot)>,
     /// Leases installed since the last [`Action::AwaitData`]: their data connections may
     /// still be under way.
     unsettled: Vec<LeaseId>,
@@ -152,28 +142,39 @@ impl Driver {
     /// Revokes the session's lease (used or not: a data connection under way goes on) and
     /// gives the client's slot back.
     fn revoke_lease(&mut self) {
-        if let Some(id) = self.lease.take() {
+        if let Some((id, _slot)) = self.lease.take() {
             self.ctx.dataplane.revoke(id);
-            self.ctx.release_lease_slot(self.client_ip.into());
         }
     }
 
-    /// Makes room for a new lease: the old one goes, and the client's address must have a
-    /// slot left. False: the new lease is refused.
-    fn lease_slot(&mut self) -> bool {
+    /// Installs a lease the session asked for (`mode`: passive or active) with `install`:
+    /// the old lease goes first, and the client's address must have a slot left. Gives
+    /// the event that tells the session the outcome.
+    fn install_lease(
+        &mut self,
+        mode: &'static str,
+        install: impl FnOnce(&dyn Dataplane) -> Result<(LeaseId, Event<'static>), LeaseError>,
+    ) -> Event<'static> {
         self.revoke_lease();
-        if self.ctx.take_lease_slot(self.client_ip.into()) {
-            return true;
-        }
         let name = &self.ctx.service.name;
-        self.ctx.metrics.lease_failed(name, "client_limit");
-        false
-    }
-
-    /// Keeps a new lease (its slot was taken by [`Driver::lease_slot`]).
-    fn hold_lease(&mut self, id: LeaseId) {
-        self.lease = Some(id);
-        self.note_unsettled(id);
+        let Some(slot) = self.ctx.admission.take_lease_slot(self.client_ip.into()) else {
+            self.ctx.metrics.lease_failed(name, "client_limit");
+            return Event::LeaseLimit;
+        };
+        match install(self.ctx.dataplane.as_ref()) {
+            Ok((id, event)) => {
+                self.ctx.metrics.lease_installed(name, mode);
+                self.lease = Some((id, slot));
+                self.note_unsettled(id);
+                event
+            }
+            Err(e) => {
+                self.ctx.metrics.lease_failed(name, e.metric_reason());
+                Event::LeaseFailed {
+                    reason: e.to_string(),
+                }
+            }
+        }
     }
 
     async fn run(&mut self) -> End {
@@ -306,90 +307,52 @@ impl Driver {
         while let Some(action) = self.session.poll_action() {
             match action {
                 Action::ToClient(bytes) => {
-                    if let Err(e) = write(&mut self.client, &bytes).await {
+                    if let Err(e) = self.client.write(&bytes).await {
                         return Some(End::ClientIo(e));
                     }
                 }
                 Action::ToOrigin(bytes) => {
-                    if let Err(e) = write(&mut self.origin, &bytes).await {
+                    if let Err(e) = self.origin.write(&bytes).await {
                         return Some(End::OriginIo(e));
                     }
                 }
                 Action::ToOriginUrgent(bytes) => {
-                    if let Err(e) = write_urgent(&mut self.origin, &bytes).await {
+                    if let Err(e) = self.origin.write_urgent(&bytes).await {
                         return Some(End::OriginIo(e));
                     }
                 }
                 Action::AwaitData => self.await_data().await,
                 Action::RevokeLease => self.revoke_lease(),
                 Action::InstallLease { origin } => {
-                    if !self.lease_slot() {
-                        self.session.handle(Event::LeaseLimit);
-                        continue;
-                    }
                     let request = LeaseRequest {
                         client: self.client_ip,
                         origin,
                     };
-                    let event = match self.ctx.dataplane.install(request) {
-                        Ok(grant) => {
-                            self.ctx
-                                .metrics
-                                .lease_installed(&self.ctx.service.name, "passive");
-                            info!(public_port = grant.public_port, %origin, "data lease installed");
-                            self.hold_lease(grant.id);
-                            Event::LeaseInstalled {
-                                public_port: grant.public_port,
-                            }
-                        }
-                        Err(e) => {
-                            self.ctx.release_lease_slot(self.client_ip.into());
-                            self.ctx
-                                .metrics
-                                .lease_failed(&self.ctx.service.name, e.metric_reason());
-                            Event::LeaseFailed {
-                                reason: e.to_string(),
-                            }
-                        }
-                    };
+                    let event = self.install_lease("passive", |dataplane| {
+                        let grant = dataplane.install(request)?;
+                        info!(public_port = grant.public_port, %origin, "data lease installed");
+                        let public_port = grant.public_port;
+                        Ok((grant.id, Event::LeaseInstalled { public_port }))
+                    });
                     self.session.handle(event);
                 }
                 Action::InstallActiveLease { client } => {
-                    if !self.lease_slot() {
-                        self.session.handle(Event::LeaseLimit);
-                        continue;
-                    }
                     let request = ActiveRequest {
                         origin: *self.ctx.service.origin.ip(),
                         client,
                     };
-                    let event = match self.ctx.dataplane.install_active(request) {
-                        Ok(grant) => {
-                            self.ctx
-                                .metrics
-                                .lease_installed(&self.ctx.service.name, "active");
-                            info!(%client, origin_side = %grant.origin_side, "active data lease installed");
-                            self.hold_lease(grant.id);
-                            Event::ActiveLeaseInstalled {
-                                origin_side: grant.origin_side,
-                            }
-                        }
-                        Err(e) => {
-                            self.ctx.release_lease_slot(self.client_ip.into());
-                            self.ctx
-                                .metrics
-                                .lease_failed(&self.ctx.service.name, e.metric_reason());
-                            Event::LeaseFailed {
-                                reason: e.to_string(),
-                            }
-                        }
-                    };
+                    let event = self.install_lease("active", |dataplane| {
+                        let grant = dataplane.install_active(request)?;
+                        info!(%client, origin_side = %grant.origin_side, "active data lease installed");
+                        let origin_side = grant.origin_side;
+                        Ok((grant.id, Event::ActiveLeaseInstalled { origin_side }))
+                    });
                     self.session.handle(event);
                 }
                 Action::Warn(message) => warn!("{message}"),
                 Action::Close => {
-                    let _ = self.client.shutdown().await;
-                    let _ = self.origin.shutdown().await;
+                    self.client.shutdown().await;
+                    self.origin.shutdown().await;
                     return Some(End::Session);
                 }
             }
@@ -398,10 +361,7 @@ impl Driver {
     }
 }
 
-/// What woke a session. Reading is `readable` + `try_read` rather than
-/// `AsyncReadExt::read`: there a short read makes tokio assume the socket is drained, but
-/// TCP stops a read at the urgent mark (a client's ABOR sent as urgent data), and the bytes
-/// behind it would wait for the next event.
+/// What woke a session (reads: see [`ControlStream`]).
 enum Ready {
     Client(io::Result<()>),
     Origin(io::Result<()>),
@@ -410,79 +370,4 @@ enum Ready {
     /// The client has not logged in within the login timeout.
     NoLogin,
     Idle,
-}
-
-async fn refuse_unreachable(mut client: TcpStream, why: &str) {
-    warn!(error = why, "origin unreachable");
-    let _ = write(
-        &mut client,
-        b"421 Service not available: cannot reach the server.\r\n",
-    )
-    .await;
-}
-
-async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "peer stopped reading",
-        )),
-    }
-}
-
-/// Writes `bytes`, the last one as TCP urgent data (MSG_OOB).
-async fn write_urgent(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
-    let Some((last, head)) = bytes.split_last() else {
-        return Ok(());
-    };
-    write(stream, head).await?;
-    loop {
-        stream.writable().await?;
-        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
-            // SAFETY: a valid fd and a 1-byte buffer that outlives the call.
-            let n = unsafe {
-                libc::send(
-                    stream.as_raw_fd(),
-                    (last as *const u8).cast(),
-                    1,
-                    libc::MSG_OOB,
-                )
-            };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        });
-        match sent {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Keepalive on both legs (control connections idle for hours during transfers); on the
-/// client leg, urgent data inline so the Telnet Synch before ABOR is seen and stripped.
-fn configure_socket(stream: &TcpStream, keepalive: Duration, client_leg: bool) {
-    let sock = socket2::SockRef::from(stream);
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(keepalive)
-        .with_interval(keepalive.min(Duration::from_secs(30)))
-        .with_retries(4);
-    if let Err(e) = sock.set_tcp_keepalive(&ka) {
-        warn!(error = %e, "cannot enable TCP keepalive");
-    }
-    if client_leg && let Err(e) = sock.set_out_of_band_inline(true) {
-        warn!(error = %e, "cannot set SO_OOBINLINE");
-    }
-    let _ = stream.set_nodelay(true);
-}
-
-fn ipv4_of(ip: IpAddr) -> Option<Ipv4Addr> {
-    match ip {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-    }
 }

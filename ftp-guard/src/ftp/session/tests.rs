@@ -642,7 +642,8 @@ fn the_client_lease_limit_gives_a_clear_425() {
     client(&mut s, b"EPSV\r\n");
     origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
     s.handle(Event::LeaseLimit);
-    let refusal = "425 Can't open data connection: too many data connections pending for your address.\r\n";
+    let refusal =
+        "425 Can't open data connection: too many data connections pending for your address.\r\n";
     let warning =
         Action::Warn("no data lease: the client's address holds as many as it may".into());
     assert_eq!(drain(&mut s), vec![warning, to_client(refusal)]);
@@ -666,9 +667,8 @@ fn rejected_lines_count_against_the_pipelining_bound() {
     let mut s = greeted();
     assert_eq!(client(&mut s, b"USER a\r\n"), vec![to_origin("USER a\r\n")]);
     let out = client(&mut s, &b"1\r\n".repeat(20));
-    let warn = || {
-        Action::Warn("client: Syntax error: command verb must be 1 to 8 ASCII letters.".into())
-    };
+    let warn =
+        || Action::Warn("client: Syntax error: command verb must be 1 to 8 ASCII letters.".into());
     // Seven take the places left (five warnings logged, the rest only counted); the
     // others wait unread until replies make room.
     assert_eq!(
