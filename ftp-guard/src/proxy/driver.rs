@@ -1,10 +1,12 @@
 //! Drives one [`Session`] over the two control streams: reads from both legs feed it, its
-//! actions are carried out in order. All protocol decisions live in the session; the driver
-//! owns the timers (greeting, login, idle), the one lease a session may hold (a new one
-//! revokes it; the session's end, whatever the path, too) and the client's share of leases.
+//! actions are carried out in order, and it is woken when its next deadline is due. All
+//! protocol decisions, timers included, live in the session; the driver maps the session's
+//! lease tickets to the dataplane's leases (and the client's lease slots they hold) and
+//! revokes whatever is left when the session ends, whatever the path.
 use std::{
+    collections::HashMap,
     io,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,7 +22,7 @@ use super::{
 };
 use crate::{
     dataplane::{ActiveRequest, Dataplane, LeaseError, LeaseId, LeaseRequest},
-    ftp::session::{Action, Event, Session, SessionConfig},
+    ftp::session::{Action, Event, LeaseTicket, Session, SessionConfig, SessionTimeouts, Timer},
 };
 
 /// The longest a transfer's final reply waits for its data connection to be over (a client
@@ -46,65 +48,61 @@ enum End {
 }
 
 pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) {
-    let started = Instant::now();
     let service = &ctx.service;
-    // Admission let only IPv4 clients (IPv4-mapped ones too) through.
-    let IpAddr::V4(client_ip) = peer.ip().to_canonical() else {
-        return;
-    };
     info!("client connected");
-
-    // The origin must accept and then greet within the connect timeout: FTP servers speak
-    // first, so an origin that never greets would otherwise hold the client in silence.
-    let greeting_due = tokio::time::Instant::now() + service.connect_timeout();
-    let upstream = match upstream::connect(
-        ctx.origins.pick(),
-        service.connect_timeout(),
-        service.keepalive(),
-    )
-    .await
-    {
-        Ok(upstream) => upstream,
-        Err(e) => {
-            if !matches!(e, UpstreamError::NoLocalAddress(_)) {
-                ctx.metrics.origin_connect_failed(&service.name);
+    // The session's timers count from here: the origin must accept and greet within the
+    // connect timeout.
+    let started = tokio::time::Instant::now();
+    let origin = ctx.origins.pick();
+    let upstream =
+        match upstream::connect(origin, service.connect_timeout(), service.keepalive()).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                if !matches!(e, UpstreamError::NoLocalAddress(_)) {
+                    ctx.metrics.origin_connect_failed(&service.name);
+                }
+                let refusal = Refusal::OriginUnreachable { why: e.to_string() };
+                ctx.metrics
+                    .session_rejected(&service.name, refusal.metric_reason());
+                return refusal.send(client, peer, Some(0)).await;
             }
-            let refusal = Refusal::OriginUnreachable { why: e.to_string() };
-            ctx.metrics
-                .session_rejected(&service.name, refusal.metric_reason());
-            return refusal.send(client, peer, Some(0)).await;
-        }
-    };
+        };
     ctx.metrics
         .origin_connected(&service.name, upstream.connect_time);
     let client = ControlStream::new(client, Leg::Client, service.keepalive());
-    let scrubber = ctx.session_scrubber(upstream.local.ip());
-
-    let session = Session::new(SessionConfig {
-        client_ip,
-        active_mode: service.active_mode,
-        public_ip: service.public_ip(),
-        origin_ip: *service.origin.ip(),
-        scrubber,
-        max_command_line: service.max_command_line,
-        max_reply_line: MAX_REPLY_LINE,
-        max_reply_lines: MAX_REPLY_LINES,
-        max_pending: MAX_PENDING,
-        max_consecutive_errors: service.max_consecutive_errors,
-        max_reply_bytes: MAX_REPLY_BYTES,
-    });
+    let client_ip = peer.ip().to_canonical();
+    let session = Session::new(
+        SessionConfig {
+            client_ip,
+            active_mode: service.active_mode,
+            public_ip: service.public_ip(),
+            origin_ip: origin.ip(),
+            scrubber: ctx.session_scrubber(upstream.local.ip()),
+            max_command_line: service.max_command_line,
+            max_reply_line: MAX_REPLY_LINE,
+            max_reply_lines: MAX_REPLY_LINES,
+            max_pending: MAX_PENDING,
+            max_consecutive_errors: service.max_consecutive_errors,
+            max_reply_bytes: MAX_REPLY_BYTES,
+            timeouts: SessionTimeouts {
+                greeting: service.connect_timeout(),
+                login: service.login_timeout(),
+                idle: service.idle_timeout(),
+            },
+        },
+        started.into_std(),
+    );
     let mut driver = Driver {
         ctx: ctx.clone(),
         client_ip,
+        origin_ip: origin.ip(),
         client,
         origin: upstream.stream,
         session,
-        lease: None,
+        leases: HashMap::new(),
         unsettled: Vec::new(),
-        greeting_due: Some(greeting_due),
-        login_due: Some(tokio::time::Instant::now() + service.login_timeout()),
     };
-    // The lease goes with the driver, also when this task is dropped mid-way.
+    // The leases go with the driver, also when this task is dropped mid-way.
     let end = driver.run().await;
     drop(driver);
     let secs = started.elapsed().as_secs_f64();
@@ -117,60 +115,61 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
 
 struct Driver {
     ctx: Arc<ServiceContext>,
-    client_ip: Ipv4Addr,
+    client_ip: IpAddr,
+    origin_ip: IpAddr,
     client: ControlStream,
     origin: ControlStream,
     session: Session,
-    /// The lease and the client's slot it holds.
-    lease: Option<(LeaseId, LeaseSlot)>,
+    /// The session's installed leases, by ticket, with the client's slot each holds. The
+    /// session says which are live (it revokes the stale); what is here when the driver
+    /// goes is revoked then.
+    leases: HashMap<LeaseTicket, (LeaseId, LeaseSlot)>,
     /// Leases installed since the last [`Action::AwaitData`]: their data connections may
     /// still be under way.
     unsettled: Vec<LeaseId>,
-    /// Until the origin's first byte: when its greeting is overdue.
-    greeting_due: Option<tokio::time::Instant>,
-    /// Until the origin's 230: when the client must have logged in.
-    login_due: Option<tokio::time::Instant>,
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        self.revoke_lease();
+        for (id, _slot) in self.leases.values() {
+            self.ctx.dataplane.revoke(*id);
+        }
     }
 }
 
 impl Driver {
-    /// Revokes the session's lease (used or not: a data connection under way goes on) and
-    /// gives the client's slot back.
-    fn revoke_lease(&mut self) {
-        if let Some((id, _slot)) = self.lease.take() {
+    /// Revokes a lease (used or not: a data connection under way goes on); its client
+    /// slot is given back.
+    fn revoke_lease(&mut self, ticket: LeaseTicket) {
+        if let Some((id, _slot)) = self.leases.remove(&ticket) {
             self.ctx.dataplane.revoke(id);
         }
     }
 
-    /// Installs a lease the session asked for (`mode`: passive or active) with `install`:
-    /// the old lease goes first, and the client's address must have a slot left. Gives
-    /// the event that tells the session the outcome.
+    /// Installs the lease `ticket` (`mode`: passive or active) with `install`, if the
+    /// client's address has a slot left. Gives the event that tells the session.
     fn install_lease(
         &mut self,
+        ticket: LeaseTicket,
         mode: &'static str,
         install: impl FnOnce(&dyn Dataplane) -> Result<(LeaseId, Event<'static>), LeaseError>,
     ) -> Event<'static> {
-        self.revoke_lease();
         let name = &self.ctx.service.name;
-        let Some(slot) = self.ctx.admission.take_lease_slot(self.client_ip.into()) else {
+        let Some(slot) = self.ctx.admission.take_lease_slot(self.client_ip) else {
             self.ctx.metrics.lease_failed(name, "client_limit");
-            return Event::LeaseLimit;
+            return Event::LeaseLimit { ticket };
         };
         match install(self.ctx.dataplane.as_ref()) {
             Ok((id, event)) => {
                 self.ctx.metrics.lease_installed(name, mode);
-                self.lease = Some((id, slot));
+                self.leases.insert(ticket, (id, slot));
                 self.note_unsettled(id);
                 event
             }
             Err(e) => {
                 self.ctx.metrics.lease_failed(name, e.metric_reason());
                 Event::LeaseFailed {
+                    ticket,
                     reason: e.to_string(),
                 }
             }
@@ -178,43 +177,36 @@ impl Driver {
     }
 
     async fn run(&mut self) -> End {
-        let idle = self.ctx.service.idle_timeout();
-        // One timer for the whole session, re-armed only when it fires early: re-arming on
-        // every message would cost two timer-wheel operations per command and reply.
-        let mut last_activity = tokio::time::Instant::now();
-        let idle_timer = tokio::time::sleep(idle);
-        tokio::pin!(idle_timer);
+        // One timer for the whole session, re-armed only when the session's next deadline
+        // is earlier than the one armed (or it fired): re-arming on every message would
+        // cost two timer-wheel operations per command and reply, and activity only moves
+        // the idle deadline later (an early wake-up finds nothing due and re-arms).
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             if let Some(end) = self.perform_actions().await {
                 return end;
             }
             self.ctx.note_buffered(self.session.buffered_bytes());
-            if self.session.logged_in() {
-                self.login_due = None;
+            let due = self.session.poll_timeout();
+            if let Some(due) = due
+                && armed.is_none_or(|armed| due < armed)
+            {
+                timer.as_mut().reset(tokio::time::Instant::from_std(due));
+                armed = Some(due);
             }
-            // Wait for readiness without a buffer: an idle session then holds no read
-            // buffers (memory per idle session is a figure operators size by). The buffer
-            // below lives on the stack only while a poll runs, not in the task.
-            let greeting_due = self.greeting_due;
-            let login_due = self.login_due;
-            // Polled only while the greeting is awaited (any instant will do otherwise).
-            let no_greeting =
-                tokio::time::sleep_until(greeting_due.unwrap_or_else(tokio::time::Instant::now));
-            let no_login =
-                tokio::time::sleep_until(login_due.unwrap_or_else(tokio::time::Instant::now));
             // Backpressure: while the session owes the client its limit of replies, its
             // input waits in the socket and TCP holds the client back.
             let read_client = self.session.wants_client_input();
             let ready = tokio::select! {
                 r = self.client.readable(), if read_client => Ready::Client(r),
                 r = self.origin.readable() => Ready::Origin(r),
-                () = no_greeting, if greeting_due.is_some() => Ready::NoGreeting,
-                () = no_login, if login_due.is_some() => Ready::NoLogin,
-                () = &mut idle_timer => Ready::Idle,
+                () = &mut timer, if armed.is_some() => Ready::Timer,
             };
-            if !matches!(ready, Ready::Idle) {
-                last_activity = tokio::time::Instant::now();
-            }
+            let now = tokio::time::Instant::now().into_std();
+            // The buffer lives on the stack only while a read runs, not in the task: an
+            // idle session holds no read buffers.
             let mut buf = [0u8; READ_BUFFER];
             match ready {
                 Ready::Client(r) => match r.and_then(|()| self.client.try_read(&mut buf)) {
@@ -223,7 +215,7 @@ impl Driver {
                         debug!("client closed");
                         self.session.client_closed()
                     }
-                    Ok(n) => self.session.handle(Event::FromClient(&buf[..n])),
+                    Ok(n) => self.session.handle(now, Event::FromClient(&buf[..n])),
                     Err(e) => return End::ClientIo(e),
                 },
                 Ready::Origin(r) => match r.and_then(|()| self.origin.try_read(&mut buf)) {
@@ -232,46 +224,39 @@ impl Driver {
                         info!("origin closed the control connection");
                         self.session.origin_closed()
                     }
-                    Ok(n) => {
-                        self.greeting_due = None;
-                        self.session.handle(Event::FromOrigin(&buf[..n]));
-                    }
+                    Ok(n) => self.session.handle(now, Event::FromOrigin(&buf[..n])),
                     Err(e) => {
                         warn!(error = %e, "origin read failed");
                         self.session.origin_closed();
                     }
                 },
-                Ready::NoGreeting => {
-                    // E.g. a handshake that the origin's kernel completed with a SYN cookie
-                    // and then dropped because its accept queue was full: connected here,
-                    // unknown there, and neither side ever speaks.
-                    let name = &self.ctx.service.name;
-                    warn!(
-                        secs = self.ctx.service.connect_timeout_secs,
-                        "origin accepted the connection but sent no greeting"
-                    );
-                    self.ctx.metrics.origin_connect_failed(name);
-                    self.ctx.metrics.session_rejected(name, "origin_silent");
-                    self.greeting_due = None;
-                    self.session.greeting_timeout();
-                }
-                Ready::NoLogin => {
-                    info!(secs = self.ctx.service.login_timeout_secs, "login timeout");
-                    self.login_due = None;
-                    self.session.login_timeout();
-                }
-                Ready::Idle if last_activity.elapsed() < idle => {
-                    idle_timer.as_mut().reset(last_activity + idle);
-                }
-                Ready::Idle => {
-                    info!(secs = idle.as_secs(), "idle timeout");
-                    self.session.idle_timeout();
-                    // Fires no more: the session ends with the reply.
-                    idle_timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + idle);
+                Ready::Timer => {
+                    armed = None;
+                    self.session.handle_timeout(now);
                 }
             }
+        }
+    }
+
+    /// Logs a deadline the session saw pass (it closes with a 421).
+    fn timed_out(&self, timer: Timer) {
+        let service = &self.ctx.service;
+        match timer {
+            Timer::Greeting => {
+                // E.g. a handshake that the origin's kernel completed with a SYN cookie
+                // and then dropped because its accept queue was full: connected here,
+                // unknown there, and neither side ever speaks.
+                warn!(
+                    secs = service.connect_timeout_secs,
+                    "origin accepted the connection but sent no greeting"
+                );
+                self.ctx.metrics.origin_connect_failed(&service.name);
+                self.ctx
+                    .metrics
+                    .session_rejected(&service.name, "origin_silent");
+            }
+            Timer::Login => info!(secs = service.login_timeout_secs, "login timeout"),
+            Timer::Idle => info!(secs = service.idle_timeout_secs, "idle timeout"),
         }
     }
 
@@ -304,6 +289,7 @@ impl Driver {
 
     /// Carries out queued actions; `Some` when the session is over.
     async fn perform_actions(&mut self) -> Option<End> {
+        let (client_ip, origin_ip) = (self.client_ip, self.origin_ip);
         while let Some(action) = self.session.poll_action() {
             match action {
                 Action::ToClient(bytes) => {
@@ -322,33 +308,32 @@ impl Driver {
                     }
                 }
                 Action::AwaitData => self.await_data().await,
-                Action::RevokeLease => self.revoke_lease(),
-                Action::InstallLease { origin } => {
-                    let request = LeaseRequest {
-                        client: self.client_ip,
-                        origin,
-                    };
-                    let event = self.install_lease("passive", |dataplane| {
-                        let grant = dataplane.install(request)?;
+                Action::RevokeLease { ticket } => self.revoke_lease(ticket),
+                Action::InstallLease { ticket, origin } => {
+                    let event = self.install_lease(ticket, "passive", |dataplane| {
+                        let grant = dataplane.install(passive_request(client_ip, origin)?)?;
                         info!(public_port = grant.public_port, %origin, "data lease installed");
                         let public_port = grant.public_port;
-                        Ok((grant.id, Event::LeaseInstalled { public_port }))
+                        Ok((
+                            grant.id,
+                            Event::LeaseInstalled {
+                                ticket,
+                                public_port,
+                            },
+                        ))
                     });
-                    self.session.handle(event);
+                    self.session.handle(Instant::now(), event);
                 }
-                Action::InstallActiveLease { client } => {
-                    let request = ActiveRequest {
-                        origin: *self.ctx.service.origin.ip(),
-                        client,
-                    };
-                    let event = self.install_lease("active", |dataplane| {
-                        let grant = dataplane.install_active(request)?;
+                Action::InstallActiveLease { ticket, client } => {
+                    let event = self.install_lease(ticket, "active", |dataplane| {
+                        let grant = dataplane.install_active(active_request(origin_ip, client)?)?;
                         info!(%client, origin_side = %grant.origin_side, "active data lease installed");
-                        let origin_side = grant.origin_side;
-                        Ok((grant.id, Event::ActiveLeaseInstalled { origin_side }))
+                        let origin_side = grant.origin_side.into();
+                        Ok((grant.id, Event::ActiveLeaseInstalled { ticket, origin_side }))
                     });
-                    self.session.handle(event);
+                    self.session.handle(Instant::now(), event);
                 }
+                Action::TimedOut(timer) => self.timed_out(timer),
                 Action::Warn(message) => warn!("{message}"),
                 Action::Close => {
                     self.client.shutdown().await;
@@ -365,9 +350,31 @@ impl Driver {
 enum Ready {
     Client(io::Result<()>),
     Origin(io::Result<()>),
-    /// The origin's greeting is overdue.
-    NoGreeting,
-    /// The client has not logged in within the login timeout.
-    NoLogin,
-    Idle,
+    /// The session's next deadline (or an earlier one it moved from).
+    Timer,
+}
+
+/// The dataplane's passive request from the session's addresses: with
+/// [`active_request`], the one place they are converted (the dataplane carries IPv4 only
+/// so far).
+fn passive_request(client: IpAddr, origin: SocketAddr) -> Result<LeaseRequest, LeaseError> {
+    match (client, origin) {
+        (IpAddr::V4(client), SocketAddr::V4(origin)) => Ok(LeaseRequest { client, origin }),
+        _ => Err(ipv6_leases()),
+    }
+}
+
+/// The dataplane's active request (see [`passive_request`]).
+fn active_request(origin: IpAddr, client: SocketAddr) -> Result<ActiveRequest, LeaseError> {
+    match (origin, client) {
+        (IpAddr::V4(origin), SocketAddr::V4(client)) => Ok(ActiveRequest { origin, client }),
+        _ => Err(ipv6_leases()),
+    }
+}
+
+fn ipv6_leases() -> LeaseError {
+    LeaseError::Io(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "IPv6 data leases are not supported yet",
+    ))
 }

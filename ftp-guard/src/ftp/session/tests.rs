@@ -1,6 +1,6 @@
 //! Tests of the session state machine: tables of client and origin bytes and the actions
 //! they cause.
-use std::net::IpAddr;
+use std::{sync::OnceLock, time::Duration};
 
 use super::*;
 
@@ -9,16 +9,41 @@ const ORIGIN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 
+const TIMEOUTS: SessionTimeouts = SessionTimeouts {
+    greeting: Duration::from_secs(10),
+    login: Duration::from_secs(60),
+    idle: Duration::from_secs(30),
+};
+
+/// When every test session starts; events come at this instant unless a test says.
+fn t0() -> Instant {
+    static T0: OnceLock<Instant> = OnceLock::new();
+    *T0.get_or_init(Instant::now)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn start(config: SessionConfig) -> Session {
+    Session::new(config, t0())
+}
+
+/// The session's first lease request, its second…
+fn ticket(n: u64) -> LeaseTicket {
+    LeaseTicket(n)
+}
+
 fn session() -> Session {
     session_with(true)
 }
 
 fn config() -> SessionConfig {
     SessionConfig {
-        client_ip: CLIENT,
+        client_ip: IpAddr::V4(CLIENT),
         active_mode: true,
         public_ip: PUBLIC,
-        origin_ip: ORIGIN,
+        origin_ip: IpAddr::V4(ORIGIN),
         scrubber: Scrubber::new(&[IpAddr::V4(ORIGIN)], PUBLIC),
         max_command_line: 500,
         max_reply_line: 8192,
@@ -26,11 +51,12 @@ fn config() -> SessionConfig {
         max_pending: 8,
         max_consecutive_errors: 20,
         max_reply_bytes: 1024,
+        timeouts: TIMEOUTS,
     }
 }
 
 fn session_with(active_mode: bool) -> Session {
-    Session::new(SessionConfig {
+    start(SessionConfig {
         active_mode,
         ..config()
     })
@@ -39,7 +65,7 @@ fn session_with(active_mode: bool) -> Session {
 /// A session past its greeting.
 fn greeted() -> Session {
     let mut s = session();
-    s.handle(Event::FromOrigin(b"220 ready\r\n"));
+    s.handle(t0(), Event::FromOrigin(b"220 ready\r\n"));
     assert_eq!(drain(&mut s), vec![to_client("220 ready\r\n")]);
     s
 }
@@ -57,12 +83,12 @@ fn to_origin(text: &str) -> Action {
 }
 
 fn client(s: &mut Session, text: &[u8]) -> Vec<Action> {
-    s.handle(Event::FromClient(text));
+    s.handle(t0(), Event::FromClient(text));
     drain(s)
 }
 
 fn origin(s: &mut Session, text: &[u8]) -> Vec<Action> {
-    s.handle(Event::FromOrigin(text));
+    s.handle(t0(), Event::FromOrigin(text));
     drain(s)
 }
 
@@ -123,12 +149,19 @@ fn pasv_and_epsv_are_rewritten_to_the_public_port() {
         assert_eq!(
             out,
             vec![Action::InstallLease {
-                origin: SocketAddrV4::new(ORIGIN, 30000)
+                ticket: ticket(1),
+                origin: SocketAddr::from((ORIGIN, 30000))
             }],
             "{}",
             String::from_utf8_lossy(reply)
         );
-        s.handle(Event::LeaseInstalled { public_port: 40001 });
+        s.handle(
+            t0(),
+            Event::LeaseInstalled {
+                ticket: ticket(1),
+                public_port: 40001,
+            },
+        );
         assert_eq!(client_text(&drain(&mut s)), *want);
     }
 }
@@ -156,7 +189,13 @@ fn replies_held_while_a_lease_is_installed() {
     client(&mut s, b"PASV\r\nTYPE I\r\n");
     let out = origin(&mut s, b"227 (198,51,100,2,117,48)\r\n200 Type set\r\n");
     assert_eq!(client_text(&out), "", "the 200 must wait for the 227");
-    s.handle(Event::LeaseInstalled { public_port: 40002 });
+    s.handle(
+        t0(),
+        Event::LeaseInstalled {
+            ticket: ticket(1),
+            public_port: 40002,
+        },
+    );
     let text = client_text(&drain(&mut s));
     assert_eq!(
         text,
@@ -169,9 +208,13 @@ fn lease_failure_gives_a_4xx() {
     let mut s = greeted();
     client(&mut s, b"EPSV\r\n");
     origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
-    s.handle(Event::LeaseFailed {
-        reason: "all 100 data ports are leased".into(),
-    });
+    s.handle(
+        t0(),
+        Event::LeaseFailed {
+            ticket: ticket(1),
+            reason: "all 100 data ports are leased".into(),
+        },
+    );
     let out = drain(&mut s);
     assert!(client_text(&out).starts_with("425 "), "{out:?}");
     assert!(out.iter().any(|a| matches!(a, Action::Warn(_))));
@@ -182,11 +225,20 @@ fn a_new_passive_request_revokes_the_lease() {
     let mut s = greeted();
     client(&mut s, b"PASV\r\n");
     origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
-    s.handle(Event::LeaseInstalled { public_port: 40001 });
+    s.handle(
+        t0(),
+        Event::LeaseInstalled {
+            ticket: ticket(1),
+            public_port: 40001,
+        },
+    );
     drain(&mut s);
     assert_eq!(
         client(&mut s, b"EPSV\r\n"),
-        vec![Action::RevokeLease, to_origin("PASV\r\n")]
+        vec![
+            Action::RevokeLease { ticket: ticket(1) },
+            to_origin("PASV\r\n")
+        ]
     );
 }
 
@@ -288,7 +340,7 @@ fn tls_is_refused_and_hidden_from_feat() {
     );
     // Without active mode, EPRT is not offered and PORT/EPRT get a clear refusal.
     let mut s = session_with(false);
-    s.handle(Event::FromOrigin(b"220 ready\r\n"));
+    s.handle(t0(), Event::FromOrigin(b"220 ready\r\n"));
     drain(&mut s);
     client(&mut s, b"FEAT\r\n");
     let text = client_text(&origin(&mut s, feat));
@@ -311,11 +363,20 @@ fn quit_revokes_and_closes_after_the_reply() {
     let mut s = greeted();
     client(&mut s, b"PASV\r\n");
     origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
-    s.handle(Event::LeaseInstalled { public_port: 40001 });
+    s.handle(
+        t0(),
+        Event::LeaseInstalled {
+            ticket: ticket(1),
+            public_port: 40001,
+        },
+    );
     drain(&mut s);
     assert_eq!(
         client(&mut s, b"QUIT\r\n"),
-        vec![Action::RevokeLease, to_origin("QUIT\r\n")]
+        vec![
+            Action::RevokeLease { ticket: ticket(1) },
+            to_origin("QUIT\r\n")
+        ]
     );
     assert_eq!(
         origin(&mut s, b"221 Goodbye.\r\n"),
@@ -376,22 +437,23 @@ fn origin_faults_end_the_session_with_421() {
     );
 
     let mut s = greeted();
-    s.idle_timeout();
+    s.handle_timeout(t0() + TIMEOUTS.idle);
     assert!(client_text(&drain(&mut s)).starts_with("421 Idle"));
 
     // Before any greeting: a client that already sent a command gets only the 421.
     let mut s = session();
     assert_eq!(client(&mut s, b"USER a\r\n"), vec![to_origin("USER a\r\n")]);
-    s.greeting_timeout();
+    s.handle_timeout(t0() + TIMEOUTS.greeting);
     let out = drain(&mut s);
     assert_eq!(
         out,
         vec![
+            Action::TimedOut(Timer::Greeting),
             to_client("421 Service not available: the server did not answer.\r\n"),
             Action::Close
         ]
     );
-    s.greeting_timeout();
+    s.handle_timeout(t0() + TIMEOUTS.greeting);
     assert_eq!(drain(&mut s), vec![]);
 }
 
@@ -468,7 +530,7 @@ fn pipelining_is_bounded_by_backpressure() {
 /// `max_consecutive_errors` error replies; warnings past the first few are only counted.
 #[test]
 fn junk_behind_a_slow_reply_is_bounded_and_ends_the_session() {
-    let mut s = Session::new(SessionConfig {
+    let mut s = start(SessionConfig {
         max_consecutive_errors: 6,
         ..config()
     });
@@ -522,7 +584,7 @@ fn consecutive_errors() {
         (b"AUTH TLS\r\nEPSV ALL\r\nPASV\r\nPASV\r\n", b"", false),
     ];
     for (lines, replies, ends) in cases {
-        let mut s = Session::new(SessionConfig {
+        let mut s = start(SessionConfig {
             max_consecutive_errors: 3,
             ..config()
         });
@@ -615,24 +677,78 @@ fn a_long_reply_is_passed_on_in_pieces() {
     }
 }
 
+/// (what the peers send when, in seconds from the start) → the deadline that passes
+/// first, when, and the 421 the client gets. Timeouts: greeting 10 s, login 60 s, idle 30 s.
+/// The driver sleeps until `poll_timeout` and calls `handle_timeout` then; earlier, the
+/// call does nothing.
 #[test]
-fn login_is_seen_and_its_timeout_closes() {
-    let mut s = greeted();
-    client(&mut s, b"USER a\r\nPASS b\r\n");
-    origin(&mut s, b"331 pw\r\n");
-    assert!(!s.logged_in());
-    s.login_timeout();
-    assert_eq!(
-        drain(&mut s),
-        vec![
-            to_client("421 Login timeout: closing control connection.\r\n"),
-            Action::Close
-        ]
-    );
-    let mut s = greeted();
-    client(&mut s, b"USER a\r\nPASS b\r\n");
-    origin(&mut s, b"331 pw\r\n230 in\r\n");
-    assert!(s.logged_in());
+fn each_timer_fires_at_its_deadline() {
+    #[derive(Clone, Copy)]
+    enum Peer {
+        Client,
+        Origin,
+    }
+    use Peer::{Client, Origin};
+    type Step = (u64, Peer, &'static [u8]);
+    let greet: Step = (1, Origin, b"220 hi\r\n");
+    let user: Step = (2, Client, b"USER a\r\nPASS b\r\n");
+    let logged_in: Step = (3, Origin, b"331 pw\r\n230 in\r\n");
+    let no_greeting = "421 Service not available: the server did not answer.\r\n";
+    let no_login = "421 Login timeout: closing control connection.\r\n";
+    let idle = "421 Idle timeout: closing control connection.\r\n";
+    /// The timer, when it fires (seconds from the start), the client's last reply.
+    type Fired = (Timer, u64, &'static str);
+    let cases: Vec<(Vec<Step>, Fired)> = vec![
+        (vec![], (Timer::Greeting, 10, no_greeting)),
+        // Client bytes are activity, not a greeting.
+        (
+            vec![(5, Client, b"USER a\r\n")],
+            (Timer::Greeting, 10, no_greeting),
+        ),
+        (vec![greet], (Timer::Idle, 31, idle)),
+        // Active but never logged in.
+        (
+            vec![
+                greet,
+                (20, Client, b"USER a\r\n"),
+                (40, Client, b"PASS b\r\n"),
+            ],
+            (Timer::Login, 60, no_login),
+        ),
+        // Logged in: only idleness ends the session, counted from the last byte.
+        (vec![greet, user, logged_in], (Timer::Idle, 33, idle)),
+        (
+            vec![
+                greet,
+                user,
+                logged_in,
+                (30, Client, b"NOOP\r\n"),
+                (50, Origin, b"200 ok\r\n"),
+            ],
+            (Timer::Idle, 80, idle),
+        ),
+    ];
+    for (steps, (timer, at, reply)) in cases {
+        let mut s = session();
+        for (when, from, bytes) in steps {
+            let event = match from {
+                Client => Event::FromClient(bytes),
+                Origin => Event::FromOrigin(bytes),
+            };
+            s.handle(t0() + secs(when), event);
+        }
+        drain(&mut s);
+        let due = s.poll_timeout().unwrap();
+        assert_eq!(due - t0(), secs(at), "{timer:?}");
+        s.handle_timeout(due - Duration::from_millis(1));
+        assert_eq!(drain(&mut s), vec![]);
+        s.handle_timeout(due);
+        assert_eq!(
+            drain(&mut s),
+            vec![Action::TimedOut(timer), to_client(reply), Action::Close]
+        );
+        assert_eq!(s.poll_timeout(), None);
+    }
 }
 
 #[test]
@@ -641,14 +757,14 @@ fn the_client_lease_limit_gives_a_clear_425() {
     let mut s = greeted();
     client(&mut s, b"EPSV\r\n");
     origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
-    s.handle(Event::LeaseLimit);
+    s.handle(t0(), Event::LeaseLimit { ticket: ticket(1) });
     let refusal =
         "425 Can't open data connection: too many data connections pending for your address.\r\n";
     let warning =
         Action::Warn("no data lease: the client's address holds as many as it may".into());
     assert_eq!(drain(&mut s), vec![warning, to_client(refusal)]);
     client(&mut s, b"PORT 203,0,113,2,200,1\r\nNOOP\r\n");
-    s.handle(Event::LeaseLimit);
+    s.handle(t0(), Event::LeaseLimit { ticket: ticket(2) });
     let out = drain(&mut s);
     assert_eq!(
         out,
@@ -681,7 +797,7 @@ fn rejected_lines_count_against_the_pipelining_bound() {
 
 #[test]
 fn port_and_eprt_name_a_gateway_port_to_the_origin() {
-    let client_data = SocketAddrV4::new(CLIENT, 51201);
+    let client_data = SocketAddr::from((CLIENT, 51201));
     for line in [
         &b"PORT 203,0,113,2,200,1\r\n"[..],
         b"EPRT |1|203.0.113.2|51201|\r\n",
@@ -692,12 +808,17 @@ fn port_and_eprt_name_a_gateway_port_to_the_origin() {
         assert_eq!(
             out,
             vec![Action::InstallActiveLease {
+                ticket: ticket(1),
                 client: client_data
             }]
         );
-        s.handle(Event::ActiveLeaseInstalled {
-            origin_side: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 40005),
-        });
+        s.handle(
+            t0(),
+            Event::ActiveLeaseInstalled {
+                ticket: ticket(1),
+                origin_side: SocketAddr::from(([198, 51, 100, 1], 40005)),
+            },
+        );
         assert_eq!(
             drain(&mut s),
             vec![to_origin("PORT 198,51,100,1,156,69\r\n")]
@@ -747,16 +868,21 @@ fn commands_after_port_wait_for_its_lease() {
     let nat = Ipv4Addr::new(198, 51, 100, 1);
     let mut s = greeted();
     let out = client(&mut s, b"PORT 203,0,113,2,200,1\r\nRETR f\r\nNOOP\r\n");
-    let client_data = SocketAddrV4::new(CLIENT, 51201);
+    let client_data = SocketAddr::from((CLIENT, 51201));
     assert_eq!(
         out,
         vec![Action::InstallActiveLease {
+            ticket: ticket(1),
             client: client_data
         }]
     );
-    s.handle(Event::ActiveLeaseInstalled {
-        origin_side: SocketAddrV4::new(nat, 40000),
-    });
+    s.handle(
+        t0(),
+        Event::ActiveLeaseInstalled {
+            ticket: ticket(1),
+            origin_side: SocketAddr::from((nat, 40000)),
+        },
+    );
     assert_eq!(
         drain(&mut s),
         vec![
@@ -772,9 +898,13 @@ fn commands_after_port_wait_for_its_lease() {
     // A failed lease: 425, and the held commands go on in order.
     let mut s = greeted();
     client(&mut s, b"EPRT |1|203.0.113.2|51201|\r\nNOOP\r\n");
-    s.handle(Event::LeaseFailed {
-        reason: "all 2 data ports are leased".into(),
-    });
+    s.handle(
+        t0(),
+        Event::LeaseFailed {
+            ticket: ticket(1),
+            reason: "all 2 data ports are leased".into(),
+        },
+    );
     let out = drain(&mut s);
     assert!(client_text(&out).starts_with("425 "), "{out:?}");
     assert!(out.contains(&to_origin("NOOP\r\n")));
@@ -782,13 +912,23 @@ fn commands_after_port_wait_for_its_lease() {
     // The next data command revokes the active lease.
     let mut s = greeted();
     client(&mut s, b"PORT 203,0,113,2,200,1\r\n");
-    s.handle(Event::ActiveLeaseInstalled {
-        origin_side: SocketAddrV4::new(nat, 40000),
-    });
+    s.handle(
+        t0(),
+        Event::ActiveLeaseInstalled {
+            ticket: ticket(1),
+            origin_side: SocketAddr::from((nat, 40000)),
+        },
+    );
     drain(&mut s);
     origin(&mut s, b"200 ok\r\n");
     let out = client(&mut s, b"PASV\r\n");
-    assert_eq!(out, vec![Action::RevokeLease, to_origin("PASV\r\n")]);
+    assert_eq!(
+        out,
+        vec![
+            Action::RevokeLease { ticket: ticket(1) },
+            to_origin("PASV\r\n")
+        ]
+    );
 }
 
 /// The same conversation fed whole and one byte at a time gives the same actions.
@@ -807,7 +947,13 @@ fn byte_by_byte_equals_whole() {
         for c in origin_bytes.chunks(chunk) {
             out.extend(origin(&mut s, c));
         }
-        s.handle(Event::LeaseInstalled { public_port: 40000 });
+        s.handle(
+            t0(),
+            Event::LeaseInstalled {
+                ticket: ticket(1),
+                public_port: 40000,
+            },
+        );
         out.extend(drain(&mut s));
         for c in tail.chunks(chunk) {
             out.extend(origin(&mut s, c));
@@ -824,4 +970,74 @@ fn byte_by_byte_equals_whole() {
     );
     assert!(!text.contains("198.51.100.2"), "{text}");
     assert_eq!(whole.last(), Some(&Action::Close));
+}
+
+/// Leases are named by tickets: a new request revokes the live lease by its ticket, results
+/// are matched to the request that holds theirs, and a lease revoked while it was being
+/// installed is revoked again once it exists.
+#[test]
+fn lease_tickets_route_results_and_revocations() {
+    let pasv_227 = |port: u16| {
+        format!(
+            "227 Entering Passive Mode (203,0,113,1,{},{}).\r\n",
+            port >> 8,
+            port & 0xff
+        )
+    };
+    let install = |n, port| Action::InstallLease {
+        ticket: ticket(n),
+        origin: SocketAddr::from((ORIGIN, port)),
+    };
+    let installed = |n, public_port| Event::LeaseInstalled {
+        ticket: ticket(n),
+        public_port,
+    };
+
+    // Two PASV in one segment: the second lease replaces the first.
+    let mut s = greeted();
+    client(&mut s, b"PASV\r\nPASV\r\n");
+    assert_eq!(
+        origin(&mut s, b"227 (198,51,100,2,117,48)\r\n"),
+        vec![install(1, 30000)]
+    );
+    s.handle(t0(), installed(1, 40001));
+    assert_eq!(drain(&mut s), vec![to_client(&pasv_227(40001))]);
+    assert_eq!(
+        origin(&mut s, b"227 (198,51,100,2,117,49)\r\n"),
+        vec![Action::RevokeLease { ticket: ticket(1) }, install(2, 30001)]
+    );
+
+    // A result naming another ticket is not this request's.
+    let mut s = greeted();
+    client(&mut s, b"PASV\r\n");
+    origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
+    s.handle(t0(), installed(7, 40007));
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::Warn(
+            "lease result for LeaseTicket(7), not requested".into()
+        )]
+    );
+    s.handle(t0(), installed(1, 40001));
+    assert_eq!(drain(&mut s), vec![to_client(&pasv_227(40001))]);
+
+    // Revoked (QUIT) while being installed: revoked again once installed.
+    let mut s = greeted();
+    client(&mut s, b"PASV\r\n");
+    origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
+    assert_eq!(
+        client(&mut s, b"QUIT\r\n"),
+        vec![
+            Action::RevokeLease { ticket: ticket(1) },
+            to_origin("QUIT\r\n")
+        ]
+    );
+    s.handle(t0(), installed(1, 40001));
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Action::RevokeLease { ticket: ticket(1) },
+            to_client(&pasv_227(40001))
+        ]
+    );
 }
