@@ -100,7 +100,7 @@ impl Refusal {
 /// session its slot is free (or paid to a lowered limit).
 pub struct Admitted {
     _slot: SessionSlot,
-    _client: ClientSession,
+    _client: ClientShare,
 }
 
 impl Admission {
@@ -120,9 +120,11 @@ impl Admission {
         if !client.is_ipv4() {
             return Err(Refusal::Ipv6);
         }
-        let client = self.admit_client(client).ok_or(Refusal::ClientLimit {
-            limit: self.max_sessions_per_client,
-        })?;
+        let client = self
+            .take_share(client, Share::Session)
+            .ok_or(Refusal::ClientLimit {
+                limit: self.max_sessions_per_client,
+            })?;
         let slot = self.sessions.try_acquire().ok_or(Refusal::Busy)?;
         Ok(Admitted {
             _slot: slot,
@@ -138,33 +140,29 @@ impl Admission {
             .take(Instant::now())
     }
 
-    /// A session for `client`, unless its address has `max_sessions_per_client` open.
-    fn admit_client(self: &Arc<Self>, client: IpAddr) -> Option<ClientSession> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = clients.entry(client).or_default();
-        if entry.sessions >= self.max_sessions_per_client {
-            return None;
-        }
-        entry.sessions += 1;
-        Some(ClientSession {
-            admission: self.clone(),
-            client,
-        })
-    }
-
     /// One of `client`'s lease slots, given back when dropped: `None` when it holds
     /// `max_leases_per_client`.
-    pub fn take_lease_slot(self: &Arc<Self>, client: IpAddr) -> Option<LeaseSlot> {
+    pub fn take_lease_slot(self: &Arc<Self>, client: IpAddr) -> Option<ClientShare> {
+        self.take_share(client, Share::Lease)
+    }
+
+    /// One of `client`'s shares of `share`, unless its address holds its limit of them.
+    fn take_share(self: &Arc<Self>, client: IpAddr, share: Share) -> Option<ClientShare> {
         let client = client.to_canonical();
+        let limit = match share {
+            Share::Session => self.max_sessions_per_client,
+            Share::Lease => self.max_leases_per_client,
+        };
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = clients.entry(client).or_default();
-        if entry.leases >= self.max_leases_per_client {
+        let count = clients.entry(client).or_default().count(share);
+        if *count >= limit {
             return None;
         }
-        entry.leases += 1;
-        Some(LeaseSlot {
+        *count += 1;
+        Some(ClientShare {
             admission: self.clone(),
             client,
+            share,
         })
     }
 
@@ -195,30 +193,35 @@ struct ClientUse {
     leases: usize,
 }
 
-/// One of a client address's sessions; counted until dropped.
-struct ClientSession {
-    admission: Arc<Admission>,
-    client: IpAddr,
-}
-
-impl Drop for ClientSession {
-    fn drop(&mut self) {
-        self.admission.update_client(self.client, |u| {
-            u.sessions = u.sessions.saturating_sub(1);
-        });
+impl ClientUse {
+    fn count(&mut self, share: Share) -> &mut usize {
+        match share {
+            Share::Session => &mut self.sessions,
+            Share::Lease => &mut self.leases,
+        }
     }
 }
 
-/// One of a client address's data leases; counted until dropped.
-pub struct LeaseSlot {
-    admission: Arc<Admission>,
-    client: IpAddr,
+/// What a client address holds a share of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Share {
+    Session,
+    Lease,
 }
 
-impl Drop for LeaseSlot {
+/// One session or data lease of a client address; counted until dropped.
+pub struct ClientShare {
+    admission: Arc<Admission>,
+    client: IpAddr,
+    share: Share,
+}
+
+impl Drop for ClientShare {
     fn drop(&mut self) {
+        let share = self.share;
         self.admission.update_client(self.client, |u| {
-            u.leases = u.leases.saturating_sub(1);
+            let count = u.count(share);
+            *count = count.saturating_sub(1);
         });
     }
 }

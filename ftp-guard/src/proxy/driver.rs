@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     ServiceContext,
-    admission::{LeaseSlot, Refusal},
+    admission::{ClientShare, Refusal},
     stream::{ControlStream, Leg, WRITE_TIMEOUT},
     upstream::{self, UpstreamError},
 };
@@ -123,7 +123,7 @@ struct Driver {
     /// The session's installed leases, by ticket, with the client's slot each holds. The
     /// session says which are live (it revokes the stale); what is here when the driver
     /// goes is revoked then.
-    leases: HashMap<LeaseTicket, (LeaseId, LeaseSlot)>,
+    leases: HashMap<LeaseTicket, (LeaseId, ClientShare)>,
     /// Leases installed since the last [`Action::AwaitData`]: their data connections may
     /// still be under way.
     unsettled: Vec<LeaseId>,

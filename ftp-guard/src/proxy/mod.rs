@@ -67,7 +67,7 @@ impl ServiceContext {
         let mut scrubber = Scrubber::new(&service.hidden_addresses(), service.public_ip())
             .with_names(&service.hide_names);
         if let Some(ip) = dataplane.origin_side_ip() {
-            hide_gateway_address(&mut scrubber, &service, IpAddr::V4(ip));
+            hide_gateway_address(&mut scrubber, &service, ip.into());
         }
         Self {
             admission: Arc::new(Admission::new(&service, sessions)),
@@ -131,7 +131,7 @@ impl ServiceContext {
 /// address on both sides shows the origin what clients know anyway) or says nothing.
 fn hide_gateway_address(scrubber: &mut Scrubber, service: &Service, ip: IpAddr) {
     let ip = ip.to_canonical();
-    if ip != IpAddr::V4(service.public_ip()) && !ip.is_unspecified() {
+    if ip != IpAddr::from(service.public_ip()) && !ip.is_unspecified() {
         scrubber.hide_address(ip);
     }
 }

@@ -62,6 +62,41 @@ fn session_with(active_mode: bool) -> Session {
     })
 }
 
+/// The answer to the session's `n`th lease request: installed on `public_port`.
+fn installed(n: u64, public_port: u16) -> Event<'static> {
+    Event::LeaseInstalled {
+        ticket: ticket(n),
+        public_port,
+    }
+}
+
+/// The session's `n`th lease request, for the client's data port 51201 (active mode).
+fn install_active(n: u64) -> Action {
+    Action::InstallActiveLease {
+        ticket: ticket(n),
+        client: SocketAddr::from((CLIENT, 51201)),
+    }
+}
+
+/// The answer to the session's `n`th lease request (active mode): the origin is to
+/// connect to the gateway's 198.51.100.1 at `port`.
+fn active_installed(n: u64, port: u16) -> Event<'static> {
+    Event::ActiveLeaseInstalled {
+        ticket: ticket(n),
+        origin_side: SocketAddr::from(([198, 51, 100, 1], port)),
+    }
+}
+
+/// A session past its greeting that holds its first lease (public port 40001).
+fn with_lease() -> Session {
+    let mut s = greeted();
+    client(&mut s, b"PASV\r\n");
+    origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
+    s.handle(t0(), installed(1, 40001));
+    drain(&mut s);
+    s
+}
+
 /// A session past its greeting.
 fn greeted() -> Session {
     let mut s = session();
@@ -155,13 +190,7 @@ fn pasv_and_epsv_are_rewritten_to_the_public_port() {
             "{}",
             String::from_utf8_lossy(reply)
         );
-        s.handle(
-            t0(),
-            Event::LeaseInstalled {
-                ticket: ticket(1),
-                public_port: 40001,
-            },
-        );
+        s.handle(t0(), installed(1, 40001));
         assert_eq!(client_text(&drain(&mut s)), *want);
     }
 }
@@ -189,13 +218,7 @@ fn replies_held_while_a_lease_is_installed() {
     client(&mut s, b"PASV\r\nTYPE I\r\n");
     let out = origin(&mut s, b"227 (198,51,100,2,117,48)\r\n200 Type set\r\n");
     assert_eq!(client_text(&out), "", "the 200 must wait for the 227");
-    s.handle(
-        t0(),
-        Event::LeaseInstalled {
-            ticket: ticket(1),
-            public_port: 40002,
-        },
-    );
+    s.handle(t0(), installed(1, 40002));
     let text = client_text(&drain(&mut s));
     assert_eq!(
         text,
@@ -222,17 +245,7 @@ fn lease_failure_gives_a_4xx() {
 
 #[test]
 fn a_new_passive_request_revokes_the_lease() {
-    let mut s = greeted();
-    client(&mut s, b"PASV\r\n");
-    origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
-    s.handle(
-        t0(),
-        Event::LeaseInstalled {
-            ticket: ticket(1),
-            public_port: 40001,
-        },
-    );
-    drain(&mut s);
+    let mut s = with_lease();
     assert_eq!(
         client(&mut s, b"EPSV\r\n"),
         vec![
@@ -360,17 +373,7 @@ fn tls_is_refused_and_hidden_from_feat() {
 
 #[test]
 fn quit_revokes_and_closes_after_the_reply() {
-    let mut s = greeted();
-    client(&mut s, b"PASV\r\n");
-    origin(&mut s, b"227 (198,51,100,2,117,48)\r\n");
-    s.handle(
-        t0(),
-        Event::LeaseInstalled {
-            ticket: ticket(1),
-            public_port: 40001,
-        },
-    );
-    drain(&mut s);
+    let mut s = with_lease();
     assert_eq!(
         client(&mut s, b"QUIT\r\n"),
         vec![
@@ -797,7 +800,6 @@ fn rejected_lines_count_against_the_pipelining_bound() {
 
 #[test]
 fn port_and_eprt_name_a_gateway_port_to_the_origin() {
-    let client_data = SocketAddr::from((CLIENT, 51201));
     for line in [
         &b"PORT 203,0,113,2,200,1\r\n"[..],
         b"EPRT |1|203.0.113.2|51201|\r\n",
@@ -805,20 +807,8 @@ fn port_and_eprt_name_a_gateway_port_to_the_origin() {
     ] {
         let mut s = greeted();
         let out = client(&mut s, line);
-        assert_eq!(
-            out,
-            vec![Action::InstallActiveLease {
-                ticket: ticket(1),
-                client: client_data
-            }]
-        );
-        s.handle(
-            t0(),
-            Event::ActiveLeaseInstalled {
-                ticket: ticket(1),
-                origin_side: SocketAddr::from(([198, 51, 100, 1], 40005)),
-            },
-        );
+        assert_eq!(out, vec![install_active(1)]);
+        s.handle(t0(), active_installed(1, 40005));
         assert_eq!(
             drain(&mut s),
             vec![to_origin("PORT 198,51,100,1,156,69\r\n")]
@@ -865,24 +855,10 @@ fn bounce_and_malformed_active_requests_are_refused() {
 
 #[test]
 fn commands_after_port_wait_for_its_lease() {
-    let nat = Ipv4Addr::new(198, 51, 100, 1);
     let mut s = greeted();
     let out = client(&mut s, b"PORT 203,0,113,2,200,1\r\nRETR f\r\nNOOP\r\n");
-    let client_data = SocketAddr::from((CLIENT, 51201));
-    assert_eq!(
-        out,
-        vec![Action::InstallActiveLease {
-            ticket: ticket(1),
-            client: client_data
-        }]
-    );
-    s.handle(
-        t0(),
-        Event::ActiveLeaseInstalled {
-            ticket: ticket(1),
-            origin_side: SocketAddr::from((nat, 40000)),
-        },
-    );
+    assert_eq!(out, vec![install_active(1)]);
+    s.handle(t0(), active_installed(1, 40000));
     assert_eq!(
         drain(&mut s),
         vec![
@@ -912,13 +888,7 @@ fn commands_after_port_wait_for_its_lease() {
     // The next data command revokes the active lease.
     let mut s = greeted();
     client(&mut s, b"PORT 203,0,113,2,200,1\r\n");
-    s.handle(
-        t0(),
-        Event::ActiveLeaseInstalled {
-            ticket: ticket(1),
-            origin_side: SocketAddr::from((nat, 40000)),
-        },
-    );
+    s.handle(t0(), active_installed(1, 40000));
     drain(&mut s);
     origin(&mut s, b"200 ok\r\n");
     let out = client(&mut s, b"PASV\r\n");
@@ -947,13 +917,7 @@ fn byte_by_byte_equals_whole() {
         for c in origin_bytes.chunks(chunk) {
             out.extend(origin(&mut s, c));
         }
-        s.handle(
-            t0(),
-            Event::LeaseInstalled {
-                ticket: ticket(1),
-                public_port: 40000,
-            },
-        );
+        s.handle(t0(), installed(1, 40000));
         out.extend(drain(&mut s));
         for c in tail.chunks(chunk) {
             out.extend(origin(&mut s, c));
@@ -987,10 +951,6 @@ fn lease_tickets_route_results_and_revocations() {
     let install = |n, port| Action::InstallLease {
         ticket: ticket(n),
         origin: SocketAddr::from((ORIGIN, port)),
-    };
-    let installed = |n, public_port| Event::LeaseInstalled {
-        ticket: ticket(n),
-        public_port,
     };
 
     // Two PASV in one segment: the second lease replaces the first.
