@@ -204,7 +204,7 @@ impl Driver {
                 r = self.origin.readable() => Ready::Origin(r),
                 () = &mut timer, if armed.is_some() => Ready::Timer,
             };
-            let now = tokio::time::Instant::now().into_std();
+            let now = now();
             // The buffer lives on the stack only while a read runs, not in the task: an
             // idle session holds no read buffers.
             let mut buf = [0u8; READ_BUFFER];
@@ -322,7 +322,7 @@ impl Driver {
                             },
                         ))
                     });
-                    self.session.handle(Instant::now(), event);
+                    self.session.handle(now(), event);
                 }
                 Action::InstallActiveLease { ticket, client } => {
                     let event = self.install_lease(ticket, "active", |dataplane| {
@@ -331,7 +331,7 @@ impl Driver {
                         let origin_side = grant.origin_side.into();
                         Ok((grant.id, Event::ActiveLeaseInstalled { ticket, origin_side }))
                     });
-                    self.session.handle(Instant::now(), event);
+                    self.session.handle(now(), event);
                 }
                 Action::TimedOut(timer) => self.timed_out(timer),
                 Action::Warn(message) => warn!("{message}"),
@@ -344,6 +344,11 @@ impl Driver {
         }
         None
     }
+}
+
+/// The session's time: tokio's clock (which tests may pause), as the session takes it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// What woke a session (reads: see [`ControlStream`]).
