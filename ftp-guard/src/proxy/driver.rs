@@ -383,3 +383,47 @@ fn ipv6_leases() -> LeaseError {
         "IPv6 data leases are not supported yet",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    /// The session's generic addresses → the dataplane's requests: IPv4 carried as is,
+    /// IPv6 refused with a clear error (the session then answers 425).
+    #[test]
+    fn dataplane_requests_carry_ipv4_and_refuse_ipv6() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let passive = passive_request(ip("192.0.2.7"), addr("198.51.100.2:30000"));
+        assert_eq!(
+            passive.unwrap(),
+            LeaseRequest {
+                client: Ipv4Addr::new(192, 0, 2, 7),
+                origin: "198.51.100.2:30000".parse().unwrap(),
+            }
+        );
+        let active = active_request(ip("198.51.100.2"), addr("192.0.2.7:51201"));
+        assert_eq!(
+            active.unwrap(),
+            ActiveRequest {
+                origin: Ipv4Addr::new(198, 51, 100, 2),
+                client: "192.0.2.7:51201".parse().unwrap(),
+            }
+        );
+        let refused = [
+            passive_request(ip("2001:db8::7"), addr("198.51.100.2:30000")).map(|_| ()),
+            passive_request(ip("192.0.2.7"), addr("[2001:db8::2]:30000")).map(|_| ()),
+            active_request(ip("2001:db8::2"), addr("192.0.2.7:51201")).map(|_| ()),
+            active_request(ip("198.51.100.2"), addr("[2001:db8::7]:51201")).map(|_| ()),
+        ];
+        for result in refused {
+            let e = result.unwrap_err();
+            assert_eq!(
+                (e.to_string(), e.metric_reason()),
+                ("IPv6 data leases are not supported yet".to_owned(), "error")
+            );
+        }
+    }
+}
