@@ -1,9 +1,10 @@
 //! A whole control session under arbitrary interleavings of client lines, origin replies,
-//! lease results and timeouts. Invariants: no panic; every line sent to the origin is one
-//! clean command line; no origin address (the origin's IP or any hidden address or name, in
-//! any form the scrubber knows) reaches the client; nothing follows `Close`; the actions of
-//! one event and the memory the session holds between events stay within bounds derived
-//! from its limits, however long the input runs.
+//! lease results and time passing. Invariants: no panic; every line sent to the origin is
+//! one clean command line; no origin address (the origin's IP or any hidden address or
+//! name, in any form the scrubber knows) reaches the client; nothing follows `Close`; only
+//! leases the session asked for are revoked; the actions of one event and the
+//! memory the session holds between events stay within bounds derived from its limits,
+//! however long the input runs.
 //!
 //! Input: 2 header bytes (limits and active mode, see [`session_config`]), then events,
 //! each `kind, len, bytes…`. In origin bytes, 0x01..=0x06 stand for the hidden addresses
@@ -11,13 +12,15 @@
 #![no_main]
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4},
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
 };
 
 use ftp_guard::ftp::{
     scrub::Scrubber,
-    session::{Action, Event, Session, SessionConfig},
+    session::{Action, Event, LeaseTicket, Session, SessionConfig, SessionTimeouts},
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -53,10 +56,10 @@ fn scrubber() -> Scrubber {
 /// Small, input-chosen limits, so that the bounds below bite early.
 fn session_config(limits: u8, flags: u8) -> SessionConfig {
     SessionConfig {
-        client_ip: CLIENT,
+        client_ip: IpAddr::V4(CLIENT),
         active_mode: flags & 1 == 1,
         public_ip: PUBLIC,
-        origin_ip: ORIGIN,
+        origin_ip: IpAddr::V4(ORIGIN),
         scrubber: scrubber(),
         max_command_line: 16 + usize::from(limits & 0x3f),
         max_reply_line: 64 + usize::from(flags >> 2),
@@ -64,6 +67,11 @@ fn session_config(limits: u8, flags: u8) -> SessionConfig {
         max_pending: 1 + usize::from((flags >> 1) & 1) * 7,
         max_consecutive_errors: 1 + usize::from(limits & 0x7),
         max_reply_bytes: 128 + usize::from(flags) * 4,
+        timeouts: SessionTimeouts {
+            greeting: Duration::from_secs(10),
+            login: Duration::from_secs(60),
+            idle: Duration::from_secs(30),
+        },
     }
 }
 
@@ -98,11 +106,11 @@ fn origin_bytes(chunk: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// Lease requests the session made and the harness has not answered yet.
+/// Lease requests the session made and the harness has not answered yet, oldest first.
 #[derive(Default)]
 struct Requests {
-    passive: usize,
-    active: usize,
+    passive: Vec<LeaseTicket>,
+    active: Vec<LeaseTicket>,
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -115,8 +123,12 @@ fuzz_target!(|data: &[u8]| {
     let bound = memory_bound(&config);
     let max_command_line = config.max_command_line;
     let baseline = LIVE.load(Ordering::Relaxed);
-    let mut session = Session::new(config);
+    let start = Instant::now();
+    let mut now = start;
+    let mut session = Session::new(config, start);
     let mut requests = Requests::default();
+    // Tickets the session asked for and has not revoked yet.
+    let mut issued = BTreeSet::new();
     let mut closed = false;
     let mut largest_read = 0;
     while let [kind, len, tail @ ..] = rest {
@@ -130,53 +142,91 @@ fuzz_target!(|data: &[u8]| {
             // (backpressure at the pipelining bound).
             0 | 1 if session.wants_client_input() => {
                 largest_read = largest_read.max(chunk.len());
-                session.handle(Event::FromClient(chunk));
+                session.handle(now, Event::FromClient(chunk));
             }
             2 | 3 => {
                 let bytes = origin_bytes(chunk);
                 largest_read = largest_read.max(bytes.len());
-                session.handle(Event::FromOrigin(&bytes));
+                session.handle(now, Event::FromOrigin(&bytes));
             }
             // Answers in the driver's manner: only to what was asked.
-            4 if requests.passive > 0 => {
-                requests.passive -= 1;
-                session.handle(Event::LeaseInstalled {
-                    public_port: 40000 + u16::from(*len),
-                });
+            4 if !requests.passive.is_empty() => {
+                let ticket = requests.passive.remove(0);
+                session.handle(
+                    now,
+                    Event::LeaseInstalled {
+                        ticket,
+                        public_port: 40000 + u16::from(*len),
+                    },
+                );
             }
-            4 if requests.active > 0 => {
-                requests.active -= 1;
-                session.handle(Event::ActiveLeaseInstalled {
-                    origin_side: SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 1), 50000),
-                });
+            4 if !requests.active.is_empty() => {
+                let ticket = requests.active.remove(0);
+                session.handle(
+                    now,
+                    Event::ActiveLeaseInstalled {
+                        ticket,
+                        origin_side: SocketAddr::from(([10, 9, 0, 1], 50000)),
+                    },
+                );
             }
-            5 if requests.passive + requests.active > 0 => {
-                requests.passive = requests.passive.saturating_sub(1);
-                requests.active = requests.active.saturating_sub(1);
-                session.handle(if len % 2 == 0 {
-                    Event::LeaseFailed {
-                        reason: "no port free".into(),
-                    }
+            5 if !requests.passive.is_empty() || !requests.active.is_empty() => {
+                let queue = if requests.passive.is_empty() {
+                    &mut requests.active
                 } else {
-                    Event::LeaseLimit
-                });
+                    &mut requests.passive
+                };
+                let ticket = queue.remove(0);
+                session.handle(
+                    now,
+                    if len % 2 == 0 {
+                        Event::LeaseFailed {
+                            ticket,
+                            reason: "no port free".into(),
+                        }
+                    } else {
+                        Event::LeaseLimit { ticket }
+                    },
+                );
             }
             // And out of turn, as a buggy or racing driver might.
-            6 => session.handle(Event::LeaseInstalled {
-                public_port: u16::from_le_bytes([*len, chunk.first().copied().unwrap_or(0)]),
-            }),
-            7 => session.handle(Event::ActiveLeaseInstalled {
-                origin_side: SocketAddrV4::new(ORIGIN, 20),
-            }),
-            8 => session.handle(Event::LeaseFailed {
-                reason: String::from_utf8_lossy(chunk).into_owned(),
-            }),
-            9 => match len % 4 {
+            6 => session.handle(
+                now,
+                Event::LeaseInstalled {
+                    ticket: LeaseTicket(u64::from(*len % 4)),
+                    public_port: u16::from_le_bytes([*len, chunk.first().copied().unwrap_or(0)]),
+                },
+            ),
+            7 => session.handle(
+                now,
+                Event::ActiveLeaseInstalled {
+                    ticket: LeaseTicket(u64::from(*len % 4)),
+                    origin_side: SocketAddr::from((ORIGIN, 20)),
+                },
+            ),
+            8 => session.handle(
+                now,
+                Event::LeaseFailed {
+                    ticket: LeaseTicket(u64::from(*len % 4)),
+                    reason: String::from_utf8_lossy(chunk).into_owned(),
+                },
+            ),
+            9 => match len % 2 {
                 0 => session.origin_closed(),
-                1 => session.idle_timeout(),
-                2 => session.greeting_timeout(),
                 _ => session.client_closed(),
             },
+            // Time passes: `len` seconds (past deadlines or not), or to the next deadline.
+            10 => {
+                now += Duration::from_secs(u64::from(*len));
+                session.handle_timeout(now);
+            }
+            11 => {
+                if let Some(due) = session.poll_timeout() {
+                    assert!(due > start, "a deadline at the start");
+                    now = now.max(due);
+                    session.handle_timeout(now);
+                }
+            }
             _ => {}
         }
         let mut actions = 0;
@@ -200,13 +250,18 @@ fuzz_target!(|data: &[u8]| {
                         String::from_utf8_lossy(&bytes)
                     );
                 }
-                Action::InstallLease { origin } => {
-                    assert_eq!(*origin.ip(), ORIGIN, "lease to a third party");
-                    requests.passive += 1;
+                Action::InstallLease { ticket, origin } => {
+                    assert_eq!(origin.ip(), IpAddr::V4(ORIGIN), "lease to a third party");
+                    assert!(issued.insert(ticket), "{ticket:?} asked for twice");
+                    requests.passive.push(ticket);
                 }
-                Action::InstallActiveLease { client } => {
-                    assert_eq!(*client.ip(), CLIENT, "active lease to a third party");
-                    requests.active += 1;
+                Action::InstallActiveLease { ticket, client } => {
+                    assert_eq!(client.ip(), IpAddr::V4(CLIENT), "active lease to a third party");
+                    assert!(issued.insert(ticket), "{ticket:?} asked for twice");
+                    requests.active.push(ticket);
+                }
+                Action::RevokeLease { ticket } => {
+                    assert!(issued.contains(&ticket), "{ticket:?} revoked, never asked for");
                 }
                 Action::Close => closed = true,
                 _ => {}

@@ -696,7 +696,7 @@ async fn a_huge_stat_reply_is_streamed_whole() {
     c.send(b"NOOP\r\n").await;
     assert_eq!(c.reply().await, "200 ok\r\n");
     let held = proxy.ctx.peak_session_buffer();
-    let bound = ftp_guard::proxy::connection::MAX_REPLY_BYTES + 2 * 8193 + 4096;
+    let bound = ftp_guard::proxy::driver::MAX_REPLY_BYTES + 2 * 8193 + 4096;
     assert!(held <= bound, "a session held {held} bytes (bound {bound})");
 }
 

@@ -1,14 +1,9 @@
 //! `/readyz`: what keeps the gateway from being ready (no service, the kernel path not
 //! attached, an origin that does not accept), probed at most once per [`READY_CACHE`].
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
-
-use tokio::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use super::AdminState;
-use crate::config::DataplaneKind;
+use crate::{config::DataplaneKind, proxy::upstream::probe};
 
 /// How long one `/readyz` probe of the origins answers for.
 pub const READY_CACHE: Duration = Duration::from_secs(2);
@@ -45,10 +40,19 @@ async fn readiness(state: &AdminState) -> Vec<String> {
     // Concurrently: a handful of origins, each given PROBE_TIMEOUT.
     let probes: Vec<_> = services
         .iter()
-        .map(|s| tokio::spawn(probe_origin(s.service.name.clone(), s.service.origin)))
+        .flat_map(|s| {
+            s.origins.all().iter().map(|&origin| {
+                let name = s.service.name.clone();
+                tokio::spawn(async move {
+                    probe(origin, PROBE_TIMEOUT)
+                        .await
+                        .map_err(|why| format!("service `{name}`: {why}"))
+                })
+            })
+        })
         .collect();
     for probe in probes {
-        if let Ok(Some(problem)) = probe.await {
+        if let Ok(Err(problem)) = probe.await {
             problems.push(problem);
         }
     }
@@ -60,16 +64,4 @@ fn kernel_attached(state: &AdminState) -> bool {
     state
         .kernel()
         .is_some_and(|k| !k.lock().attachments().is_empty())
-}
-
-/// Why service `name`'s origin is not reachable, if it is not: it must accept a
-/// connection within [`PROBE_TIMEOUT`].
-async fn probe_origin(name: String, origin: SocketAddr) -> Option<String> {
-    match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(origin)).await {
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(format!(
-            "service `{name}`: origin {origin} unreachable: {e}"
-        )),
-        Err(_) => Some(format!("service `{name}`: origin {origin} did not answer")),
-    }
 }

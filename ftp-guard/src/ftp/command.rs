@@ -84,11 +84,6 @@ impl Command {
         line.extend_from_slice(b"\r\n");
         line
     }
-
-    /// True if the verb is `verb`, in any case.
-    pub fn is(&self, verb: &str) -> bool {
-        self.verb.eq_ignore_ascii_case(verb)
-    }
 }
 
 #[cfg(test)]
@@ -158,16 +153,15 @@ mod tests {
         }
     }
 
+    /// The session matches verbs in upper case, whatever case the client used.
     #[test]
-    fn is_ignores_case() {
-        let command = parse_command(b"epsv ALL").unwrap();
-        for (verb, expected) in [
-            ("EPSV", true),
-            ("epsv", true),
-            ("Epsv", true),
-            ("EPRT", false),
-        ] {
-            assert_eq!(command.is(verb), expected, "{verb}");
+    fn verbs_are_upper_case() {
+        for line in [&b"epsv ALL"[..], b"Epsv ALL", b"EPSV ALL"] {
+            let command = parse_command(line).unwrap();
+            assert_eq!(
+                (command.verb.as_str(), command.arg.as_deref()),
+                ("EPSV", Some("ALL"))
+            );
         }
     }
 }

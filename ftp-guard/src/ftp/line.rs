@@ -65,7 +65,6 @@ pub struct LineReader {
     telnet: Telnet,
     /// Skipping the rest of a rejected line, up to and including its LF.
     discarding: bool,
-    interrupt: bool,
 }
 
 impl LineReader {
@@ -81,7 +80,6 @@ impl LineReader {
             line: Vec::new(),
             telnet: Telnet::Data,
             discarding: false,
-            interrupt: false,
         }
     }
 
@@ -140,13 +138,6 @@ impl LineReader {
         self.input.len() - self.pos + self.line.len()
     }
 
-    /// True once after `IAC IP` or `IAC DM` was removed from the stream (a client that
-    /// follows RFC 959 §4.1.3 sends them with ABOR: the session should forward ABOR as
-    /// urgent), then false until the next one.
-    pub fn telnet_interrupt_seen(&mut self) -> bool {
-        std::mem::take(&mut self.interrupt)
-    }
-
     /// Drops the current line and skips to the next LF.
     fn reject(&mut self, error: LineError) -> LineError {
         self.line.clear();
@@ -170,10 +161,8 @@ impl LineReader {
                 match byte {
                     // Escaped 0xFF data byte.
                     IAC => Some(IAC),
-                    IP | DM => {
-                        self.interrupt = true;
-                        None
-                    }
+                    // The session sends its own Synch with every ABOR.
+                    IP | DM => None,
                     b if TWO_BYTE.contains(&b) => None,
                     b if NEGOTIATION.contains(&b) => {
                         self.telnet = Telnet::Option;
@@ -294,47 +283,35 @@ mod tests {
 
     #[test]
     fn telnet() {
-        let cases: &[(&[u8], &[Out], bool)] = &[
-            (b"A\xff\xffB\r\n", &[Ok(b"A\xffB")], false),
+        let cases: &[(&[u8], &[Out])] = &[
+            (b"A\xff\xffB\r\n", &[Ok(b"A\xffB")]),
             // IAC IP, IAC DM, then ABOR: the BSD client's Synch (RFC 959 §4.1.3).
-            (b"\xff\xf4\xff\xf2ABOR\r\n", &[Ok(b"ABOR")], true),
-            (b"\xff\xf4ABOR\r\n", &[Ok(b"ABOR")], true),
-            (b"AB\xff\xf2OR\r\n", &[Ok(b"ABOR")], true),
-            // NOP, GA, SB, SE: two bytes each, no interrupt.
-            (
-                b"A\xff\xf1B\xff\xf9C\xff\xfaD\xff\xf0\r\n",
-                &[Ok(b"ABCD")],
-                false,
-            ),
+            (b"\xff\xf4\xff\xf2ABOR\r\n", &[Ok(b"ABOR")]),
+            (b"\xff\xf4ABOR\r\n", &[Ok(b"ABOR")]),
+            (b"AB\xff\xf2OR\r\n", &[Ok(b"ABOR")]),
+            // NOP, GA, SB, SE: two bytes each.
+            (b"A\xff\xf1B\xff\xf9C\xff\xfaD\xff\xf0\r\n", &[Ok(b"ABCD")]),
             // WILL/WONT/DO/DONT + option byte, even if the option is LF or IAC.
             (
                 b"A\xff\xfb\x01B\xff\xfc\nC\xff\xfd\xffD\xff\xfe\x00\r\n",
                 &[Ok(b"ABCD")],
-                false,
             ),
             // IAC + non-command byte: the IAC goes, the byte stays.
-            (b"A\xff\nB\xffC\n", &[Ok(b"A"), Ok(b"BC")], false),
-            (b"A\xff", &[], false),
+            (b"A\xff\nB\xffC\n", &[Ok(b"A"), Ok(b"BC")]),
+            (b"A\xff", &[]),
             // Escaped 0xFF counts towards the limit.
             (
                 b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\n",
                 &[too_long(4)],
-                false,
             ),
             // Telnet commands do not count.
             (
                 b"\xff\xf1\xff\xf1\xff\xf1\xff\xf1\xff\xf1\xff\xf1ABCD\n",
                 &[Ok(b"ABCD")],
-                false,
             ),
         ];
-        for (input, expected, interrupt) in cases {
+        for (input, expected) in cases {
             check(4, true, input, expected);
-            let mut reader = LineReader::new(4, true);
-            reader.push(input);
-            while reader.next_line().is_some() {}
-            assert_eq!(reader.telnet_interrupt_seen(), *interrupt, "{input:?}");
-            assert!(!reader.telnet_interrupt_seen(), "resets after reading");
         }
     }
 

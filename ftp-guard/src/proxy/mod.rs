@@ -1,7 +1,17 @@
-//! The control-channel proxy (tokio): accepts clients on a service's listen address and
-//! runs one [`connection`] task per client, within a global session limit
-//! ([`SessionSlots`]) and per-client-address limits on sessions and data leases.
-pub mod connection;
+//! The control-channel proxy (tokio). [`serve`] accepts clients on a service's listen
+//! address and runs one session task per admitted client. The module's map:
+//! - [`admission`]: whether a connection is served (address family, global and per-client
+//!   limits, lease slots) and the 421 refusals;
+//! - [`upstream`]: the origin side (which origin, connecting, the readiness probe);
+//! - [`stream`]: a control connection's byte stream (the seat TLS will wrap);
+//! - [`driver`]: runs one sans-IO [`crate::ftp::session::Session`] over the two streams,
+//!   carrying out its actions (writes, data leases, timers).
+//!
+//! [`ServiceContext`] is what a service's sessions share.
+pub mod admission;
+pub mod driver;
+pub mod stream;
+pub mod upstream;
 
 use std::{
     collections::HashMap,
@@ -13,13 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{
-    io::AsyncWriteExt as _,
-    net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
-};
-use tracing::{Instrument as _, error, info, warn};
+use tokio::net::TcpListener;
+use tracing::{Instrument as _, error, info};
 
+pub use self::admission::SessionSlots;
+use self::{admission::Admission, upstream::OriginPool};
 use crate::sync::LockUnpoisoned as _;
 use crate::{config::Service, dataplane::Dataplane, ftp::scrub::Scrubber, metrics::Metrics};
 
@@ -27,20 +35,16 @@ use crate::{config::Service, dataplane::Dataplane, ftp::scrub::Scrubber, metrics
 pub struct ServiceContext {
     pub service: Service,
     pub dataplane: Arc<dyn Dataplane>,
-    /// Global cap on open control sessions (over all services).
-    pub sessions: Arc<SessionSlots>,
     pub metrics: Arc<Metrics>,
+    /// Who is served, and each client address's share of sessions and leases.
+    pub admission: Arc<Admission>,
+    /// Where sessions are forwarded.
+    pub origins: OriginPool,
     /// The sessions open now, for status.
     pub open: Mutex<HashMap<u64, OpenSession>>,
-    /// Per client address: its sessions and the leases they hold (entries go when both
-    /// are zero).
-    clients: Mutex<HashMap<IpAddr, ClientUse>>,
     /// The most bytes any session of this service has held (see
     /// [`crate::ftp::session::Session::buffered_bytes`]).
     peak_buffered: AtomicUsize,
-    /// Refusals (session limits) are logged at most once a second: a client hammering
-    /// the port at its limit must not turn each connection into a log line.
-    refusals: Mutex<LogBudget>,
     /// What replies are cleaned of: the origin's addresses and names, and the gateway's
     /// addresses on the origin side known when the service started (each session adds
     /// its own control connection's, see [`ServiceContext::session_scrubber`]).
@@ -72,72 +76,20 @@ impl ServiceContext {
             hide_gateway_address(&mut scrubber, &service, ip);
         }
         Self {
+            admission: Arc::new(Admission::new(&service, sessions)),
+            origins: OriginPool::single(service.origin),
             service,
             dataplane,
-            sessions,
             metrics,
             open: Mutex::default(),
-            clients: Mutex::default(),
             peak_buffered: AtomicUsize::new(0),
-            refusals: Mutex::new(LogBudget::new(REFUSAL_LOG_EVERY)),
             scrubber,
         }
     }
 
-    /// Whether to log a refusal now, and how many went unlogged since the last one.
-    fn refusal_to_log(&self) -> Option<u64> {
-        self.refusals.lock_unpoisoned().take(Instant::now())
-    }
-
-    /// A session for `client`, unless its address has `max_sessions_per_client` open.
-    fn admit_client(self: &Arc<Self>, client: IpAddr) -> Option<ClientSession> {
-        let client = client.to_canonical();
-        let mut clients = self.clients.lock_unpoisoned();
-        let entry = clients.entry(client).or_default();
-        if entry.sessions >= self.service.max_sessions_per_client {
-            return None;
-        }
-        entry.sessions += 1;
-        Some(ClientSession {
-            ctx: self.clone(),
-            client,
-        })
-    }
-
-    /// Takes one of `client`'s lease slots: false when it holds `max_leases_per_client`.
-    pub fn take_lease_slot(&self, client: IpAddr) -> bool {
-        let mut clients = self.clients.lock_unpoisoned();
-        let entry = clients.entry(client.to_canonical()).or_default();
-        if entry.leases >= self.service.max_leases_per_client {
-            return false;
-        }
-        entry.leases += 1;
-        true
-    }
-
-    /// Gives back a slot taken by [`ServiceContext::take_lease_slot`].
-    pub fn release_lease_slot(&self, client: IpAddr) {
-        self.update_client(client.to_canonical(), |u| {
-            u.leases = u.leases.saturating_sub(1);
-        });
-    }
-
     /// Leases held by `client`'s sessions now.
     pub fn client_leases(&self, client: IpAddr) -> usize {
-        self.clients
-            .lock_unpoisoned()
-            .get(&client.to_canonical())
-            .map_or(0, |u| u.leases)
-    }
-
-    fn update_client(&self, client: IpAddr, change: impl FnOnce(&mut ClientUse)) {
-        let mut clients = self.clients.lock_unpoisoned();
-        if let Some(entry) = clients.get_mut(&client) {
-            change(entry);
-            if entry.sessions == 0 && entry.leases == 0 {
-                clients.remove(&client);
-            }
-        }
+        self.admission.client_leases(client)
     }
 
     /// Records how many bytes a session holds now.
@@ -180,90 +132,6 @@ impl ServiceContext {
     }
 }
 
-/// What one client address uses.
-#[derive(Debug, Default)]
-struct ClientUse {
-    sessions: usize,
-    leases: usize,
-}
-
-/// One of a client address's sessions; counted until dropped.
-struct ClientSession {
-    ctx: Arc<ServiceContext>,
-    client: IpAddr,
-}
-
-impl Drop for ClientSession {
-    fn drop(&mut self) {
-        self.ctx.update_client(self.client, |u| {
-            u.sessions = u.sessions.saturating_sub(1);
-        });
-    }
-}
-
-/// The global session limit, which a reload may lower while every slot is taken:
-/// `Semaphore::forget_permits` only forgets free permits, so the rest is a debt paid by
-/// the sessions that end next (their permits are forgotten instead of returned).
-#[derive(Debug)]
-pub struct SessionSlots {
-    semaphore: Arc<Semaphore>,
-    /// Permits still to forget.
-    debt: Mutex<usize>,
-}
-
-/// A taken slot; freed (or forgotten to pay a debt) when dropped.
-#[derive(Debug)]
-pub struct SessionSlot {
-    permit: Option<OwnedSemaphorePermit>,
-    slots: Arc<SessionSlots>,
-}
-
-impl SessionSlots {
-    pub fn new(limit: usize) -> Arc<Self> {
-        Arc::new(SessionSlots {
-            semaphore: Arc::new(Semaphore::new(limit)),
-            debt: Mutex::new(0),
-        })
-    }
-
-    /// A slot, if one is free.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<SessionSlot> {
-        let permit = self.semaphore.clone().try_acquire_owned().ok()?;
-        Some(SessionSlot {
-            permit: Some(permit),
-            slots: self.clone(),
-        })
-    }
-
-    /// Changes the limit from `old` to `new`. Lowered below the sessions open, it takes
-    /// effect as they end.
-    pub fn resize(&self, old: usize, new: usize) {
-        let mut debt = self.debt.lock_unpoisoned();
-        if new > old {
-            let paid = (new - old).min(*debt);
-            *debt -= paid;
-            self.semaphore.add_permits(new - old - paid);
-        } else {
-            let owed = old - new;
-            *debt += owed - self.semaphore.forget_permits(owed);
-        }
-    }
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        let mut debt = self.slots.debt.lock_unpoisoned();
-        if let Some(permit) = self.permit.take() {
-            if *debt > 0 {
-                *debt -= 1;
-                permit.forget();
-            } else {
-                drop(permit);
-            }
-        }
-    }
-}
-
 /// Hides an address of the gateway's, unless it is the public address (a gateway with one
 /// address on both sides shows the origin what clients know anyway) or says nothing.
 fn hide_gateway_address(scrubber: &mut Scrubber, service: &Service, ip: IpAddr) {
@@ -303,105 +171,39 @@ pub async fn serve(
         let id = next_id;
         next_id += 1;
         let span = tracing::info_span!("session", service = %ctx.service.name, id, client = %peer);
-        let Some(client_session) = ctx.admit_client(peer.ip()) else {
-            ctx.metrics
-                .session_rejected(&ctx.service.name, "client_limit");
-            let log = ctx.refusal_to_log();
-            tokio::spawn(
-                refuse_client(stream, peer, ctx.service.max_sessions_per_client, log)
-                    .instrument(span),
-            );
-            continue;
+        let admitted = match ctx.admission.admit(peer) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                ctx.metrics
+                    .session_rejected(&ctx.service.name, refusal.metric_reason());
+                let log = ctx.admission.refusal_to_log();
+                tokio::spawn(refusal.send(stream, peer, log).instrument(span));
+                continue;
+            }
         };
-        match ctx.sessions.try_acquire() {
-            Some(permit) => {
-                let ctx = ctx.clone();
-                ctx.metrics.session_started(&ctx.service.name);
-                ctx.open.lock_unpoisoned().insert(
-                    id,
-                    OpenSession {
-                        client: peer,
-                        since: Instant::now(),
-                    },
-                );
-                tokio::spawn(
-                    async move {
-                        connection::run(stream, peer, ctx.clone()).await;
-                        // Slots first: once status no longer lists the session, its
-                        // slots are free (or paid to a lowered limit).
-                        drop(permit);
-                        drop(client_session);
-                        ctx.open.lock_unpoisoned().remove(&id);
-                        ctx.metrics.session_ended(&ctx.service.name);
-                    }
-                    .instrument(span),
-                );
+        let ctx = ctx.clone();
+        ctx.metrics.session_started(&ctx.service.name);
+        ctx.open.lock_unpoisoned().insert(
+            id,
+            OpenSession {
+                client: peer,
+                since: Instant::now(),
+            },
+        );
+        tokio::spawn(
+            async move {
+                driver::run(stream, peer, ctx.clone()).await;
+                // Slots first: once status no longer lists the session, its slots are
+                // free (or paid to a lowered limit).
+                drop(admitted);
+                ctx.open.lock_unpoisoned().remove(&id);
+                ctx.metrics.session_ended(&ctx.service.name);
             }
-            None => {
-                drop(client_session);
-                ctx.metrics.session_rejected(&ctx.service.name, "limit");
-                let log = ctx.refusal_to_log();
-                tokio::spawn(refuse_busy(stream, peer, log).instrument(span));
-            }
-        }
+            .instrument(span),
+        );
     }
     info!(service = %ctx.service.name, "stopped accepting");
     listener
-}
-
-/// Tells a client whose address has its limit of sessions open why it is turned away;
-/// logged when `log` says so (with the refusals not logged since the last line).
-async fn refuse_client(mut stream: TcpStream, peer: SocketAddr, limit: usize, log: Option<u64>) {
-    if let Some(unlogged) = log {
-        warn!(%peer, limit, unlogged, "sessions per client address reached: refusing client");
-    }
-    let reply = b"421 Too many connections from your address, try again later.\r\n";
-    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(reply)).await;
-}
-
-/// Tells a client over the session limit why it is turned away, without waiting on it.
-async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, log: Option<u64>) {
-    if let Some(unlogged) = log {
-        warn!(%peer, unlogged, "session limit reached: refusing client");
-    }
-    let reply = b"421 Too many connections, try again later.\r\n";
-    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(reply)).await;
-}
-
-/// How often refusals are logged at most.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
-
-/// At most one log line per period; the events in between are counted, and the count
-/// goes with the next line.
-#[derive(Debug)]
-struct LogBudget {
-    every: Duration,
-    last: Option<Instant>,
-    unlogged: u64,
-}
-
-impl LogBudget {
-    fn new(every: Duration) -> Self {
-        LogBudget {
-            every,
-            last: None,
-            unlogged: 0,
-        }
-    }
-
-    /// For an event at `now`: `Some(events not logged since the last line)` when this one
-    /// is to be logged, else `None` (it is counted).
-    fn take(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < self.every)
-        {
-            self.unlogged += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.unlogged))
-    }
 }
 
 #[cfg(test)]
@@ -466,21 +268,6 @@ hide_names = ["ftp.internal.example"]
     }
 
     #[test]
-    fn refusals_are_logged_once_a_period_with_the_count_between() {
-        let t0 = Instant::now();
-        let at = |ms| t0 + Duration::from_millis(ms);
-        let mut budget = LogBudget::new(Duration::from_secs(1));
-        let decisions: Vec<Option<u64>> = [0, 1, 500, 999, 1000, 1001, 2500, 2600]
-            .into_iter()
-            .map(|ms| budget.take(at(ms)))
-            .collect();
-        assert_eq!(
-            decisions,
-            [Some(0), None, None, None, Some(3), None, Some(1), None]
-        );
-    }
-
-    #[test]
     fn replies_lose_every_internal_address_and_name() {
         let ctx = context(Some(Ipv4Addr::new(198, 51, 100, 1))).hiding_gateway_addresses(
             ["198.51.100.3", "fe80::1", "203.0.113.1", "0.0.0.0"].map(|a| a.parse().unwrap()),
@@ -507,31 +294,6 @@ hide_names = ["ftp.internal.example"]
         // A session's address stays its own.
         let other = ctx.session_scrubber("198.51.100.5".parse().unwrap());
         assert_eq!(scrubbed(&other, "198.51.100.4"), "198.51.100.4");
-    }
-
-    /// (limit changes, then sessions ending) → slots free at the end: a lower limit with
-    /// every slot taken is paid by the sessions that end; a higher one pays the debt first.
-    #[test]
-    fn session_slots_follow_the_limit() {
-        let slots = SessionSlots::new(2);
-        let a = slots.try_acquire().unwrap();
-        let b = slots.try_acquire().unwrap();
-        assert!(slots.try_acquire().is_none());
-        slots.resize(2, 1);
-        drop(a);
-        assert!(slots.try_acquire().is_none(), "one open, the limit is 1");
-        drop(b);
-        let c = slots.try_acquire().unwrap();
-        assert!(slots.try_acquire().is_none());
-        // Down to 0 and back to 3 while one is open: 2 more, not 3.
-        slots.resize(1, 0);
-        slots.resize(0, 3);
-        let more: Vec<_> = std::iter::from_fn(|| slots.try_acquire()).collect();
-        assert_eq!(more.len(), 2);
-        drop(c);
-        drop(more);
-        let all: Vec<_> = std::iter::from_fn(|| slots.try_acquire()).collect();
-        assert_eq!(all.len(), 3);
     }
 
     #[test]

@@ -1,0 +1,467 @@
+//! Whether a connection is admitted, in one place: the address-family gate, the global
+//! session limit ([`SessionSlots`]), per-client-address caps on sessions and data leases
+//! ([`ClientUse`]), and the refusals with their replies and rate-limited log lines.
+//! ACLs and per-client policy plug in here ([`Admission::admit`]).
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    net::TcpStream,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+use tracing::warn;
+
+use super::stream;
+use crate::config::Service;
+
+/// How often refusals are logged at most.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// The admission state of one service.
+pub struct Admission {
+    /// Global cap on open control sessions (over all services).
+    sessions: Arc<SessionSlots>,
+    max_sessions_per_client: usize,
+    max_leases_per_client: usize,
+    /// Per client address: its sessions and the leases they hold (entries go when both
+    /// are zero).
+    clients: Mutex<HashMap<IpAddr, ClientUse>>,
+    /// Refusals (session limits) are logged at most once a second: a client hammering
+    /// the port at its limit must not turn each connection into a log line.
+    refusals: Mutex<LogBudget>,
+}
+
+/// Why a connection is turned away: each gets a 421 ([`Refusal::reply`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The client's address family is not carried yet.
+    Ipv6,
+    /// The client's address has `limit` sessions open.
+    ClientLimit { limit: usize },
+    /// Every session slot of the gateway is taken.
+    Busy,
+    /// The origin could not be reached (why, for the log).
+    OriginUnreachable { why: String },
+}
+
+impl Refusal {
+    /// The `reason` label of the `sessions_rejected` metric.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Refusal::Ipv6 => "ipv6",
+            Refusal::ClientLimit { .. } => "client_limit",
+            Refusal::Busy => "limit",
+            Refusal::OriginUnreachable { .. } => "origin_unreachable",
+        }
+    }
+
+    /// The line the client gets before the connection closes.
+    pub fn reply(&self) -> &'static [u8] {
+        match self {
+            Refusal::Ipv6 => b"421 IPv6 is not supported by this gateway.\r\n",
+            Refusal::ClientLimit { .. } => {
+                b"421 Too many connections from your address, try again later.\r\n"
+            }
+            Refusal::Busy => b"421 Too many connections, try again later.\r\n",
+            Refusal::OriginUnreachable { .. } => {
+                b"421 Service not available: cannot reach the server.\r\n"
+            }
+        }
+    }
+
+    /// Turns the connection away: the log line (when `log` says so, with the refusals not
+    /// logged since the last one), then the 421.
+    pub async fn send(self, tcp: TcpStream, peer: SocketAddr, log: Option<u64>) {
+        if let Some(unlogged) = log {
+            self.log(peer, unlogged);
+        }
+        stream::refuse(tcp, self.reply()).await;
+    }
+
+    fn log(&self, peer: SocketAddr, unlogged: u64) {
+        match self {
+            Refusal::Ipv6 => warn!(%peer, "IPv6 clients are not supported yet"),
+            Refusal::ClientLimit { limit } => warn!(
+                %peer, limit, unlogged,
+                "sessions per client address reached: refusing client"
+            ),
+            Refusal::Busy => warn!(%peer, unlogged, "session limit reached: refusing client"),
+            Refusal::OriginUnreachable { why } => warn!(error = why, "origin unreachable"),
+        }
+    }
+}
+
+/// An admitted connection: holds its global slot and its client's share until dropped.
+/// Dropped in field order: the slot first, so that once status no longer lists the
+/// session its slot is free (or paid to a lowered limit).
+pub struct Admitted {
+    _slot: SessionSlot,
+    _client: ClientShare,
+}
+
+impl Admission {
+    pub fn new(service: &Service, sessions: Arc<SessionSlots>) -> Self {
+        Self {
+            sessions,
+            max_sessions_per_client: service.max_sessions_per_client,
+            max_leases_per_client: service.max_leases_per_client,
+            clients: Mutex::default(),
+            refusals: Mutex::new(LogBudget::new(REFUSAL_LOG_EVERY)),
+        }
+    }
+
+    /// Decides whether a connection from `peer` is served.
+    pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Admitted, Refusal> {
+        let client = peer.ip().to_canonical();
+        if !client.is_ipv4() {
+            return Err(Refusal::Ipv6);
+        }
+        let client = self
+            .take_share(client, Share::Session)
+            .ok_or(Refusal::ClientLimit {
+                limit: self.max_sessions_per_client,
+            })?;
+        let slot = self.sessions.try_acquire().ok_or(Refusal::Busy)?;
+        Ok(Admitted {
+            _slot: slot,
+            _client: client,
+        })
+    }
+
+    /// Whether to log a refusal now, and how many went unlogged since the last one.
+    pub fn refusal_to_log(&self) -> Option<u64> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(Instant::now())
+    }
+
+    /// One of `client`'s lease slots, given back when dropped: `None` when it holds
+    /// `max_leases_per_client`.
+    pub fn take_lease_slot(self: &Arc<Self>, client: IpAddr) -> Option<ClientShare> {
+        self.take_share(client, Share::Lease)
+    }
+
+    /// One of `client`'s shares of `share`, unless its address holds its limit of them.
+    fn take_share(self: &Arc<Self>, client: IpAddr, share: Share) -> Option<ClientShare> {
+        let client = client.to_canonical();
+        let limit = match share {
+            Share::Session => self.max_sessions_per_client,
+            Share::Lease => self.max_leases_per_client,
+        };
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let count = clients.entry(client).or_default().count(share);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(ClientShare {
+            admission: self.clone(),
+            client,
+            share,
+        })
+    }
+
+    /// Leases held by `client`'s sessions now.
+    pub fn client_leases(&self, client: IpAddr) -> usize {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&client.to_canonical())
+            .map_or(0, |u| u.leases)
+    }
+
+    fn update_client(&self, client: IpAddr, change: impl FnOnce(&mut ClientUse)) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = clients.get_mut(&client) {
+            change(entry);
+            if entry.sessions == 0 && entry.leases == 0 {
+                clients.remove(&client);
+            }
+        }
+    }
+}
+
+/// What one client address uses.
+#[derive(Debug, Default)]
+struct ClientUse {
+    sessions: usize,
+    leases: usize,
+}
+
+impl ClientUse {
+    fn count(&mut self, share: Share) -> &mut usize {
+        match share {
+            Share::Session => &mut self.sessions,
+            Share::Lease => &mut self.leases,
+        }
+    }
+}
+
+/// What a client address holds a share of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Share {
+    Session,
+    Lease,
+}
+
+/// One session or data lease of a client address; counted until dropped.
+pub struct ClientShare {
+    admission: Arc<Admission>,
+    client: IpAddr,
+    share: Share,
+}
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        let share = self.share;
+        self.admission.update_client(self.client, |u| {
+            let count = u.count(share);
+            *count = count.saturating_sub(1);
+        });
+    }
+}
+
+/// The global session limit, which a reload may lower while every slot is taken:
+/// `Semaphore::forget_permits` only forgets free permits, so the rest is a debt paid by
+/// the sessions that end next (their permits are forgotten instead of returned).
+#[derive(Debug)]
+pub struct SessionSlots {
+    semaphore: Arc<Semaphore>,
+    /// Permits still to forget.
+    debt: Mutex<usize>,
+}
+
+/// A taken slot; freed (or forgotten to pay a debt) when dropped.
+#[derive(Debug)]
+pub struct SessionSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    slots: Arc<SessionSlots>,
+}
+
+impl SessionSlots {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(SessionSlots {
+            semaphore: Arc::new(Semaphore::new(limit)),
+            debt: Mutex::new(0),
+        })
+    }
+
+    /// A slot, if one is free.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<SessionSlot> {
+        let permit = self.semaphore.clone().try_acquire_owned().ok()?;
+        Some(SessionSlot {
+            permit: Some(permit),
+            slots: self.clone(),
+        })
+    }
+
+    /// Changes the limit from `old` to `new`. Lowered below the sessions open, it takes
+    /// effect as they end.
+    pub fn resize(&self, old: usize, new: usize) {
+        let mut debt = self.debt.lock().unwrap_or_else(|e| e.into_inner());
+        if new > old {
+            let paid = (new - old).min(*debt);
+            *debt -= paid;
+            self.semaphore.add_permits(new - old - paid);
+        } else {
+            let owed = old - new;
+            *debt += owed - self.semaphore.forget_permits(owed);
+        }
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut debt = self.slots.debt.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(permit) = self.permit.take() {
+            if *debt > 0 {
+                *debt -= 1;
+                permit.forget();
+            } else {
+                drop(permit);
+            }
+        }
+    }
+}
+
+/// At most one log line per period; the events in between are counted, and the count
+/// goes with the next line.
+#[derive(Debug)]
+struct LogBudget {
+    every: Duration,
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogBudget {
+    fn new(every: Duration) -> Self {
+        LogBudget {
+            every,
+            last: None,
+            unlogged: 0,
+        }
+    }
+
+    /// For an event at `now`: `Some(events not logged since the last line)` when this one
+    /// is to be logged, else `None` (it is counted).
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.every)
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn admission(max_sessions: usize, per_client: usize) -> Arc<Admission> {
+        let config = Config::parse(&format!(
+            "[[service]]\nname = \"ftp\"\nlisten = \"203.0.113.1:21\"\n\
+             origin = \"198.51.100.2:21\"\ndata_ports = \"40000-40099\"\n\
+             dataplane = \"userspace\"\nmax_sessions_per_client = {per_client}\n\
+             max_leases_per_client = {per_client}\n"
+        ))
+        .unwrap();
+        let service = config.services().next().unwrap();
+        Arc::new(Admission::new(service, SessionSlots::new(max_sessions)))
+    }
+
+    fn peer(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn refusals_are_logged_once_a_period_with_the_count_between() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut budget = LogBudget::new(Duration::from_secs(1));
+        let decisions: Vec<Option<u64>> = [0, 1, 500, 999, 1000, 1001, 2500, 2600]
+            .into_iter()
+            .map(|ms| budget.take(at(ms)))
+            .collect();
+        assert_eq!(
+            decisions,
+            [Some(0), None, None, None, Some(3), None, Some(1), None]
+        );
+    }
+
+    /// (peer) → decision, with 3 global slots and 2 per client address; what was admitted
+    /// stays admitted through the table. IPv4-mapped IPv6 peers are their IPv4 address.
+    #[test]
+    fn admission_decides_in_order_family_client_cap_global_cap() {
+        let admission = admission(3, 2);
+        let cases = [
+            ("[2001:db8::7]:40000", Err(Refusal::Ipv6)),
+            ("192.0.2.7:40000", Ok(())),
+            ("[::ffff:192.0.2.7]:40001", Ok(())),
+            ("192.0.2.7:40002", Err(Refusal::ClientLimit { limit: 2 })),
+            ("192.0.2.8:40000", Ok(())),
+            ("192.0.2.9:40000", Err(Refusal::Busy)),
+        ];
+        let mut held = Vec::new();
+        for (from, want) in cases {
+            let got = admission.admit(peer(from)).map(|a| held.push(a));
+            assert_eq!(got, want, "{from}");
+        }
+        // A refused session took no share: 192.0.2.9 gets one as soon as a slot is free.
+        held.pop();
+        assert!(admission.admit(peer("192.0.2.9:40001")).is_ok());
+    }
+
+    /// Lease slots per client address, given back when dropped; the address's entry goes
+    /// when it holds neither sessions nor leases.
+    #[test]
+    fn lease_slots_per_client() {
+        let admission = admission(3, 2);
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let a = admission.take_lease_slot(client).unwrap();
+        let b = admission
+            .take_lease_slot("::ffff:192.0.2.7".parse().unwrap())
+            .unwrap();
+        assert!(admission.take_lease_slot(client).is_none());
+        assert_eq!(admission.client_leases(client), 2);
+        drop(a);
+        assert_eq!(admission.client_leases(client), 1);
+        drop(b);
+        assert_eq!(admission.client_leases(client), 0);
+        assert!(admission.clients.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn every_refusal_is_one_421_line() {
+        let refusals = [
+            Refusal::Ipv6,
+            Refusal::ClientLimit { limit: 1 },
+            Refusal::Busy,
+            Refusal::OriginUnreachable { why: "x".into() },
+        ];
+        let replies: Vec<_> = refusals
+            .iter()
+            .map(|r| {
+                (
+                    r.metric_reason(),
+                    String::from_utf8_lossy(r.reply()).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            replies,
+            [
+                (
+                    "ipv6",
+                    "421 IPv6 is not supported by this gateway.\r\n".to_owned()
+                ),
+                (
+                    "client_limit",
+                    "421 Too many connections from your address, try again later.\r\n".to_owned()
+                ),
+                (
+                    "limit",
+                    "421 Too many connections, try again later.\r\n".to_owned()
+                ),
+                (
+                    "origin_unreachable",
+                    "421 Service not available: cannot reach the server.\r\n".to_owned()
+                ),
+            ]
+        );
+    }
+
+    /// (limit changes, then sessions ending) → slots free at the end: a lower limit with
+    /// every slot taken is paid by the sessions that end; a higher one pays the debt first.
+    #[test]
+    fn session_slots_follow_the_limit() {
+        let slots = SessionSlots::new(2);
+        let a = slots.try_acquire().unwrap();
+        let b = slots.try_acquire().unwrap();
+        assert!(slots.try_acquire().is_none());
+        slots.resize(2, 1);
+        drop(a);
+        assert!(slots.try_acquire().is_none(), "one open, the limit is 1");
+        drop(b);
+        let c = slots.try_acquire().unwrap();
+        assert!(slots.try_acquire().is_none());
+        // Down to 0 and back to 3 while one is open: 2 more, not 3.
+        slots.resize(1, 0);
+        slots.resize(0, 3);
+        let more: Vec<_> = std::iter::from_fn(|| slots.try_acquire()).collect();
+        assert_eq!(more.len(), 2);
+        drop(c);
+        drop(more);
+        let all: Vec<_> = std::iter::from_fn(|| slots.try_acquire()).collect();
+        assert_eq!(all.len(), 3);
+    }
+}
