@@ -1,4 +1,5 @@
-//! Shared scaffolding for ftp-guard's integration tests.
+//! The test bed shared by ftp-guard's integration tests (crate `ftp-guard-tests`) and its
+//! tools (crate `ftp-guard-tools`: demo, bench, interop).
 //!
 //! - [`ftp_servers`], [`ftp_clients`]: real FTP daemons (vsftpd, pyftpdlib) and clients (curl,
 //!   lftp, Python ftplib) run in a network namespace, with protocol traces.

@@ -9,7 +9,7 @@ use std::{
 };
 
 use ftp_guard_common::Counter;
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     ftp_clients::{
         DataMode, curl_download, curl_list, curl_resume_download, curl_upload, ftplib_run, lftp_run,
     },
@@ -788,7 +788,7 @@ fn origin_side_off_the_attach_points_is_refused() {
     if !require_privileged() {
         return;
     }
-    let topo = ftp_guard_tests::scenario::standard_topology("noorig").unwrap();
+    let topo = ftp_guard_testbed::scenario::standard_topology("noorig").unwrap();
     let origin = SocketAddrV4::new(netns::ORIGIN_IP, 21);
     let config = format!(
         "[[service]]\nname = \"e2e\"\nlisten = \"{}:21\"\norigin = \"{origin}\"\n\
@@ -863,8 +863,8 @@ fn smaller_mtu_on_the_client_side_is_clamped() {
     .unwrap();
     assert_same(&remote, &local);
 
-    let previous = ftp_guard_tests::ftp_clients::client_timeout();
-    ftp_guard_tests::ftp_clients::set_client_timeout(Duration::from_secs(8));
+    let previous = ftp_guard_testbed::ftp_clients::client_timeout();
+    ftp_guard_testbed::ftp_clients::set_client_timeout(Duration::from_secs(8));
     env.reconfigure("kernel", "data_mss = \"off\"\n");
     let _ = std::fs::remove_file(&local);
     let unclamped = curl_download(
@@ -875,7 +875,7 @@ fn smaller_mtu_on_the_client_side_is_clamped() {
         DataMode::Epsv,
     )
     .unwrap();
-    ftp_guard_tests::ftp_clients::set_client_timeout(previous);
+    ftp_guard_testbed::ftp_clients::set_client_timeout(previous);
     assert!(
         !unclamped.status.success(),
         "without clamping the transfer should have stalled: {}",
@@ -891,7 +891,7 @@ fn services_sharing_a_nat_address_and_ports_are_refused() {
     if !require_privileged() {
         return;
     }
-    let topo = ftp_guard_tests::scenario::standard_topology("natclash").unwrap();
+    let topo = ftp_guard_testbed::scenario::standard_topology("natclash").unwrap();
     let origin = SocketAddrV4::new(netns::ORIGIN_IP, 21);
     let service = |name: &str, port: u16, public: &str, ports: &str, nat: &str| {
         format!(

@@ -5,7 +5,7 @@
 //! download with checksum offload on must work on every path.
 use std::{path::Path, process::Command};
 
-use ftp_guard_tests::require_privileged;
+use ftp_guard_testbed::require_privileged;
 use serde_json::Value;
 
 #[test]

@@ -78,7 +78,8 @@ enum Cmd {
         #[arg(long)]
         runs: Option<u64>,
     },
-    /// Setup, build, then run `ftp-guard demo`.
+    /// Setup, build, then run the demo driver (tools/src/bin/demo.rs) against the real
+    /// `ftp-guard` binary in network namespaces.
     Demo {
         /// Run the demo scenario once and exit.
         #[arg(long)]

@@ -28,7 +28,7 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 /// FTP servers whose Debian packages conflict with vsftpd (each `Provides` and `Conflicts`
 /// `ftp-server`): unpacked into `PRIVATE_PREFIX/<package>` (`apt-get download` + `dpkg-deb
-/// -x`) instead of installed; with the binaries checked with `ldd`. tests/src/ftp_servers.rs
+/// -x`) instead of installed; with the binaries checked with `ldd`. testbed/src/ftp_servers.rs
 /// looks for them there (keep the paths in step).
 const PRIVATE_PACKAGES: &[(&str, &[&str])] = &[
     ("proftpd-core", &["usr/sbin/proftpd"]),

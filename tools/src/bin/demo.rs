@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     ftp_clients::{
         DataMode, Login, curl_download, curl_upload, lftp_run, random_file, sha256_file,
         unique_temp_dir,

@@ -28,7 +28,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use clap::{Parser, ValueEnum};
 use ftp_guard_common::Counter;
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     ftp_clients::{
         ClientKind, ClientRun, DataMode, Login, command_line, curl_download, curl_list,
         curl_resume_download, curl_upload, ftplib_run, lftp_run, random_file, set_client_timeout,
@@ -1409,7 +1409,7 @@ fn report(meta: &Meta, reports: &[ServerReport], reuse: &[ReuseReport], args: &A
     let _ = writeln!(w, "# FTP interoperability matrix\n");
     let _ = writeln!(
         w,
-        "Written by `cargo xtask interop` ([`tests/src/bin/interop.rs`](../tests/src/bin/interop.rs)); \
+        "Written by `cargo xtask interop` ([`tools/src/bin/interop/`](../tools/src/bin/interop/)); \
          do not edit by hand: run it again.\n"
     );
     let _ = writeln!(w, "- Date: {}", meta.date);

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     ftp_clients::{Login, random_file, sha256_file},
     ftp_servers::{FtpServer, ServerKind, ServerOptions},
     netns::{self, CLIENT, GATEWAY, ORIGIN, Topology},

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use ftp_guard_common::Counter;
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     ftp_clients::{DataMode, curl_download, ns_command, sha256_file},
     ftp_load::{self, FtpControl, Passive},
     netns::CLIENT,

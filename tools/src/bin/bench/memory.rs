@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use ftp_guard_tests::{ftp_load::FtpControl, netns::GATEWAY};
+use ftp_guard_testbed::{ftp_load::FtpControl, netns::GATEWAY};
 use serde_json::json;
 
 use crate::{

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     gateway::RunningGateway,
     netns::{self, GATEWAY, GATEWAY_PRIVATE_IF, GATEWAY_PUBLIC_IF, Topology},
 };
