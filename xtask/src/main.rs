@@ -2,6 +2,10 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+#[path = "../../ftp-guard/build/ebpf_toolchain.rs"]
+mod ebpf_toolchain;
+#[cfg(test)]
+mod ebpf_toolchain_tests;
 mod fuzz;
 mod interop;
 mod run;
