@@ -12,9 +12,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use ftp_guard_testbed::ftp_clients::{
-    ClientKind, ClientRun, DataMode, curl_download, curl_list, curl_resume_download, curl_upload,
-    ftplib_run, lftp_run, random_file, sha256_file, tnftp_run, wget_download, wget_list,
-    wget_resume_download,
+    ClientKind, ClientRun, DataMode, UrlClient, curl_download, curl_list, curl_resume_download,
+    curl_upload, ftplib_run, lftp_run, random_file, sha256_file, tnftp_run, wget_list,
 };
 
 use crate::{
@@ -71,7 +70,7 @@ pub(crate) fn run_op(ctx: &Ctx, client: ClientKind, mode: DataMode, op: Op) -> R
                 ClientKind::Ftplib => {
                     ftplib_run(ns, login, &[&format!("RETR {TEST_FILE} {l}")], mode)
                 }
-                ClientKind::Wget => wget_download(ns, login, TEST_FILE, &local, mode),
+                ClientKind::Wget => UrlClient::Wget.download(ns, login, TEST_FILE, &local, mode),
                 ClientKind::Tnftp => tnftp_run(ns, login, &format!("get {TEST_FILE} {l}"), mode),
             };
             let run = checked(run, mode)?;
@@ -111,7 +110,9 @@ pub(crate) fn run_op(ctx: &Ctx, client: ClientKind, mode: DataMode, op: Op) -> R
                     &[&format!("REST {third} RETR {TEST_FILE} {l}")],
                     mode,
                 ),
-                ClientKind::Wget => wget_resume_download(ns, login, TEST_FILE, &local, mode),
+                ClientKind::Wget => {
+                    UrlClient::Wget.resume_download(ns, login, TEST_FILE, &local, mode)
+                }
                 ClientKind::Tnftp => tnftp_run(ns, login, &format!("reget {TEST_FILE} {l}"), mode),
             };
             let run = checked(run, mode)?;
@@ -393,7 +394,7 @@ pub(crate) fn self_check(ctx: &Ctx, clients: &[ClientKind]) -> Result<(), Failur
             ClientKind::Curl => curl_download(ns, login, MISSING, &local, mode),
             ClientKind::Lftp => lftp_run(ns, login, &format!("get {MISSING} -o {l}"), mode),
             ClientKind::Ftplib => ftplib_run(ns, login, &[&format!("RETR {MISSING} {l}")], mode),
-            ClientKind::Wget => wget_download(ns, login, MISSING, &local, mode),
+            ClientKind::Wget => UrlClient::Wget.download(ns, login, MISSING, &local, mode),
             ClientKind::Tnftp => tnftp_run(ns, login, &format!("get {MISSING} {l}"), mode),
         };
         match run {
