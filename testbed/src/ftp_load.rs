@@ -1,6 +1,7 @@
-//! A minimal blocking FTP client for load generation (the benchmark's sessions/s, reply
-//! latency, lease rate and idle-session figures): thousands of sessions where spawning
-//! curl per session would measure curl. Errors are returned, never panicked, so a load run
+//! A minimal blocking FTP control client: for load generation (the benchmark's sessions/s,
+//! reply latency, lease rate and idle-session figures: thousands of sessions where spawning
+//! curl per session would measure curl) and, wrapped by [`crate::scenario::Control`], for
+//! tests that need precise choreography. Errors are returned, never panicked, so a load run
 //! can count them.
 use std::{
     io::{self, BufRead as _, BufReader, Read as _, Write},
@@ -17,6 +18,13 @@ pub struct Reply {
     pub text: String,
 }
 
+impl Reply {
+    /// The reply as it was sent: every line CRLF-terminated.
+    pub fn raw(&self) -> String {
+        self.text.lines().map(|l| format!("{l}\r\n")).collect()
+    }
+}
+
 /// A control connection.
 pub struct FtpControl {
     reader: BufReader<TcpStream>,
@@ -24,6 +32,8 @@ pub struct FtpControl {
     /// The local address the control connection was bound to, if chosen: data connections
     /// come from it too (a data connection from another address is not the client's).
     source: Option<Ipv4Addr>,
+    /// The server's 220 greeting.
+    greeting: Reply,
 }
 
 /// A TCP connection to `addr`, from `source` (any port) when given.
@@ -67,9 +77,18 @@ impl FtpControl {
             reader: BufReader::new(stream),
             peer: addr,
             source,
+            greeting: Reply {
+                code: 0,
+                text: String::new(),
+            },
         };
-        control.expect_reply(220).context("greeting")?;
+        control.greeting = control.expect_reply(220).context("greeting")?;
         Ok(control)
+    }
+
+    /// The server's 220 greeting.
+    pub fn greeting(&self) -> &Reply {
+        &self.greeting
     }
 
     /// Connects, logs in and switches to binary mode.
@@ -527,6 +546,14 @@ mod tests {
             "500 no\r\n",
         ]);
         let mut c = FtpControl::connect(addr, Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            c.greeting(),
+            &Reply {
+                code: 220,
+                text: "220-hello\n220-more\n220 there".into()
+            }
+        );
+        assert_eq!(c.greeting().raw(), "220-hello\r\n220-more\r\n220 there\r\n");
         let feat = c.command("FEAT").unwrap();
         assert_eq!(feat.code, 211);
         assert_eq!(feat.text.lines().count(), 4, "{feat:?}");

@@ -1,8 +1,8 @@
 //! A ready-made end-to-end scenario: the standard topology (or the field one, see
 //! [`Env::start_field`]), a real FTP server on the origin and ftp-guard (in-process) on the
-//! gateway, plus a raw control-session client for tests that need precise choreography.
+//! gateway, plus a raw control session ([`Control`]) for tests that need precise
+//! choreography.
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     path::{Path, PathBuf},
     time::Duration,
@@ -10,6 +10,7 @@ use std::{
 
 use crate::{
     ftp_clients::{self, Login, random_file, sha256_file},
+    ftp_load::FtpControl,
     ftp_servers::{FtpServer, ServerKind, ServerOptions},
     gateway::RunningGateway,
     netns::{self, CLIENT, ORIGIN, Topology},
@@ -235,9 +236,11 @@ pub fn assert_same(a: &Path, b: &Path) {
     );
 }
 
-/// A raw FTP control session from the client namespace, for precise choreography.
+/// A raw FTP control session from the client namespace, for precise choreography: the
+/// load client [`FtpControl`], logged in, with replies as sent (CRLF lines) and failures
+/// panicking, as a test wants them.
 pub struct Control {
-    reader: BufReader<TcpStream>,
+    ftp: FtpControl,
     /// The greeting (220), as the client got it.
     pub greeting: String,
 }
@@ -245,62 +248,35 @@ pub struct Control {
 impl Control {
     pub fn login(env: &Env) -> Control {
         let login = env.login();
-        let stream = env.topo.in_ns(CLIENT, || {
-            TcpStream::connect_timeout(&SocketAddr::V4(login.addr), Duration::from_secs(5))
-        });
-        let mut c = Control {
-            reader: BufReader::new(stream.unwrap()),
-            greeting: String::new(),
-        };
-        c.reader
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        c.greeting = c.reply();
-        assert!(c.greeting.starts_with("220"), "{}", c.greeting);
-        assert!(c.cmd(&format!("USER {}", login.user)).starts_with("331"));
-        assert!(
-            c.cmd(&format!("PASS {}", login.password))
-                .starts_with("230")
-        );
-        assert!(c.cmd("TYPE I").starts_with("200"));
-        c
+        let ftp = env
+            .topo
+            .in_ns(CLIENT, || {
+                FtpControl::login(
+                    login.addr,
+                    &login.user,
+                    &login.password,
+                    Duration::from_secs(10),
+                )
+            })
+            .unwrap_or_else(|e| panic!("logging in to {}: {e:#}", login.addr));
+        let greeting = ftp.greeting().raw();
+        Control { ftp, greeting }
     }
 
     pub fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            assert!(
-                self.reader.read_line(&mut line).unwrap() > 0,
-                "closed: {all}"
-            );
-            all.push_str(&line);
-            let b = line.as_bytes();
-            if b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && b[3] == b' ' {
-                return all;
-            }
-        }
+        self.ftp.reply().unwrap_or_else(|e| panic!("{e:#}")).raw()
     }
 
     pub fn cmd(&mut self, line: &str) -> String {
-        self.reader
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .unwrap();
-        self.reply()
+        self.ftp
+            .command(line)
+            .unwrap_or_else(|e| panic!("{line}: {e:#}"))
+            .raw()
     }
 
     /// EPSV, returning the public data port.
     pub fn epsv(&mut self) -> u16 {
-        let reply = self.cmd("EPSV");
-        assert!(reply.starts_with("229"), "{reply}");
-        reply
-            .split("|||")
-            .nth(1)
-            .and_then(|r| r.split('|').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {reply}"))
+        self.ftp.epsv().unwrap_or_else(|e| panic!("{e:#}"))
     }
 }
 
