@@ -9,12 +9,18 @@ use std::{
 };
 
 use crate::{
-    ftp_clients::{self, Login, random_file, sha256_file},
+    ftp_clients::{
+        self, ClientKind, DataMode, Login, curl_download, curl_list, curl_resume_download,
+        curl_upload, ftplib_run, lftp_run, random_file, sha256_file,
+    },
     ftp_load::FtpControl,
     ftp_servers::{FtpServer, ServerKind, ServerOptions},
     gateway::RunningGateway,
     netns::{self, CLIENT, ORIGIN, Topology},
 };
+
+/// The origin's file [`Env::client_sweep`] lists, downloads and resumes.
+const SWEEP_FILE: &str = "sweep.bin";
 
 /// The address clients connect to.
 pub const VIP: Ipv4Addr = netns::GATEWAY_PUBLIC_IP;
@@ -203,6 +209,75 @@ impl Env {
 
     pub fn local(&self, name: &str) -> PathBuf {
         self.work.join(name)
+    }
+
+    /// Every scripted client (curl, lftp, Python ftplib) in each of `modes` it can use:
+    /// LIST, RETR, STOR and a REST resume (lftp: no resume), each run's trace showing the
+    /// mode and every payload compared by SHA-256 with the origin's.
+    pub fn client_sweep(&self, modes: &[DataMode]) {
+        let login = self.login();
+        let ns = self.client_ns();
+        let remote = self.origin_file(SWEEP_FILE, 1 << 20);
+        let uploaded = |name: &str| self.server.root().join(name);
+        for &mode in modes {
+            let m = mode.verb();
+            let run = curl_list(ns, &login, "", mode).unwrap().success().unwrap();
+            run.check_mode(mode).unwrap();
+            assert!(run.stdout.contains(SWEEP_FILE), "{}", run.describe());
+            let local = self.local(&format!("curl-{m}.bin"));
+            curl_download(ns, &login, SWEEP_FILE, &local, mode)
+                .unwrap()
+                .success()
+                .unwrap()
+                .check_mode(mode)
+                .unwrap();
+            assert_same(&remote, &local);
+            let up = format!("up-curl-{m}.bin");
+            curl_upload(ns, &local, &login, &up, mode)
+                .unwrap()
+                .success()
+                .unwrap()
+                .check_mode(mode)
+                .unwrap();
+            assert_same(&remote, &uploaded(&up));
+            let partial = self.local(&format!("resume-{m}.bin"));
+            std::fs::write(&partial, &std::fs::read(&remote).unwrap()[..300_000]).unwrap();
+            let run = curl_resume_download(ns, &login, SWEEP_FILE, &partial, mode)
+                .unwrap()
+                .success()
+                .unwrap();
+            assert!(run.sent("REST"), "{}", run.describe());
+            assert_same(&remote, &partial);
+
+            if ClientKind::Lftp.unsupported_mode(mode).is_none() {
+                let got = self.local(&format!("lftp-{m}.bin"));
+                let script = format!(
+                    "cls -1; get {SWEEP_FILE} -o {0}; put {0} -o up-lftp-{m}.bin",
+                    got.display()
+                );
+                lftp_run(ns, &login, &script, mode)
+                    .unwrap()
+                    .success()
+                    .unwrap()
+                    .check_mode(mode)
+                    .unwrap();
+                assert_same(&remote, &got);
+                assert_same(&remote, &uploaded(&format!("up-lftp-{m}.bin")));
+            }
+
+            let got = self.local(&format!("ftplib-{m}.bin"));
+            let retr = format!("RETR {SWEEP_FILE} {}", got.display());
+            let stor = format!("STOR {} up-ftplib-{m}.bin", got.display());
+            let rest = format!("REST 500000 RETR {SWEEP_FILE} {}", got.display());
+            ftplib_run(ns, &login, &["LIST", &retr, &stor, &rest], mode)
+                .unwrap()
+                .success()
+                .unwrap()
+                .check_mode(mode)
+                .unwrap();
+            assert_same(&remote, &got);
+            assert_same(&remote, &uploaded(&format!("up-ftplib-{m}.bin")));
+        }
     }
 }
 
