@@ -10,14 +10,21 @@ use std::{
 
 use crate::{
     ftp_clients::{
-        self, ClientKind, DataMode, Login, curl_download, curl_list, curl_resume_download,
-        curl_upload, ftplib_run, lftp_run, random_file, sha256_file,
+        self, ClientKind, ClientRun, DataMode, Login, curl_download, curl_list,
+        curl_resume_download, curl_upload, ftplib_run, lftp_run, random_file, sha256_file,
     },
     ftp_load::FtpControl,
     ftp_servers::{FtpServer, ServerKind, ServerOptions},
     gateway::RunningGateway,
     netns::{self, CLIENT, ORIGIN, Topology},
 };
+
+/// A client run that exited 0 and whose trace shows `mode` and no other data command.
+fn in_mode(run: anyhow::Result<ClientRun>, mode: DataMode) -> ClientRun {
+    let run = run.unwrap().success().unwrap();
+    run.check_mode(mode).unwrap();
+    run
+}
 
 /// The origin's file [`Env::client_sweep`] lists, downloads and resumes.
 const SWEEP_FILE: &str = "sweep.bin";
@@ -221,24 +228,13 @@ impl Env {
         let uploaded = |name: &str| self.server.root().join(name);
         for &mode in modes {
             let m = mode.verb();
-            let run = curl_list(ns, &login, "", mode).unwrap().success().unwrap();
-            run.check_mode(mode).unwrap();
+            let run = in_mode(curl_list(ns, &login, "", mode), mode);
             assert!(run.stdout.contains(SWEEP_FILE), "{}", run.describe());
             let local = self.local(&format!("curl-{m}.bin"));
-            curl_download(ns, &login, SWEEP_FILE, &local, mode)
-                .unwrap()
-                .success()
-                .unwrap()
-                .check_mode(mode)
-                .unwrap();
+            in_mode(curl_download(ns, &login, SWEEP_FILE, &local, mode), mode);
             assert_same(&remote, &local);
             let up = format!("up-curl-{m}.bin");
-            curl_upload(ns, &local, &login, &up, mode)
-                .unwrap()
-                .success()
-                .unwrap()
-                .check_mode(mode)
-                .unwrap();
+            in_mode(curl_upload(ns, &local, &login, &up, mode), mode);
             assert_same(&remote, &uploaded(&up));
             let partial = self.local(&format!("resume-{m}.bin"));
             std::fs::write(&partial, &std::fs::read(&remote).unwrap()[..300_000]).unwrap();
@@ -255,12 +251,7 @@ impl Env {
                     "cls -1; get {SWEEP_FILE} -o {0}; put {0} -o up-lftp-{m}.bin",
                     got.display()
                 );
-                lftp_run(ns, &login, &script, mode)
-                    .unwrap()
-                    .success()
-                    .unwrap()
-                    .check_mode(mode)
-                    .unwrap();
+                in_mode(lftp_run(ns, &login, &script, mode), mode);
                 assert_same(&remote, &got);
                 assert_same(&remote, &uploaded(&format!("up-lftp-{m}.bin")));
             }
@@ -269,12 +260,10 @@ impl Env {
             let retr = format!("RETR {SWEEP_FILE} {}", got.display());
             let stor = format!("STOR {} up-ftplib-{m}.bin", got.display());
             let rest = format!("REST 500000 RETR {SWEEP_FILE} {}", got.display());
-            ftplib_run(ns, &login, &["LIST", &retr, &stor, &rest], mode)
-                .unwrap()
-                .success()
-                .unwrap()
-                .check_mode(mode)
-                .unwrap();
+            in_mode(
+                ftplib_run(ns, &login, &["LIST", &retr, &stor, &rest], mode),
+                mode,
+            );
             assert_same(&remote, &got);
             assert_same(&remote, &uploaded(&format!("up-ftplib-{m}.bin")));
         }

@@ -1,20 +1,20 @@
 //! The data-port reuse check: many sequential transfers through a 40-port range, so that
 //! each port carries several data connections in turn (the kernel path's linger included).
 use std::{
-    net::SocketAddrV4,
     path::Path,
     time::{Duration, Instant},
 };
 
 use ftp_guard_testbed::{
-    ftp_clients::{DataMode, Login, ftplib_run, random_file},
-    ftp_servers::{FtpServer, ServerKind, ServerOptions},
+    ftp_clients::{DataMode, ftplib_run, random_file},
+    ftp_servers::ServerKind,
     gateway::RunningGateway,
-    netns::{self, ORIGIN, Topology},
+    netns::Topology,
+    scenario::origin_server,
 };
 
 use crate::{
-    Args, REUSE_PAUSE_SECS, REUSE_PORTS, VIP,
+    Args, REUSE_PAUSE_SECS, REUSE_PORTS,
     cells::{checked_ftplib, same_content},
     outcome::{Failure, Outcome, ReuseReport},
     server::{Ctx, gateway_config, outcome_text, record},
@@ -44,14 +44,7 @@ pub(crate) fn port_reuse(
         elapsed: Duration::ZERO,
         failures: Vec::new(),
     };
-    let server = match FtpServer::start(
-        topo.ns_name(ORIGIN),
-        kind,
-        ServerOptions {
-            listen: SocketAddrV4::new(netns::ORIGIN_IP, 21),
-            ..ServerOptions::default()
-        },
-    ) {
+    let server = match origin_server(topo, kind) {
         Ok(s) => s,
         Err(e) => {
             report.outcome = Outcome::Fail(format!("{} did not start: {e:#}", kind.name()));
@@ -67,17 +60,7 @@ pub(crate) fn port_reuse(
         }
     };
     let remote = server.root().join("reuse.bin");
-    let ctx = Ctx {
-        topo,
-        server: &server,
-        login: Login {
-            addr: SocketAddrV4::new(VIP, 21),
-            ..server.login()
-        },
-        work,
-        remote: remote.clone(),
-        size: 4096,
-    };
+    let ctx = Ctx::new(topo, &server, work, remote.clone(), 4096);
     let result = random_file(&remote, ctx.size)
         .and_then(|()| server.give_to_user(&remote))
         .map_err(|e| Failure::from_error(&e))

@@ -12,9 +12,10 @@ use anyhow::Result;
 use ftp_guard_common::Counter;
 use ftp_guard_testbed::{
     ftp_clients::{ClientKind, DataMode, Login, random_file},
-    ftp_servers::{FtpServer, ServerKind, ServerOptions},
+    ftp_servers::{FtpServer, ServerKind},
     gateway::RunningGateway,
-    netns::{self, CLIENT, ORIGIN, Topology},
+    netns::{CLIENT, ORIGIN, Topology},
+    scenario::origin_server,
 };
 
 use crate::{
@@ -63,7 +64,29 @@ pub(crate) struct Ctx<'a> {
     pub(crate) size: u64,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// A client of `server` through the gateway's public address.
+    pub(crate) fn new(
+        topo: &'a Topology,
+        server: &'a FtpServer,
+        work: &'a Path,
+        remote: PathBuf,
+        size: u64,
+    ) -> Self {
+        let login = Login {
+            addr: SocketAddrV4::new(VIP, 21),
+            ..server.login()
+        };
+        Ctx {
+            topo,
+            server,
+            login,
+            work,
+            remote,
+            size,
+        }
+    }
+
     pub(crate) fn ns(&self) -> &str {
         self.topo.ns_name(CLIENT)
     }
@@ -101,14 +124,7 @@ pub(crate) fn server_matrix(
         report.version,
         plan.dataplane
     );
-    let server = match FtpServer::start(
-        topo.ns_name(ORIGIN),
-        kind,
-        ServerOptions {
-            listen: SocketAddrV4::new(netns::ORIGIN_IP, 21),
-            ..ServerOptions::default()
-        },
-    ) {
+    let server = match origin_server(topo, kind) {
         Ok(s) => s,
         Err(e) => {
             report.started = Some(format!("{} did not start: {e:#}", kind.name()));
@@ -144,17 +160,7 @@ pub(crate) fn server_matrix(
         report.started = Some(format!("could not create {}: {e:#}", remote.display()));
         return finish(report, started);
     }
-    let ctx = Ctx {
-        topo,
-        server: &server,
-        login: Login {
-            addr: SocketAddrV4::new(VIP, 21),
-            ..server.login()
-        },
-        work,
-        remote,
-        size: args.file_size,
-    };
+    let ctx = Ctx::new(topo, &server, work, remote, args.file_size);
     if plan.self_check {
         let outcome = record(
             &ctx,
