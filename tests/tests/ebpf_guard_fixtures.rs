@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ftp_guard::bpf::{Bpf, Lease, MapSizes, ProtectedRange};
 use ftp_guard_common::Counter;
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     fixture::{XDP_DROP, XDP_PASS, run_xdp, run_xdp_marked},
     packet::{self, Ipv4Frame, flags},
     require_privileged,

@@ -14,7 +14,7 @@ use ftp_guard_common::{
     FLOW_ACKED, FLOW_CLAIMER, FLOW_L2, FLOW_PAIR_L2, FLOW_TARGET_ISN, FLOW_TENTATIVE, FlowKey,
     FlowValue,
 };
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     fixture::{
         TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, run_tc, run_xdp,
         run_xdp_marked,

@@ -8,7 +8,7 @@ use std::{
     process::Command,
 };
 
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     ftp_clients::{
         ClientRun, DataMode, command_line, curl_download, curl_list, curl_resume_download,
         curl_upload, ftplib_run, lftp_run, random_file, sha256_file, unique_temp_dir,

@@ -23,7 +23,7 @@ use std::{
 };
 
 use ftp_guard_common::Counter;
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     ftp_clients::{
         ClientRun, DataMode, curl_download, curl_download_many, curl_upload, ftplib_run, lftp_run,
         random_file, set_client_timeout, sha256_file, wget_glob_download,
@@ -775,7 +775,7 @@ enum SessionEnd {
 #[allow(clippy::too_many_arguments)]
 fn load_session(
     source: Ipv4Addr,
-    login: &ftp_guard_tests::ftp_clients::Login,
+    login: &ftp_guard_testbed::ftp_clients::Login,
     path: &str,
     expected: &[u8],
     slots: &Slots,
@@ -993,7 +993,7 @@ fn many_clients_share_a_small_range() {
             }
         }
         transfer_ms.sort_by(f64::total_cmp);
-        let q = |p: f64| ftp_guard_tests::ftp_load::quantile(&transfer_ms, p).unwrap_or(f64::NAN);
+        let q = |p: f64| ftp_guard_testbed::ftp_load::quantile(&transfer_ms, p).unwrap_or(f64::NAN);
         let _ = writeln!(
             measured,
             "{k}: {}/{SESSIONS} sessions right from {CLIENT_ADDRESSES} addresses through \
@@ -1244,14 +1244,14 @@ const SPOOFED_PORT: u16 = 61000;
 /// the client's network can do right after seeing the 227.
 fn spoof_syn(topo: &Topology, target: std::net::SocketAddrV4) {
     let spoofed = std::net::SocketAddrV4::new(netns::CLIENT_IP, SPOOFED_PORT);
-    let frame = ftp_guard_tests::packet::Ipv4Frame::tcp(
+    let frame = ftp_guard_testbed::packet::Ipv4Frame::tcp(
         spoofed,
         target,
-        ftp_guard_tests::packet::flags::SYN,
+        ftp_guard_testbed::packet::flags::SYN,
         &[],
     )
     .build();
-    let ip = frame[ftp_guard_tests::packet::ETH_HLEN..].to_vec();
+    let ip = frame[ftp_guard_testbed::packet::ETH_HLEN..].to_vec();
     topo.in_ns(CLIENT2, || {
         let raw = socket2::Socket::new(
             socket2::Domain::IPV4,

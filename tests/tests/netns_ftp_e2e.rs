@@ -9,86 +9,14 @@ use std::{
 };
 
 use ftp_guard_common::Counter;
-use ftp_guard_tests::{
-    ftp_clients::{
-        DataMode, curl_download, curl_list, curl_resume_download, curl_upload, ftplib_run, lftp_run,
-    },
+use ftp_guard_testbed::{
+    ftp_clients::{DataMode, curl_download, curl_upload, ftplib_run},
     ftp_servers::ServerKind,
     gateway::RunningGateway,
     netns::{self, CLIENT, GATEWAY, ORIGIN},
     require_privileged,
     scenario::{Control, Env, VIP, assert_same, connect_from},
 };
-
-/// LIST, RETR, STOR and REST with curl, lftp and ftplib in both passive modes.
-fn clients_in_both_modes(env: &Env) {
-    let login = env.login();
-    let ns = env.client_ns();
-    let remote = env.origin_file("download.bin", 1 << 20);
-    for mode in DataMode::PASSIVE {
-        let m = mode.verb();
-        // curl: list, download, upload, resume.
-        let run = curl_list(ns, &login, "", mode).unwrap().success().unwrap();
-        run.check_mode(mode).unwrap();
-        assert!(run.stdout.contains("download.bin"), "{}", run.describe());
-
-        let local = env.local(&format!("curl-{m}.bin"));
-        curl_download(ns, &login, "download.bin", &local, mode)
-            .unwrap()
-            .success()
-            .unwrap()
-            .check_mode(mode)
-            .unwrap();
-        assert_same(&remote, &local);
-
-        curl_upload(ns, &local, &login, &format!("up-curl-{m}.bin"), mode)
-            .unwrap()
-            .success()
-            .unwrap();
-        assert_same(&local, &env.server.root().join(format!("up-curl-{m}.bin")));
-
-        let partial = env.local(&format!("resume-{m}.bin"));
-        std::fs::write(&partial, &std::fs::read(&remote).unwrap()[..300_000]).unwrap();
-        let run = curl_resume_download(ns, &login, "download.bin", &partial, mode)
-            .unwrap()
-            .success()
-            .unwrap();
-        assert!(run.sent("REST"), "{}", run.describe());
-        assert_same(&remote, &partial);
-
-        // lftp: list, get, put in one session.
-        let got = env.local(&format!("lftp-{m}.bin"));
-        let script = format!(
-            "cls -1; get download.bin -o {}; put {} -o up-lftp-{m}.bin",
-            got.display(),
-            got.display()
-        );
-        let run = lftp_run(ns, &login, &script, mode)
-            .unwrap()
-            .success()
-            .unwrap();
-        run.check_mode(mode).unwrap();
-        assert_same(&remote, &got);
-        assert_same(&remote, &env.server.root().join(format!("up-lftp-{m}.bin")));
-
-        // Python ftplib: list, retrieve, store, resume.
-        let got = env.local(&format!("ftplib-{m}.bin"));
-        std::fs::write(&got, b"").unwrap();
-        let retr = format!("RETR download.bin {}", got.display());
-        let stor = format!("STOR {} up-ftplib-{m}.bin", got.display());
-        let rest = format!("REST 500000 RETR download.bin {}", got.display());
-        let run = ftplib_run(ns, &login, &["LIST", &retr, &stor, &rest], mode)
-            .unwrap()
-            .success()
-            .unwrap();
-        run.check_mode(mode).unwrap();
-        assert_same(&remote, &got);
-        assert_same(
-            &remote,
-            &env.server.root().join(format!("up-ftplib-{m}.bin")),
-        );
-    }
-}
 
 #[test]
 fn kernel_path_vsftpd() {
@@ -98,7 +26,7 @@ fn kernel_path_vsftpd() {
     // XDP in driver mode, chosen explicitly (auto picks TC on veth, see the next test).
     let mut env = Env::start("kvs", ServerKind::Vsftpd, "kernel");
     env.reconfigure("kernel", "kernel_hook = \"xdp\"\n");
-    clients_in_both_modes(&env);
+    env.client_sweep(&DataMode::PASSIVE);
     let c = env.gateway.counters();
     assert!(
         c.get(Counter::NatToOrigin) > 0 && c.get(Counter::NatToClient) > 0,
@@ -138,7 +66,7 @@ fn kernel_path_pyftpdlib() {
         return;
     }
     let env = Env::start("kpy", ServerKind::Pyftpdlib, "kernel");
-    clients_in_both_modes(&env);
+    env.client_sweep(&DataMode::PASSIVE);
     let c = env.gateway.counters();
     assert!(
         c.get(Counter::NatToOrigin) > 0 && c.get(Counter::NatToClient) > 0,
@@ -161,7 +89,7 @@ fn userspace_relay_vsftpd() {
         return;
     }
     let env = Env::start("uvs", ServerKind::Vsftpd, "userspace");
-    clients_in_both_modes(&env);
+    env.client_sweep(&DataMode::PASSIVE);
 }
 
 #[test]
@@ -170,7 +98,7 @@ fn userspace_relay_pyftpdlib() {
         return;
     }
     let env = Env::start("upy", ServerKind::Pyftpdlib, "userspace");
-    clients_in_both_modes(&env);
+    env.client_sweep(&DataMode::PASSIVE);
 }
 
 /// 100 MiB each way in each mode through the kernel path, checksummed.
@@ -560,71 +488,13 @@ fn exhausted_data_ports_give_425() {
     }
 }
 
-/// Active mode: curl (PORT and EPRT), Python ftplib (PORT and EPRT) and lftp (PORT),
-/// downloads, uploads and listings with checksums; the origin's data connection reaches
-/// the client from the gateway's public address.
-fn active_clients(env: &Env) {
-    let login = env.login();
-    let ns = env.client_ns();
-    let remote = env.origin_file("active.bin", 1 << 20);
-    for mode in DataMode::ACTIVE {
-        let m = mode.verb();
-        let run = curl_list(ns, &login, "", mode).unwrap().success().unwrap();
-        run.check_mode(mode).unwrap();
-        assert!(run.stdout.contains("active.bin"), "{}", run.describe());
-        let local = env.local(&format!("curl-{m}.bin"));
-        curl_download(ns, &login, "active.bin", &local, mode)
-            .unwrap()
-            .success()
-            .unwrap()
-            .check_mode(mode)
-            .unwrap();
-        assert_same(&remote, &local);
-        curl_upload(ns, &local, &login, &format!("up-curl-{m}.bin"), mode)
-            .unwrap()
-            .success()
-            .unwrap()
-            .check_mode(mode)
-            .unwrap();
-        assert_same(&remote, &env.server.root().join(format!("up-curl-{m}.bin")));
-
-        let got = env.local(&format!("ftplib-{m}.bin"));
-        let retr = format!("RETR active.bin {}", got.display());
-        let stor = format!("STOR {} up-ftplib-{m}.bin", got.display());
-        ftplib_run(ns, &login, &["LIST", &retr, &stor], mode)
-            .unwrap()
-            .success()
-            .unwrap()
-            .check_mode(mode)
-            .unwrap();
-        assert_same(&remote, &got);
-        assert_same(
-            &remote,
-            &env.server.root().join(format!("up-ftplib-{m}.bin")),
-        );
-    }
-    let got = env.local("lftp-port.bin");
-    let script = format!(
-        "cls -1; get active.bin -o {0}; put {0} -o up-lftp-port.bin",
-        got.display()
-    );
-    lftp_run(ns, &login, &script, DataMode::Port)
-        .unwrap()
-        .success()
-        .unwrap()
-        .check_mode(DataMode::Port)
-        .unwrap();
-    assert_same(&remote, &got);
-    assert_same(&remote, &env.server.root().join("up-lftp-port.bin"));
-}
-
 #[test]
 fn active_mode_kernel_vsftpd() {
     if !require_privileged() {
         return;
     }
     let env = Env::start("actkvs", ServerKind::Vsftpd, "kernel");
-    active_clients(&env);
+    env.client_sweep(&DataMode::ACTIVE);
     let c = env.gateway.counters();
     assert!(
         c.get(Counter::NatToClient) > 0 && c.get(Counter::Redirected) > 0,
@@ -638,7 +508,7 @@ fn active_mode_kernel_pyftpdlib() {
         return;
     }
     let env = Env::start("actkpy", ServerKind::Pyftpdlib, "kernel");
-    active_clients(&env);
+    env.client_sweep(&DataMode::ACTIVE);
 }
 
 #[test]
@@ -648,7 +518,7 @@ fn active_mode_userspace_relay() {
     }
     for kind in ServerKind::ALL {
         let env = Env::start(&format!("actu{}", &kind.name()[..2]), kind, "userspace");
-        active_clients(&env);
+        env.client_sweep(&DataMode::ACTIVE);
     }
 }
 
@@ -788,7 +658,7 @@ fn origin_side_off_the_attach_points_is_refused() {
     if !require_privileged() {
         return;
     }
-    let topo = ftp_guard_tests::scenario::standard_topology("noorig").unwrap();
+    let topo = ftp_guard_testbed::scenario::standard_topology("noorig").unwrap();
     let origin = SocketAddrV4::new(netns::ORIGIN_IP, 21);
     let config = format!(
         "[[service]]\nname = \"e2e\"\nlisten = \"{}:21\"\norigin = \"{origin}\"\n\
@@ -863,8 +733,8 @@ fn smaller_mtu_on_the_client_side_is_clamped() {
     .unwrap();
     assert_same(&remote, &local);
 
-    let previous = ftp_guard_tests::ftp_clients::client_timeout();
-    ftp_guard_tests::ftp_clients::set_client_timeout(Duration::from_secs(8));
+    let previous = ftp_guard_testbed::ftp_clients::client_timeout();
+    ftp_guard_testbed::ftp_clients::set_client_timeout(Duration::from_secs(8));
     env.reconfigure("kernel", "data_mss = \"off\"\n");
     let _ = std::fs::remove_file(&local);
     let unclamped = curl_download(
@@ -875,7 +745,7 @@ fn smaller_mtu_on_the_client_side_is_clamped() {
         DataMode::Epsv,
     )
     .unwrap();
-    ftp_guard_tests::ftp_clients::set_client_timeout(previous);
+    ftp_guard_testbed::ftp_clients::set_client_timeout(previous);
     assert!(
         !unclamped.status.success(),
         "without clamping the transfer should have stalled: {}",
@@ -891,7 +761,7 @@ fn services_sharing_a_nat_address_and_ports_are_refused() {
     if !require_privileged() {
         return;
     }
-    let topo = ftp_guard_tests::scenario::standard_topology("natclash").unwrap();
+    let topo = ftp_guard_testbed::scenario::standard_topology("natclash").unwrap();
     let origin = SocketAddrV4::new(netns::ORIGIN_IP, 21);
     let service = |name: &str, port: u16, public: &str, ports: &str, nat: &str| {
         format!(

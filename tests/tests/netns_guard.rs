@@ -16,7 +16,7 @@ use std::{
 
 use ftp_guard::bpf::{AttachedMode, Bpf, Lease, MapSizes, ProtectedRange, XdpAttach};
 use ftp_guard_common::Counter;
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     netns::{CLIENT, CLIENT_IP, GATEWAY, GATEWAY_PUBLIC_IF, GATEWAY_PUBLIC_IP, Topology},
     require_privileged,
 };

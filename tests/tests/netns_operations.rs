@@ -9,7 +9,7 @@ use std::{
 };
 
 use ftp_guard::admin::{self, Status};
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     fixture::Bpffs,
     ftp_clients::{DataMode, curl_download, sha256_file},
     ftp_servers::ServerKind,
@@ -269,9 +269,9 @@ fn reload_status_and_graceful_stop_with_the_binary() {
     }
     let topo = standard_topology("ops").unwrap();
     let server = origin_server(&topo, ServerKind::Vsftpd).unwrap();
-    let dir = ftp_guard_tests::ftp_clients::unique_temp_dir("fg-ops").unwrap();
+    let dir = ftp_guard_testbed::ftp_clients::unique_temp_dir("fg-ops").unwrap();
     let daemon = Daemon::start(&topo, &dir, &service("a", 21, "40000-40049"));
-    let login = ftp_guard_tests::ftp_clients::Login {
+    let login = ftp_guard_testbed::ftp_clients::Login {
         addr: std::net::SocketAddrV4::new(netns::GATEWAY_PUBLIC_IP, 21),
         ..server.login()
     };
@@ -341,7 +341,7 @@ fn reload_status_and_graceful_stop_with_the_binary() {
 
     // SIGTERM during a download: the download completes, then the daemon exits.
     let big = server.root().join("big.bin");
-    ftp_guard_tests::ftp_clients::random_file(&big, 200 << 20).unwrap();
+    ftp_guard_testbed::ftp_clients::random_file(&big, 200 << 20).unwrap();
     server.give_to_user(&big).unwrap();
     let local = dir.join("big.bin");
     // Throttled so that the signal surely lands mid-transfer (200 MiB at 50 MB/s: ~4 s).
@@ -384,7 +384,7 @@ fn reload_status_and_graceful_stop_with_the_binary() {
 
 fn raw_login(
     topo: &Topology,
-    login: &ftp_guard_tests::ftp_clients::Login,
+    login: &ftp_guard_testbed::ftp_clients::Login,
 ) -> std::io::BufReader<std::net::TcpStream> {
     let stream = connect(topo, login.addr.port()).unwrap();
     stream
@@ -436,9 +436,9 @@ fn restart_with_pinning(hook: &str, link: &str, adopted: &str) {
     let topo = standard_topology(&format!("pin{hook}")).unwrap();
     let server = origin_server(&topo, ServerKind::Vsftpd).unwrap();
     let big = server.root().join("big.bin");
-    ftp_guard_tests::ftp_clients::random_file(&big, 64 << 20).unwrap();
+    ftp_guard_testbed::ftp_clients::random_file(&big, 64 << 20).unwrap();
     server.give_to_user(&big).unwrap();
-    let dir = ftp_guard_tests::ftp_clients::unique_temp_dir("fg-pin").unwrap();
+    let dir = ftp_guard_testbed::ftp_clients::unique_temp_dir("fg-pin").unwrap();
     let bpffs = Bpffs::mount_fresh();
     let pin = bpffs.pin();
     let config = format!(
@@ -450,7 +450,7 @@ fn restart_with_pinning(hook: &str, link: &str, adopted: &str) {
     assert!(pin.join("FLOWS").exists() && pin.join(link).exists());
 
     // Start a download and read it slowly: it must span the restart.
-    let login = ftp_guard_tests::ftp_clients::Login {
+    let login = ftp_guard_testbed::ftp_clients::Login {
         addr: std::net::SocketAddrV4::new(netns::GATEWAY_PUBLIC_IP, 21),
         ..server.login()
     };
@@ -668,7 +668,7 @@ fn restart_with_pinning_drops_a_dead_relays_admit_leases() {
     }
     let topo = standard_topology("pinrelay").unwrap();
     let server = origin_server(&topo, ServerKind::Vsftpd).unwrap();
-    let dir = ftp_guard_tests::ftp_clients::unique_temp_dir("fg-pin-relay").unwrap();
+    let dir = ftp_guard_testbed::ftp_clients::unique_temp_dir("fg-pin-relay").unwrap();
     let bpffs = Bpffs::mount_fresh();
     let pin = bpffs.pin();
     let config = format!(
@@ -677,7 +677,7 @@ fn restart_with_pinning_drops_a_dead_relays_admit_leases() {
         service("relay", 21, "40000-40099")
     );
     let first = Daemon::start(&topo, &dir, &config);
-    let login = ftp_guard_tests::ftp_clients::Login {
+    let login = ftp_guard_testbed::ftp_clients::Login {
         addr: SocketAddrV4::new(netns::GATEWAY_PUBLIC_IP, 21),
         ..server.login()
     };

@@ -9,7 +9,7 @@ use std::{
 };
 
 use ftp_guard_common::Counter;
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     ftp_servers::ServerKind,
     gateway::RunningGateway,
     netns::{self, CLIENT, GATEWAY},

@@ -12,7 +12,7 @@
 use std::net::IpAddr;
 
 use ftp_guard::ftp::scrub::Scrubber;
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     ftp_servers::ServerKind,
     netns::{GATEWAY_PRIVATE_IP, ORIGIN_IP},
     require_privileged,

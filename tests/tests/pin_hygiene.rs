@@ -13,7 +13,7 @@ use ftp_guard::bpf::{
     Bpf, Lease, LeaseAction, MapSizes, ProtectedRange, XdpAttach, monotonic_ns, unpin,
 };
 use ftp_guard_common::PIN_LAYOUT_VERSION;
-use ftp_guard_tests::{
+use ftp_guard_testbed::{
     fixture::{Bpffs, TC_ACT_OK, run_tc},
     packet::{Ipv4Frame, flags},
     require_privileged,

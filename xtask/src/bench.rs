@@ -1,4 +1,4 @@
-//! `cargo xtask bench [-- ARGS]`: setup, then the benchmark driver (`tests/src/bin/bench.rs`)
+//! `cargo xtask bench [-- ARGS]`: setup, then the benchmark driver (`tools/src/bin/bench/`)
 //! built in release mode, as root. Reports go to `target/bench/`; `-- --help` lists ARGS.
 use std::time::Instant;
 
@@ -33,7 +33,7 @@ pub fn run(extra: &[String]) -> Result<i32> {
         "run",
         "--release",
         "-p",
-        "ftp-guard-tests",
+        "ftp-guard-tools",
         "--bin",
         "bench",
         "--",

@@ -1,4 +1,4 @@
-//! `cargo xtask demo [--once]`: setup, build, then the demo driver (`tests/src/bin/demo.rs`),
+//! `cargo xtask demo [--once]`: setup, build, then the demo driver (`tools/src/bin/demo.rs`),
 //! which builds its own namespaces and runs the real `ftp-guard` binary on the gateway.
 use std::{os::unix::process::CommandExt as _, process::Command};
 
@@ -13,7 +13,7 @@ pub fn run(once: bool) -> Result<()> {
     );
     setup::run()?;
     let ftp_guard = util::build_ftp_guard()?;
-    let demo = util::build_bin("ftp-guard-tests", "demo")?;
+    let demo = util::build_bin("ftp-guard-tools", "demo")?;
     let mut cmd = Command::new(&demo);
     cmd.env("FTP_GUARD_BIN", &ftp_guard.exe);
     if once {

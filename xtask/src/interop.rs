@@ -1,5 +1,5 @@
 //! `cargo xtask interop [-- ARGS]`: setup, then the interoperability matrix
-//! (`tests/src/bin/interop.rs`: every FTP server × client × data mode × operation through
+//! (`tools/src/bin/interop/`: every FTP server × client × data mode × operation through
 //! ftp-guard) as root. Writes docs/interop.md; `-- --help` lists ARGS. `cargo xtask test`
 //! runs the matrix too, on both data paths, with its report under target/.
 use std::{path::PathBuf, process::ExitStatus, time::Instant};
@@ -31,7 +31,7 @@ pub fn run(extra: &[String]) -> Result<i32> {
 pub fn matrix(args: &[String]) -> Result<ExitStatus> {
     let mut cmd = util::cargo();
     // A debug build: the matrix is about protocol behaviour, not speed (small transfers).
-    cmd.args(["run", "-p", "ftp-guard-tests", "--bin", "interop", "--"])
+    cmd.args(["run", "-p", "ftp-guard-tools", "--bin", "interop", "--"])
         .args(args);
     println!("running: {}", util::cmdline(&cmd));
     util::status(&mut cmd)

@@ -2,6 +2,10 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+#[path = "../../ftp-guard/build/ebpf_toolchain.rs"]
+mod ebpf_toolchain;
+#[cfg(test)]
+mod ebpf_toolchain_tests;
 mod fuzz;
 mod interop;
 mod run;
@@ -78,7 +82,8 @@ enum Cmd {
         #[arg(long)]
         runs: Option<u64>,
     },
-    /// Setup, build, then run `ftp-guard demo`.
+    /// Setup, build, then run the demo driver (tools/src/bin/demo.rs) against the real
+    /// `ftp-guard` binary in network namespaces.
     Demo {
         /// Run the demo scenario once and exit.
         #[arg(long)]

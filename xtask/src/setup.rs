@@ -13,12 +13,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::util::{self, output, probe, run as run_cmd};
+use crate::{
+    ebpf_toolchain::{DEBIAN_TOOLCHAIN, ENV_TOOLCHAIN, has_core_source},
+    util::{self, output, probe, run as run_cmd},
+};
 
-/// Names a rustup toolchain (with rust-src) for the eBPF build; ftp-guard/build.rs reads it too.
-pub const ENV_TOOLCHAIN: &str = "FTP_GUARD_EBPF_TOOLCHAIN";
-/// Debian's rustc-web as rustup sees it; ftp-guard/build.rs falls back to this name.
-pub const DEBIAN_TOOLCHAIN: &str = "ftp-guard-bpf";
 /// bpf-linker must read the bitcode of the rustc that builds the eBPF crate, so its LLVM
 /// matches Debian rustc-web's. Change both together when Debian moves.
 const LLVM_MAJOR: &str = "22";
@@ -28,7 +27,7 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 /// FTP servers whose Debian packages conflict with vsftpd (each `Provides` and `Conflicts`
 /// `ftp-server`): unpacked into `PRIVATE_PREFIX/<package>` (`apt-get download` + `dpkg-deb
-/// -x`) instead of installed; with the binaries checked with `ldd`. tests/src/ftp_servers.rs
+/// -x`) instead of installed; with the binaries checked with `ldd`. testbed/src/ftp_servers.rs
 /// looks for them there (keep the paths in step).
 const PRIVATE_PACKAGES: &[(&str, &[&str])] = &[
     ("proftpd-core", &["usr/sbin/proftpd"]),
@@ -100,36 +99,9 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// The toolchain ftp-guard/build.rs will use (same rule), or what is missing.
+/// The toolchain ftp-guard/build.rs will use (the same rule), or what is missing.
 pub fn ebpf_toolchain() -> Result<String> {
-    if let Ok(name) = env::var(ENV_TOOLCHAIN) {
-        ensure!(
-            has_core_source(&name),
-            "{ENV_TOOLCHAIN}={name}: no such rustup toolchain, or it has no library/core source"
-        );
-        return Ok(name);
-    }
-    ["nightly", DEBIAN_TOOLCHAIN]
-        .into_iter()
-        .find(|name| has_core_source(name))
-        .map(str::to_owned)
-        .with_context(|| {
-            format!(
-                "no rustup toolchain can build eBPF (nightly with rust-src, or {DEBIAN_TOOLCHAIN})"
-            )
-        })
-}
-
-/// True when `rustup run NAME rustc` works and its sysroot holds `library/core`.
-fn has_core_source(name: &str) -> bool {
-    let mut cmd = Command::new("rustup");
-    cmd.args(["run", name, "rustc", "--print", "sysroot"])
-        .env_remove("RUSTC");
-    probe(&mut cmd).is_some_and(|sysroot| {
-        Path::new(sysroot.trim())
-            .join("lib/rustlib/src/rust/library/core")
-            .is_dir()
-    })
+    Ok(crate::ebpf_toolchain::ebpf_toolchain()?)
 }
 
 /// `bpf-linker --version` of the one on PATH, if any.

@@ -224,8 +224,8 @@ mod tests {
     fn package_names() {
         assert_eq!(package_name("path+file:///w/ftp-guard#0.1.0"), "ftp-guard");
         assert_eq!(
-            package_name("path+file:///w/tests#ftp-guard-tests@0.1.0"),
-            "ftp-guard-tests"
+            package_name("path+file:///w/tools#ftp-guard-tools@0.1.0"),
+            "ftp-guard-tools"
         );
         assert_eq!(
             package_name("registry+https://github.com/rust-lang/crates.io-index#aya@0.14.0"),
