@@ -8,12 +8,13 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ftp_guard_common::{
     Counter, EVENT_CLAIMED, FLOW_CLAIMER, FLOW_ENDING, FLOW_L2, FLOW_PAIR_L2, FLOW_RST,
-    FLOW_TARGET_ISN, FLOW_TENTATIVE, FlowKey, FlowValue, LeaseKey, LeaseValue, connection_over,
+    FLOW_TARGET_ISN, FLOW_TENTATIVE, FlowKey, FlowValue, LeaseValue, connection_over,
 };
 use network_types::{eth::EthHdr, tcp::TcpHdr};
 
 use crate::{
-    maps::{self, FLOWS, LEASES},
+    keys,
+    maps::{self, FLOWS, LEASES, NEW_FLOWS, NewFlows},
     packet::{self, Packet},
 };
 
@@ -101,13 +102,7 @@ pub fn tentative(key: &FlowKey, flow: *mut FlowValue, tcp: &TcpHdr, ttl: u8) -> 
     pair.flags &= !(FLOW_TENTATIVE | FLOW_TARGET_ISN);
     pair.claim_seq = 0;
     f.flags &= !FLOW_TENTATIVE;
-    let lease_key = LeaseKey {
-        peer_addr_be: key.src_addr_be,
-        addr_be: key.dst_addr_be,
-        port_be: key.dst_port_be,
-        _pad: 0,
-    };
-    let _ = LEASES.remove(&lease_key);
+    let _ = LEASES.remove(&keys::lease_of(key));
     maps::notify(EVENT_CLAIMED, key, &reverse);
     Handshake::Forward { forget: false }
 }
@@ -213,53 +208,55 @@ pub fn start(
     if lease.expires_ns != 0 && now > lease.expires_ns {
         return Err(Counter::DropLeaseExpired);
     }
-    let reverse_key = FlowKey {
+    // Built in per-CPU scratch space: two entries do not fit on the stack with the rest.
+    let Some(new) = NEW_FLOWS.get_ptr_mut(0) else {
+        return Err(Counter::DropFlowTableFull);
+    };
+    // SAFETY: this CPU's slot, used by nothing else while the program runs.
+    let NewFlows { forward, reverse } = unsafe { &mut *new };
+    *forward = FlowValue::default();
+    forward.new_src_addr_be = lease.source_addr_be;
+    forward.new_dst_addr_be = lease.target_addr_be;
+    forward.new_src_port_be = lease.source_port_be;
+    forward.new_dst_port_be = lease.target_port_be;
+    forward.reverse = FlowKey {
         src_addr_be: lease.target_addr_be,
         dst_addr_be: lease.source_addr_be,
         src_port_be: lease.target_port_be,
         dst_port_be: lease.source_port_be,
     };
-    let forward = FlowValue {
-        new_src_addr_be: lease.source_addr_be,
-        new_dst_addr_be: lease.target_addr_be,
-        new_src_port_be: lease.source_port_be,
-        new_dst_port_be: lease.target_port_be,
-        reverse: reverse_key,
-        egress_ifindex: lease.target_ifindex,
-        mss_max: lease.mss_max,
-        claim_seq: syn_seq,
-        flags: if link.is_some() {
-            FLOW_TENTATIVE | FLOW_CLAIMER | FLOW_PAIR_L2
-        } else {
-            FLOW_TENTATIVE | FLOW_CLAIMER
-        },
-        last_seen_ns: now,
-        ..FlowValue::default()
+    forward.egress_ifindex = lease.target_ifindex;
+    forward.mss_max = lease.mss_max;
+    forward.claim_seq = syn_seq;
+    forward.flags = if link.is_some() {
+        FLOW_TENTATIVE | FLOW_CLAIMER | FLOW_PAIR_L2
+    } else {
+        FLOW_TENTATIVE | FLOW_CLAIMER
     };
-    let mut reverse = FlowValue {
-        new_src_addr_be: key.dst_addr_be,
-        new_dst_addr_be: key.src_addr_be,
-        new_src_port_be: key.dst_port_be,
-        new_dst_port_be: key.src_port_be,
-        reverse: *key,
-        egress_ifindex: ingress_ifindex,
-        mss_max: lease.mss_max,
-        flags: FLOW_TENTATIVE,
-        last_seen_ns: now,
-        ..FlowValue::default()
-    };
+    forward.last_seen_ns = now;
+    *reverse = FlowValue::default();
+    reverse.new_src_addr_be = key.dst_addr_be;
+    reverse.new_dst_addr_be = key.src_addr_be;
+    reverse.new_src_port_be = key.dst_port_be;
+    reverse.new_dst_port_be = key.src_port_be;
+    reverse.reverse = *key;
+    reverse.egress_ifindex = ingress_ifindex;
+    reverse.mss_max = lease.mss_max;
+    reverse.flags = FLOW_TENTATIVE;
+    reverse.last_seen_ns = now;
     if let Some((src, dst)) = link {
         reverse.dst_mac = src;
         reverse.src_mac = dst;
         reverse.flags |= FLOW_L2;
     }
+    let reverse_key = &forward.reverse;
     // Both directions or neither. A key already taken means a stale entry of an earlier
     // connection with the same ports: refuse rather than hijack it.
-    if FLOWS.insert(key, &forward, BPF_NOEXIST).is_err() {
+    if FLOWS.insert(key, &*forward, BPF_NOEXIST).is_err() {
         return Err(Counter::DropFlowTableFull);
     }
-    if FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST).is_err() {
-        let taken = match FLOWS.get_ptr_mut(&reverse_key) {
+    if FLOWS.insert(reverse_key, &*reverse, BPF_NOEXIST).is_err() {
+        let taken = match FLOWS.get_ptr_mut(reverse_key) {
             // The same lease's target tuple, held by a connection that never completed its
             // handshake (a SYN spoofed with the peer's address from another port, or the
             // peer's own earlier attempt): this SYN takes it over.
@@ -268,15 +265,15 @@ pub fn start(
                 // SAFETY: as above.
                 let old_forward = unsafe { (*old).reverse };
                 let _ = FLOWS.remove(&old_forward);
-                FLOWS.insert(&reverse_key, &reverse, BPF_ANY).is_err()
+                FLOWS.insert(reverse_key, &*reverse, BPF_ANY).is_err()
             }
             // A finished connection's entries (its NAT pair came round again while they
             // wait out their close grace) give way.
             Some(old) => {
-                !forget_if_over(&reverse_key, old, 0)
-                    || FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST).is_err()
+                !forget_if_over(reverse_key, old, 0)
+                    || FLOWS.insert(reverse_key, &*reverse, BPF_NOEXIST).is_err()
             }
-            None => FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST).is_err(),
+            None => FLOWS.insert(reverse_key, &*reverse, BPF_NOEXIST).is_err(),
         };
         if taken {
             let _ = FLOWS.remove(key);

@@ -31,7 +31,7 @@
 //! The guard only decides; rewriting and sending are the entry points' job (`forward`),
 //! because XDP and TC differ in what they can send and how checksums must be updated.
 use ftp_guard_common::{
-    Counter, FLOW_TENTATIVE, FilterConfig, FlowKey, FlowValue, LEASE_ADMIT, LeaseKey,
+    Counter, FLOW_TENTATIVE, FilterConfig, FlowKey, FlowValue, IpAddrBe, LEASE_ADMIT,
 };
 use network_types::{
     ip::{IpProto, Ipv4Hdr},
@@ -40,7 +40,7 @@ use network_types::{
 
 use crate::{
     flows::{self, Handshake},
-    icmp, ipv6,
+    icmp, ipv6, keys,
     maps::{FILTER_CONFIG, FLOWS, LEASES},
     packet::{self, L3, Packet},
     ranges::{PortClass, Side, classify_port, side_of},
@@ -99,8 +99,8 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
     // SAFETY: packet::ipv4 checked that the whole header is inside the packet.
     let ip = unsafe { &*hdr.ip };
     // Addresses and ports stay in network order end to end: no byte swapping.
-    let dst_be = u32::from_ne_bytes(ip.dst_addr);
-    let Some(side) = side_of(config, dst_be) else {
+    let dst = keys::addr_v4(ip.dst_addr);
+    let Some(side) = side_of(config, &dst) else {
         return (Verdict::Pass, Counter::PassOtherAddress);
     };
     if ip.proto == IpProto::Icmp as u8 {
@@ -130,7 +130,7 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
         return (Verdict::Pass, Counter::PassLaterFragment);
     }
     if ip.proto != IpProto::Tcp as u8 {
-        return not_tcp(p, config, side, dst_be, ip.proto, hdr.l4_offset);
+        return not_tcp(p, config, side, &dst, ip.proto, hdr.l4_offset);
     }
     // The destination port decides whether the guard cares; read it before the whole
     // header so that a truncated packet to another port is left to the stack.
@@ -140,7 +140,7 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { *ports };
     let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-    let port_class = classify_port(config, side, dst_be, dst_port);
+    let port_class = classify_port(config, side, &dst, dst_port);
     if port_class == PortClass::Other {
         return (Verdict::Pass, Counter::PassOtherPort);
     }
@@ -150,12 +150,7 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
     let Some(tcp) = packet::ptr_at::<TcpHdr, P>(p, hdr.l4_offset) else {
         return (Verdict::Drop, Counter::DropTruncated);
     };
-    let flow_key = FlowKey {
-        src_addr_be: u32::from_ne_bytes(ip.src_addr),
-        dst_addr_be: dst_be,
-        src_port_be: u16::from_ne_bytes([ports[0], ports[1]]),
-        dst_port_be: u16::from_ne_bytes([ports[2], ports[3]]),
-    };
+    let flow_key = keys::flow_v4(ip.src_addr, ip.dst_addr, ports);
     let nat_counter = match side {
         Side::Client => Counter::NatToOrigin,
         Side::Origin => Counter::NatToClient,
@@ -197,12 +192,7 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
         // Port 20 is shared by every active flow: no flow, nothing of ours.
         return (Verdict::Pass, Counter::PassOtherPort);
     }
-    let lease_key = LeaseKey {
-        peer_addr_be: flow_key.src_addr_be,
-        addr_be: dst_be,
-        port_be: flow_key.dst_port_be,
-        _pad: 0,
-    };
+    let lease_key = keys::lease_of(&flow_key);
     // SAFETY: the value is copied out at once; userspace replaces values whole.
     let Some(lease) = (unsafe { LEASES.get(&lease_key) }).copied() else {
         return match side {
@@ -242,7 +232,7 @@ fn not_tcp<P: Packet>(
     p: &P,
     config: &FilterConfig,
     side: Side,
-    dst_be: u32,
+    dst: &IpAddrBe,
     proto: u8,
     l4_offset: usize,
 ) -> (Verdict, Counter) {
@@ -259,7 +249,7 @@ fn not_tcp<P: Packet>(
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { *ports };
     let port = u16::from_be_bytes([ports[2], ports[3]]);
-    if classify_port(config, side, dst_be, port) == PortClass::Data {
+    if classify_port(config, side, dst, port) == PortClass::Data {
         return (Verdict::Drop, Counter::DropNotTcp);
     }
     (Verdict::Pass, Counter::PassNotTcp)

@@ -10,6 +10,7 @@ mod guard;
 mod icmp;
 mod ipv6;
 mod judged;
+mod keys;
 mod maps;
 mod nat;
 mod packet;

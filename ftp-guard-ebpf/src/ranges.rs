@@ -1,7 +1,7 @@
 //! What the guard's configuration (`FILTER_CONFIG`: public and NAT addresses with their
 //! data-port ranges) says about a packet's destination address and port.
 
-use ftp_guard_common::{FilterConfig, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20};
+use ftp_guard_common::{FilterConfig, IpAddrBe, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20};
 
 /// Which side of the gateway a destination address belongs to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -12,19 +12,19 @@ pub enum Side {
     Origin,
 }
 
-/// The side `addr_be` belongs to, if any data range is on it.
+/// The side `addr` belongs to, if any data range is on it.
 #[inline(always)]
-pub fn side_of(config: &FilterConfig, addr_be: u32) -> Option<Side> {
+pub fn side_of(config: &FilterConfig, addr: &IpAddrBe) -> Option<Side> {
     let mut i = 0;
     while i < MAX_DATA_RANGES {
         if i as u32 >= config.range_count {
             break;
         }
         let range = &config.ranges[i];
-        if range.addr_be == addr_be {
+        if range.addr_be == *addr {
             return Some(Side::Client);
         }
-        if range.nat_addr_be != 0 && range.nat_addr_be == addr_be {
+        if !range.nat_addr_be.is_unspecified() && range.nat_addr_be == *addr {
             return Some(Side::Origin);
         }
         i += 1;
@@ -60,7 +60,7 @@ pub enum PortClass {
 }
 
 #[inline(always)]
-pub fn classify_port(config: &FilterConfig, side: Side, addr_be: u32, port: u16) -> PortClass {
+pub fn classify_port(config: &FilterConfig, side: Side, addr: &IpAddrBe, port: u16) -> PortClass {
     let mut class = PortClass::Other;
     let mut i = 0;
     while i < MAX_DATA_RANGES {
@@ -68,11 +68,11 @@ pub fn classify_port(config: &FilterConfig, side: Side, addr_be: u32, port: u16)
             break;
         }
         let range = &config.ranges[i];
-        let addr = match side {
+        let range_addr = match side {
             Side::Client => range.addr_be,
             Side::Origin => range.nat_addr_be,
         };
-        if addr == addr_be {
+        if range_addr == *addr {
             if range.contains(port) {
                 return PortClass::Data;
             }

@@ -20,7 +20,8 @@ use aya::{
 };
 use ftp_guard_common::{
     Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES, DataRange, FilterConfig, FlowKey, FlowValue,
-    LEASE_ADMIT, LEASE_NAT, LeaseKey, LeaseValue, MAX_DATA_RANGES, PIN_LAYOUT_VERSION, names,
+    IpAddrBe, LEASE_ADMIT, LEASE_NAT, LeaseKey, LeaseValue, MAX_DATA_RANGES, PIN_LAYOUT_VERSION,
+    names,
 };
 
 /// The eBPF object built by build.rs (crate `ftp-guard-ebpf`), embedded in the binary.
@@ -378,12 +379,10 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn be32(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
-}
-
-fn ip_of(be: u32) -> Ipv4Addr {
-    Ipv4Addr::from(be.to_ne_bytes())
+/// IPv4 only until IPv6 is carried: nothing writes anything but v4-mapped addresses into
+/// the maps, so an IPv6 one (which would read as 0.0.0.0) cannot be there.
+fn ip_of(addr: IpAddrBe) -> Ipv4Addr {
+    addr.to_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED)
 }
 
 /// The inverse of [`lease_key`]: (peer, local address).
@@ -395,12 +394,7 @@ fn lease_of(k: &LeaseKey) -> (Ipv4Addr, SocketAddrV4) {
 }
 
 pub fn lease_key(peer: Ipv4Addr, local: SocketAddrV4) -> LeaseKey {
-    LeaseKey {
-        peer_addr_be: be32(peer),
-        addr_be: be32(*local.ip()),
-        port_be: local.port().to_be(),
-        _pad: 0,
-    }
+    LeaseKey::new(peer.into(), local.into())
 }
 
 /// Packet counters summed over all CPUs, one per [`Counter`], in `Counter::ALL` order.
@@ -493,12 +487,7 @@ fn tuple_of(k: &FlowKey) -> FlowTuple {
 pub type FlowTuple = (SocketAddrV4, SocketAddrV4);
 
 fn flow_key((src, dst): FlowTuple) -> FlowKey {
-    FlowKey {
-        src_addr_be: be32(*src.ip()),
-        dst_addr_be: be32(*dst.ip()),
-        src_port_be: src.port().to_be(),
-        dst_port_be: dst.port().to_be(),
-    }
+    FlowKey::new(src.into(), dst.into())
 }
 
 /// The loaded eBPF object with its maps. Dropping it detaches every program it attached.
@@ -733,8 +722,8 @@ impl Kernel {
         };
         for (slot, r) in config.ranges.iter_mut().zip(ranges) {
             *slot = DataRange {
-                addr_be: be32(r.public_ip),
-                nat_addr_be: r.nat_ip.map_or(0, be32),
+                addr_be: r.public_ip.into(),
+                nat_addr_be: r.nat_ip.map_or(IpAddrBe::UNSPECIFIED, IpAddrBe::from),
                 port_lo: r.first_port,
                 port_hi: r.last_port,
                 flags: if r.active_port_20 {
@@ -770,8 +759,8 @@ impl Kernel {
                 peer_ifindex,
                 peer_port,
             } => LeaseValue {
-                target_addr_be: be32(*target.ip()),
-                source_addr_be: be32(*source.ip()),
+                target_addr_be: (*target.ip()).into(),
+                source_addr_be: (*source.ip()).into(),
                 target_port_be: target.port().to_be(),
                 source_port_be: source.port().to_be(),
                 kind: LEASE_NAT,
@@ -910,7 +899,7 @@ impl Kernel {
             let port = u16::from_be(k.dst_port_be);
             ranges.iter().any(|r| {
                 (r.addr_be == k.dst_addr_be
-                    || (r.nat_addr_be != 0 && r.nat_addr_be == k.dst_addr_be))
+                    || (!r.nat_addr_be.is_unspecified() && r.nat_addr_be == k.dst_addr_be))
                     && r.contains(port)
             })
         };

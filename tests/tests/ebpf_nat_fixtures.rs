@@ -1272,12 +1272,7 @@ fn an_active_syn_is_admitted_only_from_the_origins_interface_and_port() {
 
 /// The key the programs use for a flow direction arriving from `src` at `dst`.
 fn flow_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
-    FlowKey {
-        src_addr_be: u32::from_ne_bytes(src.ip().octets()),
-        dst_addr_be: u32::from_ne_bytes(dst.ip().octets()),
-        src_port_be: src.port().to_be(),
-        dst_port_be: dst.port().to_be(),
-    }
+    FlowKey::new(src.into(), dst.into())
 }
 
 /// The two entries a SYN from `client` to the fixture's lease on PORT creates (arriving on
@@ -1286,8 +1281,8 @@ fn flow_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
 fn tentative_pair(client: SocketAddrV4) -> (FlowValue, FlowValue) {
     let (public, origin, nat) = (sa(PUBLIC, PORT), sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
     let forward = FlowValue {
-        new_src_addr_be: flow_key(nat, origin).src_addr_be,
-        new_dst_addr_be: flow_key(nat, origin).dst_addr_be,
+        new_src_addr_be: NAT.into(),
+        new_dst_addr_be: ORIGIN.into(),
         new_src_port_be: PORT.to_be(),
         new_dst_port_be: ORIGIN_PORT.to_be(),
         reverse: flow_key(origin, nat),
@@ -1296,8 +1291,8 @@ fn tentative_pair(client: SocketAddrV4) -> (FlowValue, FlowValue) {
         ..FlowValue::default()
     };
     let reverse = FlowValue {
-        new_src_addr_be: flow_key(public, client).src_addr_be,
-        new_dst_addr_be: flow_key(public, client).dst_addr_be,
+        new_src_addr_be: PUBLIC.into(),
+        new_dst_addr_be: (*client.ip()).into(),
         new_src_port_be: PORT.to_be(),
         new_dst_port_be: client.port().to_be(),
         reverse: flow_key(client, public),
