@@ -671,15 +671,10 @@ fn icmp_errors_about_a_data_connection_are_translated() {
 /// An Ethernet frame with ICMP type 3 code 4 from `src` to `dst` quoting the first 48
 /// bytes of `packet` (an IPv4 packet: its header, the TCP header and 8 bytes of data).
 fn icmp_frag_needed(src: Ipv4Addr, dst: Ipv4Addr, packet: &[u8], mtu: u16) -> Vec<u8> {
-    let mut icmp = vec![3, 4, 0, 0, 0, 0];
-    icmp.extend_from_slice(&mtu.to_be_bytes());
-    icmp.extend_from_slice(&packet[..48]);
-    let sum = internet_checksum(&icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    let mut frame = Ipv4Frame::tcp(sa(src, 0), sa(dst, 0), 0, &[]);
-    frame.protocol = 1;
-    frame.payload = icmp;
-    frame.build()
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&mtu.to_be_bytes());
+    body.extend_from_slice(&packet[..48]);
+    Ipv4Frame::icmp(src, dst, 3, 4, &body).build()
 }
 
 /// A SYN (from `src` to `dst`) whose first TCP option announces `mss`.
