@@ -321,7 +321,7 @@ pub enum Counter {
     DropLeaseExpired = 18,
     /// Not a SYN and no flow: nothing to continue.
     DropNoFlow = 19,
-    /// The flow table is full: the connection cannot be NATed.
+    /// The flow table is full: the connection cannot be NATed (its lease stays).
     DropFlowTableFull = 20,
     /// The TTL would expire: left to be dropped here rather than forwarded. A SYN (or the
     /// ACK completing a handshake) is dropped before it touches its lease or flows.
@@ -341,10 +341,13 @@ pub enum Counter {
     /// From the claiming peer on a connection whose handshake has not completed: neither
     /// its SYN again, a RST, nor the ACK of the target's SYN-ACK.
     DropUnconfirmed = 27,
+    /// A connection's flow key (either direction) is held by another connection still
+    /// open: it cannot be NATed without hijacking that one (its lease stays).
+    DropTupleTaken = 28,
 }
 
 /// Number of [`Counter`] values: the size of the counter map.
-pub const COUNTER_COUNT: u32 = 28;
+pub const COUNTER_COUNT: u32 = 29;
 
 impl Counter {
     /// Every counter in index order.
@@ -377,6 +380,7 @@ impl Counter {
         Counter::DropWrongInterface,
         Counter::DropWrongSourcePort,
         Counter::DropUnconfirmed,
+        Counter::DropTupleTaken,
     ];
 
     /// Stable snake_case name, used in logs and metric labels.
@@ -410,6 +414,7 @@ impl Counter {
             Counter::DropWrongInterface => "drop_wrong_interface",
             Counter::DropWrongSourcePort => "drop_wrong_source_port",
             Counter::DropUnconfirmed => "drop_unconfirmed",
+            Counter::DropTupleTaken => "drop_tuple_taken",
         }
     }
 

@@ -18,6 +18,20 @@ use crate::{
     packet::{self, Packet},
 };
 
+/// errno of an insert with [`BPF_NOEXIST`] whose key is already in the map.
+const EEXIST: i32 = 17;
+
+/// Why a flow entry could not be inserted: its key is held by another connection, or the
+/// table is full (E2BIG) — or, rarely, out of memory, counted as full too.
+#[inline(always)]
+fn insert_failure(errno: i32) -> Counter {
+    if errno == -EEXIST {
+        Counter::DropTupleTaken
+    } else {
+        Counter::DropFlowTableFull
+    }
+}
+
 /// Map update flag: insert or replace.
 const BPF_ANY: u64 = 0;
 /// Map update flag: insert only if absent.
@@ -252,11 +266,11 @@ pub fn start(
     let reverse_key = &forward.reverse;
     // Both directions or neither. A key already taken means a stale entry of an earlier
     // connection with the same ports: refuse rather than hijack it.
-    if FLOWS.insert(key, &*forward, BPF_NOEXIST).is_err() {
-        return Err(Counter::DropFlowTableFull);
+    if let Err(errno) = FLOWS.insert(key, &*forward, BPF_NOEXIST) {
+        return Err(insert_failure(errno));
     }
     if FLOWS.insert(reverse_key, &*reverse, BPF_NOEXIST).is_err() {
-        let taken = match FLOWS.get_ptr_mut(reverse_key) {
+        let retried = match FLOWS.get_ptr_mut(reverse_key) {
             // The same lease's target tuple, held by a connection that never completed its
             // handshake (a SYN spoofed with the peer's address from another port, or the
             // peer's own earlier attempt): this SYN takes it over.
@@ -265,19 +279,22 @@ pub fn start(
                 // SAFETY: as above.
                 let old_forward = unsafe { (*old).reverse };
                 let _ = FLOWS.remove(&old_forward);
-                FLOWS.insert(reverse_key, &*reverse, BPF_ANY).is_err()
+                FLOWS.insert(reverse_key, &*reverse, BPF_ANY)
             }
             // A finished connection's entries (its NAT pair came round again while they
-            // wait out their close grace) give way.
+            // wait out their close grace) give way; an open one's do not.
             Some(old) => {
-                !forget_if_over(reverse_key, old, 0)
-                    || FLOWS.insert(reverse_key, &*reverse, BPF_NOEXIST).is_err()
+                if forget_if_over(reverse_key, old, 0) {
+                    FLOWS.insert(reverse_key, &*reverse, BPF_NOEXIST)
+                } else {
+                    Err(-EEXIST)
+                }
             }
-            None => FLOWS.insert(reverse_key, &*reverse, BPF_NOEXIST).is_err(),
+            None => FLOWS.insert(reverse_key, &*reverse, BPF_NOEXIST),
         };
-        if taken {
+        if let Err(errno) = retried {
             let _ = FLOWS.remove(key);
-            return Err(Counter::DropFlowTableFull);
+            return Err(insert_failure(errno));
         }
     }
     Ok(())

@@ -465,6 +465,44 @@ fn a_full_flow_table_rolls_back_the_claim() {
     });
 }
 
+/// A lease whose target tuple (origin and NAT address and port) an open connection holds
+/// cannot start a connection: it would hijack that one. The SYN is dropped as
+/// `drop_tuple_taken` (not as a full table), nothing is left behind, the lease stays.
+#[test]
+fn a_tuple_held_by_an_open_connection_is_not_taken() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let (mut kernel, [_, _, origin, nat]) = claimed();
+        let public = sa(PUBLIC, PORT + 1);
+        kernel
+            .insert_lease(&Lease {
+                peer: STRANGER,
+                local: public,
+                action: LeaseAction::Nat {
+                    target: origin,
+                    source: nat,
+                    deadline_ns: far_future(),
+                    target_ifindex: 0,
+                    mss_max: 0,
+                    peer_ifindex: 0,
+                    peer_port: 0,
+                },
+            })
+            .unwrap();
+        let syn = tcp(sa(STRANGER, CLIENT_PORT), public, flags::SYN, &[]);
+        let (action, out, moved) = run_tc(&kernel, &syn);
+        assert_eq!(
+            (action, moved, out),
+            (TC_ACT_SHOT, vec!["drop_tuple_taken"], syn)
+        );
+        assert_eq!(kernel.flow_count(), 2);
+        assert_eq!(kernel.claimed_flows().len(), 1);
+        assert!(kernel.has_lease(STRANGER, public).unwrap());
+    });
+}
+
 /// Active mode: the origin's SYN to the gateway's origin-side port claims the lease and
 /// is NATed to the client's PORT address, from the public address (port 20 here); the
 /// client's answers to public port 20 follow the flow back.
