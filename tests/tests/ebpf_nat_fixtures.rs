@@ -56,12 +56,28 @@ fn in_empty_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 fn nat_lease(port: u16, deadline_ns: u64) -> Lease {
+    lease_to(
+        CLIENT,
+        sa(PUBLIC, port),
+        [sa(ORIGIN, ORIGIN_PORT + (port - PORT)), sa(NAT, port)],
+        deadline_ns,
+    )
+}
+
+/// A NAT lease for `peer` on the gateway's `local` to `target` from `source`, without
+/// interface, source-port or MSS conditions.
+fn lease_to(
+    peer: Ipv4Addr,
+    local: SocketAddrV4,
+    [target, source]: [SocketAddrV4; 2],
+    deadline_ns: u64,
+) -> Lease {
     Lease {
-        peer: CLIENT,
-        local: sa(PUBLIC, port),
+        peer,
+        local,
         action: LeaseAction::Nat {
-            target: sa(ORIGIN, ORIGIN_PORT + (port - PORT)),
-            source: sa(NAT, port),
+            target,
+            source,
             deadline_ns,
             target_ifindex: 0,
             mss_max: 0,
@@ -477,19 +493,7 @@ fn a_tuple_held_by_an_open_connection_is_not_taken() {
         let (mut kernel, [_, _, origin, nat]) = claimed();
         let public = sa(PUBLIC, PORT + 1);
         kernel
-            .insert_lease(&Lease {
-                peer: STRANGER,
-                local: public,
-                action: LeaseAction::Nat {
-                    target: origin,
-                    source: nat,
-                    deadline_ns: far_future(),
-                    target_ifindex: 0,
-                    mss_max: 0,
-                    peer_ifindex: 0,
-                    peer_port: 0,
-                },
-            })
+            .insert_lease(&lease_to(STRANGER, public, [origin, nat], far_future()))
             .unwrap();
         let syn = tcp(sa(STRANGER, CLIENT_PORT), public, flags::SYN, &[]);
         let (action, out, moved) = run_tc(&kernel, &syn);
@@ -525,19 +529,12 @@ fn active_mode_both_directions_from_port_20() {
         let client_data = sa(CLIENT, 51201);
         let origin_side = sa(NAT, 40007);
         kernel
-            .insert_lease(&Lease {
-                peer: ORIGIN,
-                local: origin_side,
-                action: LeaseAction::Nat {
-                    target: client_data,
-                    source: sa(PUBLIC, 20),
-                    deadline_ns: far_future(),
-                    target_ifindex: 0,
-                    mss_max: 0,
-                    peer_ifindex: 0,
-                    peer_port: 0,
-                },
-            })
+            .insert_lease(&lease_to(
+                ORIGIN,
+                origin_side,
+                [client_data, sa(PUBLIC, 20)],
+                far_future(),
+            ))
             .unwrap();
         let origin = sa(ORIGIN, 20);
 
