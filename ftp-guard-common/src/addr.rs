@@ -8,7 +8,7 @@
 /// programs read addresses from headers): 4-byte aligned, so the programs copy and
 /// compare it a word at a time instead of byte by byte.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Eq)]
+#[derive(Clone, Copy, Default, Eq)]
 pub struct IpAddrBe {
     pub words: [u32; 4],
 }
@@ -69,6 +69,23 @@ impl PartialEq for IpAddrBe {
 impl core::hash::Hash for IpAddrBe {
     fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
         self.words.hash(state);
+    }
+}
+
+// Userspace shows the address (in test failures, logs); the programs never format one.
+#[cfg(any(feature = "user", test))]
+impl core::fmt::Debug for IpAddrBe {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", self.to_ip())
+    }
+}
+
+#[cfg(not(any(feature = "user", test)))]
+impl core::fmt::Debug for IpAddrBe {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IpAddrBe")
+            .field("words", &self.words)
+            .finish()
     }
 }
 
@@ -176,6 +193,16 @@ mod tests {
         assert_eq!(addr.octets(), ip.octets());
         assert_eq!(addr.to_ipv4(), None);
         assert!(!addr.is_v4_mapped());
+    }
+
+    #[test]
+    fn debug_shows_the_address() {
+        let v4 = IpAddrBe::from(Ipv4Addr::new(192, 0, 2, 1));
+        let v6 = IpAddrBe::from(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+        assert_eq!(
+            std::format!("{v4:?} {v6:?} {:?}", IpAddrBe::UNSPECIFIED),
+            "192.0.2.1 2001:db8::1 ::"
+        );
     }
 
     #[test]
