@@ -3,8 +3,15 @@
 //! Rules for everything in here (they are what the kernel and userspace agree on):
 //! - `#[repr(C)]`, no implicit padding (explicit `_pad` fields, checked by the size
 //!   asserts below), no `bool`, `Option` or enums inside map values;
-//! - a field's byte order is in its name: `_be` is network order, otherwise host order.
+//! - a field's byte order is in its name: `_be` is network order, otherwise host order;
+//! - addresses are [`IpAddrBe`] (16 bytes, IPv4 v4-mapped), so IPv6 needs no new layout.
 #![no_std]
+
+mod addr;
+#[cfg(any(feature = "user", test))]
+mod sockets;
+
+pub use addr::IpAddrBe;
 
 /// Names of the programs and maps in the eBPF object, so userspace never spells them twice.
 pub mod names {
@@ -35,7 +42,7 @@ pub mod names {
 /// Version of what pinned maps hold and mean (types, flags, field meanings). Raise it
 /// with any change a process of the other version would misread: ftp-guard adopts pinned
 /// maps only of its own version (and asks the operator to `unpin` others).
-pub const PIN_LAYOUT_VERSION: u32 = 2;
+pub const PIN_LAYOUT_VERSION: u32 = 3;
 
 /// How many (public address, data-port range) pairs the guard can protect.
 pub const MAX_DATA_RANGES: usize = 16;
@@ -50,11 +57,11 @@ pub const DEFAULT_MAX_FLOWS: u32 = 2 * DEFAULT_MAX_LEASES;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DataRange {
-    /// Public (client-facing) IPv4 address, network byte order.
-    pub addr_be: u32,
-    /// The gateway's origin-facing address that NATed data connections come from, network
-    /// order; 0 when no lease of this range is NATed.
-    pub nat_addr_be: u32,
+    /// Public (client-facing) address.
+    pub addr_be: IpAddrBe,
+    /// The gateway's origin-facing address that NATed data connections come from;
+    /// [`IpAddrBe::UNSPECIFIED`] when no lease of this range is NATed.
+    pub nat_addr_be: IpAddrBe,
     /// First port of the range, host byte order.
     pub port_lo: u16,
     /// Last port of the range (inclusive), host byte order.
@@ -90,10 +97,10 @@ pub struct FilterConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LeaseKey {
-    /// The peer allowed to connect, network order.
-    pub peer_addr_be: u32,
-    /// Gateway address the connection is aimed at, network order.
-    pub addr_be: u32,
+    /// The peer allowed to connect.
+    pub peer_addr_be: IpAddrBe,
+    /// Gateway address the connection is aimed at.
+    pub addr_be: IpAddrBe,
     /// Gateway port the connection is aimed at, network order.
     pub port_be: u16,
     /// Always zero (hash keys are compared bytewise).
@@ -110,12 +117,12 @@ pub const LEASE_NAT: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LeaseValue {
-    /// Where the admitted connection goes, network order: the origin's data address
-    /// (passive) or the client's (active).
-    pub target_addr_be: u32,
+    /// Where the admitted connection goes: the origin's data address (passive) or the
+    /// client's (active).
+    pub target_addr_be: IpAddrBe,
     /// What it appears to come from there: the gateway's origin-side address (passive)
     /// or its public address (active).
-    pub source_addr_be: u32,
+    pub source_addr_be: IpAddrBe,
     /// Target port, network order.
     pub target_port_be: u16,
     /// Source port, network order: chosen by userspace so that (source, target) is unique
@@ -144,8 +151,8 @@ pub struct LeaseValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src_addr_be: u32,
-    pub dst_addr_be: u32,
+    pub src_addr_be: IpAddrBe,
+    pub dst_addr_be: IpAddrBe,
     pub src_port_be: u16,
     pub dst_port_be: u16,
 }
@@ -194,8 +201,8 @@ pub const FLOW_TARGET_ISN: u32 = 1 << 12;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
-    pub new_src_addr_be: u32,
-    pub new_dst_addr_be: u32,
+    pub new_src_addr_be: IpAddrBe,
+    pub new_dst_addr_be: IpAddrBe,
     pub new_src_port_be: u16,
     pub new_dst_port_be: u16,
     /// The other direction's key (the two entries are created and removed as a pair).
@@ -314,7 +321,7 @@ pub enum Counter {
     DropLeaseExpired = 18,
     /// Not a SYN and no flow: nothing to continue.
     DropNoFlow = 19,
-    /// The flow table is full: the connection cannot be NATed.
+    /// The flow table is full: the connection cannot be NATed (its lease stays).
     DropFlowTableFull = 20,
     /// The TTL would expire: left to be dropped here rather than forwarded. A SYN (or the
     /// ACK completing a handshake) is dropped before it touches its lease or flows.
@@ -334,10 +341,13 @@ pub enum Counter {
     /// From the claiming peer on a connection whose handshake has not completed: neither
     /// its SYN again, a RST, nor the ACK of the target's SYN-ACK.
     DropUnconfirmed = 27,
+    /// A connection's flow key (either direction) is held by another connection still
+    /// open: it cannot be NATed without hijacking that one (its lease stays).
+    DropTupleTaken = 28,
 }
 
 /// Number of [`Counter`] values: the size of the counter map.
-pub const COUNTER_COUNT: u32 = 28;
+pub const COUNTER_COUNT: u32 = 29;
 
 impl Counter {
     /// Every counter in index order.
@@ -370,6 +380,7 @@ impl Counter {
         Counter::DropWrongInterface,
         Counter::DropWrongSourcePort,
         Counter::DropUnconfirmed,
+        Counter::DropTupleTaken,
     ];
 
     /// Stable snake_case name, used in logs and metric labels.
@@ -403,6 +414,7 @@ impl Counter {
             Counter::DropWrongInterface => "drop_wrong_interface",
             Counter::DropWrongSourcePort => "drop_wrong_source_port",
             Counter::DropUnconfirmed => "drop_unconfirmed",
+            Counter::DropTupleTaken => "drop_tuple_taken",
         }
     }
 
@@ -413,19 +425,21 @@ impl Counter {
 }
 
 // Layouts the kernel and userspace must agree on, with no hidden padding.
-const _: () = assert!(core::mem::size_of::<DataRange>() == 16);
-const _: () = assert!(core::mem::size_of::<FilterConfig>() == 4 + 16 * MAX_DATA_RANGES);
-const _: () = assert!(core::mem::size_of::<LeaseKey>() == 12);
-const _: () = assert!(core::mem::size_of::<LeaseValue>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 88);
-const _: () = assert!(core::mem::size_of::<FlowEvent>() == 28);
+const _: () = assert!(core::mem::size_of::<IpAddrBe>() == 16);
+const _: () = assert!(core::mem::size_of::<DataRange>() == 40);
+const _: () = assert!(core::mem::size_of::<FilterConfig>() == 4 + 40 * MAX_DATA_RANGES);
+const _: () = assert!(core::mem::size_of::<LeaseKey>() == 36);
+const _: () = assert!(core::mem::size_of::<LeaseValue>() == 64);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 136);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 76);
 const _: () = assert!(Counter::ALL.len() == COUNTER_COUNT as usize);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)] plain integers with no padding (asserted above),
     // so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::IpAddrBe {}
     unsafe impl aya::Pod for super::DataRange {}
     unsafe impl aya::Pod for super::FilterConfig {}
     unsafe impl aya::Pod for super::LeaseKey {}
@@ -451,11 +465,9 @@ mod tests {
     #[test]
     fn range_contains_is_inclusive() {
         let r = DataRange {
-            addr_be: 0,
-            nat_addr_be: 0,
             port_lo: 40000,
             port_hi: 40099,
-            flags: 0,
+            ..DataRange::default()
         };
         assert!(!r.contains(39999));
         assert!(r.contains(40000));

@@ -231,8 +231,8 @@ pub fn xdp(ctx: &XdpContext, hit: &Hit) -> (u32, Counter) {
         _ => fib(
             ctx.as_ptr(),
             ip,
-            flow.new_src_addr_be,
-            flow.new_dst_addr_be,
+            flow.new_src_addr_be.ipv4_be(),
+            flow.new_dst_addr_be.ipv4_be(),
             ctx.ingress_ifindex() as u32,
         ),
     };
@@ -284,8 +284,8 @@ pub fn tc(ctx: &TcContext, hit: &Hit, icmp: bool) -> (i32, Counter) {
             fib(
                 ctx.as_ptr(),
                 ip,
-                flow.new_src_addr_be,
-                flow.new_dst_addr_be,
+                flow.new_src_addr_be.ipv4_be(),
+                flow.new_dst_addr_be.ipv4_be(),
                 ingress,
             )
         }
@@ -321,14 +321,14 @@ pub fn tc(ctx: &TcContext, hit: &Hit, icmp: bool) -> (i32, Counter) {
             .l4_csum_replace(
                 at,
                 u64::from(old.src_addr),
-                u64::from(flow.new_src_addr_be),
+                u64::from(flow.new_src_addr_be.ipv4_be()),
                 BPF_F_PSEUDO_HDR | 4,
             )
             .and_then(|_| {
                 ctx.l4_csum_replace(
                     at,
                     u64::from(old.dst_addr),
-                    u64::from(flow.new_dst_addr_be),
+                    u64::from(flow.new_dst_addr_be.ipv4_be()),
                     BPF_F_PSEUDO_HDR | 4,
                 )
             })

@@ -9,11 +9,11 @@
 //! other side; so the quoted packet becomes (its new destination → its new source), and
 //! the error goes from the new source's address to the new destination's, the way that
 //! flow's packets go.
-use ftp_guard_common::{FlowKey, FlowValue};
+use ftp_guard_common::FlowValue;
 use network_types::ip::{IpProto, Ipv4Hdr};
 
 use crate::{
-    csum,
+    csum, keys,
     maps::FLOWS,
     packet::{Ipv4, Packet, ptr_at},
 };
@@ -48,15 +48,16 @@ pub fn translate<P: Packet>(p: &P, outer: &Ipv4) -> Option<*mut FlowValue> {
     if inner.src_addr != outer_ip.dst_addr {
         return None;
     }
-    let key = FlowKey {
-        src_addr_be: u32::from_ne_bytes(inner.dst_addr),
-        dst_addr_be: u32::from_ne_bytes(inner.src_addr),
-        src_port_be: u16::from_ne_bytes([ports[2], ports[3]]),
-        dst_port_be: u16::from_ne_bytes([ports[0], ports[1]]),
-    };
+    // The peer's direction: the quoted packet's destination back to its source.
+    let key = keys::flow_v4(
+        inner.dst_addr,
+        inner.src_addr,
+        [ports[2], ports[3], ports[0], ports[1]],
+    );
     let flow = FLOWS.get_ptr_mut(&key)?;
     // SAFETY: map value pointers stay valid for the program run.
     let f = unsafe { &*flow };
+    let (new_src, new_dst) = (f.new_src_addr_be.ipv4_be(), f.new_dst_addr_be.ipv4_be());
 
     // The quoted packet: from the flow's new destination to its new source.
     let old_src = u32::from_ne_bytes(inner.src_addr);
@@ -66,18 +67,18 @@ pub fn translate<P: Packet>(p: &P, outer: &Ipv4) -> Option<*mut FlowValue> {
     let s = f.new_src_port_be.to_ne_bytes();
     let new_ports = u32::from_ne_bytes([d[0], d[1], s[0], s[1]]);
     let old_inner_check = u16::from_ne_bytes(inner.check);
-    let mut inner_check = csum::replace32(old_inner_check, old_src, f.new_dst_addr_be);
-    inner_check = csum::replace32(inner_check, old_dst, f.new_src_addr_be);
-    inner.src_addr = f.new_dst_addr_be.to_ne_bytes();
-    inner.dst_addr = f.new_src_addr_be.to_ne_bytes();
+    let mut inner_check = csum::replace32(old_inner_check, old_src, new_dst);
+    inner_check = csum::replace32(inner_check, old_dst, new_src);
+    inner.src_addr = new_dst.to_ne_bytes();
+    inner.dst_addr = new_src.to_ne_bytes();
     inner.check = inner_check.to_ne_bytes();
     *ports = new_ports.to_ne_bytes();
     // (The quoted TCP checksum, if quoted at all, is left as it was: nobody checks it.)
 
     // The ICMP checksum covers the whole quote.
     let mut check = u16::from_ne_bytes([icmp[2], icmp[3]]);
-    check = csum::replace32(check, old_src, f.new_dst_addr_be);
-    check = csum::replace32(check, old_dst, f.new_src_addr_be);
+    check = csum::replace32(check, old_src, new_dst);
+    check = csum::replace32(check, old_dst, new_src);
     check = csum::replace16(check, old_inner_check, inner_check);
     check = csum::replace32(check, old_ports, new_ports);
     let check = check.to_ne_bytes();
@@ -88,10 +89,10 @@ pub fn translate<P: Packet>(p: &P, outer: &Ipv4) -> Option<*mut FlowValue> {
     let old_outer_src = u32::from_ne_bytes(outer_ip.src_addr);
     let old_outer_dst = u32::from_ne_bytes(outer_ip.dst_addr);
     let mut outer_check = u16::from_ne_bytes(outer_ip.check);
-    outer_check = csum::replace32(outer_check, old_outer_src, f.new_src_addr_be);
-    outer_check = csum::replace32(outer_check, old_outer_dst, f.new_dst_addr_be);
-    outer_ip.src_addr = f.new_src_addr_be.to_ne_bytes();
-    outer_ip.dst_addr = f.new_dst_addr_be.to_ne_bytes();
+    outer_check = csum::replace32(outer_check, old_outer_src, new_src);
+    outer_check = csum::replace32(outer_check, old_outer_dst, new_dst);
+    outer_ip.src_addr = new_src.to_ne_bytes();
+    outer_ip.dst_addr = new_dst.to_ne_bytes();
     outer_ip.check = outer_check.to_ne_bytes();
     Some(flow)
 }

@@ -4,13 +4,17 @@
 #![no_main]
 
 mod csum;
+mod flows;
 mod forward;
 mod guard;
 mod icmp;
+mod ipv6;
 mod judged;
+mod keys;
 mod maps;
 mod nat;
 mod packet;
+mod ranges;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},

@@ -26,6 +26,19 @@ pub static LOCAL_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256, 0);
 #[map(name = "FLOWS")]
 pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
+/// Per-CPU scratch space in which a connection's first SYN builds its two flow entries.
+#[map(name = "NEW_FLOWS")]
+pub static NEW_FLOWS: PerCpuArray<NewFlows> = PerCpuArray::with_max_entries(1, 0);
+
+/// The two flow entries of a new connection, before they are inserted.
+#[repr(C)]
+pub struct NewFlows {
+    /// The claiming peer's direction (towards the target).
+    pub forward: FlowValue,
+    /// The target's direction (back to the peer).
+    pub reverse: FlowValue,
+}
+
 /// Claims, FINs and RSTs, for userspace to settle leases and flows at once (256 KiB:
 /// ~9,000 events; when full, userspace's periodic look still finds what it missed).
 #[map(name = "EVENTS")]

@@ -53,11 +53,15 @@ pub unsafe fn rewrite(ip: *mut Ipv4Hdr, tcp: *mut TcpHdr, flow: &FlowValue) -> R
         ports: u32::from_ne_bytes([tcp.source[0], tcp.source[1], tcp.dest[0], tcp.dest[1]]),
     };
     let mut ip_check = u16::from_ne_bytes(ip.check);
-    ip_check = csum::replace32(ip_check, old.src_addr, flow.new_src_addr_be);
-    ip_check = csum::replace32(ip_check, old.dst_addr, flow.new_dst_addr_be);
+    let (new_src, new_dst) = (
+        flow.new_src_addr_be.ipv4_be(),
+        flow.new_dst_addr_be.ipv4_be(),
+    );
+    ip_check = csum::replace32(ip_check, old.src_addr, new_src);
+    ip_check = csum::replace32(ip_check, old.dst_addr, new_dst);
     ip.check = ip_check.to_ne_bytes();
-    ip.src_addr = flow.new_src_addr_be.to_ne_bytes();
-    ip.dst_addr = flow.new_dst_addr_be.to_ne_bytes();
+    ip.src_addr = new_src.to_ne_bytes();
+    ip.dst_addr = new_dst.to_ne_bytes();
     tcp.source = flow.new_src_port_be.to_ne_bytes();
     tcp.dest = flow.new_dst_port_be.to_ne_bytes();
     old
@@ -73,8 +77,8 @@ pub unsafe fn complete_checksum(tcp: *mut TcpHdr, old: &Replaced, flow: &FlowVal
     // SAFETY: the caller guarantees the header is in bounds.
     let tcp = unsafe { &mut *tcp };
     let mut check = u16::from_ne_bytes(tcp.check);
-    check = csum::replace32(check, old.src_addr, flow.new_src_addr_be);
-    check = csum::replace32(check, old.dst_addr, flow.new_dst_addr_be);
+    check = csum::replace32(check, old.src_addr, flow.new_src_addr_be.ipv4_be());
+    check = csum::replace32(check, old.dst_addr, flow.new_dst_addr_be.ipv4_be());
     check = csum::replace32(check, old.ports, new_ports(flow));
     tcp.check = check.to_ne_bytes();
 }

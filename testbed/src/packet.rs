@@ -9,6 +9,7 @@ pub const ETHERTYPE_ARP: u16 = 0x0806;
 pub const ETHERTYPE_VLAN: u16 = 0x8100;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
 
 /// TCP flag bits.
 pub mod flags {
@@ -71,6 +72,20 @@ impl Ipv4Frame {
             protocol: PROTO_UDP,
             payload: udp,
             ..Self::tcp(src, dst, 0, &[])
+        }
+    }
+
+    /// An ICMP message of `kind` and `code` with `body` after its 4-byte header, checksum
+    /// filled in.
+    pub fn icmp(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, code: u8, body: &[u8]) -> Self {
+        let mut icmp = vec![kind, code, 0, 0];
+        icmp.extend_from_slice(body);
+        let sum = internet_checksum(&icmp);
+        icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+        Self {
+            protocol: PROTO_ICMP,
+            payload: icmp,
+            ..Self::tcp(SocketAddrV4::new(src, 0), SocketAddrV4::new(dst, 0), 0, &[])
         }
     }
 

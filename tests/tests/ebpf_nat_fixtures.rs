@@ -56,12 +56,28 @@ fn in_empty_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 fn nat_lease(port: u16, deadline_ns: u64) -> Lease {
+    lease_to(
+        CLIENT,
+        sa(PUBLIC, port),
+        [sa(ORIGIN, ORIGIN_PORT + (port - PORT)), sa(NAT, port)],
+        deadline_ns,
+    )
+}
+
+/// A NAT lease for `peer` on the gateway's `local` to `target` from `source`, without
+/// interface, source-port or MSS conditions.
+fn lease_to(
+    peer: Ipv4Addr,
+    local: SocketAddrV4,
+    [target, source]: [SocketAddrV4; 2],
+    deadline_ns: u64,
+) -> Lease {
     Lease {
-        peer: CLIENT,
-        local: sa(PUBLIC, port),
+        peer,
+        local,
         action: LeaseAction::Nat {
-            target: sa(ORIGIN, ORIGIN_PORT + (port - PORT)),
-            source: sa(NAT, port),
+            target,
+            source,
             deadline_ns,
             target_ifindex: 0,
             mss_max: 0,
@@ -465,6 +481,32 @@ fn a_full_flow_table_rolls_back_the_claim() {
     });
 }
 
+/// A lease whose target tuple (origin and NAT address and port) an open connection holds
+/// cannot start a connection: it would hijack that one. The SYN is dropped as
+/// `drop_tuple_taken` (not as a full table), nothing is left behind, the lease stays.
+#[test]
+fn a_tuple_held_by_an_open_connection_is_not_taken() {
+    if !require_privileged() {
+        return;
+    }
+    in_empty_netns(|| {
+        let (mut kernel, [_, _, origin, nat]) = claimed();
+        let public = sa(PUBLIC, PORT + 1);
+        kernel
+            .insert_lease(&lease_to(STRANGER, public, [origin, nat], far_future()))
+            .unwrap();
+        let syn = tcp(sa(STRANGER, CLIENT_PORT), public, flags::SYN, &[]);
+        let (action, out, moved) = run_tc(&kernel, &syn);
+        assert_eq!(
+            (action, moved, out),
+            (TC_ACT_SHOT, vec!["drop_tuple_taken"], syn)
+        );
+        assert_eq!(kernel.flow_count(), 2);
+        assert_eq!(kernel.claimed_flows().len(), 1);
+        assert!(kernel.has_lease(STRANGER, public).unwrap());
+    });
+}
+
 /// Active mode: the origin's SYN to the gateway's origin-side port claims the lease and
 /// is NATed to the client's PORT address, from the public address (port 20 here); the
 /// client's answers to public port 20 follow the flow back.
@@ -487,19 +529,12 @@ fn active_mode_both_directions_from_port_20() {
         let client_data = sa(CLIENT, 51201);
         let origin_side = sa(NAT, 40007);
         kernel
-            .insert_lease(&Lease {
-                peer: ORIGIN,
-                local: origin_side,
-                action: LeaseAction::Nat {
-                    target: client_data,
-                    source: sa(PUBLIC, 20),
-                    deadline_ns: far_future(),
-                    target_ifindex: 0,
-                    mss_max: 0,
-                    peer_ifindex: 0,
-                    peer_port: 0,
-                },
-            })
+            .insert_lease(&lease_to(
+                ORIGIN,
+                origin_side,
+                [client_data, sa(PUBLIC, 20)],
+                far_future(),
+            ))
             .unwrap();
         let origin = sa(ORIGIN, 20);
 
@@ -671,15 +706,10 @@ fn icmp_errors_about_a_data_connection_are_translated() {
 /// An Ethernet frame with ICMP type 3 code 4 from `src` to `dst` quoting the first 48
 /// bytes of `packet` (an IPv4 packet: its header, the TCP header and 8 bytes of data).
 fn icmp_frag_needed(src: Ipv4Addr, dst: Ipv4Addr, packet: &[u8], mtu: u16) -> Vec<u8> {
-    let mut icmp = vec![3, 4, 0, 0, 0, 0];
-    icmp.extend_from_slice(&mtu.to_be_bytes());
-    icmp.extend_from_slice(&packet[..48]);
-    let sum = internet_checksum(&icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    let mut frame = Ipv4Frame::tcp(sa(src, 0), sa(dst, 0), 0, &[]);
-    frame.protocol = 1;
-    frame.payload = icmp;
-    frame.build()
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&mtu.to_be_bytes());
+    body.extend_from_slice(&packet[..48]);
+    Ipv4Frame::icmp(src, dst, 3, 4, &body).build()
 }
 
 /// A SYN (from `src` to `dst`) whose first TCP option announces `mss`.
@@ -1272,12 +1302,7 @@ fn an_active_syn_is_admitted_only_from_the_origins_interface_and_port() {
 
 /// The key the programs use for a flow direction arriving from `src` at `dst`.
 fn flow_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
-    FlowKey {
-        src_addr_be: u32::from_ne_bytes(src.ip().octets()),
-        dst_addr_be: u32::from_ne_bytes(dst.ip().octets()),
-        src_port_be: src.port().to_be(),
-        dst_port_be: dst.port().to_be(),
-    }
+    FlowKey::new(src.into(), dst.into())
 }
 
 /// The two entries a SYN from `client` to the fixture's lease on PORT creates (arriving on
@@ -1286,8 +1311,8 @@ fn flow_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
 fn tentative_pair(client: SocketAddrV4) -> (FlowValue, FlowValue) {
     let (public, origin, nat) = (sa(PUBLIC, PORT), sa(ORIGIN, ORIGIN_PORT), sa(NAT, PORT));
     let forward = FlowValue {
-        new_src_addr_be: flow_key(nat, origin).src_addr_be,
-        new_dst_addr_be: flow_key(nat, origin).dst_addr_be,
+        new_src_addr_be: NAT.into(),
+        new_dst_addr_be: ORIGIN.into(),
         new_src_port_be: PORT.to_be(),
         new_dst_port_be: ORIGIN_PORT.to_be(),
         reverse: flow_key(origin, nat),
@@ -1296,8 +1321,8 @@ fn tentative_pair(client: SocketAddrV4) -> (FlowValue, FlowValue) {
         ..FlowValue::default()
     };
     let reverse = FlowValue {
-        new_src_addr_be: flow_key(public, client).src_addr_be,
-        new_dst_addr_be: flow_key(public, client).dst_addr_be,
+        new_src_addr_be: PUBLIC.into(),
+        new_dst_addr_be: (*client.ip()).into(),
         new_src_port_be: PORT.to_be(),
         new_dst_port_be: client.port().to_be(),
         reverse: flow_key(client, public),

@@ -132,7 +132,7 @@ impl Bpf {
             let port = u16::from_be(k.dst_port_be);
             ranges.iter().any(|r| {
                 (r.addr_be == k.dst_addr_be
-                    || (r.nat_addr_be != 0 && r.nat_addr_be == k.dst_addr_be))
+                    || (!r.nat_addr_be.is_unspecified() && r.nat_addr_be == k.dst_addr_be))
                     && r.contains(port)
             })
         };

@@ -5,8 +5,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::maps::MapError;
 use ftp_guard_common::{
-    Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES, DataRange, FilterConfig, FlowKey, LEASE_ADMIT,
-    LEASE_NAT, LeaseKey, LeaseValue, MAX_DATA_RANGES, names,
+    Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES, DataRange, FilterConfig, FlowKey, IpAddrBe,
+    LEASE_ADMIT, LEASE_NAT, LeaseKey, LeaseValue, MAX_DATA_RANGES, names,
 };
 
 use super::{Bpf, BpfError};
@@ -121,12 +121,10 @@ pub type FlowTuple = (SocketAddrV4, SocketAddrV4);
 // Key conversions: userspace addresses and host-order ports <-> map keys and values
 // (addresses and ports in network byte order). The only place that packs them.
 
-pub(super) fn be32(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
-}
-
-pub(super) fn ip_of(be: u32) -> Ipv4Addr {
-    Ipv4Addr::from(be.to_ne_bytes())
+/// IPv4 only until IPv6 is carried: nothing writes anything but v4-mapped addresses into
+/// the maps, so an IPv6 one (which would read as 0.0.0.0) cannot be there.
+pub(super) fn ip_of(addr: IpAddrBe) -> Ipv4Addr {
+    addr.to_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED)
 }
 
 /// The inverse of [`lease_key`]: (peer, local address).
@@ -138,12 +136,7 @@ pub(super) fn lease_of(k: &LeaseKey) -> (Ipv4Addr, SocketAddrV4) {
 }
 
 pub fn lease_key(peer: Ipv4Addr, local: SocketAddrV4) -> LeaseKey {
-    LeaseKey {
-        peer_addr_be: be32(peer),
-        addr_be: be32(*local.ip()),
-        port_be: local.port().to_be(),
-        _pad: 0,
-    }
+    LeaseKey::new(peer.into(), local.into())
 }
 
 pub(super) fn tuple_of(k: &FlowKey) -> FlowTuple {
@@ -154,12 +147,7 @@ pub(super) fn tuple_of(k: &FlowKey) -> FlowTuple {
 }
 
 pub(super) fn flow_key((src, dst): FlowTuple) -> FlowKey {
-    FlowKey {
-        src_addr_be: be32(*src.ip()),
-        dst_addr_be: be32(*dst.ip()),
-        src_port_be: src.port().to_be(),
-        dst_port_be: dst.port().to_be(),
-    }
+    FlowKey::new(src.into(), dst.into())
 }
 
 impl Bpf {
@@ -174,8 +162,8 @@ impl Bpf {
         };
         for (slot, r) in config.ranges.iter_mut().zip(ranges) {
             *slot = DataRange {
-                addr_be: be32(r.public_ip),
-                nat_addr_be: r.nat_ip.map_or(0, be32),
+                addr_be: r.public_ip.into(),
+                nat_addr_be: r.nat_ip.map_or(IpAddrBe::UNSPECIFIED, IpAddrBe::from),
                 port_lo: r.first_port,
                 port_hi: r.last_port,
                 flags: if r.active_port_20 {
@@ -211,8 +199,8 @@ impl Bpf {
                 peer_ifindex,
                 peer_port,
             } => LeaseValue {
-                target_addr_be: be32(*target.ip()),
-                source_addr_be: be32(*source.ip()),
+                target_addr_be: (*target.ip()).into(),
+                source_addr_be: (*source.ip()).into(),
                 target_port_be: target.port().to_be(),
                 source_port_be: source.port().to_be(),
                 kind: LEASE_NAT,
@@ -349,6 +337,6 @@ mod tests {
         assert_eq!(lease_of(&lease_key(peer, local)), (peer, local));
         let tuple = (SocketAddrV4::new(peer, 50_000), local);
         assert_eq!(tuple_of(&flow_key(tuple)), tuple);
-        assert_eq!(ip_of(be32(peer)), peer);
+        assert_eq!(ip_of(peer.into()), peer);
     }
 }

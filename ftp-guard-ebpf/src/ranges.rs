@@ -1,0 +1,86 @@
+//! What the guard's configuration (`FILTER_CONFIG`: public and NAT addresses with their
+//! data-port ranges) says about a packet's destination address and port.
+
+use ftp_guard_common::{FilterConfig, IpAddrBe, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20};
+
+/// Which side of the gateway a destination address belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// A public address: the packet comes from a client.
+    Client,
+    /// A NAT address: the packet comes from the origin.
+    Origin,
+}
+
+/// The side `addr` belongs to, if any data range is on it.
+#[inline(always)]
+pub fn side_of(config: &FilterConfig, addr: &IpAddrBe) -> Option<Side> {
+    let mut i = 0;
+    while i < MAX_DATA_RANGES {
+        if i as u32 >= config.range_count {
+            break;
+        }
+        let range = &config.ranges[i];
+        if range.addr_be == *addr {
+            return Some(Side::Client);
+        }
+        if !range.nat_addr_be.is_unspecified() && range.nat_addr_be == *addr {
+            return Some(Side::Origin);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// True when `port` lies in any protected range (whatever its address).
+#[inline(always)]
+pub fn in_any_range(config: &FilterConfig, port: u16) -> bool {
+    let mut i = 0;
+    while i < MAX_DATA_RANGES {
+        if i as u32 >= config.range_count {
+            break;
+        }
+        if config.ranges[i].contains(port) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// What a destination port means on a guarded address.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PortClass {
+    /// In a data range: leases and flows, everything else dropped (client side).
+    Data,
+    /// Port 20 of a public address whose range sends active data from it: flows only.
+    ActiveSource,
+    /// Anything else (the control port…): not the guard's business.
+    Other,
+}
+
+#[inline(always)]
+pub fn classify_port(config: &FilterConfig, side: Side, addr: &IpAddrBe, port: u16) -> PortClass {
+    let mut class = PortClass::Other;
+    let mut i = 0;
+    while i < MAX_DATA_RANGES {
+        if i as u32 >= config.range_count {
+            break;
+        }
+        let range = &config.ranges[i];
+        let range_addr = match side {
+            Side::Client => range.addr_be,
+            Side::Origin => range.nat_addr_be,
+        };
+        if range_addr == *addr {
+            if range.contains(port) {
+                return PortClass::Data;
+            }
+            if side == Side::Client && port == 20 && range.flags & RANGE_ACTIVE_PORT_20 != 0 {
+                class = PortClass::ActiveSource;
+            }
+        }
+        i += 1;
+    }
+    class
+}
