@@ -44,8 +44,10 @@ fn a_silent_relayed_connection_is_closed_and_its_port_reused() {
     env.gateway = RunningGateway::start(&env.topo, &config).unwrap();
     let mut control = Control::login(&env);
     assert_eq!(control.epsv(), 40000);
-    let mut data = connect_from(&env, netns::CLIENT_IP, 40000).unwrap();
+    // Taken before the connect: the relay's idle timer cannot start earlier, so the
+    // close cannot come less than the timeout after this.
     let connected = Instant::now();
+    let mut data = connect_from(&env, netns::CLIENT_IP, 40000).unwrap();
 
     // Both legs carry keepalive: the client's (to the public data port) and the origin's
     // (the only connection to the origin that is not the control connection).
