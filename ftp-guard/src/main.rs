@@ -1,3 +1,5 @@
+//! The `ftp-guard` binary: the command line (run, check, status, guard, unpin…) parsed
+//! with clap, logging set up, and each subcommand handed to its module in the library.
 use clap::{Parser, Subcommand};
 use ftp_guard::{guard_cmd, run_cmd, status_cmd};
 use tracing_subscriber::EnvFilter;

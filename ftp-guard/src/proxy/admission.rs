@@ -17,6 +17,7 @@ use tracing::warn;
 
 use super::stream;
 use crate::config::Service;
+use crate::sync::LockUnpoisoned as _;
 
 /// How often refusals are logged at most.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
@@ -134,10 +135,7 @@ impl Admission {
 
     /// Whether to log a refusal now, and how many went unlogged since the last one.
     pub fn refusal_to_log(&self) -> Option<u64> {
-        self.refusals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(Instant::now())
+        self.refusals.lock_unpoisoned().take(Instant::now())
     }
 
     /// One of `client`'s lease slots, given back when dropped: `None` when it holds
@@ -153,7 +151,7 @@ impl Admission {
             Share::Session => self.max_sessions_per_client,
             Share::Lease => self.max_leases_per_client,
         };
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = self.clients.lock_unpoisoned();
         let count = clients.entry(client).or_default().count(share);
         if *count >= limit {
             return None;
@@ -169,14 +167,13 @@ impl Admission {
     /// Leases held by `client`'s sessions now.
     pub fn client_leases(&self, client: IpAddr) -> usize {
         self.clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .lock_unpoisoned()
             .get(&client.to_canonical())
             .map_or(0, |u| u.leases)
     }
 
     fn update_client(&self, client: IpAddr, change: impl FnOnce(&mut ClientUse)) {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = self.clients.lock_unpoisoned();
         if let Some(entry) = clients.get_mut(&client) {
             change(entry);
             if entry.sessions == 0 && entry.leases == 0 {
@@ -263,7 +260,7 @@ impl SessionSlots {
     /// Changes the limit from `old` to `new`. Lowered below the sessions open, it takes
     /// effect as they end.
     pub fn resize(&self, old: usize, new: usize) {
-        let mut debt = self.debt.lock().unwrap_or_else(|e| e.into_inner());
+        let mut debt = self.debt.lock_unpoisoned();
         if new > old {
             let paid = (new - old).min(*debt);
             *debt -= paid;
@@ -277,7 +274,7 @@ impl SessionSlots {
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        let mut debt = self.slots.debt.lock().unwrap_or_else(|e| e.into_inner());
+        let mut debt = self.slots.debt.lock_unpoisoned();
         if let Some(permit) = self.permit.take() {
             if *debt > 0 {
                 *debt -= 1;
