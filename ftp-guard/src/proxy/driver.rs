@@ -351,6 +351,7 @@ impl Driver {
                     self.session.handle(now(), event);
                 }
                 Action::TimedOut(timer) => self.timed_out(timer),
+                Action::LoginFailed { .. } => {}
                 Action::Warn(message) => warn!("{message}"),
                 Action::Close => {
                     self.client.shutdown().await;
