@@ -1015,7 +1015,9 @@ fn login_failures_are_reported_after_the_reply() {
     let failed = |user: &str| Action::LoginFailed {
         user: Some(user.to_owned()),
     };
-    let cases: &[(&[u8], &[u8], &[u8], Vec<Action>)] = &[
+    /// (client lines, the origin's reply to USER, its reply to the last line, the actions).
+    type Case<'a> = (&'a [u8], &'a [u8], &'a [u8], Vec<Action>);
+    let cases: &[Case] = &[
         (
             b"USER alice\r\nPASS wrong\r\n",
             b"331 Password required\r\n",
