@@ -32,7 +32,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::sync::{LockUnpoisoned as _, RwLockUnpoisoned as _};
-use crate::{bpf::Handle, proxy::ServiceContext};
+use crate::{bpf::Handle, policy::bans::Bans, proxy::ServiceContext};
 
 mod auth;
 mod client;
@@ -76,6 +76,8 @@ pub struct AdminState {
     pub registry: Registry,
     pub services: RwLock<Vec<Arc<ServiceContext>>>,
     pub kernel: Mutex<Option<Handle>>,
+    /// The gateway's ban list (status, unban).
+    pub bans: Mutex<Option<Arc<Bans>>>,
     pub started: Instant,
     /// Bearer token `/status` and `/metrics` require; `None`: they are open.
     pub token: RwLock<Option<String>>,
@@ -91,6 +93,7 @@ impl AdminState {
             registry,
             services: RwLock::default(),
             kernel: Mutex::default(),
+            bans: Mutex::default(),
             started: Instant::now(),
             token: RwLock::default(),
             limits,

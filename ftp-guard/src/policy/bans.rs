@@ -176,6 +176,15 @@ impl Bans {
         }
     }
 
+    /// Mirrors bans into `sink` from now on, starting with those in force.
+    pub fn set_sink(&self, mut sink: Box<dyn BanSink>) {
+        let mut t = self.tracker.lock_unpoisoned();
+        for (address, (_, reason), until) in t.bans.iter() {
+            sink.ban(*address, until, *reason);
+        }
+        t.sink = sink;
+    }
+
     /// A login from `client` failed at `service` at `now`: the ban it is under, a new one
     /// when this failure reaches the policy's count within its window, else `None`.
     pub fn record_failure(

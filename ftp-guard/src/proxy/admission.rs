@@ -1,6 +1,8 @@
-//! Whether a connection is admitted, in one place: the address-family gate, the global
-//! session limit ([`SessionSlots`]), per-client-address caps on sessions and data leases
-//! ([`ClientUse`]), and the refusals with their replies and rate-limited log lines.
+//! Whether a connection is admitted, in one place: the address-family gate, the ban list
+//! ([`Bans`], refused first, before any origin connection), the global session limit
+//! ([`SessionSlots`]), per-client-address caps on sessions and data leases ([`ClientUse`]),
+//! and the refusals with their replies and rate-limited log lines. Login failures are
+//! reported here too ([`Admission::login_failed`]): the service's ban policy applies.
 //! ACLs and per-client policy plug in here ([`Admission::admit`]).
 use std::{
     collections::HashMap,
@@ -17,6 +19,7 @@ use tracing::warn;
 
 use super::stream;
 use crate::config::Service;
+use crate::policy::bans::{Ban, BanPolicy, Bans};
 use crate::sync::LockUnpoisoned as _;
 
 /// How often refusals are logged at most.
@@ -28,6 +31,10 @@ pub struct Admission {
     sessions: Arc<SessionSlots>,
     max_sessions_per_client: usize,
     max_leases_per_client: usize,
+    /// The gateway's ban list (shared by its services) and this service's policy for it.
+    bans: Arc<Bans>,
+    ban_policy: Option<BanPolicy>,
+    service_name: String,
     /// Per client address: its sessions and the leases they hold (entries go when both
     /// are zero).
     clients: Mutex<HashMap<IpAddr, ClientUse>>,
@@ -41,6 +48,8 @@ pub struct Admission {
 pub enum Refusal {
     /// The client's address family is not carried yet.
     Ipv6,
+    /// The client's address is banned.
+    Banned(Ban),
     /// The client's address has `limit` sessions open.
     ClientLimit { limit: usize },
     /// Every session slot of the gateway is taken.
@@ -54,6 +63,7 @@ impl Refusal {
     pub fn metric_reason(&self) -> &'static str {
         match self {
             Refusal::Ipv6 => "ipv6",
+            Refusal::Banned(_) => "banned",
             Refusal::ClientLimit { .. } => "client_limit",
             Refusal::Busy => "limit",
             Refusal::OriginUnreachable { .. } => "origin_unreachable",
@@ -64,6 +74,9 @@ impl Refusal {
     pub fn reply(&self) -> &'static [u8] {
         match self {
             Refusal::Ipv6 => b"421 IPv6 is not supported by this gateway.\r\n",
+            Refusal::Banned(_) => {
+                b"421 Your address is banned after too many failed logins, try again later.\r\n"
+            }
             Refusal::ClientLimit { .. } => {
                 b"421 Too many connections from your address, try again later.\r\n"
             }
@@ -86,6 +99,10 @@ impl Refusal {
     fn log(&self, peer: SocketAddr, unlogged: u64) {
         match self {
             Refusal::Ipv6 => warn!(%peer, "IPv6 clients are not supported yet"),
+            Refusal::Banned(ban) => warn!(
+                %peer, reason = %ban.reason, service = ban.service, unlogged,
+                "client banned: refused"
+            ),
             Refusal::ClientLimit { limit } => warn!(
                 %peer, limit, unlogged,
                 "sessions per client address reached: refusing client"
@@ -105,21 +122,27 @@ pub struct Admitted {
 }
 
 impl Admission {
-    pub fn new(service: &Service, sessions: Arc<SessionSlots>) -> Self {
+    pub fn new(service: &Service, sessions: Arc<SessionSlots>, bans: Arc<Bans>) -> Self {
         Self {
             sessions,
             max_sessions_per_client: service.max_sessions_per_client,
             max_leases_per_client: service.max_leases_per_client,
+            bans,
+            ban_policy: BanPolicy::of(service),
+            service_name: service.name.clone(),
             clients: Mutex::default(),
             refusals: Mutex::new(LogBudget::new(REFUSAL_LOG_EVERY)),
         }
     }
 
-    /// Decides whether a connection from `peer` is served.
-    pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Admitted, Refusal> {
+    /// Decides whether a connection from `peer` is served, at `now`.
+    pub fn admit(self: &Arc<Self>, peer: SocketAddr, now: Instant) -> Result<Admitted, Refusal> {
         let client = peer.ip().to_canonical();
         if !client.is_ipv4() {
             return Err(Refusal::Ipv6);
+        }
+        if let Some(ban) = self.bans.banned(client, now) {
+            return Err(Refusal::Banned(ban));
         }
         let client = self
             .take_share(client, Share::Session)
@@ -131,6 +154,27 @@ impl Admission {
             _slot: slot,
             _client: client,
         })
+    }
+
+    /// A login from `client` failed at `now`: the ban its address is under (maybe made by
+    /// this failure), if any. Without a ban policy, only a ban made elsewhere counts.
+    pub fn login_failed(&self, client: IpAddr, now: Instant) -> Option<Ban> {
+        match &self.ban_policy {
+            Some(policy) => self
+                .bans
+                .record_failure(client, &self.service_name, policy, now),
+            None => self.bans.banned(client, now),
+        }
+    }
+
+    /// The ban list this service enforces.
+    pub fn bans(&self) -> &Arc<Bans> {
+        &self.bans
+    }
+
+    /// The global session slots (shared by the gateway's services).
+    pub fn sessions(&self) -> &Arc<SessionSlots> {
+        &self.sessions
     }
 
     /// Whether to log a refusal now, and how many went unlogged since the last one.
@@ -322,7 +366,7 @@ impl LogBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::{config::Config, policy::bans::BanReason};
 
     fn admission(max_sessions: usize, per_client: usize) -> Arc<Admission> {
         let config = Config::parse(&format!(
@@ -333,11 +377,77 @@ mod tests {
         ))
         .unwrap();
         let service = config.services().next().unwrap();
-        Arc::new(Admission::new(service, SessionSlots::new(max_sessions)))
+        Arc::new(Admission::new(
+            service,
+            SessionSlots::new(max_sessions),
+            Arc::new(Bans::default()),
+        ))
     }
 
     fn peer(text: &str) -> SocketAddr {
         text.parse().unwrap()
+    }
+
+    /// A service banning after 2 failures for 30 s, and one without a policy sharing its
+    /// list: a banned address is refused by both (first, before the session caps), its
+    /// neighbour is not, and it is served again when the ban ends.
+    #[test]
+    fn banned_addresses_are_refused_by_every_service_until_the_ban_ends() {
+        let parse = |extra: &str| {
+            Config::parse(&format!(
+                "[[service]]\nname = \"ftp\"\nlisten = \"203.0.113.1:21\"\n\
+                 origin = \"198.51.100.2:21\"\ndata_ports = \"40000-40099\"\n\
+                 dataplane = \"userspace\"\nmax_sessions_per_client = 1\n{extra}"
+            ))
+            .unwrap()
+            .services()
+            .next()
+            .unwrap()
+            .clone()
+        };
+        let bans = Arc::new(Bans::default());
+        let slots = SessionSlots::new(10);
+        let strict = parse("ban_after_failures = 2\nban_secs = 30\n");
+        let strict = Arc::new(Admission::new(&strict, slots.clone(), bans.clone()));
+        let other = Arc::new(Admission::new(&parse(""), slots, bans));
+        let t0 = Instant::now();
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let held = strict.admit(peer("192.0.2.7:40000"), t0).unwrap();
+        assert_eq!(other.login_failed(client, t0), None);
+        assert_eq!(strict.login_failed(client, t0), None);
+        let ban = strict.login_failed(client, t0).unwrap();
+        assert_eq!(
+            (ban.service.as_str(), ban.until, ban.reason),
+            (
+                "ftp",
+                t0 + Duration::from_secs(30),
+                BanReason::LoginFailures
+            )
+        );
+        let at = |s| t0 + Duration::from_secs(s);
+        // Another service's failure while banned: the same ban (its session closes).
+        assert_eq!(other.login_failed(client, at(1)), Some(ban.clone()));
+        let decisions: Vec<_> = [
+            (&strict, "192.0.2.7:40001", 0),
+            (&other, "[::ffff:192.0.2.7]:40002", 29),
+            (&strict, "192.0.2.8:40000", 29),
+            (&strict, "192.0.2.7:40003", 30),
+        ]
+        .into_iter()
+        .map(|(a, p, s)| a.admit(peer(p), at(s)).map(drop))
+        .collect();
+        assert_eq!(
+            decisions,
+            [
+                Err(Refusal::Banned(ban.clone())),
+                Err(Refusal::Banned(ban.clone())),
+                Ok(()),
+                // Served again; the session cap still counts the one held.
+                Err(Refusal::ClientLimit { limit: 1 }),
+            ]
+        );
+        drop(held);
+        assert!(strict.admit(peer("192.0.2.7:40004"), at(30)).is_ok());
     }
 
     #[test]
@@ -370,12 +480,18 @@ mod tests {
         ];
         let mut held = Vec::new();
         for (from, want) in cases {
-            let got = admission.admit(peer(from)).map(|a| held.push(a));
+            let got = admission
+                .admit(peer(from), Instant::now())
+                .map(|a| held.push(a));
             assert_eq!(got, want, "{from}");
         }
         // A refused session took no share: 192.0.2.9 gets one as soon as a slot is free.
         held.pop();
-        assert!(admission.admit(peer("192.0.2.9:40001")).is_ok());
+        assert!(
+            admission
+                .admit(peer("192.0.2.9:40001"), Instant::now())
+                .is_ok()
+        );
     }
 
     /// Lease slots per client address, given back when dropped; the address's entry goes
@@ -401,6 +517,12 @@ mod tests {
     fn every_refusal_is_one_421_line() {
         let refusals = [
             Refusal::Ipv6,
+            Refusal::Banned(Ban {
+                address: "192.0.2.7".parse().unwrap(),
+                service: "ftp".into(),
+                until: Instant::now(),
+                reason: BanReason::LoginFailures,
+            }),
             Refusal::ClientLimit { limit: 1 },
             Refusal::Busy,
             Refusal::OriginUnreachable { why: "x".into() },
@@ -420,6 +542,11 @@ mod tests {
                 (
                     "ipv6",
                     "421 IPv6 is not supported by this gateway.\r\n".to_owned()
+                ),
+                (
+                    "banned",
+                    "421 Your address is banned after too many failed logins, try again later.\r\n"
+                        .to_owned()
                 ),
                 (
                     "client_limit",

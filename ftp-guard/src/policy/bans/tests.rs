@@ -128,3 +128,25 @@ fn the_policy_is_off_by_default() {
         ]
     );
 }
+
+/// A sink set later (the kernel path set up at a reload) gets the bans in force first.
+#[test]
+fn a_new_sink_gets_the_bans_in_force() {
+    let (bans, _, t0) = tracker();
+    let one = BanPolicy {
+        after_failures: 1,
+        ..POLICY
+    };
+    bans.record_failure(ip("192.0.2.7"), "ftp", &one, t0);
+    let kernel = ListSink::default();
+    bans.set_sink(Box::new(kernel.clone()));
+    bans.record_failure(ip("192.0.2.8"), "ftp", &one, t0);
+    let until = t0 + POLICY.duration;
+    assert_eq!(
+        kernel.entries(),
+        vec![
+            (ip("192.0.2.7"), until, BanReason::LoginFailures),
+            (ip("192.0.2.8"), until, BanReason::LoginFailures)
+        ]
+    );
+}
