@@ -72,3 +72,90 @@ fn check_names_the_line_and_key_of_an_error() {
     assert!(text(&out.stderr).contains("cannot read"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A one-request admin endpoint: answers `status line` + `body`, gives back the request head.
+fn fake_admin(
+    status_line: &'static str,
+    body: &'static str,
+) -> (String, std::thread::JoinHandle<String>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let served = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        let response = format!(
+            "HTTP/1.1 {status_line}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(response.as_bytes()).unwrap();
+        String::from_utf8(head).unwrap()
+    });
+    (addr, served)
+}
+
+/// `ftp-guard unban ADDRESS`: one POST to the unban route with the token; the endpoint's
+/// answer on stdout (exit 0), or its refusal on stderr (exit 1); a bad address is a usage
+/// error (exit 2) that reaches no endpoint.
+#[test]
+fn unban_posts_to_the_admin_endpoint_with_the_token() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("fg-cli-unban-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token = token.to_str().unwrap();
+
+    let (addr, served) = fake_admin("200 OK", "unbanned 192.0.2.7\n");
+    let out = ftp_guard(&[
+        "unban",
+        "192.0.2.7",
+        "--admin",
+        &addr,
+        "--token-file",
+        token,
+    ]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout), text(&out.stderr)),
+        (Some(0), "unbanned 192.0.2.7\n".to_owned(), String::new())
+    );
+    let head = served.join().unwrap();
+    let lines: Vec<&str> = head.lines().collect();
+    assert_eq!(lines[0], "POST /bans/unban?addr=192.0.2.7 HTTP/1.1");
+    assert!(lines.contains(&"authorization: Bearer t0ken"), "{head}");
+
+    let (addr, served) = fake_admin("404 Not Found", "2001:db8::7 is not banned\n");
+    let out = ftp_guard(&[
+        "unban",
+        "2001:db8::7",
+        "--admin",
+        &addr,
+        "--token-file",
+        token,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).lines().last(),
+        Some("ftp-guard: HTTP/1.1 404 Not Found: 2001:db8::7 is not banned")
+    );
+    assert!(
+        served
+            .join()
+            .unwrap()
+            .starts_with("POST /bans/unban?addr=2001:db8::7 HTTP/1.1\r\n")
+    );
+
+    let out = ftp_guard(&["unban", "192.0.2.x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("invalid value '192.0.2.x'"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
