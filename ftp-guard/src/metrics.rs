@@ -347,17 +347,12 @@ mod tests {
     /// With a ban list: its two families, whole, after the dataplanes'.
     #[test]
     fn bans_are_counted_and_gauged() {
-        use crate::policy::bans::BanPolicy;
-        let bans = Arc::new(Bans::default());
-        let policy = BanPolicy {
-            after_failures: 1,
-            window: Duration::from_secs(60),
-            duration: Duration::from_secs(60),
-        };
         let now = tokio::time::Instant::now().into_std();
-        for client in ["192.0.2.7", "192.0.2.8"] {
-            bans.record_failure(client.parse().unwrap(), "ftp", &policy, now);
-        }
+        let bans = crate::policy::bans::banned_for_tests(
+            &["192.0.2.7", "192.0.2.8"],
+            Duration::from_secs(60),
+            now,
+        );
         bans.unban("192.0.2.8".parse().unwrap());
         let sources = Arc::new(Sources::default());
         *sources.bans.lock().unwrap() = Some(bans);

@@ -111,43 +111,36 @@ fn unban_posts_to_the_admin_endpoint_with_the_token() {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let token = token.to_str().unwrap();
 
-    let (addr, served) = fake_admin("200 OK", "unbanned 192.0.2.7\n");
-    let out = ftp_guard(&[
-        "unban",
-        "192.0.2.7",
-        "--admin",
-        &addr,
-        "--token-file",
-        token,
-    ]);
+    // (the address, the endpoint's answer) → the exit code, stdout, stderr's last line.
+    let unban = |address: &str, status_line: &'static str, body: &'static str| {
+        let (addr, served) = fake_admin(status_line, body);
+        let out = ftp_guard(&["unban", address, "--admin", &addr, "--token-file", token]);
+        let head = served.join().unwrap();
+        assert_eq!(
+            head,
+            format!(
+                "POST /bans/unban?addr={address} HTTP/1.1\r\nhost: {addr}\r\n\
+                 connection: close\r\nauthorization: Bearer t0ken\r\n\r\n"
+            )
+        );
+        let stderr = text(&out.stderr).lines().last().map(str::to_owned);
+        (out.status.code(), text(&out.stdout), stderr)
+    };
     assert_eq!(
-        (out.status.code(), text(&out.stdout), text(&out.stderr)),
-        (Some(0), "unbanned 192.0.2.7\n".to_owned(), String::new())
+        unban("192.0.2.7", "200 OK", "unbanned 192.0.2.7\n"),
+        (Some(0), "unbanned 192.0.2.7\n".to_owned(), None)
     );
-    let head = served.join().unwrap();
-    let lines: Vec<&str> = head.lines().collect();
-    assert_eq!(lines[0], "POST /bans/unban?addr=192.0.2.7 HTTP/1.1");
-    assert!(lines.contains(&"authorization: Bearer t0ken"), "{head}");
-
-    let (addr, served) = fake_admin("404 Not Found", "2001:db8::7 is not banned\n");
-    let out = ftp_guard(&[
-        "unban",
-        "2001:db8::7",
-        "--admin",
-        &addr,
-        "--token-file",
-        token,
-    ]);
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        text(&out.stderr).lines().last(),
-        Some("ftp-guard: HTTP/1.1 404 Not Found: 2001:db8::7 is not banned")
-    );
-    assert!(
-        served
-            .join()
-            .unwrap()
-            .starts_with("POST /bans/unban?addr=2001:db8::7 HTTP/1.1\r\n")
+        unban(
+            "2001:db8::7",
+            "404 Not Found",
+            "2001:db8::7 is not banned\n"
+        ),
+        (
+            Some(1),
+            String::new(),
+            Some("ftp-guard: HTTP/1.1 404 Not Found: 2001:db8::7 is not banned".to_owned())
+        )
     );
 
     let out = ftp_guard(&["unban", "192.0.2.x"]);

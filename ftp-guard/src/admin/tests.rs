@@ -424,17 +424,12 @@ fn an_exposed_endpoint_without_a_token_is_warned_about() {
 /// or the error with the endpoint's words.
 #[tokio::test]
 async fn unban_lifts_a_ban_behind_the_token() {
-    use crate::policy::bans::{BanPolicy, Bans};
-    let bans = Arc::new(Bans::default());
-    let policy = BanPolicy {
-        after_failures: 1,
-        window: Duration::from_secs(60),
-        duration: Duration::from_secs(600),
-    };
     let now = tokio::time::Instant::now().into_std();
-    for client in ["192.0.2.7", "2001:db8::7"] {
-        bans.record_failure(client.parse().unwrap(), "ftp", &policy, now);
-    }
+    let bans = crate::policy::bans::banned_for_tests(
+        &["192.0.2.7", "2001:db8::7"],
+        Duration::from_secs(600),
+        now,
+    );
     let state = AdminState::new(Registry::default(), limits());
     state.set_token(Some(TOKEN.into()));
     *state.bans.lock().unwrap() = Some(bans.clone());

@@ -300,5 +300,20 @@ impl Tracker {
     }
 }
 
+/// A list with `addresses` banned at `now` for `duration` (for tests of its readers).
+#[cfg(test)]
+pub(crate) fn banned_for_tests(addresses: &[&str], duration: Duration, now: Instant) -> Arc<Bans> {
+    let bans = Arc::new(Bans::default());
+    let policy = BanPolicy {
+        after_failures: 1,
+        window: duration,
+        duration,
+    };
+    for address in addresses {
+        bans.record_failure(address.parse().unwrap(), "ftp", &policy, now);
+    }
+    bans
+}
+
 #[cfg(test)]
 mod tests;
