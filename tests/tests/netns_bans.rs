@@ -2,7 +2,8 @@
 //! ftp-guard is banned after `ban_after_failures` refused logins (its session ends with a
 //! 421, its next connections get the banned 421 at accept and never reach the origin),
 //! another client of the same host is served meanwhile, and the banned address is served
-//! again once `ftp-guard unban`'s route lifts the ban or `ban_secs` have passed.
+//! again once `ftp-guard unban`'s route lifts the ban or `ban_secs` have passed; a reload
+//! keeps the list.
 use std::{
     io::{Read as _, Write as _},
     net::Ipv4Addr,
@@ -20,7 +21,7 @@ use ftp_guard_testbed::{
 const ADMIN: &str = "127.0.0.1:9640";
 /// The brute-forcing address, a second address of the client host.
 const ATTACKER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 4);
-const BAN_SECS: u64 = 3;
+const BAN_SECS: u64 = 5;
 
 const BANNED: &str =
     "421 Your address is banned after too many failed logins, try again later.\r\n";
@@ -66,10 +67,8 @@ fn a_brute_forcing_client_is_banned_and_served_again() {
         return;
     }
     let mut env = Env::start("bans", ServerKind::Vsftpd, "userspace");
-    env.reconfigure(
-        "userspace",
-        &format!("ban_after_failures = 3\nban_window_secs = 60\nban_secs = {BAN_SECS}\n"),
-    );
+    let bans = format!("ban_after_failures = 3\nban_window_secs = 60\nban_secs = {BAN_SECS}\n");
+    env.reconfigure("userspace", &bans);
     env.topo
         .add_address(CLIENT, HOST_IF, &format!("{ATTACKER}/24"))
         .unwrap();
@@ -92,6 +91,12 @@ fn a_brute_forcing_client_is_banned_and_served_again() {
     assert_eq!(conversation(&env, ATTACKER, &[&user, &good]), BANNED);
     let mut bystander = Control::login(&env);
     assert_eq!(bystander.cmd("NOOP"), "200 NOOP ok.\r\n");
+    // A reload that changes the service (a new accept loop) keeps the list.
+    let changed = env.config("userspace", "40000-40099", &env.client_if, &env.origin_if)
+        + &bans
+        + "login_timeout_secs = 30\n";
+    env.gateway.reload(&changed).unwrap();
+    assert_eq!(conversation(&env, ATTACKER, &[&user, &good]), BANNED);
 
     let status: Status =
         serde_json::from_str(&admin(&env.topo, false, "/status").unwrap()).unwrap();
@@ -111,7 +116,7 @@ fn a_brute_forcing_client_is_banned_and_served_again() {
     assert_eq!(
         lines,
         [
-            "ftp_guard_sessions_rejected_total{service=\"e2e\",reason=\"banned\"} 1",
+            "ftp_guard_sessions_rejected_total{service=\"e2e\",reason=\"banned\"} 2",
             "ftp_guard_bans_active 1",
             "ftp_guard_bans_total{reason=\"login_failures\"} 1",
         ]
