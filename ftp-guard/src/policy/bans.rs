@@ -105,15 +105,19 @@ impl BanSink for ListSink {
 /// `until` on the clock the kernel's ban map compares with (`bpf_ktime_get_ns`,
 /// CLOCK_MONOTONIC), for a sink writing it.
 pub fn ktime_ns(until: Instant) -> u64 {
+    let left = until.saturating_duration_since(Instant::now());
+    monotonic_ns().saturating_add(left.as_nanos().min(u64::MAX as u128) as u64)
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds.
+fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: a valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let now_ns = (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64;
-    let left = until.saturating_duration_since(Instant::now());
-    now_ns.saturating_add(left.as_nanos().min(u64::MAX as u128) as u64)
+    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// One ban as status shows it.

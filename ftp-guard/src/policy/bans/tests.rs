@@ -150,3 +150,19 @@ fn a_new_sink_gets_the_bans_in_force() {
         ]
     );
 }
+
+/// `ktime_ns` reads CLOCK_MONOTONIC (what `bpf_ktime_get_ns` reads) and adds the time
+/// left: now lies between two readings of the clock, and 10 s ahead is 10 s more.
+#[test]
+fn ktime_is_the_monotonic_monotonic_ns() {
+    let before = monotonic_ns();
+    let now = ktime_ns(Instant::now());
+    let later = ktime_ns(Instant::now() + Duration::from_secs(10));
+    let after = monotonic_ns();
+    assert!((before..=after).contains(&now), "{before} {now} {after}");
+    let ahead = later - now;
+    assert!(
+        (10_000_000_000..10_000_000_000 + (after - before)).contains(&ahead),
+        "{ahead}"
+    );
+}
