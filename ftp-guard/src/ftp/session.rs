@@ -14,6 +14,9 @@
 //! Leases: the session owns which one is live (at most one, [`lease`]); each request
 //! carries a [`LeaseTicket`] that the driver's answer and a later revocation name.
 //!
+//! Logins: a refusal of PASS (`530`, `430`) is reported ([`Action::LoginFailed`]) after it
+//! went to the client; the driver's policy may answer [`Event::Banned`] (421, close).
+//!
 //! Time: the session has no clock. Events and [`Session::handle_timeout`] carry `now`;
 //! [`Session::poll_timeout`] says when the driver must call it next ([`timers`]).
 //!

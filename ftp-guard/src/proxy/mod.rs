@@ -1,7 +1,7 @@
 //! The control-channel proxy (tokio). [`serve`] accepts clients on a service's listen
 //! address and runs one session task per admitted client. The module's map:
-//! - [`admission`]: whether a connection is served (address family, global and per-client
-//!   limits, lease slots) and the 421 refusals;
+//! - [`admission`]: whether a connection is served (address family, the ban list, global
+//!   and per-client limits, lease slots) and the 421 refusals;
 //! - [`upstream`]: the origin side (which origin, connecting, the readiness probe);
 //! - [`stream`]: a control connection's byte stream (the seat TLS will wrap);
 //! - [`driver`]: runs one sans-IO [`crate::ftp::session::Session`] over the two streams,
