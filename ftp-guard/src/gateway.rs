@@ -20,6 +20,7 @@ use crate::{
         userspace::{RelaySettings, UserspaceRelay},
     },
     metrics::{Metrics, Sources},
+    policy::bans::{BanSink, Bans, ListSink},
     proxy::{self, ServiceContext, SessionSlots},
     sync::{LockUnpoisoned as _, RwLockUnpoisoned as _},
 };
@@ -34,6 +35,12 @@ fn warn_if_admin_exposed(listen: std::net::SocketAddr, config: &Config) {
     if let Some(warning) = admin::exposure_warning(listen, config.admin_token_file.is_some()) {
         warn!("{warning}");
     }
+}
+
+/// The sink bans are mirrored into once the kernel path is set up: the place for the
+/// kernel's ban map (XDP drops a banned address's packets). Until it has one, a list.
+fn kernel_ban_sink(_kernel: &Provisioned) -> Box<dyn BanSink> {
+    Box::new(ListSink::default())
 }
 
 /// One service accepting clients.
@@ -57,6 +64,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     sources: Arc<Sources>,
     kernel: Option<Provisioned>,
+    /// The ban list every service enforces (and adds to); it outlives reloads.
+    bans: Arc<Bans>,
     running: Vec<Running>,
     admin: Arc<AdminState>,
     admin_task: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
@@ -79,6 +88,7 @@ impl Gateway {
             metrics,
             sources,
             kernel: None,
+            bans: Arc::new(Bans::default()),
             running: Vec::new(),
             admin: admin.clone(),
             admin_task: None,
@@ -120,11 +130,13 @@ impl Gateway {
         }
         match &mut self.kernel {
             None => {
-                self.kernel = Some(Provisioned::setup(
+                let provisioned = Provisioned::setup(
                     &kernel_services,
                     config.max_leases,
                     config.pin_path.as_deref(),
-                )?)
+                )?;
+                self.bans.set_sink(kernel_ban_sink(&provisioned));
+                self.kernel = Some(provisioned);
             }
             Some(provisioned) => provisioned.update(&kernel_services)?,
         }
@@ -243,7 +255,8 @@ impl Gateway {
                 self.sessions.clone(),
                 self.metrics.clone(),
             )
-            .hiding_gateway_addresses(origin_interface_addresses(service)),
+            .hiding_gateway_addresses(origin_interface_addresses(service))
+            .sharing_bans(self.bans.clone()),
         );
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(proxy::serve(listener, ctx.clone(), async move {
@@ -262,6 +275,8 @@ impl Gateway {
         let bpf = self.bpf().cloned();
         *self.sources.kernel.lock_unpoisoned() = bpf.as_ref().map(bpf::Handle::downgrade);
         *self.admin.kernel.lock_unpoisoned() = bpf;
+        *self.sources.bans.lock_unpoisoned() = Some(self.bans.clone());
+        *self.admin.bans.lock_unpoisoned() = Some(self.bans.clone());
         *self.admin.services.write_unpoisoned() = ctxs;
     }
 

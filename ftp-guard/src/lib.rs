@@ -8,6 +8,7 @@
 //!   the only code that touches them;
 //! - [`gateway`]: every configured service running (what `ftp-guard run` starts);
 //! - [`config`]: the TOML configuration;
+//! - [`policy`]: protection policy decided in userspace (login-failure bans);
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin HTTP endpoint;
 //! - [`run_cmd`], [`status_cmd`], [`guard_cmd`]: the CLI subcommands;
 //! - [`sync`]: locking that survives a panic elsewhere (poisoned locks recovered in one place).
@@ -19,6 +20,7 @@ pub mod ftp;
 pub mod gateway;
 pub mod guard_cmd;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod run_cmd;
 pub mod status_cmd;

@@ -1,4 +1,4 @@
-//! The `ftp-guard` binary: the command line (run, check, status, guard, unpin…) parsed
+//! The `ftp-guard` binary: the command line (run, check, status, unban, guard, unpin…) parsed
 //! with clap, logging set up, and each subcommand handed to its module in the library.
 use clap::{Parser, Subcommand};
 use ftp_guard::{guard_cmd, run_cmd, status_cmd};
@@ -23,6 +23,8 @@ enum Command {
     Check(run_cmd::ConfigArgs),
     /// Show what a running daemon is doing: services, sessions, leases, kernel counters.
     Status(status_cmd::StatusArgs),
+    /// Lift the ban of a client address (banned after failed logins) in a running daemon.
+    Unban(status_cmd::UnbanArgs),
     /// Remove the programs and maps pinned under the configuration's `pin_path`.
     Unpin(run_cmd::ConfigArgs),
     /// Run the XDP data-port guard alone, with static leases (diagnostics, demo).
@@ -56,6 +58,7 @@ fn main() -> std::process::ExitCode {
             Command::Run(args) => run_cmd::run(&args).await,
             Command::Check(args) => run_cmd::check(&args),
             Command::Status(args) => status_cmd::run(&args).await,
+            Command::Unban(args) => status_cmd::unban(&args).await,
             Command::Unpin(args) => run_cmd::unpin(&args),
             Command::Guard(args) => guard_cmd::run(args).await,
         }

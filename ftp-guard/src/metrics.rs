@@ -1,5 +1,5 @@
 //! Prometheus metrics: counters the proxy updates as things happen, plus values read at
-//! scrape time (dataplane totals, the kernel's packet counters). Every name is listed in
+//! scrape time (dataplane totals, the ban list, the kernel's packet counters). Every name is listed in
 //! README.md ("Metrics").
 use std::{
     sync::{Arc, Mutex, Weak},
@@ -22,6 +22,7 @@ use prometheus_client::{
 use crate::{
     bpf::{self, Counters},
     dataplane::Dataplane,
+    policy::bans::Bans,
     sync::LockUnpoisoned as _,
 };
 
@@ -164,10 +165,12 @@ impl Metrics {
     }
 }
 
-/// What is read at scrape time: each service's dataplane and the kernel object.
+/// What is read at scrape time: each service's dataplane, the ban list and the kernel
+/// object.
 #[derive(Default)]
 pub struct Sources {
     pub services: Mutex<Vec<(String, Weak<dyn Dataplane>)>>,
+    pub bans: Mutex<Option<Arc<Bans>>>,
     pub kernel: Mutex<Option<bpf::WeakHandle>>,
 }
 
@@ -240,6 +243,10 @@ impl Collector for Sources {
         for (svc, snap) in &snapshots {
             ConstGauge::new(snap.active as i64).encode(family.encode_family(&service(svc))?)?;
         }
+        let bans = self.bans.lock_unpoisoned().clone();
+        if let Some(bans) = bans {
+            encode_bans(&bans, &mut encoder)?;
+        }
         if let Some(counters) = self.kernel_counters() {
             let help = "Packets seen by the XDP/TC programs, by reason and verdict";
             let mut family =
@@ -257,6 +264,22 @@ impl Collector for Sources {
         }
         Ok(())
     }
+}
+
+/// `bans_active` (gateway-wide: the list is one) and `bans_total{reason}`.
+fn encode_bans(bans: &Bans, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let now = tokio::time::Instant::now().into_std();
+    let active = bans.list(now).len() as i64;
+    let help = "Client addresses banned now (every service refuses them)";
+    let family = encoder.encode_descriptor("bans_active", help, None, MetricType::Gauge)?;
+    ConstGauge::new(active).encode(family)?;
+    let help = "Client addresses banned since start, by reason (login_failures)";
+    let mut family = encoder.encode_descriptor("bans", help, None, MetricType::Counter)?;
+    for (reason, total) in bans.totals() {
+        let labels: Labels = vec![("reason", reason.name().to_owned())];
+        ConstCounter::new(total).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 impl Sources {
@@ -318,6 +341,34 @@ mod tests {
         assert!(
             text.contains("ftp_guard_sessions_active{service=\"ftp\"} 1\n"),
             "{text}"
+        );
+    }
+
+    /// With a ban list: its two families, whole, after the dataplanes'.
+    #[test]
+    fn bans_are_counted_and_gauged() {
+        let now = tokio::time::Instant::now().into_std();
+        let bans = crate::policy::bans::banned_for_tests(
+            &["192.0.2.7", "192.0.2.8"],
+            Duration::from_secs(60),
+            now,
+        );
+        bans.unban("192.0.2.8".parse().unwrap());
+        let sources = Arc::new(Sources::default());
+        *sources.bans.lock().unwrap() = Some(bans);
+        let registry = Arc::new(Metrics::new()).registry(sources);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let start = text.find("# HELP ftp_guard_bans_active").unwrap();
+        assert_eq!(
+            &text[start..],
+            "# HELP ftp_guard_bans_active Client addresses banned now (every service refuses them)\n\
+             # TYPE ftp_guard_bans_active gauge\n\
+             ftp_guard_bans_active 1\n\
+             # HELP ftp_guard_bans Client addresses banned since start, by reason (login_failures)\n\
+             # TYPE ftp_guard_bans counter\n\
+             ftp_guard_bans_total{reason=\"login_failures\"} 2\n\
+             # EOF\n"
         );
     }
 }

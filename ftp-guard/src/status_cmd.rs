@@ -1,5 +1,9 @@
-//! `ftp-guard status`: what a running daemon is doing, read from its admin endpoint.
-use std::{net::SocketAddr, path::PathBuf};
+//! `ftp-guard status`: what a running daemon is doing, read from its admin endpoint; and
+//! `ftp-guard unban ADDRESS`, which lifts a ban through the same endpoint.
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use clap::Args;
 
@@ -10,6 +14,24 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    /// Print the raw JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UnbanArgs {
+    /// The banned client address (IPv4 or IPv6).
+    pub address: IpAddr,
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+}
+
+/// Where the daemon's admin endpoint is and the token it wants.
+#[derive(Debug, Args)]
+pub struct EndpointArgs {
     /// The daemon's admin endpoint (its `admin_listen`) [default: the config's
     /// admin_listen with --config, else 127.0.0.1:9640].
     #[arg(long)]
@@ -20,12 +42,9 @@ pub struct StatusArgs {
     /// The daemon's configuration: where its endpoint listens and its token file.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Print the raw JSON instead of tables.
-    #[arg(long)]
-    pub json: bool,
 }
 
-impl StatusArgs {
+impl EndpointArgs {
     /// The endpoint and the token to use: flags first, then the configuration.
     pub fn endpoint(&self) -> anyhow::Result<(SocketAddr, Option<String>)> {
         let config = self.config.as_deref().map(Config::load).transpose()?;
@@ -42,8 +61,17 @@ impl StatusArgs {
     }
 }
 
+/// `ftp-guard unban`: prints the endpoint's answer (`unbanned ADDRESS`); an address that
+/// is not banned is an error.
+pub async fn unban(args: &UnbanArgs) -> anyhow::Result<()> {
+    let (addr, token) = args.endpoint.endpoint()?;
+    let path = format!("{}?addr={}", admin::UNBAN_PATH, args.address);
+    print!("{}", admin::post(addr, &path, token.as_deref()).await?);
+    Ok(())
+}
+
 pub async fn run(args: &StatusArgs) -> anyhow::Result<()> {
-    let (addr, token) = args.endpoint()?;
+    let (addr, token) = args.endpoint.endpoint()?;
     let body = admin::get(addr, "/status", token.as_deref()).await?;
     if args.json {
         print!("{body}");
@@ -134,6 +162,22 @@ pub fn render(status: &Status) -> String {
         ],
         leases,
     );
+    out += "\nBANS\n";
+    out += &table(
+        &["ADDRESS", "SERVICE", "REMAINING_S", "REASON"],
+        status
+            .bans
+            .iter()
+            .map(|b| {
+                vec![
+                    b.address.clone(),
+                    b.service.clone(),
+                    format!("{:.0}", b.remaining_secs.ceil()),
+                    b.reason.clone(),
+                ]
+            })
+            .collect(),
+    );
     if let Some(k) = &status.kernel {
         out += "\nKERNEL PATH\n";
         out += &table(
@@ -202,7 +246,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 mod tests {
     use super::*;
     use crate::{
-        admin::{KernelStatus, SessionStatus},
+        admin::{BanStatus, KernelStatus, SessionStatus},
         dataplane::{LeaseInfo, Snapshot},
     };
 
@@ -256,6 +300,20 @@ mod tests {
                     totals: Snapshot::default(),
                 },
             ],
+            bans: vec![
+                BanStatus {
+                    address: "192.0.2.66".into(),
+                    service: "ftp".into(),
+                    remaining_secs: 899.2,
+                    reason: "login_failures".into(),
+                },
+                BanStatus {
+                    address: "2001:db8::66".into(),
+                    service: "archive".into(),
+                    remaining_secs: 12.0,
+                    reason: "login_failures".into(),
+                },
+            ],
             kernel: Some(KernelStatus {
                 attachments: vec![("eth0".into(), "tc".into()), ("eth1".into(), "xdp".into())],
                 counters: vec![
@@ -287,6 +345,11 @@ LEASES AND DATA CONNECTIONS
 SERVICE  MODE     PORT   PEER              TARGET              STATE     AGE_S  BYTES->CLIENT  BYTES->ORIGIN
 ftp      passive  40001  192.0.2.10:50002  198.51.100.2:30000  carrying  3      1048576        0
 
+BANS
+ADDRESS       SERVICE  REMAINING_S  REASON
+192.0.2.66    ftp      900          login_failures
+2001:db8::66  archive  12           login_failures
+
 KERNEL PATH
 INTERFACE  MODE
 eth0       tc
@@ -304,6 +367,7 @@ nat_to_origin  42
         status.services.truncate(1);
         status.services[0].sessions.clear();
         status.services[0].leases.clear();
+        status.bans.clear();
         status.kernel = None;
         let expected = "\
 ftp-guard 1.2.3 up 61 s
@@ -317,6 +381,10 @@ SERVICE  ID  CLIENT  AGE_S
 
 LEASES AND DATA CONNECTIONS
 SERVICE  MODE  PORT  PEER  TARGET  STATE  AGE_S  BYTES->CLIENT  BYTES->ORIGIN
+(none)
+
+BANS
+ADDRESS  SERVICE  REMAINING_S  REASON
 (none)
 ";
         assert_eq!(render(&status), expected);
@@ -343,11 +411,10 @@ SERVICE  MODE  PORT  PEER  TARGET  STATE  AGE_S  BYTES->CLIENT  BYTES->ORIGIN
         )
         .unwrap();
         let args = |admin: Option<&str>, token_file: Option<&PathBuf>, config: Option<&PathBuf>| {
-            StatusArgs {
+            EndpointArgs {
                 admin: admin.map(|a| a.parse().unwrap()),
                 token_file: token_file.cloned(),
                 config: config.cloned(),
-                json: false,
             }
             .endpoint()
             .unwrap()

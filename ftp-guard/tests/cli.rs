@@ -72,3 +72,83 @@ fn check_names_the_line_and_key_of_an_error() {
     assert!(text(&out.stderr).contains("cannot read"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A one-request admin endpoint: answers `status line` + `body`, gives back the request head.
+fn fake_admin(
+    status_line: &'static str,
+    body: &'static str,
+) -> (String, std::thread::JoinHandle<String>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let served = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        let response = format!(
+            "HTTP/1.1 {status_line}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(response.as_bytes()).unwrap();
+        String::from_utf8(head).unwrap()
+    });
+    (addr, served)
+}
+
+/// `ftp-guard unban ADDRESS`: one POST to the unban route with the token; the endpoint's
+/// answer on stdout (exit 0), or its refusal on stderr (exit 1); a bad address is a usage
+/// error (exit 2) that reaches no endpoint.
+#[test]
+fn unban_posts_to_the_admin_endpoint_with_the_token() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("fg-cli-unban-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token = token.to_str().unwrap();
+
+    // (the address, the endpoint's answer) → the exit code, stdout, stderr's last line.
+    let unban = |address: &str, status_line: &'static str, body: &'static str| {
+        let (addr, served) = fake_admin(status_line, body);
+        let out = ftp_guard(&["unban", address, "--admin", &addr, "--token-file", token]);
+        let head = served.join().unwrap();
+        assert_eq!(
+            head,
+            format!(
+                "POST /bans/unban?addr={address} HTTP/1.1\r\nhost: {addr}\r\n\
+                 connection: close\r\nauthorization: Bearer t0ken\r\n\r\n"
+            )
+        );
+        let stderr = text(&out.stderr).lines().last().map(str::to_owned);
+        (out.status.code(), text(&out.stdout), stderr)
+    };
+    assert_eq!(
+        unban("192.0.2.7", "200 OK", "unbanned 192.0.2.7\n"),
+        (Some(0), "unbanned 192.0.2.7\n".to_owned(), None)
+    );
+    assert_eq!(
+        unban(
+            "2001:db8::7",
+            "404 Not Found",
+            "2001:db8::7 is not banned\n"
+        ),
+        (
+            Some(1),
+            String::new(),
+            Some("ftp-guard: HTTP/1.1 404 Not Found: 2001:db8::7 is not banned".to_owned())
+        )
+    );
+
+    let out = ftp_guard(&["unban", "192.0.2.x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("invalid value '192.0.2.x'"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

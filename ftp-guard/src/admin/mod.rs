@@ -1,18 +1,19 @@
 //! The admin HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process
-//! answers), `/readyz` (programs attached and every origin reachable) and `/status` (JSON,
-//! what `ftp-guard status` shows). This module owns serving: the accept loop, the bounds on
+//! answers), `/readyz` (programs attached and every origin reachable), `/status` (JSON,
+//! what `ftp-guard status` shows) and `POST /bans/unban?addr=ADDRESS` (`ftp-guard unban`). This module owns serving: the accept loop, the bounds on
 //! connections ([`Limits`]) and the state the endpoint reads ([`AdminState`]). The rest,
 //! by concern: [`routes`] answers a request, [`auth`] the bearer token, [`readiness`] the
 //! cached origin probe, [`status`] the `/status` model (shared with `ftp-guard status`),
-//! [`client`] the GET that `ftp-guard status` sends.
+//! [`client`] the requests `ftp-guard status` and `ftp-guard unban` send.
 //!
-//! HTTP/1.1 is hyper's (with hyper-util's tokio glue), not axum's: four GET routes need
+//! HTTP/1.1 is hyper's (with hyper-util's tokio glue), not axum's: five routes need
 //! no router, extractors or tower layers, and hyper alone keeps the dependency tree small.
 //! One request per connection; the request head is bounded in size and time, the whole
 //! exchange in time, the connections in number.
 //!
 //! `/status` names every client and live lease, and `/metrics` the traffic: with a token
-//! configured (`admin_token_file`) both want `Authorization: Bearer <token>`. `/healthz`
+//! configured (`admin_token_file`) both want `Authorization: Bearer <token>`, and so does
+//! the unban route. `/healthz`
 //! and `/readyz` stay open for probes; `/readyz` probes the origins at most once per
 //! [`READY_CACHE`], however often it is asked.
 use std::{
@@ -32,7 +33,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::sync::{LockUnpoisoned as _, RwLockUnpoisoned as _};
-use crate::{bpf::Handle, proxy::ServiceContext};
+use crate::{bpf::Handle, policy::bans::Bans, proxy::ServiceContext};
 
 mod auth;
 mod client;
@@ -43,9 +44,10 @@ mod status;
 mod tests;
 
 pub use auth::{exposure_warning, read_token};
-pub use client::get;
+pub use client::{get, post};
 pub use readiness::READY_CACHE;
-pub use status::{KernelStatus, ServiceStatus, SessionStatus, Status};
+pub use routes::UNBAN as UNBAN_PATH;
+pub use status::{BanStatus, KernelStatus, ServiceStatus, SessionStatus, Status};
 
 /// The largest request head taken (hyper's smallest read buffer); a larger one gets 431.
 const MAX_REQUEST: usize = 8192;
@@ -76,6 +78,8 @@ pub struct AdminState {
     pub registry: Registry,
     pub services: RwLock<Vec<Arc<ServiceContext>>>,
     pub kernel: Mutex<Option<Handle>>,
+    /// The gateway's ban list (status, unban).
+    pub bans: Mutex<Option<Arc<Bans>>>,
     pub started: Instant,
     /// Bearer token `/status` and `/metrics` require; `None`: they are open.
     pub token: RwLock<Option<String>>,
@@ -91,6 +95,7 @@ impl AdminState {
             registry,
             services: RwLock::default(),
             kernel: Mutex::default(),
+            bans: Mutex::default(),
             started: Instant::now(),
             token: RwLock::default(),
             limits,
@@ -105,6 +110,11 @@ impl AdminState {
     /// The running services, as of now.
     fn services(&self) -> Vec<Arc<ServiceContext>> {
         self.services.read_unpoisoned().clone()
+    }
+
+    /// The gateway's ban list, once set.
+    fn bans(&self) -> Option<Arc<Bans>> {
+        self.bans.lock_unpoisoned().clone()
     }
 
     /// The kernel data path, if one is set up.

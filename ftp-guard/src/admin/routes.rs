@@ -1,5 +1,8 @@
-//! What each path answers: [`answer`] routes a request (GET only; `/status` and `/metrics`
-//! behind the token), [`Answer`] is the response before it becomes hyper's.
+//! What each path answers: [`answer`] routes a request (GET, and POST for
+//! `/bans/unban`; `/status`, `/metrics` and the unban behind the token), [`Answer`] is the
+//! response before it becomes hyper's.
+use std::net::IpAddr;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
@@ -60,8 +63,20 @@ impl Answer {
 
 /// The answer to one request.
 pub(super) async fn answer<B>(request: &Request<B>, state: &AdminState) -> Answer {
+    if request.uri().path() == UNBAN {
+        if request.method() != Method::POST {
+            return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+        }
+        if let Err(denied) = authorize(request.headers(), state) {
+            return denied;
+        }
+        return unban(request.uri().query(), state);
+    }
     if request.method() != Method::GET {
-        return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        return Answer::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET only (POST for /bans/unban)\n",
+        );
     }
     // The request target as sent, query included: `/status?x` is no route.
     let path = request.uri().path_and_query().map_or("", |p| p.as_str());
@@ -95,5 +110,30 @@ pub(super) async fn answer<B>(request: &Request<B>, state: &AdminState) -> Answe
             StatusCode::NOT_FOUND,
             "not found: /metrics /healthz /readyz /status\n",
         ),
+    }
+}
+
+/// The unban route: `POST /bans/unban?addr=ADDRESS`.
+pub const UNBAN: &str = "/bans/unban";
+
+/// Lifts the ban of the address the query names (`addr=`; `%3A` for `:` is taken).
+fn unban(query: Option<&str>, state: &AdminState) -> Answer {
+    let Some(text) = query.and_then(|q| q.strip_prefix("addr=")) else {
+        return Answer::text(StatusCode::BAD_REQUEST, "want ?addr=ADDRESS\n");
+    };
+    let text = text.replace("%3A", ":").replace("%3a", ":");
+    let Ok(address) = text.parse::<IpAddr>() else {
+        return Answer::text(
+            StatusCode::BAD_REQUEST,
+            format!("`{}` is not an IP address\n", text.escape_debug()),
+        );
+    };
+    let lifted = state.bans().is_some_and(|bans| bans.unban(address));
+    let address = address.to_canonical();
+    if lifted {
+        tracing::info!(%address, "ban lifted (admin)");
+        Answer::text(StatusCode::OK, format!("unbanned {address}\n"))
+    } else {
+        Answer::text(StatusCode::NOT_FOUND, format!("{address} is not banned\n"))
     }
 }

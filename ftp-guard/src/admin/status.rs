@@ -11,7 +11,19 @@ pub struct Status {
     pub version: String,
     pub uptime_secs: f64,
     pub services: Vec<ServiceStatus>,
+    /// The bans in force (one list for every service), by address.
+    #[serde(default)]
+    pub bans: Vec<BanStatus>,
     pub kernel: Option<KernelStatus>,
+}
+
+/// One ban: the address every service refuses, the service whose policy banned it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BanStatus {
+    pub address: String,
+    pub service: String,
+    pub remaining_secs: f64,
+    pub reason: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -68,8 +80,26 @@ pub(super) fn status(state: &AdminState) -> Status {
                 totals: c.dataplane.snapshot(),
             })
             .collect(),
+        bans: ban_status(state),
         kernel: kernel_status(state),
     }
+}
+
+/// The bans in force now.
+fn ban_status(state: &AdminState) -> Vec<BanStatus> {
+    let Some(bans) = state.bans() else {
+        return Vec::new();
+    };
+    let now = tokio::time::Instant::now().into_std();
+    bans.list(now)
+        .into_iter()
+        .map(|b| BanStatus {
+            address: b.address.to_string(),
+            service: b.service,
+            remaining_secs: b.until.saturating_duration_since(now).as_secs_f64(),
+            reason: b.reason.name().to_owned(),
+        })
+        .collect()
 }
 
 /// The kernel data path's attachments and packet counters, if it is set up.

@@ -2,7 +2,7 @@
 //! readiness cache; the token file and the exposure warning.
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{get as get_body, *};
+use super::{get as get_body, post as post_body, *};
 use crate::{
     config::Config,
     dataplane::userspace::{RelaySettings, UserspaceRelay},
@@ -184,7 +184,12 @@ async fn other_methods_unknown_paths_and_oversized_heads() {
             "POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
         )
         .await,
-        response("405 Method Not Allowed", "text/plain", "", "GET only\n")
+        response(
+            "405 Method Not Allowed",
+            "text/plain",
+            "",
+            "GET only (POST for /bans/unban)\n"
+        )
     );
     let not_found = response(
         "404 Not Found",
@@ -412,4 +417,91 @@ fn an_exposed_endpoint_without_a_token_is_warned_about() {
         None
     );
     assert_eq!(exposure_warning("[::1]:9640".parse().unwrap(), false), None);
+}
+
+/// `POST /bans/unban?addr=`: behind the token; lifts the ban once (then 404), says what
+/// is wrong with a bad request; `/status` lists the ban before; `post` carries the answer
+/// or the error with the endpoint's words.
+#[tokio::test]
+async fn unban_lifts_a_ban_behind_the_token() {
+    let now = tokio::time::Instant::now().into_std();
+    let bans = crate::policy::bans::banned_for_tests(
+        &["192.0.2.7", "2001:db8::7"],
+        Duration::from_secs(600),
+        now,
+    );
+    let state = AdminState::new(Registry::default(), limits());
+    state.set_token(Some(TOKEN.into()));
+    *state.bans.lock().unwrap() = Some(bans.clone());
+    let addr = start(state).await;
+    let right = format!("Bearer {TOKEN}");
+    let post = |path: &str, auth: Option<&str>| {
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n")
+    };
+    let status = get_body(addr, "/status", Some(TOKEN)).await.unwrap();
+    let status: Status = serde_json::from_str(&status).unwrap();
+    let listed: Vec<_> = status
+        .bans
+        .iter()
+        .map(|b| (b.address.as_str(), b.service.as_str(), b.reason.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("192.0.2.7", "ftp", "login_failures"),
+            ("2001:db8::7", "ftp", "login_failures")
+        ]
+    );
+    let text = |code, body: &str| response(code, "text/plain", "", body);
+    let cases = [
+        (
+            post("/bans/unban?addr=192.0.2.7", None),
+            response(
+                "401 Unauthorized",
+                "text/plain",
+                "Www-Authenticate: Bearer realm=\"ftp-guard\"\r\n",
+                "this path needs Authorization: Bearer <admin token>\n",
+            ),
+        ),
+        (
+            get("/bans/unban?addr=192.0.2.7", Some(&right)),
+            text("405 Method Not Allowed", "POST only\n"),
+        ),
+        (
+            post("/bans/unban", Some(&right)),
+            text("400 Bad Request", "want ?addr=ADDRESS\n"),
+        ),
+        (
+            post("/bans/unban?addr=192.0.2.x", Some(&right)),
+            text("400 Bad Request", "`192.0.2.x` is not an IP address\n"),
+        ),
+        (
+            post("/bans/unban?addr=::ffff:192.0.2.7", Some(&right)),
+            text("200 OK", "unbanned 192.0.2.7\n"),
+        ),
+        (
+            post("/bans/unban?addr=192.0.2.7", Some(&right)),
+            text("404 Not Found", "192.0.2.7 is not banned\n"),
+        ),
+    ];
+    for (request, want) in cases {
+        assert_eq!(exchange(addr, &request).await, want, "{request}");
+    }
+    assert_eq!(
+        post_body(addr, "/bans/unban?addr=2001%3Adb8::7", Some(TOKEN))
+            .await
+            .unwrap(),
+        "unbanned 2001:db8::7\n"
+    );
+    let err = post_body(addr, "/bans/unban?addr=2001:db8::7", Some(TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "HTTP/1.1 404 Not Found: 2001:db8::7 is not banned"
+    );
+    assert_eq!(bans.list(now), vec![]);
 }

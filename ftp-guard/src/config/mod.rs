@@ -145,6 +145,16 @@ pub struct Service {
     /// session is closed with 421.
     #[serde(default = "defaults::max_consecutive_errors")]
     pub max_consecutive_errors: usize,
+    /// Refused logins (the origin's 530/430 to PASS) from one client address within
+    /// `ban_window_secs` that ban it for `ban_secs`, from every service; 0: off.
+    #[serde(default)]
+    pub ban_after_failures: u32,
+    /// Seconds from an address's first counted failure within which the rest must come.
+    #[serde(default = "defaults::ban_window_secs")]
+    pub ban_window_secs: u64,
+    /// Seconds a ban lasts.
+    #[serde(default = "defaults::ban_secs")]
+    pub ban_secs: u64,
 }
 
 /// [`Service::data_mss`]: MSS clamping on data connections' SYNs.
@@ -257,6 +267,12 @@ mod defaults {
     }
     pub fn max_consecutive_errors() -> usize {
         20
+    }
+    pub fn ban_window_secs() -> u64 {
+        600
+    }
+    pub fn ban_secs() -> u64 {
+        900
     }
 }
 

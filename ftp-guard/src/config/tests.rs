@@ -26,6 +26,10 @@ fn minimal_config_gets_defaults() {
     assert_eq!(s.max_sessions_per_client, 64);
     assert_eq!(s.max_leases_per_client, 64);
     assert_eq!(s.max_consecutive_errors, 20);
+    assert_eq!(
+        (s.ban_after_failures, s.ban_window_secs, s.ban_secs),
+        (0, 600, 900)
+    );
 }
 
 /// (change to MINIMAL, expected words in the error).
@@ -94,6 +98,18 @@ fn invalid_configs_name_key_and_line() {
         (
             "max_consecutive_errors = 0",
             &["line 2", "max_consecutive_errors", "1..=1000000"],
+        ),
+        (
+            "ban_after_failures = 1001",
+            &["line 2", "ban_after_failures", "0..=1000 (0: off)"],
+        ),
+        (
+            "ban_window_secs = 0",
+            &["line 2", "ban_window_secs", "1..=604800 (a week)"],
+        ),
+        (
+            "ban_secs = 604801",
+            &["line 2", "ban_secs", "1..=604800 (a week)"],
         ),
         (
             "hide_names = [\"ftp internal\"]",

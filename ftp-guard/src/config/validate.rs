@@ -143,6 +143,26 @@ fn check_service(s: &Service) -> Result<(), Problem> {
     {
         return Err((key, "must be within 1..=1000000".into()));
     }
+    check_bans(s)
+}
+
+/// The ban knobs: a window and a ban of at most a week, at most 1000 failures.
+fn check_bans(s: &Service) -> Result<(), Problem> {
+    const WEEK: u64 = 7 * 24 * 3600;
+    if s.ban_after_failures > 1000 {
+        return Err((
+            "ban_after_failures",
+            "must be within 0..=1000 (0: off)".into(),
+        ));
+    }
+    for (key, value) in [
+        ("ban_window_secs", s.ban_window_secs),
+        ("ban_secs", s.ban_secs),
+    ] {
+        if !(1..=WEEK).contains(&value) {
+            return Err((key, format!("must be within 1..={WEEK} (a week)")));
+        }
+    }
     Ok(())
 }
 

@@ -14,6 +14,9 @@
 //! Leases: the session owns which one is live (at most one, [`lease`]); each request
 //! carries a [`LeaseTicket`] that the driver's answer and a later revocation name.
 //!
+//! Logins: a refusal of PASS (`530`, `430`) is reported ([`Action::LoginFailed`]) after it
+//! went to the client; the driver's policy may answer [`Event::Banned`] (421, close).
+//!
 //! Time: the session has no clock. Events and [`Session::handle_timeout`] carry `now`;
 //! [`Session::poll_timeout`] says when the driver must call it next ([`timers`]).
 //!
@@ -103,6 +106,9 @@ pub enum Event<'a> {
     LeaseFailed { ticket: LeaseTicket, reason: String },
     /// No lease was installed: the client's address holds as many as it may.
     LeaseLimit { ticket: LeaseTicket },
+    /// The client's address has been banned (after an [`Action::LoginFailed`]): the
+    /// session says so with a 421 and closes.
+    Banned,
 }
 
 /// Something the driver must do, in the order given.
@@ -140,6 +146,10 @@ pub enum Action {
     },
     /// A deadline passed (for the log and metrics); the 421 and `Close` follow.
     TimedOut(Timer),
+    /// The origin refused a login (`530`, or `430` as RFC 7151 has it, in answer to PASS),
+    /// after that reply went to the client. `user`: the last USER's name, as sent. The
+    /// driver may answer [`Event::Banned`].
+    LoginFailed { user: Option<String> },
     /// Log a protocol problem (the session goes on unless a `Close` follows).
     Warn(String),
     /// Close both connections after the writes above.
@@ -184,6 +194,8 @@ enum Pending {
     /// Waiting for the driver to install an active-mode lease; the PORT for the origin
     /// is sent when it exists, and client input is held until then (command order).
     AwaitingActive { ticket: LeaseTicket },
+    /// PASS: forward the reply; a refusal is a login failure ([`Action::LoginFailed`]).
+    Login,
     /// QUIT: forward the reply, then close.
     Quit,
     /// A reply made here; sent when it reaches the front.
@@ -214,6 +226,8 @@ pub struct Session {
     holding_client: bool,
     /// Error replies sent in a row (see [`SessionConfig::max_consecutive_errors`]).
     consecutive_errors: usize,
+    /// The name the client last sent with USER (for [`Action::LoginFailed`]).
+    user: Option<String>,
     /// Warnings logged, and those counted but not logged ([`WARNINGS_LOGGED`]).
     warnings: usize,
     warnings_suppressed: usize,
@@ -238,6 +252,7 @@ impl Session {
             leases: Leases::default(),
             holding_client: false,
             consecutive_errors: 0,
+            user: None,
             warnings: 0,
             warnings_suppressed: 0,
             closed: false,
@@ -315,6 +330,13 @@ impl Session {
                 self.lease_failed(ticket, LeaseFailure::Failed(reason))
             }
             Event::LeaseLimit { ticket } => self.lease_failed(ticket, LeaseFailure::ClientLimit),
+            Event::Banned => {
+                self.say(Reply::new(
+                    421,
+                    "Too many failed logins from your address: closing control connection.",
+                ));
+                self.close();
+            }
         }
         self.settle();
     }

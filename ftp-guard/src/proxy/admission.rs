@@ -1,6 +1,8 @@
-//! Whether a connection is admitted, in one place: the address-family gate, the global
-//! session limit ([`SessionSlots`]), per-client-address caps on sessions and data leases
-//! ([`ClientUse`]), and the refusals with their replies and rate-limited log lines.
+//! Whether a connection is admitted, in one place: the address-family gate, the ban list
+//! ([`Bans`], refused first, before any origin connection), the global session limit
+//! ([`SessionSlots`]), per-client-address caps on sessions and data leases ([`ClientUse`]),
+//! and the refusals with their replies and rate-limited log lines. Login failures are
+//! reported here too ([`Admission::login_failed`]): the service's ban policy applies.
 //! ACLs and per-client policy plug in here ([`Admission::admit`]).
 use std::{
     collections::HashMap,
@@ -17,6 +19,7 @@ use tracing::warn;
 
 use super::stream;
 use crate::config::Service;
+use crate::policy::bans::{Ban, BanPolicy, Bans};
 use crate::sync::LockUnpoisoned as _;
 
 /// How often refusals are logged at most.
@@ -28,6 +31,10 @@ pub struct Admission {
     sessions: Arc<SessionSlots>,
     max_sessions_per_client: usize,
     max_leases_per_client: usize,
+    /// The gateway's ban list (shared by its services) and this service's policy for it.
+    bans: Arc<Bans>,
+    ban_policy: Option<BanPolicy>,
+    service_name: String,
     /// Per client address: its sessions and the leases they hold (entries go when both
     /// are zero).
     clients: Mutex<HashMap<IpAddr, ClientUse>>,
@@ -41,6 +48,8 @@ pub struct Admission {
 pub enum Refusal {
     /// The client's address family is not carried yet.
     Ipv6,
+    /// The client's address is banned.
+    Banned(Ban),
     /// The client's address has `limit` sessions open.
     ClientLimit { limit: usize },
     /// Every session slot of the gateway is taken.
@@ -54,6 +63,7 @@ impl Refusal {
     pub fn metric_reason(&self) -> &'static str {
         match self {
             Refusal::Ipv6 => "ipv6",
+            Refusal::Banned(_) => "banned",
             Refusal::ClientLimit { .. } => "client_limit",
             Refusal::Busy => "limit",
             Refusal::OriginUnreachable { .. } => "origin_unreachable",
@@ -64,6 +74,9 @@ impl Refusal {
     pub fn reply(&self) -> &'static [u8] {
         match self {
             Refusal::Ipv6 => b"421 IPv6 is not supported by this gateway.\r\n",
+            Refusal::Banned(_) => {
+                b"421 Your address is banned after too many failed logins, try again later.\r\n"
+            }
             Refusal::ClientLimit { .. } => {
                 b"421 Too many connections from your address, try again later.\r\n"
             }
@@ -86,6 +99,10 @@ impl Refusal {
     fn log(&self, peer: SocketAddr, unlogged: u64) {
         match self {
             Refusal::Ipv6 => warn!(%peer, "IPv6 clients are not supported yet"),
+            Refusal::Banned(ban) => warn!(
+                %peer, reason = %ban.reason, service = ban.service, unlogged,
+                "client banned: refused"
+            ),
             Refusal::ClientLimit { limit } => warn!(
                 %peer, limit, unlogged,
                 "sessions per client address reached: refusing client"
@@ -105,21 +122,27 @@ pub struct Admitted {
 }
 
 impl Admission {
-    pub fn new(service: &Service, sessions: Arc<SessionSlots>) -> Self {
+    pub fn new(service: &Service, sessions: Arc<SessionSlots>, bans: Arc<Bans>) -> Self {
         Self {
             sessions,
             max_sessions_per_client: service.max_sessions_per_client,
             max_leases_per_client: service.max_leases_per_client,
+            bans,
+            ban_policy: BanPolicy::of(service),
+            service_name: service.name.clone(),
             clients: Mutex::default(),
             refusals: Mutex::new(LogBudget::new(REFUSAL_LOG_EVERY)),
         }
     }
 
-    /// Decides whether a connection from `peer` is served.
-    pub fn admit(self: &Arc<Self>, peer: SocketAddr) -> Result<Admitted, Refusal> {
+    /// Decides whether a connection from `peer` is served, at `now`.
+    pub fn admit(self: &Arc<Self>, peer: SocketAddr, now: Instant) -> Result<Admitted, Refusal> {
         let client = peer.ip().to_canonical();
         if !client.is_ipv4() {
             return Err(Refusal::Ipv6);
+        }
+        if let Some(ban) = self.bans.banned(client, now) {
+            return Err(Refusal::Banned(ban));
         }
         let client = self
             .take_share(client, Share::Session)
@@ -131,6 +154,27 @@ impl Admission {
             _slot: slot,
             _client: client,
         })
+    }
+
+    /// A login from `client` failed at `now`: the ban its address is under (maybe made by
+    /// this failure), if any. Without a ban policy, only a ban made elsewhere counts.
+    pub fn login_failed(&self, client: IpAddr, now: Instant) -> Option<Ban> {
+        match &self.ban_policy {
+            Some(policy) => self
+                .bans
+                .record_failure(client, &self.service_name, policy, now),
+            None => self.bans.banned(client, now),
+        }
+    }
+
+    /// The ban list this service enforces.
+    pub fn bans(&self) -> &Arc<Bans> {
+        &self.bans
+    }
+
+    /// The global session slots (shared by the gateway's services).
+    pub fn sessions(&self) -> &Arc<SessionSlots> {
+        &self.sessions
     }
 
     /// Whether to log a refusal now, and how many went unlogged since the last one.
@@ -320,145 +364,4 @@ impl LogBudget {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    fn admission(max_sessions: usize, per_client: usize) -> Arc<Admission> {
-        let config = Config::parse(&format!(
-            "[[service]]\nname = \"ftp\"\nlisten = \"203.0.113.1:21\"\n\
-             origin = \"198.51.100.2:21\"\ndata_ports = \"40000-40099\"\n\
-             dataplane = \"userspace\"\nmax_sessions_per_client = {per_client}\n\
-             max_leases_per_client = {per_client}\n"
-        ))
-        .unwrap();
-        let service = config.services().next().unwrap();
-        Arc::new(Admission::new(service, SessionSlots::new(max_sessions)))
-    }
-
-    fn peer(text: &str) -> SocketAddr {
-        text.parse().unwrap()
-    }
-
-    #[test]
-    fn refusals_are_logged_once_a_period_with_the_count_between() {
-        let t0 = Instant::now();
-        let at = |ms| t0 + Duration::from_millis(ms);
-        let mut budget = LogBudget::new(Duration::from_secs(1));
-        let decisions: Vec<Option<u64>> = [0, 1, 500, 999, 1000, 1001, 2500, 2600]
-            .into_iter()
-            .map(|ms| budget.take(at(ms)))
-            .collect();
-        assert_eq!(
-            decisions,
-            [Some(0), None, None, None, Some(3), None, Some(1), None]
-        );
-    }
-
-    /// (peer) → decision, with 3 global slots and 2 per client address; what was admitted
-    /// stays admitted through the table. IPv4-mapped IPv6 peers are their IPv4 address.
-    #[test]
-    fn admission_decides_in_order_family_client_cap_global_cap() {
-        let admission = admission(3, 2);
-        let cases = [
-            ("[2001:db8::7]:40000", Err(Refusal::Ipv6)),
-            ("192.0.2.7:40000", Ok(())),
-            ("[::ffff:192.0.2.7]:40001", Ok(())),
-            ("192.0.2.7:40002", Err(Refusal::ClientLimit { limit: 2 })),
-            ("192.0.2.8:40000", Ok(())),
-            ("192.0.2.9:40000", Err(Refusal::Busy)),
-        ];
-        let mut held = Vec::new();
-        for (from, want) in cases {
-            let got = admission.admit(peer(from)).map(|a| held.push(a));
-            assert_eq!(got, want, "{from}");
-        }
-        // A refused session took no share: 192.0.2.9 gets one as soon as a slot is free.
-        held.pop();
-        assert!(admission.admit(peer("192.0.2.9:40001")).is_ok());
-    }
-
-    /// Lease slots per client address, given back when dropped; the address's entry goes
-    /// when it holds neither sessions nor leases.
-    #[test]
-    fn lease_slots_per_client() {
-        let admission = admission(3, 2);
-        let client: IpAddr = "192.0.2.7".parse().unwrap();
-        let a = admission.take_lease_slot(client).unwrap();
-        let b = admission
-            .take_lease_slot("::ffff:192.0.2.7".parse().unwrap())
-            .unwrap();
-        assert!(admission.take_lease_slot(client).is_none());
-        assert_eq!(admission.client_leases(client), 2);
-        drop(a);
-        assert_eq!(admission.client_leases(client), 1);
-        drop(b);
-        assert_eq!(admission.client_leases(client), 0);
-        assert!(admission.clients.lock().unwrap().is_empty());
-    }
-
-    #[test]
-    fn every_refusal_is_one_421_line() {
-        let refusals = [
-            Refusal::Ipv6,
-            Refusal::ClientLimit { limit: 1 },
-            Refusal::Busy,
-            Refusal::OriginUnreachable { why: "x".into() },
-        ];
-        let replies: Vec<_> = refusals
-            .iter()
-            .map(|r| {
-                (
-                    r.metric_reason(),
-                    String::from_utf8_lossy(r.reply()).into_owned(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            replies,
-            [
-                (
-                    "ipv6",
-                    "421 IPv6 is not supported by this gateway.\r\n".to_owned()
-                ),
-                (
-                    "client_limit",
-                    "421 Too many connections from your address, try again later.\r\n".to_owned()
-                ),
-                (
-                    "limit",
-                    "421 Too many connections, try again later.\r\n".to_owned()
-                ),
-                (
-                    "origin_unreachable",
-                    "421 Service not available: cannot reach the server.\r\n".to_owned()
-                ),
-            ]
-        );
-    }
-
-    /// (limit changes, then sessions ending) → slots free at the end: a lower limit with
-    /// every slot taken is paid by the sessions that end; a higher one pays the debt first.
-    #[test]
-    fn session_slots_follow_the_limit() {
-        let slots = SessionSlots::new(2);
-        let a = slots.try_acquire().unwrap();
-        let b = slots.try_acquire().unwrap();
-        assert!(slots.try_acquire().is_none());
-        slots.resize(2, 1);
-        drop(a);
-        assert!(slots.try_acquire().is_none(), "one open, the limit is 1");
-        drop(b);
-        let c = slots.try_acquire().unwrap();
-        assert!(slots.try_acquire().is_none());
-        // Down to 0 and back to 3 while one is open: 2 more, not 3.
-        slots.resize(1, 0);
-        slots.resize(0, 3);
-        let more: Vec<_> = std::iter::from_fn(|| slots.try_acquire()).collect();
-        assert_eq!(more.len(), 2);
-        drop(c);
-        drop(more);
-        let all: Vec<_> = std::iter::from_fn(|| slots.try_acquire()).collect();
-        assert_eq!(all.len(), 3);
-    }
-}
+mod tests;

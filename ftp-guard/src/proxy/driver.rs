@@ -249,6 +249,21 @@ impl Driver {
         }
     }
 
+    /// The origin refused a login: counted against the client's address; banned (now or
+    /// before), the session ends with a 421 after the refusal.
+    fn login_failed(&mut self, user: Option<&str>) {
+        let now = now();
+        info!(user = user.unwrap_or(""), "login failed");
+        if let Some(ban) = self.ctx.admission.login_failed(self.client_ip, now) {
+            warn!(
+                reason = %ban.reason,
+                secs = ban.until.saturating_duration_since(now).as_secs(),
+                "client banned: closing its session"
+            );
+            self.session.handle(now, Event::Banned);
+        }
+    }
+
     /// Logs a deadline the session saw pass (it closes with a 421).
     fn timed_out(&self, timer: Timer) {
         let service = &self.ctx.service;
@@ -351,6 +366,7 @@ impl Driver {
                     self.session.handle(now(), event);
                 }
                 Action::TimedOut(timer) => self.timed_out(timer),
+                Action::LoginFailed { user } => self.login_failed(user.as_deref()),
                 Action::Warn(message) => warn!("{message}"),
                 Action::Close => {
                     self.client.shutdown().await;
@@ -364,7 +380,7 @@ impl Driver {
 }
 
 /// The session's time: tokio's clock (which tests may pause), as the session takes it.
-fn now() -> Instant {
+pub(super) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 

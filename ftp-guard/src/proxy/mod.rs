@@ -1,7 +1,7 @@
 //! The control-channel proxy (tokio). [`serve`] accepts clients on a service's listen
 //! address and runs one session task per admitted client. The module's map:
-//! - [`admission`]: whether a connection is served (address family, global and per-client
-//!   limits, lease slots) and the 421 refusals;
+//! - [`admission`]: whether a connection is served (address family, the ban list, global
+//!   and per-client limits, lease slots) and the 421 refusals;
 //! - [`upstream`]: the origin side (which origin, connecting, the readiness probe);
 //! - [`stream`]: a control connection's byte stream (the seat TLS will wrap);
 //! - [`driver`]: runs one sans-IO [`crate::ftp::session::Session`] over the two streams,
@@ -29,7 +29,10 @@ use tracing::{Instrument as _, error, info};
 pub use self::admission::SessionSlots;
 use self::{admission::Admission, upstream::OriginPool};
 use crate::sync::LockUnpoisoned as _;
-use crate::{config::Service, dataplane::Dataplane, ftp::scrub::Scrubber, metrics::Metrics};
+use crate::{
+    config::Service, dataplane::Dataplane, ftp::scrub::Scrubber, metrics::Metrics,
+    policy::bans::Bans,
+};
 
 /// Everything a session of one service needs, shared by its sessions.
 pub struct ServiceContext {
@@ -76,7 +79,12 @@ impl ServiceContext {
             hide_gateway_address(&mut scrubber, &service, ip);
         }
         Self {
-            admission: Arc::new(Admission::new(&service, sessions)),
+            // A service alone has a ban list of its own; the gateway's share one.
+            admission: Arc::new(Admission::new(
+                &service,
+                sessions,
+                Arc::new(Bans::default()),
+            )),
             origins: OriginPool::single(service.origin),
             service,
             dataplane,
@@ -100,6 +108,13 @@ impl ServiceContext {
     /// The most bytes any session of this service has held so far.
     pub fn peak_session_buffer(&self) -> usize {
         self.peak_buffered.load(Ordering::Relaxed)
+    }
+
+    /// Enforces (and adds to) `bans`, the ban list the gateway's services share.
+    pub fn sharing_bans(mut self, bans: Arc<Bans>) -> Self {
+        let sessions = self.admission.sessions().clone();
+        self.admission = Arc::new(Admission::new(&self.service, sessions, bans));
+        self
     }
 
     /// Also hides these addresses of the gateway (those of its origin-side interface),
@@ -171,7 +186,7 @@ pub async fn serve(
         let id = next_id;
         next_id += 1;
         let span = tracing::info_span!("session", service = %ctx.service.name, id, client = %peer);
-        let admitted = match ctx.admission.admit(peer) {
+        let admitted = match ctx.admission.admit(peer, driver::now()) {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 ctx.metrics

@@ -78,6 +78,11 @@ impl Session {
                 "Security exchange not in effect (no AUTH).",
             )),
             "FEAT" => self.forward(&command, Pending::Feat),
+            "USER" => {
+                self.user = Some(user_name(command.arg.as_deref()));
+                self.forward(&command, Pending::Forward);
+            }
+            "PASS" => self.forward(&command, Pending::Login),
             "RETR" | "STOR" | "STOU" | "APPE" | "LIST" | "NLST" | "MLSD" => {
                 self.forward(&command, Pending::Transfer { preliminary: false })
             }
@@ -175,4 +180,18 @@ impl Session {
     pub(super) fn local(&mut self, reply: Reply) {
         self.pending.push_back(Pending::Local(reply));
     }
+}
+
+/// Longest user name kept for the log (a line may be up to `max_command_line` long).
+const USER_NAME_KEPT: usize = 64;
+
+/// USER's argument as kept for [`Action::LoginFailed`]: at most [`USER_NAME_KEPT`] bytes,
+/// cut at a character boundary.
+fn user_name(arg: Option<&str>) -> String {
+    let arg = arg.unwrap_or("");
+    let mut end = arg.len().min(USER_NAME_KEPT);
+    while !arg.is_char_boundary(end) {
+        end -= 1;
+    }
+    arg[..end].to_owned()
 }

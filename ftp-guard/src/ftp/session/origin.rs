@@ -53,7 +53,11 @@ impl Session {
             && matches!(
                 self.pending.front(),
                 None | Some(
-                    Pending::Greeting | Pending::Forward | Pending::Transfer { .. } | Pending::Quit
+                    Pending::Greeting
+                        | Pending::Forward
+                        | Pending::Login
+                        | Pending::Transfer { .. }
+                        | Pending::Quit
                 )
             );
         if !next_owed {
@@ -141,9 +145,13 @@ impl Session {
                     self.close();
                 }
             }
-            Some(Pending::Greeting | Pending::Forward) => {
+            Some(front @ (Pending::Greeting | Pending::Forward | Pending::Login)) => {
                 let closing = reply.code == 421;
                 self.say_scrubbed(&reply);
+                if matches!(front, Pending::Login) && matches!(reply.code, 430 | 530) {
+                    let user = self.user.clone();
+                    self.actions.push_back(Action::LoginFailed { user });
+                }
                 if closing {
                     self.close();
                 }

@@ -554,7 +554,12 @@ fn junk_behind_a_slow_reply_is_bounded_and_ends_the_session() {
     assert_eq!(s.replies_owed(), 8);
     // The failed login (not a syntax error: not counted), then six 500s and the end.
     let out = origin(&mut s, b"530 Login incorrect.\r\n");
-    let mut want = vec![to_client("530 Login incorrect.\r\n")];
+    let mut want = vec![
+        to_client("530 Login incorrect.\r\n"),
+        Action::LoginFailed {
+            user: Some("a".into()),
+        },
+    ];
     want.extend(std::iter::repeat_n(
         to_client(&format!("500 {syntax}\r\n")),
         6,
@@ -1000,4 +1005,103 @@ fn lease_tickets_route_results_and_revocations() {
             to_client(&pasv_227(40001))
         ]
     );
+}
+
+/// (USER, the origin's reply to PASS) → what follows the reply: a 530 or 430 to PASS is a
+/// login failure naming the user; a success, a 331 to USER, a 530 to another command or a
+/// 421 are not.
+#[test]
+fn login_failures_are_reported_after_the_reply() {
+    let failed = |user: &str| Action::LoginFailed {
+        user: Some(user.to_owned()),
+    };
+    /// (client lines, the origin's reply to USER, its reply to the last line, the actions).
+    type Case<'a> = (&'a [u8], &'a [u8], &'a [u8], Vec<Action>);
+    let cases: &[Case] = &[
+        (
+            b"USER alice\r\nPASS wrong\r\n",
+            b"331 Password required\r\n",
+            b"530 Login incorrect.\r\n",
+            vec![to_client("530 Login incorrect.\r\n"), failed("alice")],
+        ),
+        (
+            b"USER bob\r\nPASS wrong\r\n",
+            b"331 Password required\r\n",
+            b"430 Invalid username or password\r\n",
+            vec![
+                to_client("430 Invalid username or password\r\n"),
+                failed("bob"),
+            ],
+        ),
+        (
+            b"USER alice\r\nPASS right\r\n",
+            b"331 Password required\r\n",
+            b"230 Login successful.\r\n",
+            vec![to_client("230 Login successful.\r\n")],
+        ),
+        (
+            b"USER alice\r\nCWD /x\r\n",
+            b"331 Password required\r\n",
+            b"530 Please login with USER and PASS.\r\n",
+            vec![to_client("530 Please login with USER and PASS.\r\n")],
+        ),
+        (
+            b"USER alice\r\nPASS x\r\n",
+            b"331 Password required\r\n",
+            b"421 Too many users.\r\n",
+            vec![to_client("421 Too many users.\r\n"), Action::Close],
+        ),
+    ];
+    for (lines, user_reply, pass_reply, want) in cases {
+        let mut s = greeted();
+        client(&mut s, lines);
+        origin(&mut s, user_reply);
+        assert_eq!(&origin(&mut s, pass_reply), want, "{pass_reply:?}");
+    }
+}
+
+/// A PASS without USER reports no name; a long name is kept cut to 64 bytes.
+#[test]
+fn login_failures_name_the_user_as_sent() {
+    let mut s = greeted();
+    client(&mut s, b"PASS x\r\n");
+    assert_eq!(
+        origin(&mut s, b"530 Login incorrect.\r\n"),
+        vec![
+            to_client("530 Login incorrect.\r\n"),
+            Action::LoginFailed { user: None }
+        ]
+    );
+    let long = "é".repeat(40);
+    client(&mut s, format!("USER {long}\r\nPASS x\r\n").as_bytes());
+    origin(&mut s, b"331 Password required\r\n");
+    assert_eq!(
+        origin(&mut s, b"530 Login incorrect.\r\n"),
+        vec![
+            to_client("530 Login incorrect.\r\n"),
+            Action::LoginFailed {
+                user: Some("é".repeat(32))
+            }
+        ]
+    );
+}
+
+/// Banned after a failure: a 421 that says why, and the session closes.
+#[test]
+fn a_banned_client_gets_421_and_the_session_closes() {
+    let mut s = greeted();
+    client(&mut s, b"USER alice\r\nPASS wrong\r\n");
+    origin(&mut s, b"331 Password required\r\n");
+    origin(&mut s, b"530 Login incorrect.\r\n");
+    s.handle(t0(), Event::Banned);
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            to_client(
+                "421 Too many failed logins from your address: closing control connection.\r\n"
+            ),
+            Action::Close
+        ]
+    );
+    assert!(s.is_closed());
 }
