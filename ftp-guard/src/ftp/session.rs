@@ -138,12 +138,36 @@ pub enum Action {
         ticket: LeaseTicket,
         client: SocketAddr,
     },
+    /// A data transfer's command got its final reply (for the audit log); comes just
+    /// before that reply (and after the [`Action::AwaitData`] it may need).
+    TransferDone(Transfer),
     /// A deadline passed (for the log and metrics); the 421 and `Close` follow.
     TimedOut(Timer),
     /// Log a protocol problem (the session goes on unless a `Close` follows).
     Warn(String),
     /// Close both connections after the writes above.
     Close,
+}
+
+/// One data transfer (RETR, STOR, STOU, APPE, LIST, NLST, MLSD) as the control connection
+/// saw it: its command, the lease its data connection was to use, its final reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// The verb, upper case.
+    pub command: String,
+    /// The command's argument (a path, or a listing's options and path), as sent.
+    pub path: Option<String>,
+    /// The name the client gave in its last USER command.
+    pub user: Option<String>,
+    /// The lease live when the command was sent: the one its data connection uses.
+    pub ticket: Option<LeaseTicket>,
+    /// Whether the origin sent a preliminary reply (150/125): a data connection opened.
+    pub data_opened: bool,
+    /// The final reply's code (226, 250, 425, 426, 451, 550…).
+    pub reply_code: u16,
+    /// When the command was sent, and when its final reply came.
+    pub started: Instant,
+    pub ended: Instant,
 }
 
 /// Why a lease was not installed.
@@ -171,7 +195,8 @@ enum Pending {
     Forward,
     /// A command that moves data over a data connection (RETR, STOR, LIST…): forward the
     /// reply, a success after a preliminary reply only once the data connection is over.
-    Transfer { preliminary: bool },
+    /// `transfer` is filled in as replies come.
+    Transfer { transfer: Box<Transfer> },
     /// FEAT: forward minus what the gateway cannot carry.
     Feat,
     /// PASV sent to the origin for a client PASV/EPSV.
@@ -217,6 +242,10 @@ pub struct Session {
     /// Warnings logged, and those counted but not logged ([`WARNINGS_LOGGED`]).
     warnings: usize,
     warnings_suppressed: usize,
+    /// The name of the client's last USER command (for [`Transfer`]).
+    user: Option<String>,
+    /// The time of the event being handled (the session has no clock of its own).
+    now: Instant,
     closed: bool,
 }
 
@@ -240,6 +269,8 @@ impl Session {
             consecutive_errors: 0,
             warnings: 0,
             warnings_suppressed: 0,
+            user: None,
+            now,
             closed: false,
         }
     }
@@ -291,6 +322,7 @@ impl Session {
         if self.closed {
             return;
         }
+        self.now = now;
         match event {
             Event::FromClient(bytes) => {
                 self.timers.activity(now);
@@ -330,6 +362,7 @@ impl Session {
         if self.closed {
             return;
         }
+        self.now = now;
         let Some(timer) = self.timers.expired(now) else {
             return;
         };

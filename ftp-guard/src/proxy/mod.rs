@@ -29,7 +29,9 @@ use tracing::{Instrument as _, error, info};
 pub use self::admission::SessionSlots;
 use self::{admission::Admission, upstream::OriginPool};
 use crate::sync::LockUnpoisoned as _;
-use crate::{config::Service, dataplane::Dataplane, ftp::scrub::Scrubber, metrics::Metrics};
+use crate::{
+    audit::AuditLog, config::Service, dataplane::Dataplane, ftp::scrub::Scrubber, metrics::Metrics,
+};
 
 /// Everything a session of one service needs, shared by its sessions.
 pub struct ServiceContext {
@@ -42,6 +44,8 @@ pub struct ServiceContext {
     pub origins: OriginPool,
     /// The sessions open now, for status.
     pub open: Mutex<HashMap<u64, OpenSession>>,
+    /// The transfer audit log, when the gateway keeps one.
+    pub audit: Option<Arc<AuditLog>>,
     /// The most bytes any session of this service has held (see
     /// [`crate::ftp::session::Session::buffered_bytes`]).
     peak_buffered: AtomicUsize,
@@ -82,6 +86,7 @@ impl ServiceContext {
             dataplane,
             metrics,
             open: Mutex::default(),
+            audit: None,
             peak_buffered: AtomicUsize::new(0),
             scrubber,
         }
@@ -100,6 +105,12 @@ impl ServiceContext {
     /// The most bytes any session of this service has held so far.
     pub fn peak_session_buffer(&self) -> usize {
         self.peak_buffered.load(Ordering::Relaxed)
+    }
+
+    /// Logs this service's transfers to `audit`.
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// Also hides these addresses of the gateway (those of its origin-side interface),
@@ -192,7 +203,7 @@ pub async fn serve(
         );
         tokio::spawn(
             async move {
-                driver::run(stream, peer, ctx.clone()).await;
+                driver::run(stream, peer, id, ctx.clone()).await;
                 // Slots first: once status no longer lists the session, its slots are
                 // free (or paid to a lowered limit).
                 drop(admitted);
