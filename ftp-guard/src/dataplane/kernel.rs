@@ -25,8 +25,8 @@ use std::{
 use tracing::{debug, info, warn};
 
 use super::{
-    ActiveGrant, ActiveRequest, DataBytes, DataEnd, DataTimeouts, Dataplane, EndNotices,
-    LeaseError, LeaseGrant, LeaseId, LeaseInfo, LeaseRequest, Leftovers, Snapshot,
+    ActiveGrant, ActiveRequest, DataEnd, DataTimeouts, Dataplane, EndNotices, LeaseError,
+    LeaseGrant, LeaseId, LeaseInfo, LeaseRequest, Leftovers, Snapshot,
     lifecycle::{
         Addresses, Candidate, LeaseSeen, LeaseTable, Look, Observed, Probe, Refused, Report,
         SWEEP_EVERY, Step,
@@ -286,17 +286,8 @@ impl<'a> Locked<'a> {
     /// forgotten without one.
     fn tell_ends(&self, id: LeaseId, step: &Step) {
         for report in &step.reports {
-            if let Report::Done {
-                bytes_to_client,
-                bytes_to_origin,
-                ..
-            } = *report
-            {
-                let bytes = DataBytes {
-                    to_client: bytes_to_client,
-                    to_origin: bytes_to_origin,
-                };
-                self.ends.ended(id, bytes);
+            if let Report::Done { payload, .. } = *report {
+                self.ends.ended(id, payload);
             }
         }
         if !self.table.knows(id) {
@@ -439,6 +430,7 @@ fn log(report: &Report) {
             port,
             bytes_to_client,
             bytes_to_origin,
+            payload,
             packets,
             idle,
         } => info!(
@@ -448,6 +440,8 @@ fn log(report: &Report) {
             port,
             bytes_to_client,
             bytes_to_origin,
+            payload_to_client = payload.to_client,
+            payload_to_origin = payload.to_origin,
             packets,
             ended = if idle { "idle timeout" } else { "closed" },
             "data connection done (kernel)"
