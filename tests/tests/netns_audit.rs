@@ -40,7 +40,7 @@ fn relay_transfers_are_audited() {
 
 /// A RETR (EPSV) then a STOR (EPSV) with curl, each its own session; the log's lines,
 /// in session order, compared whole (times: the duration within the run's, the time
-/// stamp's form).
+/// stamp's form). Then the file is rotated and reopened on reload.
 fn audited(tag: &str, dataplane: &str) {
     let mut env = Env::start(tag, ServerKind::Vsftpd, dataplane);
     let log = env.local("audit.log");
@@ -102,8 +102,25 @@ fn audited(tag: &str, dataplane: &str) {
         ]
     );
     for secs in durations {
-        assert!(secs > 0.0 && secs < run_secs, "{secs} of {run_secs}");
+        assert!((0.0..=run_secs).contains(&secs), "{secs} of {run_secs}");
     }
+
+    // logrotate: the file moved away, SIGHUP (a reload), the next line in a new file.
+    let rotated = env.local("audit.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    env.gateway.reload(&config).unwrap();
+    curl_download(env.client_ns(), &login, "audit.bin", &local, DataMode::Pasv)
+        .unwrap()
+        .success()
+        .unwrap();
+    let mut after = lines_when(&log, 1);
+    for line in &mut after {
+        let object = line.as_object_mut().unwrap();
+        object.remove("time");
+        object.remove("duration_secs");
+    }
+    assert_eq!(after, [expected(3, "RETR", "audit.bin", SIZE, 0)]);
+    assert_eq!(lines_when(&rotated, 2).len(), 2);
 }
 
 /// The log's lines as JSON once it has `n` (or the deadline passed).
