@@ -60,11 +60,10 @@ impl TransferRecord {
     /// One JSON object, without the newline.
     pub fn to_json(&self) -> String {
         let (secs, millis) = unix_time(self.time);
-        let (date, clock) = (civil_date(secs), clock_time(secs));
+        let (year, month, day, hour, minute, second) = utc(secs);
         let line = JsonLine {
             time: format!(
-                "{:04}-{:02}-{:02}T{clock}.{millis:03}Z",
-                date.year, date.month, date.day
+                "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z"
             ),
             service: &self.service,
             session: self.session,
@@ -92,7 +91,9 @@ impl TransferRecord {
     /// blanks have them replaced with `_`; a missing one is `-`.
     pub fn to_xferlog(&self) -> String {
         let (secs, _) = unix_time(self.time);
-        let date = civil_date(secs);
+        let (year, month, day, hour, minute, second) = utc(secs);
+        // 1970-01-01 was a Thursday.
+        let weekday = WEEKDAYS[(secs / 86_400 % 7) as usize];
         let transfer_secs = self.duration.as_secs() + u64::from(self.duration.subsec_nanos() > 0);
         let (direction, size) = if self.is_upload() {
             ('i', self.bytes.to_origin)
@@ -104,12 +105,9 @@ impl TransferRecord {
             .iter()
             .any(|a| user.eq_ignore_ascii_case(a));
         format!(
-            "{} {} {:2} {} {} {transfer_secs} {} {size} {} b _ {direction} {} {} {} 0 * {}",
-            WEEKDAYS[date.weekday],
-            MONTHS[date.month as usize - 1],
-            date.day,
-            clock_time(secs),
-            date.year,
+            "{weekday} {} {day:2} {hour:02}:{minute:02}:{second:02} {year} {transfer_secs} {} \
+             {size} {} b _ {direction} {} {} {} 0 * {}",
+            MONTHS[month as usize - 1],
             self.client,
             field(self.path.as_deref()),
             if anonymous { 'a' } else { 'r' },
@@ -148,36 +146,19 @@ fn unix_time(time: SystemTime) -> (u64, u32) {
     (since.as_secs(), since.subsec_millis())
 }
 
-/// `hh:mm:ss` of the day.
-fn clock_time(secs: u64) -> String {
-    let s = secs % 86_400;
-    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-}
-
-struct CivilDate {
-    year: i64,
-    month: u32,
-    day: u32,
-    /// 0 is Thursday (1970-01-01 was one): an index into [`WEEKDAYS`].
-    weekday: usize,
-}
-
-/// The proleptic Gregorian date of a Unix time (Howard Hinnant's days-to-civil).
-fn civil_date(secs: u64) -> CivilDate {
-    let days = (secs / 86_400) as i64;
+/// (year, month, day, hour, minute, second) in UTC of a Unix time (proleptic Gregorian;
+/// Howard Hinnant's days-to-civil).
+pub fn utc(unix: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (unix / 86_400) as i64;
+    let secs = (unix % 86_400) as u32;
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
+    let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    CivilDate {
-        year,
-        month,
-        day,
-        weekday: (days % 7) as usize,
-    }
+    (year, month, day, secs / 3600, secs % 3600 / 60, secs % 60)
 }

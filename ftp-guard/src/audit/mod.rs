@@ -29,7 +29,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
-pub use self::format::TransferRecord;
+pub use self::format::{TransferRecord, utc};
 use crate::dataplane::DataEnd;
 
 /// Records waiting for the writer at most: a burst of ends of transfers is absorbed, a

@@ -197,23 +197,19 @@ impl Bpf {
 mod tests {
     use super::*;
 
-    fn entry(isn: u32, last_ack: Option<u32>, packets: u64, bytes: u64) -> FlowState {
-        let t = (
-            SocketAddrV4::new([0, 0, 0, 0].into(), 0),
-            SocketAddrV4::new([0, 0, 0, 0].into(), 0),
-        );
-        FlowState {
+    /// One direction as read from the map: its ISN, packets and IP bytes, the latest
+    /// acknowledgment it sent, and whether that covered the other direction's FIN.
+    fn entry(isn: u32, packets: u64, bytes: u64, ack: Option<u32>, fin_acked: bool) -> FlowState {
+        let flag = |on: bool, flag: u32| if on { flag } else { 0 };
+        FlowState::from(FlowValue {
+            claim_seq: isn,
             packets,
             bytes,
-            last_seen_ns: 0,
-            fin: false,
-            rst: false,
-            peer_fin_acked: false,
-            tentative: false,
-            reverse: t,
-            isn,
-            last_ack,
-        }
+            last_ack: ack.unwrap_or(0),
+            flags: flag(ack.is_some(), ftp_guard_common::FLOW_ACKED)
+                | flag(fin_acked, ftp_guard_common::FLOW_PEER_FIN_ACKED),
+            ..FlowValue::default()
+        })
     }
 
     /// (sent: isn, packets, IP bytes; acknowledged up to; FIN acknowledged) → payload.
@@ -243,9 +239,8 @@ mod tests {
             (100, 1, 52, Some(50), false, 0),
         ];
         for (isn, packets, bytes, ack, fin_acked, want) in cases {
-            let sent = entry(isn, None, packets, bytes);
-            let mut acks = entry(0, ack, 1, 52);
-            acks.peer_fin_acked = fin_acked;
+            let sent = entry(isn, packets, bytes, None, false);
+            let acks = entry(0, 1, 52, ack, fin_acked);
             assert_eq!(sent.payload_acked_by(&acks), want, "isn {isn} ack {ack:?}");
         }
     }
