@@ -163,7 +163,8 @@ pub struct Transfer {
     pub ticket: Option<LeaseTicket>,
     /// Whether the origin sent a preliminary reply (150/125): a data connection opened.
     pub data_opened: bool,
-    /// The final reply's code (226, 250, 425, 426, 451, 550…).
+    /// The final reply's code (226, 250, 425, 426, 451, 550…); 0 when the session ended
+    /// before it came.
     pub reply_code: u16,
     /// When the command was sent, and when its final reply came.
     pub started: Instant,
@@ -460,6 +461,7 @@ impl Session {
     fn close(&mut self) {
         if !self.closed {
             self.revoke_lease();
+            self.report_unanswered_transfers();
             if self.warnings_suppressed > 0 {
                 self.actions.push_back(Action::Warn(format!(
                     "{} more warnings of this session not logged",
@@ -468,6 +470,20 @@ impl Session {
             }
             self.actions.push_back(Action::Close);
             self.closed = true;
+        }
+    }
+
+    /// Transfers the session ends before their final reply (the client went away during a
+    /// download, the origin's connection broke) are reported with reply code 0.
+    fn report_unanswered_transfers(&mut self) {
+        for pending in &self.pending {
+            if let Pending::Transfer { transfer } = pending {
+                let transfer = Transfer {
+                    ended: self.now,
+                    ..(**transfer).clone()
+                };
+                self.actions.push_back(Action::TransferDone(transfer));
+            }
         }
     }
 

@@ -2,7 +2,8 @@
 //! actions are carried out in order, and it is woken when its next deadline is due. All
 //! protocol decisions, timers included, live in the session; the driver maps the session's
 //! lease tickets to the dataplane's leases (and the client's lease slots they hold) and
-//! revokes whatever is left when the session ends, whatever the path.
+//! revokes whatever is left when the session ends, whatever the path. Finished transfers
+//! go to the audit log with their lease's mode and the end of its data connection.
 use std::{
     collections::HashMap,
     io,

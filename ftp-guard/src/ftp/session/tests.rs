@@ -567,6 +567,34 @@ fn a_transfer_is_recorded_with_its_lease_user_and_reply() {
     );
 }
 
+/// A session that ends during a transfer (the client went away mid-download) reports it
+/// with reply code 0, before it closes.
+#[test]
+fn a_transfer_cut_short_is_reported_without_a_reply() {
+    let mut s = with_lease();
+    client(&mut s, b"RETR big\r\n");
+    origin(&mut s, b"150 Opening\r\n");
+    s.handle(t0() + secs(2), Event::FromClient(b""));
+    s.client_closed();
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Action::RevokeLease { ticket: ticket(1) },
+            Action::TransferDone(Transfer {
+                command: "RETR".into(),
+                path: Some("big".into()),
+                user: None,
+                ticket: Some(ticket(1)),
+                data_opened: true,
+                reply_code: 0,
+                started: t0(),
+                ended: t0() + secs(2),
+            }),
+            Action::Close
+        ]
+    );
+}
+
 /// At `max_pending` replies owed the session takes no more lines (the driver stops
 /// reading); each reply makes room for one more, in order.
 #[test]
