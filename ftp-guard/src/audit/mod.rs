@@ -78,15 +78,6 @@ pub struct AuditLog {
     said_dropped: AtomicBool,
 }
 
-impl std::fmt::Debug for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Message::Record(_) => "Record",
-            Message::Configure(..) => "Configure",
-        })
-    }
-}
-
 impl AuditLog {
     /// Opens `settings`' target and starts the writer thread; drops are counted in
     /// `dropped`.
