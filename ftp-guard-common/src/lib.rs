@@ -223,8 +223,9 @@ pub struct FlowValue {
     pub _pad: u16,
     /// The claiming SYN's sequence number, host order (on the claimer's entry): a SYN with
     /// the same one is that SYN again, not a new connection; the target's answer must
-    /// acknowledge it before the way back is learned from it. On the target's entry (with
-    /// [`FLOW_TARGET_ISN`]): the target's SYN-ACK sequence number.
+    /// acknowledge it before the way back is learned from it. On the target's entry: the
+    /// target's SYN-ACK sequence number (confirmed with [`FLOW_TARGET_ISN`], kept once
+    /// claimed). Each direction's ISN: its payload is what the other acknowledged beyond.
     pub claim_seq: u32,
     /// The last acknowledgment number sent this way, host order (valid with
     /// [`FLOW_ACKED`]): a FIN or RST the other way counts only from it to the end of this

@@ -113,8 +113,8 @@ pub fn tentative(key: &FlowKey, flow: *mut FlowValue, tcp: &TcpHdr, ttl: u8) -> 
     }
     // The target's entry first: userspace reads it to tell a claimed lease from one that
     // vanished otherwise, and it sees the lease gone only after this.
+    // The target's ISN stays in `claim_seq`: userspace counts the payload by it.
     pair.flags &= !(FLOW_TENTATIVE | FLOW_TARGET_ISN);
-    pair.claim_seq = 0;
     f.flags &= !FLOW_TENTATIVE;
     let _ = LEASES.remove(&keys::lease_of(key));
     maps::notify(EVENT_CLAIMED, key, &reverse);

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{self, AdminState},
+    audit::AuditLog,
     bpf::{self, Provisioned},
     config::{Config, DataplaneKind, Service},
     dataplane::{
@@ -69,6 +70,7 @@ pub struct Gateway {
     running: Vec<Running>,
     admin: Arc<AdminState>,
     admin_task: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    audit: Arc<AuditLog>,
 }
 
 impl Gateway {
@@ -82,6 +84,7 @@ impl Gateway {
             admin::Limits::default(),
         ));
         admin.set_token(admin_token(config)?);
+        let audit = AuditLog::start(config.audit_settings(), metrics.audit_dropped.clone())?;
         let mut gateway = Gateway {
             config: config.clone(),
             sessions: SessionSlots::new(config.max_sessions),
@@ -92,6 +95,7 @@ impl Gateway {
             running: Vec::new(),
             admin: admin.clone(),
             admin_task: None,
+            audit: Arc::new(audit),
         };
         warn_if_fd_limit_too_low(config);
         gateway.setup_kernel(config)?;
@@ -256,7 +260,8 @@ impl Gateway {
                 self.metrics.clone(),
             )
             .hiding_gateway_addresses(origin_interface_addresses(service))
-            .sharing_bans(self.bans.clone()),
+            .sharing_bans(self.bans.clone())
+            .with_audit(self.audit.clone()),
         );
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(proxy::serve(listener, ctx.clone(), async move {
@@ -292,6 +297,8 @@ impl Gateway {
             );
         }
         let token = admin_token(&config)?;
+        // Reopened whatever changed: logrotate moved the file and sent SIGHUP.
+        self.audit.configure(config.audit_settings()).await?;
         self.setup_kernel(&config)?;
         // Check everything that can fail before stopping anything.
         for s in config.services() {

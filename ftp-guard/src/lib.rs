@@ -13,6 +13,7 @@
 //! - [`run_cmd`], [`status_cmd`], [`guard_cmd`]: the CLI subcommands;
 //! - [`sync`]: locking that survives a panic elsewhere (poisoned locks recovered in one place).
 pub mod admin;
+pub mod audit;
 pub mod bpf;
 pub mod config;
 pub mod dataplane;

@@ -49,6 +49,8 @@ pub struct Metrics {
     leases_failed: Family<Labels, Counter>,
     origin_connect_errors: Family<Labels, Counter>,
     origin_connect_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Audit log records dropped because its writer was behind.
+    pub audit_dropped: Counter,
 }
 
 fn connect_histogram() -> Histogram {
@@ -72,6 +74,7 @@ impl Metrics {
             leases_failed: Family::default(),
             origin_connect_errors: Family::default(),
             origin_connect_seconds: Family::new_with_constructor(connect_histogram),
+            audit_dropped: Counter::default(),
         }
     }
 
@@ -159,6 +162,11 @@ impl Metrics {
             "origin_connect_seconds",
             "Time to connect to the origin",
             self.origin_connect_seconds.clone(),
+        );
+        r.register(
+            "audit_dropped",
+            "Audit log records dropped because the writer was behind",
+            self.audit_dropped.clone(),
         );
         r.register_collector(Box::new(sources));
         r
@@ -327,6 +335,7 @@ mod tests {
                 "ftp_guard_leases_failed counter",
                 "ftp_guard_origin_connect_errors counter",
                 "ftp_guard_origin_connect_seconds histogram",
+                "ftp_guard_audit_dropped counter",
                 "ftp_guard_leases_used counter",
                 "ftp_guard_leases_expired counter",
                 "ftp_guard_leases_revoked counter",

@@ -24,6 +24,10 @@ pub struct FlowState {
     /// The other direction's key: which connection this entry belongs to (a later
     /// connection may take over a 4-tuple once this one is over).
     pub reverse: FlowTuple,
+    /// This direction's initial sequence number (of its SYN or SYN-ACK).
+    pub isn: u32,
+    /// The latest acknowledgment number sent this way, once one was.
+    pub last_ack: Option<u32>,
 }
 
 impl From<FlowValue> for FlowState {
@@ -37,11 +41,36 @@ impl From<FlowValue> for FlowState {
             peer_fin_acked: v.flags & ftp_guard_common::FLOW_PEER_FIN_ACKED != 0,
             tentative: v.flags & ftp_guard_common::FLOW_TENTATIVE != 0,
             reverse: tuple_of(&v.reverse),
+            isn: v.claim_seq,
+            last_ack: (v.flags & ftp_guard_common::FLOW_ACKED != 0).then_some(v.last_ack),
         }
     }
 }
 
 impl FlowState {
+    /// The payload bytes this direction sent that `pair` (the other direction) has
+    /// acknowledged: from the sequence numbers, so exact whatever the headers were. They
+    /// wrap every 4 GiB; the IP byte count (40 to 80 bytes of headers a packet, 52 with
+    /// timestamps) tells how often.
+    pub fn payload_acked_by(&self, pair: &FlowState) -> u64 {
+        const WRAP: u64 = 1 << 32;
+        let Some(ack) = pair.last_ack else {
+            return 0;
+        };
+        // The SYN and an acknowledged FIN take a sequence number each.
+        let controls = 1 + u32::from(pair.peer_fin_acked);
+        let modulo = u64::from(ack.wrapping_sub(self.isn).wrapping_sub(controls));
+        let estimate = self.bytes.saturating_sub(52 * self.packets);
+        let wraps = (estimate.saturating_sub(modulo) + WRAP / 2) / WRAP;
+        let payload = modulo + wraps * WRAP;
+        // More than was sent at all (an acknowledgment of nothing yet): none.
+        if payload > self.bytes.saturating_add(WRAP / 2) {
+            0
+        } else {
+            payload
+        }
+    }
+
     /// True when the connection of this entry and its `pair` is over, by the kernel's own
     /// rule (`connection_over`): a RST either way, or both FINs acknowledged.
     pub fn over_with(&self, pair: &FlowState) -> bool {
@@ -161,5 +190,58 @@ impl Bpf {
             }
         }
         Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One direction as read from the map: its ISN, packets and IP bytes, the latest
+    /// acknowledgment it sent, and whether that covered the other direction's FIN.
+    fn entry(isn: u32, packets: u64, bytes: u64, ack: Option<u32>, fin_acked: bool) -> FlowState {
+        let flag = |on: bool, flag: u32| if on { flag } else { 0 };
+        FlowState::from(FlowValue {
+            claim_seq: isn,
+            packets,
+            bytes,
+            last_ack: ack.unwrap_or(0),
+            flags: flag(ack.is_some(), ftp_guard_common::FLOW_ACKED)
+                | flag(fin_acked, ftp_guard_common::FLOW_PEER_FIN_ACKED),
+            ..FlowValue::default()
+        })
+    }
+
+    /// (sent: isn, packets, IP bytes; acknowledged up to; FIN acknowledged) → payload.
+    #[test]
+    fn payload_is_what_the_other_side_acknowledged() {
+        let gib = 1u64 << 30;
+        let cases: [(u32, u64, u64, Option<u32>, bool, u64); 7] = [
+            // 1000 bytes in 1 segment plus SYN and FIN, the FIN acknowledged.
+            (100, 3, 1000 + 3 * 52, Some(100 + 1 + 1000 + 1), true, 1000),
+            // The same, the FIN not acknowledged yet (RST), the data was.
+            (100, 3, 1000 + 3 * 52, Some(100 + 1 + 1000), false, 1000),
+            // Across the sequence space's end.
+            (u32::MAX - 10, 2, 500 + 2 * 52, Some(489 + 1), false, 500),
+            // Nothing acknowledged yet, or no acknowledgment at all.
+            (100, 1, 52, Some(101), false, 0),
+            (100, 1, 52, None, false, 0),
+            // 5 GiB: the sequence numbers wrapped once (1448-byte segments).
+            (
+                7,
+                5 * gib / 1448 + 2,
+                5 * gib + (5 * gib / 1448 + 2) * 52,
+                Some(7u32.wrapping_add((5 * gib) as u32).wrapping_add(2)),
+                true,
+                5 * gib,
+            ),
+            // An acknowledgment behind the ISN (nothing sent): none, not 4 GiB.
+            (100, 1, 52, Some(50), false, 0),
+        ];
+        for (isn, packets, bytes, ack, fin_acked, want) in cases {
+            let sent = entry(isn, packets, bytes, None, false);
+            let acks = entry(0, 1, 52, ack, fin_acked);
+            assert_eq!(sent.payload_acked_by(&acks), want, "isn {isn} ack {ack:?}");
+        }
     }
 }

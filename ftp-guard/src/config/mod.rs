@@ -13,6 +13,8 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::audit::{AuditFormat, AuditSettings, AuditTarget};
+
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -57,6 +59,12 @@ pub struct Config {
     /// SIGTERM: seconds to let sessions and data transfers finish before exiting.
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// The transfer audit log, one line per data transfer: `"stderr"`, or an absolute
+    /// file path (appended to; reopened on SIGHUP, for logrotate). Unset: none.
+    pub audit_log: Option<toml::Spanned<String>>,
+    /// The audit log's lines: `"json"` (one object per line) or `"xferlog"` (wu-ftpd's).
+    #[serde(default)]
+    pub audit_format: AuditFormat,
     #[serde(rename = "service", default)]
     pub services: Vec<toml::Spanned<Service>>,
 }
@@ -386,6 +394,15 @@ impl Config {
         self.admin_token_file
             .as_ref()
             .map(|f| f.get_ref().as_path())
+    }
+
+    /// What the audit log does (validation made `audit_log` "stderr" or an absolute path).
+    pub fn audit_settings(&self) -> AuditSettings {
+        let target = match self.audit_log.as_ref()?.get_ref().as_str() {
+            "stderr" => AuditTarget::Stderr,
+            path => AuditTarget::File(path.into()),
+        };
+        Some((target, self.audit_format))
     }
 
     /// The services, without their spans.

@@ -339,3 +339,30 @@ fn admin_token_file_is_an_absolute_path() {
     );
     assert_eq!(Config::parse(MINIMAL).unwrap().admin_token_path(), None);
 }
+
+#[test]
+fn the_audit_log_is_off_stderr_or_an_absolute_file() {
+    use crate::audit::{AuditFormat, AuditTarget};
+    let with = |keys: &str| Config::parse(&format!("{keys}\n{MINIMAL}"));
+    let settings = |keys: &str| with(keys).map(|c| c.audit_settings());
+    assert_eq!(settings(""), Ok(None));
+    assert_eq!(
+        settings("audit_log = \"stderr\""),
+        Ok(Some((AuditTarget::Stderr, AuditFormat::Json)))
+    );
+    assert_eq!(
+        settings("audit_format = \"xferlog\"\naudit_log = \"/var/log/ftp-guard/xferlog\""),
+        Ok(Some((
+            AuditTarget::File("/var/log/ftp-guard/xferlog".into()),
+            AuditFormat::Xferlog
+        )))
+    );
+    assert_eq!(
+        settings("max_sessions = 5\naudit_log = \"audit.log\"").unwrap_err(),
+        "line 2: audit_log: `audit.log` must be \"stderr\" or an absolute path"
+    );
+    assert_eq!(
+        settings("audit_format = \"csv\"").unwrap_err(),
+        "line 1: unknown variant `csv`, expected `json` or `xferlog`"
+    );
+}

@@ -22,6 +22,16 @@ impl Config {
                 file.get_ref().display()
             ));
         }
+        if let Some(log) = &self.audit_log
+            && log.get_ref() != "stderr"
+            && !std::path::Path::new(log.get_ref()).is_absolute()
+        {
+            return Err(format!(
+                "line {}: audit_log: `{}` must be \"stderr\" or an absolute path",
+                line_of(text, log.span().start),
+                log.get_ref()
+            ));
+        }
         if self.max_sessions == 0 {
             return Err("max_sessions: must be at least 1".into());
         }

@@ -25,8 +25,8 @@ use std::{
 use tracing::{debug, info, warn};
 
 use super::{
-    ActiveGrant, ActiveRequest, DataTimeouts, Dataplane, LeaseError, LeaseGrant, LeaseId,
-    LeaseInfo, LeaseRequest, Leftovers, Snapshot,
+    ActiveGrant, ActiveRequest, DataEnd, DataTimeouts, Dataplane, EndNotices, LeaseError,
+    LeaseGrant, LeaseId, LeaseInfo, LeaseRequest, Leftovers, Snapshot,
     lifecycle::{
         Addresses, Candidate, LeaseSeen, LeaseTable, Look, Observed, Probe, Refused, Report,
         SWEEP_EVERY, Step,
@@ -80,6 +80,8 @@ pub struct KernelDataplane {
     table: Mutex<LeaseTable>,
     kernel: Handle,
     settings: KernelSettings,
+    /// Who waits to hear of a lease's data connection ending (the audit log).
+    ends: EndNotices,
 }
 
 /// How many ports one lease request skips because another dataplane's lease holds their
@@ -104,6 +106,7 @@ struct Locked<'a> {
     table: MutexGuard<'a, LeaseTable>,
     kernel: &'a Handle,
     settings: &'a KernelSettings,
+    ends: &'a EndNotices,
 }
 
 impl KernelDataplane {
@@ -121,6 +124,7 @@ impl KernelDataplane {
             table: Mutex::new(LeaseTable::new(settings.addresses(), timeouts)),
             kernel,
             settings,
+            ends: EndNotices::default(),
         });
         if leftovers == Leftovers::Adopt {
             dp.adopt();
@@ -143,6 +147,7 @@ impl KernelDataplane {
             table: self.table.lock_unpoisoned(),
             kernel: &self.kernel,
             settings: &self.settings,
+            ends: &self.ends,
         }
     }
 
@@ -259,6 +264,7 @@ impl<'a> Locked<'a> {
         loop {
             self.remove_flows(&step);
             step.reports.iter().for_each(log);
+            self.tell_ends(id, &step);
             if !step.again || looks == LOOKS_AT_ONCE {
                 return;
             }
@@ -273,6 +279,19 @@ impl<'a> Locked<'a> {
                     return;
                 }
             };
+        }
+    }
+
+    /// Resolves the watch on lease `id` once its connection is done, or once the lease is
+    /// forgotten without one.
+    fn tell_ends(&self, id: LeaseId, step: &Step) {
+        for report in &step.reports {
+            if let Report::Done { payload, .. } = *report {
+                self.ends.ended(id, payload);
+            }
+        }
+        if !self.table.knows(id) {
+            self.ends.unused(id);
         }
     }
 
@@ -411,6 +430,7 @@ fn log(report: &Report) {
             port,
             bytes_to_client,
             bytes_to_origin,
+            payload,
             packets,
             idle,
         } => info!(
@@ -420,6 +440,8 @@ fn log(report: &Report) {
             port,
             bytes_to_client,
             bytes_to_origin,
+            payload_to_client = payload.to_client,
+            payload_to_origin = payload.to_origin,
             packets,
             ended = if idle { "idle timeout" } else { "closed" },
             "data connection done (kernel)"
@@ -464,6 +486,10 @@ impl Dataplane for KernelDataplane {
             id,
             origin_side: local.into(),
         })
+    }
+
+    fn data_end(&self, id: LeaseId) -> Option<DataEnd> {
+        Some(self.ends.watch(id))
     }
 
     fn set_timeouts(&self, timeouts: DataTimeouts) {

@@ -471,6 +471,11 @@ impl LeaseTable {
             .collect()
     }
 
+    /// Whether lease `id` is still tracked (not over and forgotten).
+    pub fn knows(&self, id: LeaseId) -> bool {
+        self.leases.contains_key(&id)
+    }
+
     /// What to read for lease `id` before stepping it at `now`.
     pub fn look(&self, id: LeaseId, now: Instant) -> Option<Look> {
         let t = self.leases.get(&id)?;

@@ -9,6 +9,7 @@
 //!
 //! The types here are address-family generic; both implementations carry IPv4 only for
 //! now and refuse an IPv6 request with [`LeaseError::Unsupported`].
+pub mod ends;
 pub mod kernel;
 pub mod lifecycle;
 pub mod ports;
@@ -19,6 +20,8 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
+
+pub use ends::{DataBytes, DataEnd, EndNotices};
 
 /// Passive mode: one data connection from `client` to a public port, carried to `origin`
 /// (the address and port from the origin's 227 reply).
@@ -235,6 +238,13 @@ pub trait Dataplane: Send + Sync {
     /// A dataplane that forwards packets as they come (the kernel path: the origin's data
     /// connection reaches the client end to end) never holds any back: `None`, the default.
     fn data_done(&self, id: LeaseId) -> Option<DataDone> {
+        let _ = id;
+        None
+    }
+    /// Hears of the end of lease `id`'s data connection, with its bytes (for the audit
+    /// log). Asked right after the install, before any connection can come. `None`: this
+    /// dataplane does not tell (the default).
+    fn data_end(&self, id: LeaseId) -> Option<DataEnd> {
         let _ = id;
         None
     }

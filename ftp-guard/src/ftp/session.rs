@@ -144,6 +144,9 @@ pub enum Action {
         ticket: LeaseTicket,
         client: SocketAddr,
     },
+    /// A data transfer's command got its final reply (for the audit log); comes just
+    /// before that reply (and after the [`Action::AwaitData`] it may need).
+    TransferDone(Transfer),
     /// A deadline passed (for the log and metrics); the 421 and `Close` follow.
     TimedOut(Timer),
     /// The origin refused a login (`530`, or `430` as RFC 7151 has it, in answer to PASS),
@@ -154,6 +157,28 @@ pub enum Action {
     Warn(String),
     /// Close both connections after the writes above.
     Close,
+}
+
+/// One data transfer (RETR, STOR, STOU, APPE, LIST, NLST, MLSD) as the control connection
+/// saw it: its command, the lease its data connection was to use, its final reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// The verb, upper case.
+    pub command: String,
+    /// The command's argument (a path, or a listing's options and path), as sent.
+    pub path: Option<String>,
+    /// The name the client gave in its last USER command.
+    pub user: Option<String>,
+    /// The lease live when the command was sent: the one its data connection uses.
+    pub ticket: Option<LeaseTicket>,
+    /// Whether the origin sent a preliminary reply (150/125): a data connection opened.
+    pub data_opened: bool,
+    /// The final reply's code (226, 250, 425, 426, 451, 550…); 0 when the session ended
+    /// before it came.
+    pub reply_code: u16,
+    /// When the command was sent, and when its final reply came.
+    pub started: Instant,
+    pub ended: Instant,
 }
 
 /// Why a lease was not installed.
@@ -181,7 +206,8 @@ enum Pending {
     Forward,
     /// A command that moves data over a data connection (RETR, STOR, LIST…): forward the
     /// reply, a success after a preliminary reply only once the data connection is over.
-    Transfer { preliminary: bool },
+    /// `transfer` is filled in as replies come.
+    Transfer { transfer: Box<Transfer> },
     /// FEAT: forward minus what the gateway cannot carry.
     Feat,
     /// PASV sent to the origin for a client PASV/EPSV.
@@ -226,11 +252,14 @@ pub struct Session {
     holding_client: bool,
     /// Error replies sent in a row (see [`SessionConfig::max_consecutive_errors`]).
     consecutive_errors: usize,
-    /// The name the client last sent with USER (for [`Action::LoginFailed`]).
+    /// The name the client last sent with USER, cut to 64 bytes (for
+    /// [`Action::LoginFailed`] and [`Transfer`]).
     user: Option<String>,
     /// Warnings logged, and those counted but not logged ([`WARNINGS_LOGGED`]).
     warnings: usize,
     warnings_suppressed: usize,
+    /// The time of the event being handled (the session has no clock of its own).
+    now: Instant,
     closed: bool,
 }
 
@@ -255,6 +284,7 @@ impl Session {
             user: None,
             warnings: 0,
             warnings_suppressed: 0,
+            now,
             closed: false,
         }
     }
@@ -306,6 +336,7 @@ impl Session {
         if self.closed {
             return;
         }
+        self.now = now;
         match event {
             Event::FromClient(bytes) => {
                 self.timers.activity(now);
@@ -352,6 +383,7 @@ impl Session {
         if self.closed {
             return;
         }
+        self.now = now;
         let Some(timer) = self.timers.expired(now) else {
             return;
         };
@@ -449,6 +481,7 @@ impl Session {
     fn close(&mut self) {
         if !self.closed {
             self.revoke_lease();
+            self.report_unanswered_transfers();
             if self.warnings_suppressed > 0 {
                 self.actions.push_back(Action::Warn(format!(
                     "{} more warnings of this session not logged",
@@ -457,6 +490,20 @@ impl Session {
             }
             self.actions.push_back(Action::Close);
             self.closed = true;
+        }
+    }
+
+    /// Transfers the session ends before their final reply (the client went away during a
+    /// download, the origin's connection broke) are reported with reply code 0.
+    fn report_unanswered_transfers(&mut self) {
+        for pending in &self.pending {
+            if let Pending::Transfer { transfer } = pending {
+                let transfer = Transfer {
+                    ended: self.now,
+                    ..(**transfer).clone()
+                };
+                self.actions.push_back(Action::TransferDone(transfer));
+            }
         }
     }
 

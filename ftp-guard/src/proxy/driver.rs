@@ -2,13 +2,14 @@
 //! actions are carried out in order, and it is woken when its next deadline is due. All
 //! protocol decisions, timers included, live in the session; the driver maps the session's
 //! lease tickets to the dataplane's leases (and the client's lease slots they hold) and
-//! revokes whatever is left when the session ends, whatever the path.
+//! revokes whatever is left when the session ends, whatever the path. Finished transfers
+//! go to the audit log with their lease's mode and the end of its data connection.
 use std::{
     collections::HashMap,
     io,
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tokio::net::TcpStream;
@@ -21,8 +22,12 @@ use super::{
     upstream::{self, UpstreamError},
 };
 use crate::{
-    dataplane::{ActiveRequest, Dataplane, LeaseError, LeaseId, LeaseRequest},
-    ftp::session::{Action, Event, LeaseTicket, Session, SessionConfig, SessionTimeouts, Timer},
+    audit::TransferRecord,
+    config::DataplaneKind,
+    dataplane::{ActiveRequest, DataBytes, DataEnd, Dataplane, LeaseError, LeaseId, LeaseRequest},
+    ftp::session::{
+        Action, Event, LeaseTicket, Session, SessionConfig, SessionTimeouts, Timer, Transfer,
+    },
 };
 
 /// The longest a transfer's final reply waits for its data connection to be over (a client
@@ -47,7 +52,7 @@ enum End {
     OriginIo(io::Error),
 }
 
-pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) {
+pub async fn run(client: TcpStream, peer: SocketAddr, id: u64, ctx: Arc<ServiceContext>) {
     let service = &ctx.service;
     info!("client connected");
     // The session's timers count from here: the origin must accept and greet within the
@@ -112,6 +117,8 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ServiceContext>) 
         session,
         leases: HashMap::new(),
         unsettled: Vec::new(),
+        session_id: id,
+        data_ends: HashMap::new(),
     };
     // The leases go with the driver, also when this task is dropped mid-way.
     let end = driver.run().await;
@@ -138,6 +145,10 @@ struct Driver {
     /// Leases installed since the last [`Action::AwaitData`]: their data connections may
     /// still be under way.
     unsettled: Vec<LeaseId>,
+    session_id: u64,
+    /// For the audit log: the mode of the newest lease, and the end of its data connection
+    /// (until a transfer takes it).
+    data_ends: HashMap<LeaseTicket, (&'static str, Option<DataEnd>)>,
 }
 
 impl Drop for Driver {
@@ -175,6 +186,7 @@ impl Driver {
                 self.ctx.metrics.lease_installed(name, mode);
                 self.leases.insert(ticket, (id, slot));
                 self.note_unsettled(id);
+                self.watch_data_end(ticket, mode, id);
                 event
             }
             Err(e) => {
@@ -286,6 +298,48 @@ impl Driver {
         }
     }
 
+    /// For the audit log: lease `id` (`ticket`) is the newest, the one transfers use from
+    /// now on; its data connection's end is watched.
+    fn watch_data_end(&mut self, ticket: LeaseTicket, mode: &'static str, id: LeaseId) {
+        if !self.ctx.audit.as_ref().is_some_and(|a| a.enabled()) {
+            return;
+        }
+        self.data_ends.clear();
+        let end = self.ctx.dataplane.data_end(id);
+        self.data_ends.insert(ticket, (mode, end));
+    }
+
+    /// Hands a finished transfer to the audit log, with its data connection's end to
+    /// wait for when the origin opened one.
+    fn audit_transfer(&mut self, transfer: Transfer) {
+        let Some(audit) = self.ctx.audit.as_ref().filter(|a| a.enabled()) else {
+            return;
+        };
+        let lease = transfer.ticket.and_then(|t| self.data_ends.get_mut(&t));
+        let (mode, end) = match lease {
+            Some((mode, end)) => (Some(*mode), end.take().filter(|_| transfer.data_opened)),
+            None => (None, None),
+        };
+        let record = TransferRecord {
+            time: SystemTime::now(),
+            service: self.ctx.service.name.clone(),
+            session: self.session_id,
+            client: self.client_ip,
+            user: transfer.user,
+            command: transfer.command,
+            path: transfer.path,
+            bytes: DataBytes::default(),
+            duration: transfer.ended.duration_since(transfer.started),
+            reply_code: transfer.reply_code,
+            data_path: match self.ctx.service.dataplane {
+                DataplaneKind::Kernel => "kernel",
+                DataplaneKind::Userspace => "userspace",
+            },
+            mode,
+        };
+        audit.record_when_done(record, end);
+    }
+
     /// Remembers a new lease for [`Driver::await_data`], forgetting those with nothing
     /// left to wait for (all of them on the kernel path), so the list stays short.
     fn note_unsettled(&mut self, id: LeaseId) {
@@ -365,6 +419,7 @@ impl Driver {
                     });
                     self.session.handle(now(), event);
                 }
+                Action::TransferDone(transfer) => self.audit_transfer(transfer),
                 Action::TimedOut(timer) => self.timed_out(timer),
                 Action::LoginFailed { user } => self.login_failed(user.as_deref()),
                 Action::Warn(message) => warn!("{message}"),

@@ -30,7 +30,7 @@ pub use self::admission::SessionSlots;
 use self::{admission::Admission, upstream::OriginPool};
 use crate::sync::LockUnpoisoned as _;
 use crate::{
-    config::Service, dataplane::Dataplane, ftp::scrub::Scrubber, metrics::Metrics,
+    audit::AuditLog, config::Service, dataplane::Dataplane, ftp::scrub::Scrubber, metrics::Metrics,
     policy::bans::Bans,
 };
 
@@ -45,6 +45,8 @@ pub struct ServiceContext {
     pub origins: OriginPool,
     /// The sessions open now, for status.
     pub open: Mutex<HashMap<u64, OpenSession>>,
+    /// The transfer audit log, when the gateway keeps one.
+    pub audit: Option<Arc<AuditLog>>,
     /// The most bytes any session of this service has held (see
     /// [`crate::ftp::session::Session::buffered_bytes`]).
     peak_buffered: AtomicUsize,
@@ -90,6 +92,7 @@ impl ServiceContext {
             dataplane,
             metrics,
             open: Mutex::default(),
+            audit: None,
             peak_buffered: AtomicUsize::new(0),
             scrubber,
         }
@@ -114,6 +117,12 @@ impl ServiceContext {
     pub fn sharing_bans(mut self, bans: Arc<Bans>) -> Self {
         let sessions = self.admission.sessions().clone();
         self.admission = Arc::new(Admission::new(&self.service, sessions, bans));
+        self
+    }
+
+    /// Logs this service's transfers to `audit`.
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
+        self.audit = Some(audit);
         self
     }
 
@@ -207,7 +216,7 @@ pub async fn serve(
         );
         tokio::spawn(
             async move {
-                driver::run(stream, peer, ctx.clone()).await;
+                driver::run(stream, peer, id, ctx.clone()).await;
                 // Slots first: once status no longer lists the session, its slots are
                 // free (or paid to a lowered limit).
                 drop(admitted);

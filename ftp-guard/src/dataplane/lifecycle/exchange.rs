@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use super::Tracked;
 use crate::{
     bpf::{FlowState, FlowTuple},
-    dataplane::LeaseError,
+    dataplane::{DataBytes, LeaseError},
 };
 
 /// A lease about to be installed: its ports are held. The driver writes it to the lease
@@ -94,6 +94,8 @@ pub enum Report {
         port: u16,
         bytes_to_client: u64,
         bytes_to_origin: u64,
+        /// What the connection carried (IP bytes above include the headers).
+        payload: DataBytes,
         packets: u64,
         idle: bool,
     },

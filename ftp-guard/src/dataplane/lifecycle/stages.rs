@@ -10,7 +10,10 @@ use super::{
     CLOSE_GRACE, LOOK_CARRYING, LOOK_WAITING, LeaseSeen, Observed, Report, SWEEP_EVERY, Shared,
     Stage, Step, TENTATIVE_LINGER, Tracked,
 };
-use crate::{bpf::FlowState, dataplane::Totals};
+use crate::{
+    bpf::FlowState,
+    dataplane::{DataBytes, Totals},
+};
 
 impl Shared {
     pub(super) fn release_nat_port(&mut self, t: &mut Tracked, now: Instant) {
@@ -230,6 +233,9 @@ impl Shared {
             &self.totals.flows_closed
         };
         Totals::add(counter, 1);
+        let payload = |sent: Option<FlowState>, acks: Option<FlowState>| {
+            sent.zip(acks).map_or(0, |(s, a)| s.payload_acked_by(&a))
+        };
         Report::Done {
             mode: t.mode(),
             from: SocketAddrV4::new(t.peer, peer_port),
@@ -237,6 +243,10 @@ impl Shared {
             port: t.local.port(),
             bytes_to_client,
             bytes_to_origin,
+            payload: DataBytes {
+                to_client: payload(down, up),
+                to_origin: payload(up, down),
+            },
             packets: up.map_or(0, |f| f.packets) + down.map_or(0, |f| f.packets),
             idle,
         }

@@ -1,5 +1,6 @@
 //! The lease lifecycle driven by hand: what the driver would read, what each step asks.
 use super::*;
+use crate::dataplane::DataBytes;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -61,6 +62,8 @@ fn entry(reverse: FlowTuple, bytes: u64) -> FlowState {
         peer_fin_acked: false,
         tentative: false,
         reverse,
+        isn: 0,
+        last_ack: None,
     }
 }
 
@@ -131,6 +134,8 @@ fn done(t: &Tracked, idle: bool) -> Report {
         port: t.local.port(),
         bytes_to_client: 5000,
         bytes_to_origin: 1000,
+        // The entries acknowledge nothing (see `entry`).
+        payload: DataBytes::default(),
         packets: 60,
         idle,
     }
@@ -668,6 +673,7 @@ fn adoption_takes_over_only_its_own_connections() {
                 port: 40002,
                 bytes_to_client: 0,
                 bytes_to_origin: 0,
+                payload: DataBytes::default(),
                 packets: 0,
                 idle: false,
             }],

@@ -37,8 +37,8 @@ use tracing::{Instrument as _, debug};
 
 use self::{admit::Admitted, task::LeaseTask};
 use super::{
-    ActiveGrant, ActiveRequest, DataDone, DataTimeouts, Dataplane, LeaseError, LeaseGrant, LeaseId,
-    LeaseInfo, LeaseRequest, Snapshot, Totals, ports::PortPool,
+    ActiveGrant, ActiveRequest, DataDone, DataEnd, DataTimeouts, Dataplane, EndNotices, LeaseError,
+    LeaseGrant, LeaseId, LeaseInfo, LeaseRequest, Snapshot, Totals, ports::PortPool,
 };
 use crate::sync::LockUnpoisoned as _;
 use crate::{
@@ -75,6 +75,8 @@ struct Books {
     /// origin can report a transfer complete while the relay is still connecting to the
     /// client or copying.
     done: Mutex<HashMap<LeaseId, watch::Receiver<()>>>,
+    /// Who waits to hear of a lease's data connection ending (the audit log).
+    ends: EndNotices,
     totals: Totals,
 }
 
@@ -268,6 +270,10 @@ impl Dataplane for UserspaceRelay {
         Some(Box::pin(async move {
             let _ = done.changed().await;
         }))
+    }
+
+    fn data_end(&self, id: LeaseId) -> Option<DataEnd> {
+        Some(self.books.ends.watch(id))
     }
 
     fn set_timeouts(&self, timeouts: DataTimeouts) {

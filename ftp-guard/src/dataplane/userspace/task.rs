@@ -20,7 +20,7 @@ use super::{
     admit::Admitted,
     copy::{Copied, Direction, Ending, copy_both_ways},
 };
-use crate::dataplane::{DataTimeouts, LeaseId, LeaseInfo, Totals, ports::PortPool};
+use crate::dataplane::{DataBytes, DataTimeouts, LeaseId, LeaseInfo, Totals, ports::PortPool};
 use crate::sync::LockUnpoisoned as _;
 
 /// One lease's task: waits for `peer` on the listener, then relays to `target`.
@@ -99,8 +99,10 @@ impl LeaseTask {
                 i.state = "carrying".into();
                 i.peer = peer;
             });
-            self.relay(client).await;
+            let bytes = self.relay(client).await;
+            self.books.ends.ended(self.id, bytes);
         }
+        self.books.ends.unused(self.id);
         self.books.live.lock_unpoisoned().remove(&self.id);
         self.books.done.lock_unpoisoned().remove(&self.id);
         // Out of the guard before the port can go to another lease.
@@ -133,18 +135,19 @@ impl LeaseTask {
         }
     }
 
-    async fn relay(&self, mut from_peer: TcpStream) {
+    /// Carries the data connection to its end; the bytes it carried.
+    async fn relay(&self, mut from_peer: TcpStream) -> DataBytes {
         let started = Instant::now();
         let connect = connect_from(self.source, self.target);
         let mut to_target = match tokio::time::timeout(self.timeouts.connect, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 warn!(target = %self.target, error = %e, "data connection to the target failed");
-                return;
+                return DataBytes::default();
             }
             Err(_) => {
                 warn!(target = %self.target, "data connection to the target timed out");
-                return;
+                return DataBytes::default();
             }
         };
         for leg in [&from_peer, &to_target] {
@@ -195,6 +198,10 @@ impl LeaseTask {
             Err(e) => {
                 warn!(to_client, to_origin, ms, error = %e, "data connection ended with an error")
             }
+        }
+        DataBytes {
+            to_client,
+            to_origin,
         }
     }
 }

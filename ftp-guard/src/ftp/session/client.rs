@@ -3,7 +3,7 @@
 //! origin; PORT/EPRT are checked and become a lease request; TLS and long forms are refused).
 use std::net::SocketAddr;
 
-use super::{Action, PassiveForm, Pending, Session};
+use super::{Action, PassiveForm, Pending, Session, Transfer};
 use crate::ftp::{
     address::{self, EpsvArg},
     command::{Command, CommandError, parse_command},
@@ -84,7 +84,8 @@ impl Session {
             }
             "PASS" => self.forward(&command, Pending::Login),
             "RETR" | "STOR" | "STOU" | "APPE" | "LIST" | "NLST" | "MLSD" => {
-                self.forward(&command, Pending::Transfer { preliminary: false })
+                let transfer = self.transfer_of(&command);
+                self.forward(&command, Pending::Transfer { transfer })
             }
             "QUIT" => {
                 self.revoke_lease();
@@ -98,6 +99,20 @@ impl Session {
             }
             _ => self.forward(&command, Pending::Forward),
         }
+    }
+
+    /// A transfer starting now over the live lease; its reply is not known yet.
+    fn transfer_of(&self, command: &Command) -> Box<Transfer> {
+        Box::new(Transfer {
+            command: command.verb.clone(),
+            path: command.arg.clone(),
+            user: self.user.clone(),
+            ticket: self.leases.live(),
+            data_opened: false,
+            reply_code: 0,
+            started: self.now,
+            ended: self.now,
+        })
     }
 
     /// PORT/EPRT: only the client's own address and an unprivileged port (FTP bounce,

@@ -38,6 +38,11 @@ impl Leases {
         }
     }
 
+    /// The live lease, if any.
+    pub(super) fn live(&self) -> Option<LeaseTicket> {
+        self.live
+    }
+
     pub(super) fn is_live(&self, ticket: LeaseTicket) -> bool {
         self.live == Some(ticket)
     }

@@ -123,8 +123,8 @@ impl Session {
         // A 1xx reply is preliminary: the command waits for its final reply.
         let preliminary = reply.class() == 1;
         let front = if preliminary {
-            if let Some(Pending::Transfer { preliminary }) = self.pending.front_mut() {
-                *preliminary = true;
+            if let Some(Pending::Transfer { transfer }) = self.pending.front_mut() {
+                transfer.data_opened = true;
             }
             None
         } else {
@@ -132,13 +132,16 @@ impl Session {
         };
         match front {
             None => self.say_scrubbed(&reply),
-            Some(Pending::Transfer { preliminary }) => {
+            Some(Pending::Transfer { mut transfer }) => {
                 // The origin opened a data connection and reports success: the client
                 // hears it once the data has arrived (curl in active mode, for one, fails
                 // a transfer whose 226 comes before the data connection).
-                if preliminary && reply.class() == 2 {
+                if transfer.data_opened && reply.class() == 2 {
                     self.actions.push_back(Action::AwaitData);
                 }
+                transfer.reply_code = reply.code;
+                transfer.ended = self.now;
+                self.actions.push_back(Action::TransferDone(*transfer));
                 let closing = reply.code == 421;
                 self.say_scrubbed(&reply);
                 if closing {

@@ -462,17 +462,33 @@ fn origin_faults_end_the_session_with_421() {
 
 #[test]
 fn a_transfer_success_waits_for_its_data_connection() {
-    for verb in ["RETR f", "STOR f", "STOU", "APPE f", "LIST", "NLST", "MLSD"] {
+    for line in ["RETR f", "STOR f", "STOU", "APPE f", "LIST", "NLST", "MLSD"] {
         let mut s = greeted();
-        client(&mut s, format!("{verb}\r\n").as_bytes());
+        client(&mut s, format!("{line}\r\n").as_bytes());
         assert_eq!(
             origin(&mut s, b"150 Opening data connection\r\n"),
             vec![to_client("150 Opening data connection\r\n")]
         );
+        let (verb, path) = line
+            .split_once(' ')
+            .map_or((line, None), |(v, p)| (v, Some(p)));
         assert_eq!(
             origin(&mut s, b"226 Transfer complete\r\n"),
-            vec![Action::AwaitData, to_client("226 Transfer complete\r\n")],
-            "{verb}"
+            vec![
+                Action::AwaitData,
+                Action::TransferDone(Transfer {
+                    command: verb.into(),
+                    path: path.map(Into::into),
+                    user: None,
+                    ticket: None,
+                    data_opened: true,
+                    reply_code: 226,
+                    started: t0(),
+                    ended: t0(),
+                }),
+                to_client("226 Transfer complete\r\n")
+            ],
+            "{line}"
         );
     }
     // Failures, replies without a data connection, other commands: no wait.
@@ -497,6 +513,86 @@ fn a_transfer_success_waits_for_its_data_connection() {
     client(&mut s, b"ABOR\r\n");
     let out = origin(&mut s, b"426 Aborted\r\n226 ABOR ok\r\n");
     assert!(!out.contains(&Action::AwaitData), "{out:?}");
+}
+
+/// Each transfer's record: the last USER's name, the lease live when the command went,
+/// whether a data connection opened, the final reply, and the times of command and reply.
+#[test]
+fn a_transfer_is_recorded_with_its_lease_user_and_reply() {
+    let mut s = with_lease();
+    client(&mut s, b"USER alice\r\n");
+    origin(&mut s, b"331 Password\r\n");
+    let sent = t0() + secs(3);
+    s.handle(sent, Event::FromClient(b"RETR /pub/f\r\n"));
+    drain(&mut s);
+    s.handle(sent + secs(1), Event::FromOrigin(b"150 Opening\r\n"));
+    s.handle(sent + secs(5), Event::FromOrigin(b"226 Done\r\n"));
+    let done = |s: &mut Session| {
+        drain(s)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::TransferDone(t) => Some(t),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let retr = Transfer {
+        command: "RETR".into(),
+        path: Some("/pub/f".into()),
+        user: Some("alice".into()),
+        ticket: Some(ticket(1)),
+        data_opened: true,
+        reply_code: 226,
+        started: sent,
+        ended: sent + secs(5),
+    };
+    assert_eq!(done(&mut s), vec![retr.clone()]);
+    // The same lease again: the origin cannot open a data connection (425), nothing waits.
+    client(&mut s, b"STOR g\r\n");
+    let out = origin(&mut s, b"425 No data connection\r\n");
+    assert!(!out.contains(&Action::AwaitData), "{out:?}");
+    assert_eq!(
+        out.into_iter()
+            .filter(|a| matches!(a, Action::TransferDone(_)))
+            .collect::<Vec<_>>(),
+        vec![Action::TransferDone(Transfer {
+            command: "STOR".into(),
+            path: Some("g".into()),
+            data_opened: false,
+            reply_code: 425,
+            started: t0(),
+            ended: t0(),
+            ..retr
+        })]
+    );
+}
+
+/// A session that ends during a transfer (the client went away mid-download) reports it
+/// with reply code 0, before it closes.
+#[test]
+fn a_transfer_cut_short_is_reported_without_a_reply() {
+    let mut s = with_lease();
+    client(&mut s, b"RETR big\r\n");
+    origin(&mut s, b"150 Opening\r\n");
+    s.handle(t0() + secs(2), Event::FromClient(b""));
+    s.client_closed();
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Action::RevokeLease { ticket: ticket(1) },
+            Action::TransferDone(Transfer {
+                command: "RETR".into(),
+                path: Some("big".into()),
+                user: None,
+                ticket: Some(ticket(1)),
+                data_opened: true,
+                reply_code: 0,
+                started: t0(),
+                ended: t0() + secs(2),
+            }),
+            Action::Close
+        ]
+    );
 }
 
 /// At `max_pending` replies owed the session takes no more lines (the driver stops

@@ -126,19 +126,5 @@ impl Facts {
     }
 }
 
-/// (year, month, day, hour, minute, second) in UTC of a Unix time (proleptic Gregorian;
-/// Howard Hinnant's days-to-civil).
-pub(super) fn utc(unix: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (unix / 86_400) as i64;
-    let secs = (unix % 86_400) as u32;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, secs / 3600, secs % 3600 / 60, secs % 60)
-}
+/// (year, month, day, hour, minute, second) in UTC of a Unix time (the audit log's).
+pub(super) use ftp_guard::audit::utc;
