@@ -2,6 +2,11 @@
 //!
 //! client 203.0.113.2 ── pub0 [gateway] priv0 ── origin 198.51.100.2
 //!
+//! For the flood figures an `attacker` namespace joins the client's link (a macvlan on the
+//! client's veth, 203.0.113.66), so its frames reach `pub0` like a client's; the gateway
+//! routes the spoofed sources' network (192.0.2.0/24) back to it, so replies to them leave
+//! as they would on the internet and die there.
+//!
 //! The origin runs vsftpd (port 21; sendfile from tmpfs) for the transfer and session
 //! figures, and pyftpdlib (port 2121, one process for any number of sessions) for the
 //! idle-session memory figure, where vsftpd would fork 10,000 processes.
@@ -14,10 +19,71 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use ftp_guard_testbed::{
+    flood::mac_address,
     ftp_clients::{Login, random_file, sha256_file},
     ftp_servers::{FtpServer, ServerKind, ServerOptions},
     netns::{self, CLIENT, GATEWAY, ORIGIN, Topology},
 };
+
+/// The flood generator's namespace.
+pub const ATTACKER: &str = "attacker";
+const ATTACKER_IF: &str = "atk0";
+const ATTACKER_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 66);
+/// The spoofed sources: a documentation range no host of the topology uses.
+const SPOOFED_NET: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 0);
+
+/// Where the flood comes from and goes to (link level).
+pub struct Attacker {
+    pub ifname: &'static str,
+    pub mac: [u8; 6],
+    /// The gateway's public interface.
+    pub gateway_mac: [u8; 6],
+    pub spoofed_net: std::net::Ipv4Addr,
+}
+
+impl Attacker {
+    fn add(topo: &mut Topology) -> Result<Attacker> {
+        topo.add_namespace(ATTACKER)?;
+        let ns = topo.ns_name(ATTACKER).to_owned();
+        topo.run(
+            CLIENT,
+            &[
+                "ip",
+                "link",
+                "add",
+                "link",
+                netns::HOST_IF,
+                "name",
+                ATTACKER_IF,
+                "netns",
+                &ns,
+                "type",
+                "macvlan",
+                "mode",
+                "private",
+            ],
+        )?;
+        topo.add_address(ATTACKER, ATTACKER_IF, &format!("{ATTACKER_IP}/24"))?;
+        topo.run(ATTACKER, &["ip", "link", "set", ATTACKER_IF, "up"])?;
+        topo.run(
+            GATEWAY,
+            &[
+                "ip",
+                "route",
+                "add",
+                &format!("{SPOOFED_NET}/24"),
+                "via",
+                &ATTACKER_IP.to_string(),
+            ],
+        )?;
+        Ok(Attacker {
+            ifname: ATTACKER_IF,
+            mac: mac_address(topo, ATTACKER, ATTACKER_IF)?,
+            gateway_mac: mac_address(topo, GATEWAY, netns::GATEWAY_PUBLIC_IF)?,
+            spoofed_net: SPOOFED_NET,
+        })
+    }
+}
 
 /// The payload's name in the FTP root (a symlink to the tmpfs file).
 pub const PAYLOAD: &str = "payload.bin";
@@ -67,6 +133,8 @@ pub struct Env {
     pub server: FtpServer,
     /// pyftpdlib on the origin, port 2121 (only when the memory figure runs).
     pub light_server: Option<FtpServer>,
+    /// The flood generator's side (only when a flood figure runs).
+    pub attacker: Option<Attacker>,
     pub payload: Payload,
 }
 
@@ -147,8 +215,13 @@ fn free_bytes(path: &Path) -> Result<u64> {
 }
 
 impl Env {
-    pub fn start(payload_dir: &Path, size: u64, light_server: bool) -> Result<Env> {
-        let topo = Topology::standard("bench")?;
+    pub fn start(payload_dir: &Path, size: u64, light_server: bool, attacker: bool) -> Result<Env> {
+        let mut topo = Topology::standard("bench")?;
+        let attacker = if attacker {
+            Some(Attacker::add(&mut topo)?)
+        } else {
+            None
+        };
         // XDP redirect into a veth needs NAPI on the receiving end: GRO turns it on. Set
         // once for every scenario alike.
         for role in [CLIENT, ORIGIN] {
@@ -197,6 +270,7 @@ impl Env {
             topo,
             server,
             light_server,
+            attacker,
             payload,
         })
     }

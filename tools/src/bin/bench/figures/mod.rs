@@ -9,6 +9,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 mod control;
+mod flood;
 mod transfers;
 
 use control::{data_conns, latency, leases, sessions};
@@ -48,6 +49,10 @@ pub enum Figure {
     Latency,
     Leases,
     Memory,
+    /// Unsolicited SYNs to the data range, dropped by ftp-guard or an nftables rule.
+    SynDrop,
+    /// Sessions per second while spoofed SYNs hit port 21.
+    SynFloodSessions,
 }
 
 /// How big each figure's runs are (from the command line).
@@ -62,6 +67,10 @@ pub struct Settings {
     pub idle_sessions: usize,
     pub data_conn_seconds: f64,
     pub data_conn_workers: usize,
+    /// Seconds each `syn-drop` flood lasts.
+    pub flood_seconds: f64,
+    /// SYNs per second at port 21 in `syn-flood-sessions`.
+    pub flood_pps: u64,
     /// How long one operation may make no progress (a connect, a reply, a download's
     /// data) before it counts as failed.
     pub stall: Duration,
@@ -69,7 +78,7 @@ pub struct Settings {
 }
 
 impl Figure {
-    pub const ALL: [Figure; 8] = [
+    pub const ALL: [Figure; 10] = [
         Figure::Throughput,
         Figure::ThroughputOffload,
         Figure::Streams,
@@ -78,6 +87,8 @@ impl Figure {
         Figure::Latency,
         Figure::Leases,
         Figure::Memory,
+        Figure::SynDrop,
+        Figure::SynFloodSessions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +101,8 @@ impl Figure {
             Figure::Latency => "latency",
             Figure::Leases => "leases",
             Figure::Memory => "memory",
+            Figure::SynDrop => "syn-drop",
+            Figure::SynFloodSessions => "syn-flood-sessions",
         }
     }
 
@@ -108,6 +121,11 @@ impl Figure {
             Figure::Latency => "Control-reply latency".into(),
             Figure::Leases => "Passive data-port allocation rate".into(),
             Figure::Memory => format!("Memory with {} idle control sessions", s.idle_sessions),
+            Figure::SynDrop => "Unsolicited SYNs to the data range dropped per second".into(),
+            Figure::SynFloodSessions => format!(
+                "Sessions per second under a spoofed SYN flood of {} SYN/s at port 21",
+                s.flood_pps
+            ),
         }
     }
 
@@ -190,6 +208,35 @@ impl Figure {
                  userspace part.",
                 s.idle_sessions
             ),
+            Figure::SynDrop => format!(
+                "A SYN flood generator in its own namespace (`attacker`, a macvlan on the \
+                 client's link, so its frames reach the gateway's public interface) writes \
+                 pre-built SYN frames from spoofed sources (192.0.2.1–254) to ports \
+                 {DATA_PORTS} of the public address through an AF_PACKET socket \
+                 (sendmmsg, qdisc bypassed) as fast as it can for {} s. Nobody is logged \
+                 in, so no port is leased. Dropped: ftp-guard's `drop_no_lease` counter \
+                 (its programs on the public interface as the scenario attaches them); \
+                 for `kernel-helper` an nftables rule in a `netdev` table at the `ingress` \
+                 hook of the same interface (`tcp flags & (syn|ack) == syn`, counted, \
+                 dropped), the earliest point nftables has. Per second of the flood, and \
+                 machine CPU (all CPUs, the generator included) per drop.",
+                s.flood_seconds
+            ),
+            Figure::SynFloodSessions => format!(
+                "{} client threads run whole sessions (as in `sessions`) for {} s \
+                 unloaded, then for as long again while the generator (as in `syn-drop`) \
+                 sends {} spoofed SYN/s to port 21 (started {} ms earlier, so the listen \
+                 queue is full). Sessions that fail under the flood are counted, not \
+                 fatal. For ftp-guard the flooded listener is its proxy's socket on the \
+                 gateway (the kernel's SYN cookies); for `kernel-helper` the SYNs are \
+                 DNATed to the origin's vsftpd (its kernel's SYN cookies, and a conntrack \
+                 entry per SYN on the gateway). Value: the rate under the flood as a share \
+                 of the unloaded rate of the same run.",
+                s.session_workers,
+                s.session_seconds,
+                s.flood_pps,
+                flood::FLOOD_RAMP.as_millis()
+            ),
         }
     }
 
@@ -220,6 +267,8 @@ impl Figure {
             Figure::Latency => &[Metric::ReplyP50, Metric::ReplyP99],
             Figure::Leases => &[Metric::LeasesPerSec],
             Figure::Memory => &[Metric::MemGateway, Metric::MemRss],
+            Figure::SynDrop => &[Metric::SynDropsPerSec, Metric::SynDropCpu],
+            Figure::SynFloodSessions => &[Metric::FloodSessionsShare, Metric::FloodSessionsPerSec],
         }
     }
 
@@ -236,6 +285,7 @@ impl Figure {
                         kernel_hook: None
                     }
             ),
+            Figure::SynDrop | Figure::SynFloodSessions => flood::applies(scenario.carrier),
             _ => true,
         }
     }
@@ -281,6 +331,8 @@ impl Figure {
             Figure::DataConns => data_conns(env, &active, s)?,
             Figure::Latency => latency(env, &active, s)?,
             Figure::Leases => leases(env, &active, s)?,
+            Figure::SynDrop => flood::syn_drop(env, &active, s)?,
+            Figure::SynFloodSessions => flood::sessions_under_flood(env, &active, s)?,
             Figure::Memory => unreachable!(),
         };
         if offloads.is_some() {
@@ -322,6 +374,10 @@ pub enum Metric {
     LeasesPerSec,
     MemGateway,
     MemRss,
+    SynDropsPerSec,
+    SynDropCpu,
+    FloodSessionsShare,
+    FloodSessionsPerSec,
 }
 
 impl Metric {
@@ -347,6 +403,10 @@ impl Metric {
             Metric::LeasesPerSec => "epsv_leases_per_s",
             Metric::MemGateway => "gateway_kib_per_idle_session",
             Metric::MemRss => "process_rss_kib_per_idle_session",
+            Metric::SynDropsPerSec => "syn_drops_per_s",
+            Metric::SynDropCpu => "machine_cpu_ns_per_syn_drop",
+            Metric::FloodSessionsShare => "sessions_under_flood_share",
+            Metric::FloodSessionsPerSec => "sessions_per_s_under_flood",
         }
     }
 
@@ -372,11 +432,15 @@ impl Metric {
             Metric::LeasesPerSec => "EPSV → 229 per s",
             Metric::MemGateway => "gateway, KiB/session",
             Metric::MemRss => "ftp-guard RSS, KiB/session",
+            Metric::SynDropsPerSec => "SYNs dropped/s",
+            Metric::SynDropCpu => "machine CPU, ns/drop",
+            Metric::FloodSessionsShare => "sessions/s under flood / unloaded",
+            Metric::FloodSessionsPerSec => "sessions/s under flood",
         }
     }
 
     /// The figure's headline metrics, compared against routing and the kernel helper.
-    pub const HEADLINE: [Metric; 8] = [
+    pub const HEADLINE: [Metric; 10] = [
         Metric::Throughput,
         Metric::OffloadThroughput,
         Metric::StreamsThroughput,
@@ -385,6 +449,8 @@ impl Metric {
         Metric::ReplyP99,
         Metric::LeasesPerSec,
         Metric::MemGateway,
+        Metric::SynDropsPerSec,
+        Metric::FloodSessionsShare,
     ];
 }
 
