@@ -72,9 +72,8 @@ impl RunningFlood {
         }
     }
 
-    /// Stops the flood (if still running) and returns what it sent.
-    fn finish(mut self) -> Result<FloodReport> {
-        self.stop.store(true, Ordering::SeqCst);
+    /// Waits for the flood to end (its duration is bounded) and returns what it sent.
+    fn join(mut self) -> Result<FloodReport> {
         let handle = self.handle.take().context("flood already joined")?;
         handle
             .join()
@@ -179,7 +178,7 @@ pub(super) fn syn_drop(env: &Env, active: &Active, s: &Settings) -> Result<Sampl
     };
     let before = dropped()?;
     let flood = flood_to(attacker, case.dst_ports, None, s.flood_seconds);
-    let (report, w) = cpu_window(|| RunningFlood::start(env, flood).finish())?;
+    let (report, w) = cpu_window(|| RunningFlood::start(env, flood).join())?;
     let drops = dropped()? - before;
     let mut sample = Sample {
         wall_seconds: w.wall,
@@ -207,12 +206,14 @@ pub(super) fn sessions_under_flood(env: &Env, active: &Active, s: &Settings) -> 
     let unloaded = session_round(env, active, s)?;
     let flood_secs = FLOOD_RAMP.as_secs_f64() + s.session_seconds + 2.0 * s.stall.as_secs_f64();
     let flood = flood_to(attacker, (21, 21), Some(s.flood_pps), flood_secs);
+    let cookies_before = syncookies_sent(env, active)?;
     let running = RunningFlood::start(env, flood);
     std::thread::sleep(FLOOD_RAMP);
     let loaded = session_round(env, active, s);
-    let report = running.finish()?;
+    running.stop.store(true, Ordering::SeqCst);
+    let report = running.join()?;
     let loaded = loaded?;
-    let syncookies_sent = syncookies_sent(env, active)?;
+    let syncookies_sent = syncookies_sent(env, active)? - cookies_before;
     let mut sample = Sample {
         wall_seconds: unloaded.wall + loaded.wall,
         others_cpu_seconds: unloaded.others + loaded.others,
