@@ -225,6 +225,7 @@ fn floods_are_dropped_and_bounded(json: &Value) {
                 detail["dropped"].as_u64().unwrap(),
             );
             assert!(dropped > 0 && dropped <= sent, "{scenario}: {detail}");
+            assert_eq!(detail["kept_up"], dropped == sent, "{scenario}: {detail}");
             let seconds = detail["flood_seconds"].as_f64().unwrap();
             assert!(
                 (1.0..3.0).contains(&seconds),

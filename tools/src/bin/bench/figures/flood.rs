@@ -191,6 +191,8 @@ pub(super) fn syn_drop(env: &Env, active: &Active, s: &Settings) -> Result<Sampl
         "case": case.name,
         "sent": report.sent,
         "dropped": drops,
+        // Every frame sent was dropped: the rate is the generator's, not the dropper's limit.
+        "kept_up": drops == report.sent,
         "flood_seconds": report.seconds,
         "machine_cpu_seconds": w.machine,
         "softirq_seconds": w.softirq,

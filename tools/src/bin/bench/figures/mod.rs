@@ -219,7 +219,11 @@ impl Figure {
                  for `kernel-helper` an nftables rule in a `netdev` table at the `ingress` \
                  hook of the same interface (`tcp flags & (syn|ack) == syn`, counted, \
                  dropped), the earliest point nftables has. Per second of the flood, and \
-                 machine CPU (all CPUs, the generator included) per drop.",
+                 machine CPU (all CPUs, the generator included) per drop. Where a dropper \
+                 drops every frame sent (`kept_up` in the JSON) the rate is the \
+                 generator's: on veth the receiving side runs on the sending CPU, so the \
+                 ratio then shows only that both kept up, and CPU per drop is the \
+                 comparison.",
                 s.flood_seconds
             ),
             Figure::SynFloodSessions => format!(
