@@ -2,8 +2,9 @@
 //!
 //! client 203.0.113.2 ── pub0 [gateway] priv0 ── origin 198.51.100.2
 //!
-//! For the flood figures an `attacker` namespace joins the client's link (a macvlan on the
-//! client's veth, 203.0.113.66), so its frames reach `pub0` like a client's; the gateway
+//! For the flood figures an `attacker` namespace joins the client's link for each flood run
+//! (a macvlan on the client's veth, 203.0.113.66), so its frames reach `pub0` like a
+//! client's; the gateway
 //! routes the spoofed sources' network (192.0.2.0/24) back to it, so replies to them leave
 //! as they would on the internet and die there.
 //!
@@ -32,8 +33,11 @@ const ATTACKER_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 66)
 /// The spoofed sources: a documentation range no host of the topology uses.
 const SPOOFED_NET: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 0);
 
-/// Where the flood comes from and goes to (link level).
-pub struct Attacker {
+/// The flood's link, up only for a flood run (the client's link carries no macvlan in
+/// the other figures): a macvlan on the client's veth moved into the attacker namespace.
+/// Deleted when dropped.
+pub struct AttackerLink<'a> {
+    env: &'a Env,
     pub ifname: &'static str,
     pub mac: [u8; 6],
     /// The gateway's public interface.
@@ -41,48 +45,24 @@ pub struct Attacker {
     pub spoofed_net: std::net::Ipv4Addr,
 }
 
-impl Attacker {
-    fn add(topo: &mut Topology) -> Result<Attacker> {
-        topo.add_namespace(ATTACKER)?;
-        let ns = topo.ns_name(ATTACKER).to_owned();
-        topo.run(
-            CLIENT,
-            &[
-                "ip",
-                "link",
-                "add",
-                "link",
-                netns::HOST_IF,
-                "name",
-                ATTACKER_IF,
-                "netns",
-                &ns,
-                "type",
-                "macvlan",
-                "mode",
-                "private",
-            ],
-        )?;
-        topo.add_address(ATTACKER, ATTACKER_IF, &format!("{ATTACKER_IP}/24"))?;
-        topo.run(ATTACKER, &["ip", "link", "set", ATTACKER_IF, "up"])?;
-        topo.run(
-            GATEWAY,
-            &[
-                "ip",
-                "route",
-                "add",
-                &format!("{SPOOFED_NET}/24"),
-                "via",
-                &ATTACKER_IP.to_string(),
-            ],
-        )?;
-        Ok(Attacker {
-            ifname: ATTACKER_IF,
-            mac: mac_address(topo, ATTACKER, ATTACKER_IF)?,
-            gateway_mac: mac_address(topo, GATEWAY, netns::GATEWAY_PUBLIC_IF)?,
-            spoofed_net: SPOOFED_NET,
-        })
+impl Drop for AttackerLink<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self
+            .env
+            .topo
+            .run(ATTACKER, &["ip", "link", "del", self.ifname])
+        {
+            eprintln!("warning: removing the attacker's link: {e:#}");
+        }
     }
+}
+
+/// The attacker namespace, and the gateway's route to the spoofed sources through it.
+fn add_attacker(topo: &mut Topology) -> Result<()> {
+    topo.add_namespace(ATTACKER)?;
+    let (net, via) = (format!("{SPOOFED_NET}/24"), ATTACKER_IP.to_string());
+    topo.run(GATEWAY, &["ip", "route", "add", &net, "via", &via])?;
+    Ok(())
 }
 
 /// The payload's name in the FTP root (a symlink to the tmpfs file).
@@ -133,8 +113,6 @@ pub struct Env {
     pub server: FtpServer,
     /// pyftpdlib on the origin, port 2121 (only when the memory figure runs).
     pub light_server: Option<FtpServer>,
-    /// The flood generator's side (only when a flood figure runs).
-    pub attacker: Option<Attacker>,
     pub payload: Payload,
 }
 
@@ -217,11 +195,9 @@ fn free_bytes(path: &Path) -> Result<u64> {
 impl Env {
     pub fn start(payload_dir: &Path, size: u64, light_server: bool, attacker: bool) -> Result<Env> {
         let mut topo = Topology::standard("bench")?;
-        let attacker = if attacker {
-            Some(Attacker::add(&mut topo)?)
-        } else {
-            None
-        };
+        if attacker {
+            add_attacker(&mut topo)?;
+        }
         // XDP redirect into a veth needs NAPI on the receiving end: GRO turns it on. Set
         // once for every scenario alike.
         for role in [CLIENT, ORIGIN] {
@@ -270,7 +246,6 @@ impl Env {
             topo,
             server,
             light_server,
-            attacker,
             payload,
         })
     }
@@ -316,6 +291,32 @@ impl Env {
             offloads.insert(format!("{role}/{ifname}"), features.join(", "));
         }
         offloads
+    }
+
+    /// Brings the attacker's link up (see [`AttackerLink`]); needs the attacker namespace
+    /// (`Env::start` with `attacker`).
+    pub fn attacker_link(&self) -> Result<AttackerLink<'_>> {
+        let ns = self.topo.ns_name(ATTACKER);
+        let (host_if, ifname) = (netns::HOST_IF, ATTACKER_IF);
+        let add = [
+            "ip", "link", "add", "link", host_if, "name", ifname, "netns", ns,
+        ];
+        let kind = ["type", "macvlan", "mode", "private"];
+        self.topo.run(CLIENT, &[&add[..], &kind[..]].concat())?;
+        // From here on dropping the link deletes it.
+        let mut link = AttackerLink {
+            env: self,
+            ifname,
+            mac: [0; 6],
+            gateway_mac: mac_address(&self.topo, GATEWAY, netns::GATEWAY_PUBLIC_IF)?,
+            spoofed_net: SPOOFED_NET,
+        };
+        self.topo
+            .add_address(ATTACKER, ifname, &format!("{ATTACKER_IP}/24"))?;
+        self.topo
+            .run(ATTACKER, &["ip", "link", "set", ifname, "up"])?;
+        link.mac = mac_address(&self.topo, ATTACKER, ifname)?;
+        Ok(link)
     }
 
     /// Credentials of the vsftpd origin, to be used at `target`.

@@ -1,7 +1,7 @@
 //! The SYN-flood figures: unsolicited SYNs dropped per second (ftp-guard's kernel path vs
 //! an nftables `netdev ingress` rule on the same interface), and legitimate sessions per
 //! second while spoofed SYNs hit port 21, as a share of the unloaded rate. The flood comes
-//! from the attacker namespace ([`crate::env::Attacker`]), bounded in time, and stops
+//! from the attacker namespace ([`crate::env::AttackerLink`]), bounded in time, and stops
 //! (joined) before a run returns, on error too.
 use std::{
     sync::{
@@ -22,7 +22,7 @@ use serde_json::json;
 
 use super::{Metric, Sample, Settings, control::session_round, cpu_window, json_map};
 use crate::{
-    env::{ATTACKER, Attacker, Env},
+    env::{ATTACKER, AttackerLink, Env},
     scenarios::{Active, Carrier, VIP, nft},
 };
 
@@ -146,7 +146,12 @@ fn counter_packets(text: &str) -> Option<u64> {
     words.next()?.parse().ok()
 }
 
-fn flood_to(attacker: &Attacker, dst_ports: (u16, u16), rate: Option<u64>, secs: f64) -> SynFlood {
+fn flood_to(
+    attacker: &AttackerLink,
+    dst_ports: (u16, u16),
+    rate: Option<u64>,
+    secs: f64,
+) -> SynFlood {
     SynFlood {
         ifname: attacker.ifname.to_owned(),
         src_mac: attacker.mac,
@@ -163,7 +168,7 @@ fn flood_to(attacker: &Attacker, dst_ports: (u16, u16), rate: Option<u64>, secs:
 /// `syn-drop`: the flood at full speed for `--flood-seconds`; drops counted by the
 /// scenario's own dropper (ftp-guard's counter, or the nftables rule's).
 pub(super) fn syn_drop(env: &Env, active: &Active, s: &Settings) -> Result<Sample> {
-    let attacker = env.attacker.as_ref().context("no attacker namespace")?;
+    let attacker = env.attacker_link()?;
     let case = &DATA_RANGE;
     let nft_drop = match active.gateway {
         None => Some(NftDrop::add(env, case)?),
@@ -177,7 +182,7 @@ pub(super) fn syn_drop(env: &Env, active: &Active, s: &Settings) -> Result<Sampl
         }
     };
     let before = dropped()?;
-    let flood = flood_to(attacker, case.dst_ports, None, s.flood_seconds);
+    let flood = flood_to(&attacker, case.dst_ports, None, s.flood_seconds);
     let (report, w) = cpu_window(|| RunningFlood::start(env, flood).join())?;
     let drops = dropped()? - before;
     let mut sample = Sample {
@@ -204,10 +209,10 @@ pub(super) fn syn_drop(env: &Env, active: &Active, s: &Settings) -> Result<Sampl
 /// `syn-flood-sessions`: sessions back to back for `--session-seconds` unloaded, then as
 /// long again while `--flood-pps` spoofed SYNs hit port 21; the ratio of the two rates.
 pub(super) fn sessions_under_flood(env: &Env, active: &Active, s: &Settings) -> Result<Sample> {
-    let attacker = env.attacker.as_ref().context("no attacker namespace")?;
+    let attacker = env.attacker_link()?;
     let unloaded = session_round(env, active, s)?;
     let flood_secs = FLOOD_RAMP.as_secs_f64() + s.session_seconds + 2.0 * s.stall.as_secs_f64();
-    let flood = flood_to(attacker, (21, 21), Some(s.flood_pps), flood_secs);
+    let flood = flood_to(&attacker, (21, 21), Some(s.flood_pps), flood_secs);
     let cookies_before = syncookies_sent(env, active)?;
     let running = RunningFlood::start(env, flood);
     std::thread::sleep(FLOOD_RAMP);
