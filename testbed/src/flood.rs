@@ -212,7 +212,8 @@ mod tests {
         SynFlood {
             ifname: "atk0".into(),
             src_mac: [2, 0, 0, 0, 0, 0x66],
-            dst_mac: [2, 0, 0, 0, 0, 1],
+            // Neither is a MAC the fixture frames carry by default.
+            dst_mac: [2, 0, 0, 0, 0, 0x0a],
             src_net: Ipv4Addr::new(192, 0, 2, 0),
             src_count: 254,
             dst: Ipv4Addr::new(203, 0, 113, 1),
@@ -229,7 +230,7 @@ mod tests {
         let mut sources = std::collections::BTreeSet::new();
         let mut ports = std::collections::BTreeSet::new();
         for frame in &frames {
-            assert_eq!(&frame[..12], &[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0x66]);
+            assert_eq!(&frame[..12], &[2, 0, 0, 0, 0, 0x0a, 2, 0, 0, 0, 0, 0x66]);
             let tcp = parse_tcp(frame).unwrap();
             assert_eq!(
                 tcp,
