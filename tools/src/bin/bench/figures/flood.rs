@@ -23,14 +23,14 @@ use serde_json::json;
 use super::{Metric, Sample, Settings, control::session_round, cpu_window, json_map};
 use crate::{
     env::{ATTACKER, AttackerLink, Env},
-    scenarios::{Active, Carrier, VIP, nft},
+    scenarios::{Active, Carrier, DATA_PORTS, VIP, nft},
 };
 
 /// The nftables table holding the baseline's drop rule (netdev family, on the gateway's
 /// public interface).
 const NFT_FLOOD_TABLE: &str = "ftp_guard_bench_flood";
 /// How long the flood runs before sessions are timed: the listen queue fills.
-pub const FLOOD_RAMP: Duration = Duration::from_millis(500);
+const FLOOD_RAMP: Duration = Duration::from_millis(500);
 
 /// Which unsolicited SYNs a `syn-drop` run sends, and how each side recognises them.
 /// The issue's second case (a denied source at the control port) is one more entry once
@@ -259,6 +259,47 @@ fn syncookies_sent(env: &Env, active: &Active) -> Result<u64> {
         .with_context(|| format!("nstat: {text}"))
 }
 
+/// The `syn-drop` figure's method, for the report.
+pub fn syn_drop_method(s: &Settings) -> String {
+    format!(
+        "A SYN flood generator in its own namespace (`attacker`, a macvlan on the \
+         client's link, so its frames reach the gateway's public interface) writes \
+         pre-built SYN frames from spoofed sources (192.0.2.1–254) to ports \
+         {DATA_PORTS} of the public address through an AF_PACKET socket \
+         (sendmmsg, qdisc bypassed) as fast as it can for {} s. Nobody is logged \
+         in, so no port is leased. Dropped: ftp-guard's `drop_no_lease` counter \
+         (its programs on the public interface as the scenario attaches them); \
+         for `kernel-helper` an nftables rule in a `netdev` table at the `ingress` \
+         hook of the same interface (`tcp flags & (syn|ack) == syn`, counted, \
+         dropped), the earliest point nftables has. Per second of the flood, and \
+         machine CPU (all CPUs, the generator included) per drop. Where a dropper \
+         drops every frame sent (`kept_up` in the JSON) the rate is the \
+         generator's: on veth the receiving side runs on the sending CPU, so the \
+         ratio then shows only that both kept up, and CPU per drop is the \
+         comparison.",
+        s.flood_seconds
+    )
+}
+
+/// The `syn-flood-sessions` figure's method, for the report.
+pub fn sessions_method(s: &Settings) -> String {
+    format!(
+        "{} client threads run whole sessions (as in `sessions`) for {} s \
+         unloaded, then for as long again while the generator (as in `syn-drop`) \
+         sends {} spoofed SYN/s to port 21 (started {} ms earlier, so the listen \
+         queue is full). Sessions that fail under the flood are counted, not \
+         fatal. For ftp-guard the flooded listener is its proxy's socket on the \
+         gateway (the kernel's SYN cookies); for `kernel-helper` the SYNs are \
+         DNATed to the origin's vsftpd (its kernel's SYN cookies, and a conntrack \
+         entry per SYN on the gateway). Value: the rate under the flood as a share \
+         of the unloaded rate of the same run.",
+        s.session_workers,
+        s.session_seconds,
+        s.flood_pps,
+        FLOOD_RAMP.as_millis()
+    )
+}
+
 /// Whether a flood figure runs for this carrier: the nftables baseline stands in the
 /// kernel-helper scenario; ftp-guard only where its kernel path drops.
 pub fn applies(carrier: Carrier) -> bool {
@@ -275,7 +316,6 @@ pub fn applies(carrier: Carrier) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenarios::DATA_PORTS;
 
     #[test]
     fn the_drop_rule_matches_only_syns_to_the_case_ports() {

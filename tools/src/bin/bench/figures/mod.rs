@@ -208,39 +208,8 @@ impl Figure {
                  userspace part.",
                 s.idle_sessions
             ),
-            Figure::SynDrop => format!(
-                "A SYN flood generator in its own namespace (`attacker`, a macvlan on the \
-                 client's link, so its frames reach the gateway's public interface) writes \
-                 pre-built SYN frames from spoofed sources (192.0.2.1–254) to ports \
-                 {DATA_PORTS} of the public address through an AF_PACKET socket \
-                 (sendmmsg, qdisc bypassed) as fast as it can for {} s. Nobody is logged \
-                 in, so no port is leased. Dropped: ftp-guard's `drop_no_lease` counter \
-                 (its programs on the public interface as the scenario attaches them); \
-                 for `kernel-helper` an nftables rule in a `netdev` table at the `ingress` \
-                 hook of the same interface (`tcp flags & (syn|ack) == syn`, counted, \
-                 dropped), the earliest point nftables has. Per second of the flood, and \
-                 machine CPU (all CPUs, the generator included) per drop. Where a dropper \
-                 drops every frame sent (`kept_up` in the JSON) the rate is the \
-                 generator's: on veth the receiving side runs on the sending CPU, so the \
-                 ratio then shows only that both kept up, and CPU per drop is the \
-                 comparison.",
-                s.flood_seconds
-            ),
-            Figure::SynFloodSessions => format!(
-                "{} client threads run whole sessions (as in `sessions`) for {} s \
-                 unloaded, then for as long again while the generator (as in `syn-drop`) \
-                 sends {} spoofed SYN/s to port 21 (started {} ms earlier, so the listen \
-                 queue is full). Sessions that fail under the flood are counted, not \
-                 fatal. For ftp-guard the flooded listener is its proxy's socket on the \
-                 gateway (the kernel's SYN cookies); for `kernel-helper` the SYNs are \
-                 DNATed to the origin's vsftpd (its kernel's SYN cookies, and a conntrack \
-                 entry per SYN on the gateway). Value: the rate under the flood as a share \
-                 of the unloaded rate of the same run.",
-                s.session_workers,
-                s.session_seconds,
-                s.flood_pps,
-                flood::FLOOD_RAMP.as_millis()
-            ),
+            Figure::SynDrop => flood::syn_drop_method(s),
+            Figure::SynFloodSessions => flood::sessions_method(s),
         }
     }
 
@@ -544,35 +513,4 @@ fn cpu_window<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, CpuWindow)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_metric_belongs_to_one_figure() {
-        for m in Metric::HEADLINE {
-            let owners = Figure::ALL
-                .iter()
-                .filter(|f| f.metrics().contains(&m))
-                .count();
-            assert_eq!(owners, 1, "{m:?}");
-        }
-        let mut keys: Vec<&str> = Figure::ALL
-            .iter()
-            .flat_map(|f| f.metrics().iter().map(|m| m.key()))
-            .collect();
-        let n = keys.len();
-        keys.sort_unstable();
-        keys.dedup();
-        assert_eq!(keys.len(), n, "duplicate metric keys");
-    }
-
-    #[test]
-    fn renamed_keeps_only_the_mapped_values() {
-        let mut s = Sample::default();
-        s.set(Metric::Throughput, 5.0);
-        s.set(Metric::GatewayCpu, 0.1);
-        let s = s.renamed(&[(Metric::Throughput, Metric::OffloadThroughput)]);
-        assert_eq!(s.values.len(), 1);
-        assert_eq!(s.values[&Metric::OffloadThroughput], 5.0);
-    }
-}
+mod tests;
