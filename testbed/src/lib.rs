@@ -4,6 +4,7 @@
 //! - [`ftp_servers`], [`ftp_clients`]: real FTP daemons (vsftpd, pyftpdlib) and clients (curl,
 //!   lftp, Python ftplib) run in a network namespace, with protocol traces.
 //! - [`ftp_load`]: a minimal blocking FTP client for load generation (benchmarks).
+//! - [`flood`]: a spoofed-source TCP SYN flood generator (AF_PACKET) for benchmarks.
 //! - [`fixture`]: runs packet fixtures through the programs (BPF_PROG_TEST_RUN).
 //! - [`packet`]: builds Ethernet/IPv4/TCP frames with correct checksums for
 //!   `BPF_PROG_TEST_RUN` fixtures, and checks checksums of what a program emits.
@@ -14,6 +15,7 @@
 //! - [`gateway`]: ftp-guard itself running in-process in the gateway namespace.
 //! - [`scenario`]: topology + origin server + gateway, ready for an end-to-end test.
 pub mod fixture;
+pub mod flood;
 pub mod ftp_clients;
 pub mod ftp_load;
 pub mod ftp_servers;

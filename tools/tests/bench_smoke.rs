@@ -39,6 +39,12 @@ fn every_figure_runs_for_every_default_scenario() {
             // A stalled download or operation fails after 3 s, not the default 10.
             "--stall-seconds",
             "3",
+            // The flood figures' quick mode: a 1 s flood per drop run; the sessions under
+            // flood last as long as the sessions figure's.
+            "--flood-seconds",
+            "1",
+            "--flood-pps",
+            "5000",
             "--quiet-wait",
             "0",
             "--retries",
@@ -70,13 +76,20 @@ fn every_figure_runs_for_every_default_scenario() {
             "data-conns",
             "latency",
             "leases",
-            "memory"
+            "memory",
+            "syn-drop",
+            "syn-flood-sessions"
         ]
     );
     for figure in figures {
         let name = figure["name"].as_str().unwrap();
         let scenarios = figure["scenarios"].as_array().unwrap();
-        let expected = if name == "memory" { 2 } else { 5 };
+        let expected = match name {
+            "memory" => 2,
+            // The nftables baseline (in `kernel-helper`), ftp-guard's kernel paths.
+            "syn-drop" | "syn-flood-sessions" => 3,
+            _ => 5,
+        };
         assert_eq!(scenarios.len(), expected, "{name}: {scenarios:?}");
         for s in scenarios {
             let scenario = s["name"].as_str().unwrap();
@@ -103,6 +116,7 @@ fn every_figure_runs_for_every_default_scenario() {
         }
     }
     data_conns_are_counted(&json, &md);
+    floods_are_dropped_and_bounded(&json);
     // Both baselines are compared with, and the targets are judged.
     let comparisons = json["comparisons"].as_array().unwrap();
     for baseline in ["routing", "kernel-helper"] {
@@ -119,6 +133,8 @@ fn every_figure_runs_for_every_default_scenario() {
         "gateway memory per idle session (kernel), KiB",
         "data connections/s through 100 ports kernel / kernel-helper",
         "throughput with checksum offload on kernel / routing",
+        "SYNs dropped/s on the data range kernel-xdp / nftables ingress (kernel-helper)",
+        "sessions/s under a SYN flood at port 21 / unloaded (kernel)",
     ] {
         assert!(
             targets.iter().any(|t| t["label"] == label),
@@ -185,6 +201,71 @@ fn data_conns_are_counted(json: &Value, md: &str) {
         .expect("the data-conns target is judged");
     assert!(target["value"].as_f64().is_some(), "{target}");
     assert!(target["met"].is_boolean(), "{target}");
+}
+
+/// Every flooded SYN the `syn-drop` runs count was dropped where the scenario says (the
+/// nftables rule, or ftp-guard's no-lease counter, which the kernel counters repeat), and
+/// the sessions under flood ran while SYN cookies were being sent.
+fn floods_are_dropped_and_bounded(json: &Value) {
+    let figure = |name: &str| {
+        json["figures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    for s in figure("syn-drop")["scenarios"].as_array().unwrap() {
+        let scenario = s["name"].as_str().unwrap();
+        for run in s["runs"].as_array().unwrap() {
+            let detail = &run["detail"];
+            let (sent, dropped) = (
+                detail["sent"].as_u64().unwrap(),
+                detail["dropped"].as_u64().unwrap(),
+            );
+            assert!(dropped > 0 && dropped <= sent, "{scenario}: {detail}");
+            assert_eq!(detail["kept_up"], dropped == sent, "{scenario}: {detail}");
+            let seconds = detail["flood_seconds"].as_f64().unwrap();
+            assert!(
+                (1.0..3.0).contains(&seconds),
+                "{scenario}: flood of {seconds} s"
+            );
+            let by = if scenario == "kernel-helper" {
+                "nftables netdev ingress rule"
+            } else {
+                assert_eq!(
+                    run["kernel_counters"]["drop_no_lease"], dropped,
+                    "{scenario}"
+                );
+                "ftp-guard"
+            };
+            assert_eq!(detail["dropped_by"], by, "{scenario}");
+        }
+    }
+    for s in figure("syn-flood-sessions")["scenarios"]
+        .as_array()
+        .unwrap()
+    {
+        let scenario = s["name"].as_str().unwrap();
+        for run in s["runs"].as_array().unwrap() {
+            let detail = &run["detail"];
+            assert!(
+                detail["flood_sent"].as_u64().unwrap() > 0,
+                "{scenario}: {detail}"
+            );
+            assert!(
+                detail["syncookies_sent"].as_u64().unwrap() > 0,
+                "{scenario}: {detail}"
+            );
+            for round in ["unloaded", "under_flood"] {
+                assert!(
+                    detail[round]["sessions"].as_u64().unwrap() > 0,
+                    "{scenario}: {detail}"
+                );
+            }
+        }
+    }
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

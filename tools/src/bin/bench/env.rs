@@ -2,6 +2,12 @@
 //!
 //! client 203.0.113.2 ── pub0 [gateway] priv0 ── origin 198.51.100.2
 //!
+//! For the flood figures an `attacker` namespace joins the client's link for each flood run
+//! (a macvlan on the client's veth, 203.0.113.66), so its frames reach `pub0` like a
+//! client's; the gateway
+//! routes the spoofed sources' network (192.0.2.0/24) back to it, so replies to them leave
+//! as they would on the internet and die there.
+//!
 //! The origin runs vsftpd (port 21; sendfile from tmpfs) for the transfer and session
 //! figures, and pyftpdlib (port 2121, one process for any number of sessions) for the
 //! idle-session memory figure, where vsftpd would fork 10,000 processes.
@@ -14,10 +20,50 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use ftp_guard_testbed::{
+    flood::mac_address,
     ftp_clients::{Login, random_file, sha256_file},
     ftp_servers::{FtpServer, ServerKind, ServerOptions},
     netns::{self, CLIENT, GATEWAY, ORIGIN, Topology},
 };
+
+/// The flood generator's namespace.
+pub const ATTACKER: &str = "attacker";
+const ATTACKER_IF: &str = "atk0";
+const ATTACKER_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 66);
+/// The spoofed sources: a documentation range no host of the topology uses.
+const SPOOFED_NET: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 0);
+
+/// The flood's link, up only for a flood run (the client's link carries no macvlan in
+/// the other figures): a macvlan on the client's veth moved into the attacker namespace.
+/// Deleted when dropped.
+pub struct AttackerLink<'a> {
+    env: &'a Env,
+    pub ifname: &'static str,
+    pub mac: [u8; 6],
+    /// The gateway's public interface.
+    pub gateway_mac: [u8; 6],
+    pub spoofed_net: std::net::Ipv4Addr,
+}
+
+impl Drop for AttackerLink<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self
+            .env
+            .topo
+            .run(ATTACKER, &["ip", "link", "del", self.ifname])
+        {
+            eprintln!("warning: removing the attacker's link: {e:#}");
+        }
+    }
+}
+
+/// The attacker namespace, and the gateway's route to the spoofed sources through it.
+fn add_attacker(topo: &mut Topology) -> Result<()> {
+    topo.add_namespace(ATTACKER)?;
+    let (net, via) = (format!("{SPOOFED_NET}/24"), ATTACKER_IP.to_string());
+    topo.run(GATEWAY, &["ip", "route", "add", &net, "via", &via])?;
+    Ok(())
+}
 
 /// The payload's name in the FTP root (a symlink to the tmpfs file).
 pub const PAYLOAD: &str = "payload.bin";
@@ -147,8 +193,11 @@ fn free_bytes(path: &Path) -> Result<u64> {
 }
 
 impl Env {
-    pub fn start(payload_dir: &Path, size: u64, light_server: bool) -> Result<Env> {
-        let topo = Topology::standard("bench")?;
+    pub fn start(payload_dir: &Path, size: u64, light_server: bool, attacker: bool) -> Result<Env> {
+        let mut topo = Topology::standard("bench")?;
+        if attacker {
+            add_attacker(&mut topo)?;
+        }
         // XDP redirect into a veth needs NAPI on the receiving end: GRO turns it on. Set
         // once for every scenario alike.
         for role in [CLIENT, ORIGIN] {
@@ -242,6 +291,32 @@ impl Env {
             offloads.insert(format!("{role}/{ifname}"), features.join(", "));
         }
         offloads
+    }
+
+    /// Brings the attacker's link up (see [`AttackerLink`]); needs the attacker namespace
+    /// (`Env::start` with `attacker`).
+    pub fn attacker_link(&self) -> Result<AttackerLink<'_>> {
+        let ns = self.topo.ns_name(ATTACKER);
+        let (host_if, ifname) = (netns::HOST_IF, ATTACKER_IF);
+        let add = [
+            "ip", "link", "add", "link", host_if, "name", ifname, "netns", ns,
+        ];
+        let kind = ["type", "macvlan", "mode", "private"];
+        self.topo.run(CLIENT, &[&add[..], &kind[..]].concat())?;
+        // From here on dropping the link deletes it.
+        let mut link = AttackerLink {
+            env: self,
+            ifname,
+            mac: [0; 6],
+            gateway_mac: mac_address(&self.topo, GATEWAY, netns::GATEWAY_PUBLIC_IF)?,
+            spoofed_net: SPOOFED_NET,
+        };
+        self.topo
+            .add_address(ATTACKER, ifname, &format!("{ATTACKER_IP}/24"))?;
+        self.topo
+            .run(ATTACKER, &["ip", "link", "set", ifname, "up"])?;
+        link.mac = mac_address(&self.topo, ATTACKER, ifname)?;
+        Ok(link)
     }
 
     /// Credentials of the vsftpd origin, to be used at `target`.

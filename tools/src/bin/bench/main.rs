@@ -4,7 +4,8 @@
 //! Figures (`--figures`): single-stream download throughput with CPU per GB (checksum
 //! offload off, and on), parallel download throughput, sessions per second, data
 //! connections per second through a 100-port data range, control-reply latency, passive
-//! data-port allocation rate, and memory per idle control session. Every figure runs each scenario `--runs` times,
+//! data-port allocation rate, memory per idle control session, and under a spoofed SYN
+//! flood: unsolicited SYNs dropped per second, sessions per second. Every figure runs each scenario `--runs` times,
 //! interleaved round-robin (the starting scenario rotating) so drift of the machine hits
 //! every scenario alike; a run disturbed by other processes is repeated (`--retries`).
 //!
@@ -86,6 +87,12 @@ struct Args {
     /// before it counts as failed.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     stall_seconds: u64,
+    /// Seconds each `syn-drop` flood lasts.
+    #[arg(long, default_value_t = 5.0)]
+    flood_seconds: f64,
+    /// Spoofed SYNs per second at port 21 in `syn-flood-sessions`.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    flood_pps: u64,
     /// NOOPs timed per `latency` run.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
     latency_samples: u64,
@@ -134,6 +141,10 @@ impl Args {
             self.data_conn_seconds > 0.0 && self.data_conn_seconds <= 600.0,
             "--data-conn-seconds must be within (0, 600]"
         );
+        ensure!(
+            self.flood_seconds > 0.0 && self.flood_seconds <= 600.0,
+            "--flood-seconds must be within (0, 600]"
+        );
         let ftp_guard_bin = match &self.ftp_guard_bin {
             Some(p) => p.clone(),
             None => std::env::current_exe()
@@ -150,6 +161,8 @@ impl Args {
             idle_sessions: self.idle_sessions as usize,
             data_conn_seconds: self.data_conn_seconds,
             data_conn_workers: self.data_conn_workers as usize,
+            flood_seconds: self.flood_seconds,
+            flood_pps: self.flood_pps,
             stall: Duration::from_secs(self.stall_seconds),
             ftp_guard_bin,
         })
@@ -311,6 +324,9 @@ fn run(args: &Args) -> Result<bool> {
         &args.payload_dir,
         args.size_mib << 20,
         figures.contains(&Figure::Memory),
+        figures
+            .iter()
+            .any(|f| matches!(f, Figure::SynDrop | Figure::SynFloodSessions)),
     )?;
 
     for s in &scenarios {

@@ -263,7 +263,7 @@ fn helper_ruleset(origin: SocketAddrV4) -> String {
 }
 
 /// Applies an nftables script in namespace `ns`.
-fn nft(ns: &str, script: &str) -> Result<()> {
+pub fn nft(ns: &str, script: &str) -> Result<()> {
     use std::io::Write as _;
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "nft", "-f", "-"])

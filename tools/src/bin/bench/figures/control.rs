@@ -46,10 +46,39 @@ pub fn in_client_threads<T: Send + 'static>(
         .collect()
 }
 
-pub(super) fn sessions(env: &Env, active: &Active, s: &Settings) -> Result<Sample> {
+/// One round of whole sessions back to back on `session_workers` threads for
+/// `session_seconds`: what completed, what failed, and the CPU meanwhile.
+pub(super) struct SessionRound {
+    /// Seconds each completed session took.
+    pub times: Vec<f64>,
+    pub errors: Vec<String>,
+    pub wall: f64,
+    pub machine: f64,
+    pub others: f64,
+}
+
+impl SessionRound {
+    /// Completed sessions per second.
+    pub fn rate(&self) -> f64 {
+        self.times.len() as f64 / self.wall
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "sessions": self.times.len(),
+            "failed": self.errors.len(),
+            "first_failure": self.errors.first(),
+            "wall_seconds": self.wall,
+            "machine_cpu_seconds": self.machine,
+        })
+    }
+}
+
+/// Runs a [`SessionRound`] against `active` (one untimed session first: the path works
+/// and is warm). Failed sessions are counted, not fatal.
+pub(super) fn session_round(env: &Env, active: &Active, s: &Settings) -> Result<SessionRound> {
     let login = env.login(active.target);
     let (addr, user, password) = (login.addr, login.user.clone(), login.password.clone());
-    // One session first: the path works and is warm.
     env.topo.in_ns(CLIENT, || {
         ftp_load::session(addr, &user, &password, SMALL, SMALL_SIZE, OP_TIMEOUT)
     })?;
@@ -68,34 +97,49 @@ pub(super) fn sessions(env: &Env, active: &Active, s: &Settings) -> Result<Sampl
             (times, errors)
         })
     })?;
-    let mut times: Vec<f64> = per_worker.iter().flat_map(|(t, _)| t.clone()).collect();
-    let errors: Vec<&String> = per_worker.iter().flat_map(|(_, e)| e).collect();
+    let (mut times, mut errors) = (Vec::new(), Vec::new());
+    for (t, e) in per_worker {
+        times.extend(t);
+        errors.extend(e);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(SessionRound {
+        times,
+        errors,
+        wall: w.wall,
+        machine: w.machine,
+        others: w.others,
+    })
+}
+
+pub(super) fn sessions(env: &Env, active: &Active, s: &Settings) -> Result<Sample> {
+    let round = session_round(env, active, s)?;
+    let times = &round.times;
     ensure!(
-        errors.is_empty(),
+        round.errors.is_empty(),
         "{} of {} sessions failed; first: {}",
-        errors.len(),
-        errors.len() + times.len(),
-        errors[0]
+        round.errors.len(),
+        round.errors.len() + times.len(),
+        round.errors[0]
     );
     ensure!(!times.is_empty(), "no session completed");
-    times.sort_by(f64::total_cmp);
     let n = times.len() as f64;
     let mut sample = Sample {
-        wall_seconds: w.wall,
-        others_cpu_seconds: w.others,
+        wall_seconds: round.wall,
+        others_cpu_seconds: round.others,
         ..Sample::default()
     };
-    sample.set(Metric::SessionsPerSec, n / w.wall);
-    sample.set(Metric::SessionCpu, w.machine / n * 1e3);
+    sample.set(Metric::SessionsPerSec, round.rate());
+    sample.set(Metric::SessionCpu, round.machine / n * 1e3);
     sample.set(
         Metric::SessionP50,
-        ftp_load::quantile(&times, 0.5).unwrap_or(f64::NAN) * 1e3,
+        ftp_load::quantile(times, 0.5).unwrap_or(f64::NAN) * 1e3,
     );
     sample.detail = json_map(json!({
         "sessions": times.len(),
-        "wall_seconds": w.wall,
-        "machine_cpu_seconds": w.machine,
-        "session_p99_ms": ftp_load::quantile(&times, 0.99).map(|t| t * 1e3),
+        "wall_seconds": round.wall,
+        "machine_cpu_seconds": round.machine,
+        "session_p99_ms": ftp_load::quantile(times, 0.99).map(|t| t * 1e3),
     }));
     Ok(sample)
 }

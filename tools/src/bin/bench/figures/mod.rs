@@ -9,6 +9,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 mod control;
+mod flood;
 mod transfers;
 
 use control::{data_conns, latency, leases, sessions};
@@ -48,6 +49,10 @@ pub enum Figure {
     Latency,
     Leases,
     Memory,
+    /// Unsolicited SYNs to the data range, dropped by ftp-guard or an nftables rule.
+    SynDrop,
+    /// Sessions per second while spoofed SYNs hit port 21.
+    SynFloodSessions,
 }
 
 /// How big each figure's runs are (from the command line).
@@ -62,6 +67,10 @@ pub struct Settings {
     pub idle_sessions: usize,
     pub data_conn_seconds: f64,
     pub data_conn_workers: usize,
+    /// Seconds each `syn-drop` flood lasts.
+    pub flood_seconds: f64,
+    /// SYNs per second at port 21 in `syn-flood-sessions`.
+    pub flood_pps: u64,
     /// How long one operation may make no progress (a connect, a reply, a download's
     /// data) before it counts as failed.
     pub stall: Duration,
@@ -69,7 +78,7 @@ pub struct Settings {
 }
 
 impl Figure {
-    pub const ALL: [Figure; 8] = [
+    pub const ALL: [Figure; 10] = [
         Figure::Throughput,
         Figure::ThroughputOffload,
         Figure::Streams,
@@ -78,6 +87,8 @@ impl Figure {
         Figure::Latency,
         Figure::Leases,
         Figure::Memory,
+        Figure::SynDrop,
+        Figure::SynFloodSessions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +101,8 @@ impl Figure {
             Figure::Latency => "latency",
             Figure::Leases => "leases",
             Figure::Memory => "memory",
+            Figure::SynDrop => "syn-drop",
+            Figure::SynFloodSessions => "syn-flood-sessions",
         }
     }
 
@@ -108,6 +121,11 @@ impl Figure {
             Figure::Latency => "Control-reply latency".into(),
             Figure::Leases => "Passive data-port allocation rate".into(),
             Figure::Memory => format!("Memory with {} idle control sessions", s.idle_sessions),
+            Figure::SynDrop => "Unsolicited SYNs to the data range dropped per second".into(),
+            Figure::SynFloodSessions => format!(
+                "Sessions per second under a spoofed SYN flood of {} SYN/s at port 21",
+                s.flood_pps
+            ),
         }
     }
 
@@ -190,6 +208,8 @@ impl Figure {
                  userspace part.",
                 s.idle_sessions
             ),
+            Figure::SynDrop => flood::syn_drop_method(s),
+            Figure::SynFloodSessions => flood::sessions_method(s),
         }
     }
 
@@ -220,6 +240,8 @@ impl Figure {
             Figure::Latency => &[Metric::ReplyP50, Metric::ReplyP99],
             Figure::Leases => &[Metric::LeasesPerSec],
             Figure::Memory => &[Metric::MemGateway, Metric::MemRss],
+            Figure::SynDrop => &[Metric::SynDropsPerSec, Metric::SynDropCpu],
+            Figure::SynFloodSessions => &[Metric::FloodSessionsShare, Metric::FloodSessionsPerSec],
         }
     }
 
@@ -236,6 +258,7 @@ impl Figure {
                         kernel_hook: None
                     }
             ),
+            Figure::SynDrop | Figure::SynFloodSessions => flood::applies(scenario.carrier),
             _ => true,
         }
     }
@@ -281,6 +304,8 @@ impl Figure {
             Figure::DataConns => data_conns(env, &active, s)?,
             Figure::Latency => latency(env, &active, s)?,
             Figure::Leases => leases(env, &active, s)?,
+            Figure::SynDrop => flood::syn_drop(env, &active, s)?,
+            Figure::SynFloodSessions => flood::sessions_under_flood(env, &active, s)?,
             Figure::Memory => unreachable!(),
         };
         if offloads.is_some() {
@@ -322,6 +347,10 @@ pub enum Metric {
     LeasesPerSec,
     MemGateway,
     MemRss,
+    SynDropsPerSec,
+    SynDropCpu,
+    FloodSessionsShare,
+    FloodSessionsPerSec,
 }
 
 impl Metric {
@@ -347,6 +376,10 @@ impl Metric {
             Metric::LeasesPerSec => "epsv_leases_per_s",
             Metric::MemGateway => "gateway_kib_per_idle_session",
             Metric::MemRss => "process_rss_kib_per_idle_session",
+            Metric::SynDropsPerSec => "syn_drops_per_s",
+            Metric::SynDropCpu => "machine_cpu_ns_per_syn_drop",
+            Metric::FloodSessionsShare => "sessions_under_flood_share",
+            Metric::FloodSessionsPerSec => "sessions_per_s_under_flood",
         }
     }
 
@@ -372,11 +405,15 @@ impl Metric {
             Metric::LeasesPerSec => "EPSV → 229 per s",
             Metric::MemGateway => "gateway, KiB/session",
             Metric::MemRss => "ftp-guard RSS, KiB/session",
+            Metric::SynDropsPerSec => "SYNs dropped/s",
+            Metric::SynDropCpu => "machine CPU, ns/drop",
+            Metric::FloodSessionsShare => "sessions/s under flood / unloaded",
+            Metric::FloodSessionsPerSec => "sessions/s under flood",
         }
     }
 
     /// The figure's headline metrics, compared against routing and the kernel helper.
-    pub const HEADLINE: [Metric; 8] = [
+    pub const HEADLINE: [Metric; 10] = [
         Metric::Throughput,
         Metric::OffloadThroughput,
         Metric::StreamsThroughput,
@@ -385,6 +422,8 @@ impl Metric {
         Metric::ReplyP99,
         Metric::LeasesPerSec,
         Metric::MemGateway,
+        Metric::SynDropsPerSec,
+        Metric::FloodSessionsShare,
     ];
 }
 
@@ -474,35 +513,4 @@ fn cpu_window<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, CpuWindow)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_metric_belongs_to_one_figure() {
-        for m in Metric::HEADLINE {
-            let owners = Figure::ALL
-                .iter()
-                .filter(|f| f.metrics().contains(&m))
-                .count();
-            assert_eq!(owners, 1, "{m:?}");
-        }
-        let mut keys: Vec<&str> = Figure::ALL
-            .iter()
-            .flat_map(|f| f.metrics().iter().map(|m| m.key()))
-            .collect();
-        let n = keys.len();
-        keys.sort_unstable();
-        keys.dedup();
-        assert_eq!(keys.len(), n, "duplicate metric keys");
-    }
-
-    #[test]
-    fn renamed_keeps_only_the_mapped_values() {
-        let mut s = Sample::default();
-        s.set(Metric::Throughput, 5.0);
-        s.set(Metric::GatewayCpu, 0.1);
-        let s = s.renamed(&[(Metric::Throughput, Metric::OffloadThroughput)]);
-        assert_eq!(s.values.len(), 1);
-        assert_eq!(s.values[&Metric::OffloadThroughput], 5.0);
-    }
-}
+mod tests;

@@ -40,7 +40,7 @@ pub struct Target {
     pub bound: Bound,
 }
 
-/// What issues 11, 6 and 4 ask for, plus figures worth watching.
+/// What issues 13, 11, 6 and 4 ask for, plus figures worth watching.
 pub const TARGETS: &[Target] = &[
     Target {
         label: "throughput kernel / routing",
@@ -160,6 +160,36 @@ pub const TARGETS: &[Target] = &[
         label: "throughput with checksum offload on kernel-xdp / routing",
         metric: Metric::OffloadThroughput,
         compare: Compare::Ratio("kernel-xdp", "routing"),
+        bound: Bound::Info,
+    },
+    Target {
+        label: "SYNs dropped/s on the data range kernel-xdp / nftables ingress (kernel-helper)",
+        metric: Metric::SynDropsPerSec,
+        compare: Compare::Ratio("kernel-xdp", "kernel-helper"),
+        bound: Bound::AtLeast(5.0),
+    },
+    Target {
+        label: "sessions/s under a SYN flood at port 21 / unloaded (kernel)",
+        metric: Metric::FloodSessionsShare,
+        compare: Compare::Value("kernel"),
+        bound: Bound::AtLeast(0.8),
+    },
+    Target {
+        label: "SYNs dropped/s on the data range kernel / nftables ingress (kernel-helper)",
+        metric: Metric::SynDropsPerSec,
+        compare: Compare::Ratio("kernel", "kernel-helper"),
+        bound: Bound::Info,
+    },
+    Target {
+        label: "machine CPU per SYN dropped kernel-xdp / nftables ingress (kernel-helper)",
+        metric: Metric::SynDropCpu,
+        compare: Compare::Ratio("kernel-xdp", "kernel-helper"),
+        bound: Bound::Info,
+    },
+    Target {
+        label: "sessions/s under a SYN flood at port 21 / unloaded (kernel-helper: DNAT, origin's SYN cookies)",
+        metric: Metric::FloodSessionsShare,
+        compare: Compare::Value("kernel-helper"),
         bound: Bound::Info,
     },
 ];
