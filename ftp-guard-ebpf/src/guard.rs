@@ -11,7 +11,10 @@
 //! 4. TCP to neither a protected public address nor a NAT address → pass;
 //! 5. a later fragment (offset ≠ 0) → pass: no ports in it, and it cannot reassemble
 //!    without the first fragment, which rule 6 checks;
-//! 6. TCP header unreadable → drop; port outside every data range → pass;
+//! 6. TCP header unreadable → drop; port outside every data range and control port → pass;
+//!    from a client to a service's control port or data range: the policy (`policy`:
+//!    bans, the service's ACL, the control port's SYN rate) may drop it; a control-port
+//!    packet it lets through → pass (the proxy listens there);
 //! 7. a first fragment aimed at the data range → drop (the data path never fragments);
 //! 8. a packet of a known flow → NAT it (either direction) and forward;
 //! 9. a lease for (source, destination, port) — passive leases on the client side, active
@@ -43,6 +46,7 @@ use crate::{
     icmp, ipv6, keys,
     maps::{FILTER_CONFIG, FLOWS, LEASES},
     packet::{self, L3, Packet},
+    policy,
     ranges::{PortClass, Side, classify_port, side_of},
 };
 
@@ -140,8 +144,17 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { *ports };
     let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-    let port_class = classify_port(config, side, &dst, dst_port);
+    let (port_class, service) = classify_port(config, side, &dst, dst_port);
     if port_class == PortClass::Other {
+        return (Verdict::Pass, Counter::PassOtherPort);
+    }
+    if side == Side::Client
+        && port_class != PortClass::ActiveSource
+        && let Some(reason) = judge_policy(p, config, service, ip, hdr.l4_offset, port_class)
+    {
+        return (Verdict::Drop, reason);
+    }
+    if port_class == PortClass::Control {
         return (Verdict::Pass, Counter::PassOtherPort);
     }
     if ip.frag_flags() & IP_MF != 0 {
@@ -226,6 +239,28 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
     }
 }
 
+/// The policy's verdict on a client's packet to service `service`'s control port or data
+/// range (see `policy`). Only a control-port SYN counts against the SYN rate; a truncated
+/// control-port packet is left to the stack, which drops it.
+#[inline(always)]
+fn judge_policy<P: Packet>(
+    p: &P,
+    config: &FilterConfig,
+    service: u32,
+    ip: &Ipv4Hdr,
+    l4_offset: usize,
+    class: PortClass,
+) -> Option<Counter> {
+    let range = config.ranges.get(service as usize)?;
+    let control_syn = class == PortClass::Control
+        && packet::ptr_at::<TcpHdr, P>(p, l4_offset).is_some_and(|tcp| {
+            // SAFETY: bounds checked by ptr_at.
+            let t = unsafe { &*tcp };
+            t.syn() != 0 && t.ack() == 0
+        });
+    policy::refuses(service, range, &keys::addr_v4(ip.src_addr), control_syn)
+}
+
 /// UDP, SCTP… to a public address's data range: dropped (only leased TCP belongs there).
 #[inline(always)]
 fn not_tcp<P: Packet>(
@@ -249,7 +284,7 @@ fn not_tcp<P: Packet>(
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { *ports };
     let port = u16::from_be_bytes([ports[2], ports[3]]);
-    if classify_port(config, side, dst, port) == PortClass::Data {
+    if classify_port(config, side, dst, port).0 == PortClass::Data {
         return (Verdict::Drop, Counter::DropNotTcp);
     }
     (Verdict::Pass, Counter::PassNotTcp)

@@ -55,13 +55,22 @@ pub enum PortClass {
     Data,
     /// Port 20 of a public address whose range sends active data from it: flows only.
     ActiveSource,
-    /// Anything else (the control port…): not the guard's business.
+    /// A service's control port on its public address: the policy judges, the stack serves.
+    Control,
+    /// Anything else: not the guard's business.
     Other,
 }
 
+/// What `port` on `addr` is, and the index of the service (range) it belongs to (0 for
+/// [`PortClass::Other`]).
 #[inline(always)]
-pub fn classify_port(config: &FilterConfig, side: Side, addr: &IpAddrBe, port: u16) -> PortClass {
-    let mut class = PortClass::Other;
+pub fn classify_port(
+    config: &FilterConfig,
+    side: Side,
+    addr: &IpAddrBe,
+    port: u16,
+) -> (PortClass, u32) {
+    let mut class = (PortClass::Other, 0);
     let mut i = 0;
     while i < MAX_DATA_RANGES {
         if i as u32 >= config.range_count {
@@ -74,10 +83,13 @@ pub fn classify_port(config: &FilterConfig, side: Side, addr: &IpAddrBe, port: u
         };
         if range_addr == *addr {
             if range.contains(port) {
-                return PortClass::Data;
+                return (PortClass::Data, i as u32);
+            }
+            if side == Side::Client && range.control_port != 0 && port == range.control_port {
+                return (PortClass::Control, i as u32);
             }
             if side == Side::Client && port == 20 && range.flags & RANGE_ACTIVE_PORT_20 != 0 {
-                class = PortClass::ActiveSource;
+                class = (PortClass::ActiveSource, i as u32);
             }
         }
         i += 1;

@@ -18,7 +18,7 @@ mod tests;
 mod validate;
 mod values;
 
-pub use values::{HostName, PortRange};
+pub use values::{Cidr, HostName, PortRange};
 
 /// Where `ftp-guard run` and `check` look when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/ftp-guard/ftp-guard.toml";
@@ -145,6 +145,21 @@ pub struct Service {
     /// session is closed with 421.
     #[serde(default = "defaults::max_consecutive_errors")]
     pub max_consecutive_errors: usize,
+    // Protection at the edge (enforced by the XDP/TC programs on the control port and the
+    // data range; see the README's "Protection").
+    /// Only sources in these blocks may reach the service (empty: everyone not denied).
+    #[serde(default)]
+    pub allow: Vec<Cidr>,
+    /// Sources in these blocks are dropped; the most specific matching block of `allow`
+    /// and `deny` decides, and `deny` wins over the same block in `allow`.
+    #[serde(default)]
+    pub deny: Vec<Cidr>,
+    /// SYNs per second one source address may send to the control port on average.
+    #[serde(default = "defaults::syn_rate_per_client")]
+    pub syn_rate_per_client: u32,
+    /// SYNs one source address may send to the control port at once.
+    #[serde(default = "defaults::syn_burst_per_client")]
+    pub syn_burst_per_client: u32,
 }
 
 /// [`Service::data_mss`]: MSS clamping on data connections' SYNs.
@@ -257,6 +272,14 @@ mod defaults {
     }
     pub fn max_consecutive_errors() -> usize {
         20
+    }
+    /// Far above what one client does: a script opening sessions back to back reaches
+    /// ~300 a second against a fast origin on this machine (the bench's `sessions`).
+    pub fn syn_rate_per_client() -> u32 {
+        500
+    }
+    pub fn syn_burst_per_client() -> u32 {
+        1000
     }
 }
 

@@ -132,12 +132,44 @@ fn check_service(s: &Service) -> Result<(), Problem> {
     if let Some((key, _)) = timeouts.into_iter().find(|(_, value)| *value == 0) {
         return Err((key, "must be at least 1".into()));
     }
+    check_edge_policy(s)?;
     let limits = [
         ("max_sessions_per_client", s.max_sessions_per_client),
         ("max_leases_per_client", s.max_leases_per_client),
         ("max_consecutive_errors", s.max_consecutive_errors),
     ];
     if let Some((key, _)) = limits
+        .into_iter()
+        .find(|(_, value)| !(1..=1_000_000).contains(value))
+    {
+        return Err((key, "must be within 1..=1000000".into()));
+    }
+    Ok(())
+}
+
+/// ACLs and the control port's SYN rate (the kernel programs enforce them).
+fn check_edge_policy(s: &Service) -> Result<(), Problem> {
+    for (key, blocks) in [("allow", &s.allow), ("deny", &s.deny)] {
+        if let Some(block) = blocks.iter().find(|b| b.addr.is_ipv6()) {
+            return Err((key, format!("{block}: IPv6 is not supported yet")));
+        }
+    }
+    let rules = s.allow.len() + s.deny.len() + 1;
+    if rules > ftp_guard_common::MAX_ACL_RULES as usize {
+        return Err((
+            "allow",
+            format!(
+                "{} rules in allow and deny: at most {} fit",
+                rules - 1,
+                ftp_guard_common::MAX_ACL_RULES - 1
+            ),
+        ));
+    }
+    let rates = [
+        ("syn_rate_per_client", s.syn_rate_per_client),
+        ("syn_burst_per_client", s.syn_burst_per_client),
+    ];
+    if let Some((key, _)) = rates
         .into_iter()
         .find(|(_, value)| !(1..=1_000_000).contains(value))
     {

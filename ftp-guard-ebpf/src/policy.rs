@@ -1,0 +1,86 @@
+//! The protection policy for packets from clients to a service's protected endpoints (its
+//! control port and its data range), before anything else is done with them: bans, the
+//! service's ACL, and the control port's SYN rate per source. Userspace writes the rules
+//! (`BANS`, `ACL`); the programs keep the SYN buckets themselves.
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use ftp_guard_common::{ACL_DENY, AclKeyData, Counter, DataRange, IpAddrBe, SynBucket, SynKey};
+
+use crate::maps::{ACL, ACL_HITS, BANS, SYN_BUCKETS};
+
+/// Bits an ACL key matches on in full: the service index and the 16-byte address.
+const ACL_FULL_BITS: u32 = 32 + 128;
+
+/// Why a packet from `src` to service `service` (its `range`) must be dropped, if it must.
+/// `control_syn`: a SYN without ACK to the control port (the one that costs a socket).
+#[inline(always)]
+pub fn refuses(
+    service: u32,
+    range: &DataRange,
+    src: &IpAddrBe,
+    control_syn: bool,
+) -> Option<Counter> {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the value is copied out at once.
+    if let Some(ban) = unsafe { BANS.get(src) }
+        && ban.expires_ns > now
+    {
+        return Some(Counter::DropBanned);
+    }
+    let key = Key::new(
+        ACL_FULL_BITS,
+        AclKeyData {
+            service_be: service.to_be(),
+            addr_be: *src,
+        },
+    );
+    if let Some(rule) = ACL.get(&key) {
+        if let Some(hits) = ACL_HITS.get_ptr_mut(rule.rule_id) {
+            // SAFETY: per-CPU slot, only this program on this CPU writes it while it runs.
+            unsafe { *hits += 1 };
+        }
+        if rule.action == ACL_DENY {
+            return Some(Counter::DropAcl);
+        }
+    }
+    if control_syn && range.syn_interval_ns != 0 && !syn_within_rate(service, range, src, now) {
+        return Some(Counter::DropSynRate);
+    }
+    None
+}
+
+/// GCRA token bucket: a SYN at `now` conforms when the bucket's theoretical arrival time
+/// is at most `burst - 1` intervals ahead; a conforming SYN moves it on by one interval.
+/// A SYN over the rate leaves the bucket as it was (it refills while the source floods).
+#[inline(always)]
+fn syn_within_rate(service: u32, range: &DataRange, src: &IpAddrBe, now: u64) -> bool {
+    let interval = u64::from(range.syn_interval_ns);
+    let tolerance = interval * u64::from(range.syn_burst.saturating_sub(1));
+    let key = SynKey {
+        addr_be: *src,
+        service,
+    };
+    match SYN_BUCKETS.get_ptr_mut(&key) {
+        Some(bucket) => {
+            // SAFETY: map value pointers stay valid for the program run. Two CPUs racing
+            // on one source may both pass: the limit is approximate by one SYN per CPU.
+            let tat = unsafe { (*bucket).tat_ns }.max(now);
+            if tat - now > tolerance {
+                return false;
+            }
+            unsafe { (*bucket).tat_ns = tat + interval };
+            true
+        }
+        None => {
+            // A new (or forgotten) source starts with a full bucket, less this SYN.
+            let _ = SYN_BUCKETS.insert(
+                &key,
+                &SynBucket {
+                    tat_ns: now + interval,
+                },
+                0,
+            );
+            true
+        }
+    }
+}
