@@ -148,11 +148,11 @@ pub struct Service {
     // Protection at the edge (enforced by the XDP/TC programs on the control port and the
     // data range; see the README's "Protection").
     /// Only sources in these blocks may reach the service (empty: everyone not denied).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "values::allow_blocks")]
     pub allow: Vec<Cidr>,
     /// Sources in these blocks are dropped; the most specific matching block of `allow`
     /// and `deny` decides, and `deny` wins over the same block in `allow`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "values::deny_blocks")]
     pub deny: Vec<Cidr>,
     /// SYNs per second one source address may send to the control port on average.
     #[serde(default = "defaults::syn_rate_per_client")]

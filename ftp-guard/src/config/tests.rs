@@ -323,3 +323,67 @@ fn admin_token_file_is_an_absolute_path() {
     );
     assert_eq!(Config::parse(MINIMAL).unwrap().admin_token_path(), None);
 }
+
+/// The edge policy's knobs: defaults that never bite, ACL blocks parsed, and each wrong
+/// value refused with the whole message naming line and key.
+#[test]
+fn edge_policy_knobs() {
+    let s = Config::parse(MINIMAL).unwrap().services[0]
+        .get_ref()
+        .clone();
+    assert_eq!(
+        (
+            s.allow,
+            s.deny,
+            s.syn_rate_per_client,
+            s.syn_burst_per_client
+        ),
+        (vec![], vec![], 500, 1000)
+    );
+    let with = |lines: &str| Config::parse(&format!("{MINIMAL}{lines}\n"));
+    let s = with("allow = [\"192.0.2.0/24\", \"198.51.100.7\"]\ndeny = [\"0.0.0.0/0\"]")
+        .unwrap()
+        .services[0]
+        .get_ref()
+        .clone();
+    let block = |addr: [u8; 4], prefix| Cidr {
+        addr: IpAddr::from(addr),
+        prefix,
+    };
+    assert_eq!(
+        (s.allow, s.deny),
+        (
+            vec![block([192, 0, 2, 0], 24), block([198, 51, 100, 7], 32)],
+            vec![block([0, 0, 0, 0], 0)]
+        )
+    );
+    let errors = [
+        (
+            "allow = [\"192.0.2.1/24\"]",
+            "line 8: allow: `192.0.2.1/24`: host bits are set below the /24 prefix (the block starts lower)",
+        ),
+        (
+            "deny = [\"192.0.2.0/33\"]",
+            "line 8: deny: `192.0.2.0/33`: the prefix length must be 0..=32",
+        ),
+        (
+            "deny = [\"bogus\"]",
+            "line 8: deny: `bogus`: expected ADDRESS/PREFIX, e.g. \"192.0.2.0/24\"",
+        ),
+        (
+            "allow = [\"2001:db8::/32\"]",
+            "line 2: service `ftp`: allow: 2001:db8::/32: IPv6 is not supported yet",
+        ),
+        (
+            "syn_rate_per_client = 0",
+            "line 2: service `ftp`: syn_rate_per_client: must be within 1..=1000000",
+        ),
+        (
+            "syn_burst_per_client = 2000000",
+            "line 2: service `ftp`: syn_burst_per_client: must be within 1..=1000000",
+        ),
+    ];
+    for (line, want) in errors {
+        assert_eq!(with(line).unwrap_err(), want, "{line}");
+    }
+}

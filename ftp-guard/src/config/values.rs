@@ -200,9 +200,23 @@ impl std::fmt::Display for Cidr {
     }
 }
 
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
+/// A list of blocks under `key`, whose error names the key (the block alone cannot).
+fn blocks<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<Vec<Cidr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))
+        })
+        .collect()
+}
+
+/// `allow = [...]`.
+pub(super) fn allow_blocks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    blocks(d, "allow")
+}
+
+/// `deny = [...]`.
+pub(super) fn deny_blocks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    blocks(d, "deny")
 }
