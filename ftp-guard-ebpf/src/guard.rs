@@ -34,7 +34,7 @@
 //! The guard only decides; rewriting and sending are the entry points' job (`forward`),
 //! because XDP and TC differ in what they can send and how checksums must be updated.
 use ftp_guard_common::{
-    Counter, FLOW_TENTATIVE, FilterConfig, FlowKey, FlowValue, IpAddrBe, LEASE_ADMIT,
+    Counter, DataRange, FLOW_TENTATIVE, FilterConfig, FlowKey, FlowValue, IpAddrBe, LEASE_ADMIT,
 };
 use network_types::{
     ip::{IpProto, Ipv4Hdr},
@@ -47,7 +47,7 @@ use crate::{
     maps::{FILTER_CONFIG, FLOWS, LEASES},
     packet::{self, L3, Packet},
     policy,
-    ranges::{PortClass, Side, classify_port, side_of},
+    ranges::{Judge, NoJudge, PortClass, Side, classify_port, side_of},
 };
 
 /// IPv4 "more fragments" flag within the 3-bit flags field.
@@ -144,14 +144,17 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { *ports };
     let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-    let (port_class, service) = classify_port(config, side, &dst, dst_port);
+    let policy = PolicyJudge {
+        p,
+        ip,
+        l4_offset: hdr.l4_offset,
+        client: side == Side::Client,
+    };
+    let (port_class, refused) = classify_port(config, side, &dst, dst_port, &policy);
     if port_class == PortClass::Other {
         return (Verdict::Pass, Counter::PassOtherPort);
     }
-    if side == Side::Client
-        && port_class != PortClass::ActiveSource
-        && let Some(reason) = judge_policy(p, config, service, ip, hdr.l4_offset, port_class)
-    {
+    if let Some(reason) = refused {
         return (Verdict::Drop, reason);
     }
     if port_class == PortClass::Control {
@@ -239,26 +242,31 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
     }
 }
 
-/// The policy's verdict on a client's packet to service `service`'s control port or data
-/// range (see `policy`). Only a control-port SYN counts against the SYN rate; a truncated
-/// control-port packet is left to the stack, which drops it.
-#[inline(always)]
-fn judge_policy<P: Packet>(
-    p: &P,
-    config: &FilterConfig,
-    service: u32,
-    ip: &Ipv4Hdr,
+/// The policy's verdict on a client's packet to a service's control port or data range
+/// (see `policy`); the origin's side (the NAT address) is not subject to it. Only a
+/// control-port SYN counts against the SYN rate; a truncated control-port packet is left
+/// to the stack, which drops it.
+struct PolicyJudge<'a, P> {
+    p: &'a P,
+    ip: &'a Ipv4Hdr,
     l4_offset: usize,
-    class: PortClass,
-) -> Option<Counter> {
-    let range = config.ranges.get(service as usize)?;
-    let control_syn = class == PortClass::Control
-        && packet::ptr_at::<TcpHdr, P>(p, l4_offset).is_some_and(|tcp| {
-            // SAFETY: bounds checked by ptr_at.
-            let t = unsafe { &*tcp };
-            t.syn() != 0 && t.ack() == 0
-        });
-    policy::refuses(service, range, &keys::addr_v4(ip.src_addr), control_syn)
+    client: bool,
+}
+
+impl<P: Packet> Judge for PolicyJudge<'_, P> {
+    #[inline(always)]
+    fn judge(&self, service: u32, range: &DataRange, class: PortClass) -> Option<Counter> {
+        if !self.client {
+            return None;
+        }
+        let control_syn = class == PortClass::Control
+            && packet::ptr_at::<TcpHdr, P>(self.p, self.l4_offset).is_some_and(|tcp| {
+                // SAFETY: bounds checked by ptr_at.
+                let t = unsafe { &*tcp };
+                t.syn() != 0 && t.ack() == 0
+            });
+        policy::refuses(service, range, keys::addr_v4(self.ip.src_addr), control_syn)
+    }
 }
 
 /// UDP, SCTP… to a public address's data range: dropped (only leased TCP belongs there).
@@ -284,7 +292,7 @@ fn not_tcp<P: Packet>(
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { *ports };
     let port = u16::from_be_bytes([ports[2], ports[3]]);
-    if classify_port(config, side, dst, port).0 == PortClass::Data {
+    if classify_port(config, side, dst, port, &NoJudge).0 == PortClass::Data {
         return (Verdict::Drop, Counter::DropNotTcp);
     }
     (Verdict::Pass, Counter::PassNotTcp)

@@ -89,6 +89,19 @@ pub static BANS: HashMap<IpAddrBe, BanValue> = HashMap::with_max_entries(MAX_BAN
 pub static SYN_BUCKETS: LruHashMap<SynKey, SynBucket> =
     LruHashMap::with_max_entries(MAX_SYN_SOURCES, 0);
 
+/// Per-CPU scratch space for the policy's map keys (the stack has no room for them).
+#[map(name = "POLICY_SCRATCH")]
+pub static POLICY_SCRATCH: PerCpuArray<PolicyScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The keys one packet's policy look-ups use.
+#[repr(C)]
+pub struct PolicyScratch {
+    /// The packet's source: the ban key.
+    pub source: IpAddrBe,
+    pub acl: aya_ebpf::maps::lpm_trie::Key<AclKeyData>,
+    pub syn: SynKey,
+}
+
 /// Packets seen per verdict reason, per CPU (no atomics needed on the hot path).
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);

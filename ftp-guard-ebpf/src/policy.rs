@@ -2,10 +2,10 @@
 //! control port and its data range), before anything else is done with them: bans, the
 //! service's ACL, and the control port's SYN rate per source. Userspace writes the rules
 //! (`BANS`, `ACL`); the programs keep the SYN buckets themselves.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
-use ftp_guard_common::{ACL_DENY, AclKeyData, Counter, DataRange, IpAddrBe, SynBucket, SynKey};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use ftp_guard_common::{ACL_DENY, Counter, DataRange, IpAddrBe, SynBucket, SynKey};
 
-use crate::maps::{ACL, ACL_HITS, BANS, SYN_BUCKETS};
+use crate::maps::{ACL, ACL_HITS, BANS, POLICY_SCRATCH, SYN_BUCKETS};
 
 /// Bits an ACL key matches on in full: the service index and the 16-byte address.
 const ACL_FULL_BITS: u32 = 32 + 128;
@@ -16,25 +16,25 @@ const ACL_FULL_BITS: u32 = 32 + 128;
 pub fn refuses(
     service: u32,
     range: &DataRange,
-    src: &IpAddrBe,
+    src: IpAddrBe,
     control_syn: bool,
 ) -> Option<Counter> {
+    // The keys live in per-CPU scratch space, not on the stack (it has no room left).
+    // SAFETY: this CPU's slot, used by this program run only.
+    let scratch = unsafe { &mut *POLICY_SCRATCH.get_ptr_mut(0)? };
+    scratch.source = src;
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the value is copied out at once.
-    if let Some(ban) = unsafe { BANS.get(src) }
+    // SAFETY: the value is read at once.
+    if let Some(ban) = unsafe { BANS.get(&scratch.source) }
         && ban.expires_ns > now
     {
         return Some(Counter::DropBanned);
     }
-    let key = Key::new(
-        ACL_FULL_BITS,
-        AclKeyData {
-            service_be: service.to_be(),
-            addr_be: *src,
-        },
-    );
-    if let Some(rule) = ACL.get(&key) {
+    scratch.acl.prefix_len = ACL_FULL_BITS;
+    scratch.acl.data.service_be = service.to_be();
+    scratch.acl.data.addr_be = src;
+    if let Some(rule) = ACL.get(&scratch.acl) {
         if let Some(hits) = ACL_HITS.get_ptr_mut(rule.rule_id) {
             // SAFETY: per-CPU slot, only this program on this CPU writes it while it runs.
             unsafe { *hits += 1 };
@@ -43,8 +43,14 @@ pub fn refuses(
             return Some(Counter::DropAcl);
         }
     }
-    if control_syn && range.syn_interval_ns != 0 && !syn_within_rate(service, range, src, now) {
-        return Some(Counter::DropSynRate);
+    if control_syn && range.syn_interval_ns != 0 {
+        scratch.syn = SynKey {
+            addr_be: src,
+            service,
+        };
+        if !syn_within_rate(&scratch.syn, range, now) {
+            return Some(Counter::DropSynRate);
+        }
     }
     None
 }
@@ -53,14 +59,10 @@ pub fn refuses(
 /// is at most `burst - 1` intervals ahead; a conforming SYN moves it on by one interval.
 /// A SYN over the rate leaves the bucket as it was (it refills while the source floods).
 #[inline(always)]
-fn syn_within_rate(service: u32, range: &DataRange, src: &IpAddrBe, now: u64) -> bool {
+fn syn_within_rate(key: &SynKey, range: &DataRange, now: u64) -> bool {
     let interval = u64::from(range.syn_interval_ns);
     let tolerance = interval * u64::from(range.syn_burst.saturating_sub(1));
-    let key = SynKey {
-        addr_be: *src,
-        service,
-    };
-    match SYN_BUCKETS.get_ptr_mut(&key) {
+    match SYN_BUCKETS.get_ptr_mut(key) {
         Some(bucket) => {
             // SAFETY: map value pointers stay valid for the program run. Two CPUs racing
             // on one source may both pass: the limit is approximate by one SYN per CPU.
@@ -74,7 +76,7 @@ fn syn_within_rate(service: u32, range: &DataRange, src: &IpAddrBe, now: u64) ->
         None => {
             // A new (or forgotten) source starts with a full bucket, less this SYN.
             let _ = SYN_BUCKETS.insert(
-                &key,
+                key,
                 &SynBucket {
                     tat_ns: now + interval,
                 },
