@@ -4,7 +4,7 @@
 //! client transfers, and a reload that lifts the deny lets it in without disturbing the
 //! allowed client's session.
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader},
     net::Ipv4Addr,
 };
 
@@ -12,7 +12,7 @@ use ftp_guard::bpf::AclAction;
 use ftp_guard_common::Counter;
 use ftp_guard_testbed::{
     ftp_servers::ServerKind,
-    netns::{self, CLIENT},
+    netns::CLIENT,
     require_privileged,
     scenario::{Control, Env, connect_from},
 };
@@ -31,22 +31,6 @@ fn drops(env: &Env) -> (u64, u64, u64) {
         .find(|r| r.action == AclAction::Deny)
         .map_or(0, |r| r.packets);
     (c.get(Counter::DropAcl), c.get(Counter::DropNoLease), rule)
-}
-
-/// RETR `name` over a data connection to `port` of the session's latest EPSV.
-fn retr(env: &Env, control: &mut Control, port: u16, name: &str) -> Vec<u8> {
-    let mut data = connect_from(env, netns::CLIENT_IP, port).expect("client data connection");
-    let size = std::fs::metadata(env.server.root().join(name))
-        .unwrap()
-        .len();
-    assert_eq!(
-        control.cmd(&format!("RETR {name}")),
-        format!("150 Opening BINARY mode data connection for {name} ({size} bytes).\r\n")
-    );
-    let mut got = Vec::new();
-    data.read_to_end(&mut got).unwrap();
-    assert_eq!(control.reply(), "226 Transfer complete.\r\n");
-    got
 }
 
 #[test]
@@ -81,7 +65,7 @@ fn denied_source_reaches_nothing_until_a_reload_lifts_the_deny() {
         "drop_no_lease and the deny rule's count moved by {before:?} → {after:?}"
     );
     // Meanwhile the allowed client transfers.
-    assert_eq!(retr(&env, &mut control, port, "policy.bin"), content);
+    assert_eq!(control.retr_over(&env, port, "policy.bin"), content);
 
     // Lift the deny: the same session goes on, the attacker gets the greeting.
     let config = env.config("kernel", "40000-40099", &env.client_if, &env.origin_if);
@@ -91,7 +75,7 @@ fn denied_source_reaches_nothing_until_a_reload_lifts_the_deny() {
         vec![]
     );
     let port = control.epsv();
-    assert_eq!(retr(&env, &mut control, port, "policy.bin"), content);
+    assert_eq!(control.retr_over(&env, port, "policy.bin"), content);
     let attacker = connect_from(&env, ATTACKER, 21).expect("attacker after the reload");
     let mut greeting = String::new();
     BufReader::new(attacker).read_line(&mut greeting).unwrap();
