@@ -20,7 +20,7 @@ pub const ACL_V4_MAPPED_BITS: u32 = 96;
 /// What an LPM-trie key of the ACL matches on, after its prefix length: the service
 /// (first, so a prefix never crosses services) and the source address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AclKeyData {
     /// Index of the service's [`DataRange`](crate::DataRange), network order (the trie
     /// compares bytes most significant first).

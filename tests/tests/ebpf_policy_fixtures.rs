@@ -309,6 +309,52 @@ fn acl_replaced_in_place() {
     assert_eq!(acl_table(&kernel), vec![]);
 }
 
+/// Ten thousand rules (as the policy benchmark uses): written, judged by the most specific
+/// block, written again unchanged (every rule kept with its id), and cleared.
+#[test]
+fn ten_thousand_rules() {
+    if !require_privileged() {
+        return;
+    }
+    let mut kernel = kernel(0, 0);
+    // Rule blocks only (no packet comes from them): /32s of 198.18.0.0/15.
+    let deny: Vec<Cidr> = (0..10_000u32)
+        .map(|i| Cidr {
+            addr: IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i)),
+            prefix: 32,
+        })
+        .collect();
+    let allow = [cidr("203.0.113.0/24")];
+    kernel.set_acl(0, &allow, &deny).unwrap();
+    let ids = |kernel: &Bpf| kernel.acl_counts().unwrap().len();
+    assert_eq!(ids(&kernel), 10_002);
+    let outcomes = [
+        run(&kernel, Program::Xdp, &syn(CLIENT, PUBLIC, CONTROL)),
+        run(&kernel, Program::Xdp, &syn(STRANGER, PUBLIC, CONTROL)),
+    ];
+    assert_eq!(
+        outcomes,
+        [
+            (XDP_PASS, vec!["pass_other_port"]),
+            (XDP_DROP, vec!["drop_acl"])
+        ]
+    );
+    kernel.set_acl(0, &allow, &deny).unwrap();
+    let counted: Vec<RuleRow> = acl_table(&kernel)
+        .into_iter()
+        .filter(|r| r.3 != 0)
+        .collect();
+    assert_eq!(
+        counted,
+        vec![
+            row("203.0.113.0/24", AclAction::Allow, 1),
+            row("*", AclAction::Deny, 1)
+        ]
+    );
+    kernel.clear_acl_from(0).unwrap();
+    assert_eq!(ids(&kernel), 0);
+}
+
 #[test]
 fn bans_drop_until_they_expire() {
     if !require_privileged() {

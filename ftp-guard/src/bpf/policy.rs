@@ -7,7 +7,10 @@
 //! the same block in `allow` and `deny` is a deny; a service with any `allow` rule also
 //! gets a catch-all deny (prefix length 0 within the service: the "not in the allow list"
 //! rule), which every allow rule is more specific than.
-use std::net::IpAddr;
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use aya::maps::{PerCpuValues, lpm_trie::Key};
 use ftp_guard_common::{
@@ -100,21 +103,23 @@ impl Bpf {
             .iter()
             .map(|b| entry(service, Some(b), AclAction::Deny))
             .collect();
-        for block in allow.iter().filter(|b| !deny.contains(b)) {
+        let denied: HashSet<&Cidr> = deny.iter().collect();
+        for block in allow.iter().filter(|b| !denied.contains(b)) {
             wanted.push(entry(service, Some(block), AclAction::Allow));
         }
         if !allow.is_empty() {
             wanted.push(entry(service, None, AclAction::Deny));
         }
-        let current = self.acl_entries()?;
-        let mut used: Vec<u32> = current.iter().map(|(_, v)| v.rule_id).collect();
+        let current: HashMap<(u32, AclKeyData), AclValue> = self
+            .acl_entries()?
+            .into_iter()
+            .map(|(k, v)| ((k.prefix_len(), k.data()), v))
+            .collect();
+        let mut used: HashSet<u32> = current.values().map(|v| v.rule_id).collect();
         let mut next_free = 0u32;
         for (prefix, data, action) in &wanted {
-            let key = Key::new(*prefix, *data);
-            let kept = current.iter().find(|(k, v)| {
-                k.prefix_len() == *prefix && k.data() == *data && action_of(v) == *action
-            });
-            if kept.is_some() {
+            let kept = current.get(&(*prefix, *data));
+            if kept.is_some_and(|v| action_of(v) == *action) {
                 continue;
             }
             while used.contains(&next_free) {
@@ -124,7 +129,7 @@ impl Bpf {
                 return Err(BpfError::AclFull(MAX_ACL_RULES));
             }
             let rule_id = next_free;
-            used.push(rule_id);
+            used.insert(rule_id);
             self.reset_acl_hits(rule_id)?;
             let value = AclValue {
                 rule_id,
@@ -133,17 +138,17 @@ impl Bpf {
                     AclAction::Deny => ACL_DENY,
                 },
             };
-            self.acl.insert(&key, value, 0).map_err(acl_error)?;
+            self.acl
+                .insert(&Key::new(*prefix, *data), value, 0)
+                .map_err(acl_error)?;
         }
+        let wanted_keys: HashSet<(u32, AclKeyData)> =
+            wanted.iter().map(|(p, d, _)| (*p, *d)).collect();
         let mut stale: Vec<Key<AclKeyData>> = current
-            .iter()
-            .filter(|(k, _)| u32::from_be(k.data().service_be) == service)
-            .filter(|(k, _)| {
-                !wanted
-                    .iter()
-                    .any(|(p, d, _)| k.prefix_len() == *p && k.data() == *d)
-            })
-            .map(|(k, _)| *k)
+            .keys()
+            .filter(|(_, d)| u32::from_be(d.service_be) == service)
+            .filter(|key| !wanted_keys.contains(key))
+            .map(|(p, d)| Key::new(*p, *d))
             .collect();
         // The catch-all first (shortest prefix first).
         stale.sort_by_key(|k| k.prefix_len());
