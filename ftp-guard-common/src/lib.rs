@@ -91,6 +91,10 @@ pub struct DataRange {
     pub syn_interval_ns: u32,
     /// Control port: SYNs one source may send at once (the bucket's depth).
     pub syn_burst: u32,
+    /// Control port: the same for all sources of one /24 together (a budget per source
+    /// prefix against floods from many addresses); 0 = no limit.
+    pub prefix_syn_interval_ns: u32,
+    pub prefix_syn_burst: u32,
 }
 
 /// [`DataRange::flags`]: active-mode data connections reach clients from port 20 of the
@@ -374,10 +378,12 @@ pub enum Counter {
     DropBanned = 30,
     /// A SYN to a control port over its source's rate (`syn_rate_per_client`).
     DropSynRate = 31,
+    /// A SYN to a control port over its source's /24's rate (`syn_rate_per_prefix`).
+    DropSynPrefixRate = 32,
 }
 
 /// Number of [`Counter`] values: the size of the counter map.
-pub const COUNTER_COUNT: u32 = 32;
+pub const COUNTER_COUNT: u32 = 33;
 
 impl Counter {
     /// Every counter in index order.
@@ -414,6 +420,7 @@ impl Counter {
         Counter::DropAcl,
         Counter::DropBanned,
         Counter::DropSynRate,
+        Counter::DropSynPrefixRate,
     ];
 
     /// Stable snake_case name, used in logs and metric labels.
@@ -451,6 +458,7 @@ impl Counter {
             Counter::DropAcl => "drop_acl",
             Counter::DropBanned => "drop_banned",
             Counter::DropSynRate => "drop_syn_rate",
+            Counter::DropSynPrefixRate => "drop_syn_prefix_rate",
         }
     }
 
@@ -462,8 +470,8 @@ impl Counter {
 
 // Layouts the kernel and userspace must agree on, with no hidden padding.
 const _: () = assert!(core::mem::size_of::<IpAddrBe>() == 16);
-const _: () = assert!(core::mem::size_of::<DataRange>() == 52);
-const _: () = assert!(core::mem::size_of::<FilterConfig>() == 4 + 52 * MAX_DATA_RANGES);
+const _: () = assert!(core::mem::size_of::<DataRange>() == 60);
+const _: () = assert!(core::mem::size_of::<FilterConfig>() == 4 + 60 * MAX_DATA_RANGES);
 const _: () = assert!(core::mem::size_of::<LeaseKey>() == 36);
 const _: () = assert!(core::mem::size_of::<LeaseValue>() == 64);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);

@@ -54,12 +54,20 @@ pub struct BanValue {
     pub _pad: u32,
 }
 
-/// Key of a control-port SYN bucket: one per (service, source address).
+/// [`SynKey::service`] bit of a bucket shared by a source prefix (the /24 of an IPv4
+/// source, its address's last byte zero) rather than one address's.
+pub const SYN_PREFIX_BUCKET: u32 = 1 << 31;
+/// Network-order bytes an IPv4 source keeps in its prefix bucket's key (a /24).
+pub const SYN_PREFIX_V4_MASK: [u8; 4] = [0xff, 0xff, 0xff, 0];
+
+/// Key of a control-port SYN bucket: one per (service, source address), and one per
+/// (service, source prefix) with [`SYN_PREFIX_BUCKET`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SynKey {
     pub addr_be: IpAddrBe,
-    /// Index of the service's [`DataRange`](crate::DataRange), host order.
+    /// Index of the service's [`DataRange`](crate::DataRange), host order, with
+    /// [`SYN_PREFIX_BUCKET`] for a prefix's bucket.
     pub service: u32,
 }
 

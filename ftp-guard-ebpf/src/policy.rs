@@ -3,7 +3,10 @@
 //! service's ACL, and the control port's SYN rate per source. Userspace writes the rules
 //! (`BANS`, `ACL`); the programs keep the SYN buckets themselves.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use ftp_guard_common::{ACL_DENY, Counter, DataRange, IpAddrBe, SynBucket, SynKey};
+use ftp_guard_common::{
+    ACL_DENY, Counter, DataRange, IpAddrBe, SYN_PREFIX_BUCKET, SYN_PREFIX_V4_MASK, SynBucket,
+    SynKey,
+};
 
 use crate::maps::{ACL, ACL_HITS, BANS, POLICY_SCRATCH, SYN_BUCKETS};
 
@@ -43,13 +46,29 @@ pub fn refuses(
             return Some(Counter::DropAcl);
         }
     }
-    if control_syn && range.syn_interval_ns != 0 {
+    if !control_syn {
+        return None;
+    }
+    if range.syn_interval_ns != 0 {
         scratch.syn = SynKey {
             addr_be: src,
             service,
         };
-        if !syn_within_rate(&scratch.syn, range, now) {
+        if !syn_within_rate(&scratch.syn, range.syn_interval_ns, range.syn_burst, now) {
             return Some(Counter::DropSynRate);
+        }
+    }
+    if range.prefix_syn_interval_ns != 0 {
+        let mut prefix = src;
+        // IPv4 sources only (IPv6 is not carried): their /24.
+        prefix.words[3] &= u32::from_ne_bytes(SYN_PREFIX_V4_MASK);
+        scratch.syn = SynKey {
+            addr_be: prefix,
+            service: service | SYN_PREFIX_BUCKET,
+        };
+        let (interval, burst) = (range.prefix_syn_interval_ns, range.prefix_syn_burst);
+        if !syn_within_rate(&scratch.syn, interval, burst, now) {
+            return Some(Counter::DropSynPrefixRate);
         }
     }
     None
@@ -59,9 +78,9 @@ pub fn refuses(
 /// is at most `burst - 1` intervals ahead; a conforming SYN moves it on by one interval.
 /// A SYN over the rate leaves the bucket as it was (it refills while the source floods).
 #[inline(always)]
-fn syn_within_rate(key: &SynKey, range: &DataRange, now: u64) -> bool {
-    let interval = u64::from(range.syn_interval_ns);
-    let tolerance = interval * u64::from(range.syn_burst.saturating_sub(1));
+fn syn_within_rate(key: &SynKey, interval_ns: u32, burst: u32, now: u64) -> bool {
+    let interval = u64::from(interval_ns);
+    let tolerance = interval * u64::from(burst.saturating_sub(1));
     match SYN_BUCKETS.get_ptr_mut(key) {
         Some(bucket) => {
             // SAFETY: map value pointers stay valid for the program run. Two CPUs racing

@@ -50,9 +50,21 @@ fn cidr(text: &str) -> Cidr {
     text.parse().unwrap()
 }
 
-/// Both services protected; service 0's control port limited to `syn_rate`/s with a burst
-/// of `syn_burst`; admit leases on DATA_PORT for every source of the fixtures.
-fn kernel(syn_rate: u32, syn_burst: u32) -> Bpf {
+/// Service 0's control port with SYN limits: per source (`syn_rate`/s, burst `syn_burst`)
+/// and per /24 (`prefix_rate`/s, burst `prefix_burst`); a rate of 0 is no limit.
+fn control(syn_rate: u32, syn_burst: u32, prefix_rate: u32, prefix_burst: u32) -> ControlGuard {
+    ControlGuard {
+        port: CONTROL,
+        syn_rate,
+        syn_burst,
+        prefix_syn_rate: prefix_rate,
+        prefix_syn_burst: prefix_burst,
+    }
+}
+
+/// Both services protected, service 0's control port as `control0` says; admit leases on
+/// DATA_PORT for every source of the fixtures.
+fn kernel(control0: ControlGuard) -> Bpf {
     let mut kernel = Bpf::load(MapSizes::default()).expect("load eBPF object");
     let service = |public_ip, first_port, last_port, control| ProtectedService {
         range: ProtectedRange {
@@ -66,24 +78,14 @@ fn kernel(syn_rate: u32, syn_burst: u32) -> Bpf {
     };
     kernel
         .set_protected_services(&[
-            service(
-                PUBLIC,
-                40000,
-                40099,
-                ControlGuard {
-                    port: CONTROL,
-                    syn_rate,
-                    syn_burst,
-                },
-            ),
+            service(PUBLIC, 40000, 40099, control0),
             service(
                 OTHER_PUBLIC,
                 50000,
                 50009,
                 ControlGuard {
                     port: OTHER_CONTROL,
-                    syn_rate: 0,
-                    syn_burst: 0,
+                    ..control(0, 0, 0, 0)
                 },
             ),
         ])
@@ -176,7 +178,7 @@ fn acl_verdicts_and_rule_counters() {
     if !require_privileged() {
         return;
     }
-    let mut kernel = kernel(0, 0);
+    let mut kernel = kernel(control(0, 0, 0, 0));
     with_acl(&mut kernel);
     use AclAction::{Allow, Deny};
     let pass = |counter: &'static str| (XDP_PASS, vec![counter]);
@@ -277,7 +279,7 @@ fn acl_replaced_in_place() {
     if !require_privileged() {
         return;
     }
-    let mut kernel = kernel(0, 0);
+    let mut kernel = kernel(control(0, 0, 0, 0));
     with_acl(&mut kernel);
     for frame in [
         syn(DENIED_HOST, PUBLIC, CONTROL),
@@ -316,7 +318,7 @@ fn ten_thousand_rules() {
     if !require_privileged() {
         return;
     }
-    let mut kernel = kernel(0, 0);
+    let mut kernel = kernel(control(0, 0, 0, 0));
     // Rule blocks only (no packet comes from them): /32s of 198.18.0.0/15.
     let deny: Vec<Cidr> = (0..10_000u32)
         .map(|i| Cidr {
@@ -360,7 +362,7 @@ fn bans_drop_until_they_expire() {
     if !require_privileged() {
         return;
     }
-    let mut kernel = kernel(0, 0);
+    let mut kernel = kernel(control(0, 0, 0, 0));
     let now = ftp_guard::bpf::monotonic_ns();
     let banned = IpAddr::V4(STRANGER);
     let expired = IpAddr::V4(CLIENT2);
@@ -427,7 +429,7 @@ fn control_port_syn_rate_per_source() {
     if !require_privileged() {
         return;
     }
-    let mut kernel = kernel(1, 3);
+    let mut kernel = kernel(control(1, 3, 0, 0));
     let client = IpAddr::V4(CLIENT);
     let pass = (XDP_PASS, vec!["pass_other_port"]);
     let over = (XDP_DROP, vec!["drop_syn_rate"]);
@@ -475,4 +477,25 @@ fn control_port_syn_rate_per_source() {
             "{program:?}: refill"
         );
     }
+}
+
+/// All sources of one /24 share a budget (1 SYN/s, burst 2) on service 0's control port,
+/// with no per-source limit: the third SYN from the network is dropped whichever address
+/// sends it; another network is not affected.
+#[test]
+fn control_port_syn_budget_per_prefix() {
+    if !require_privileged() {
+        return;
+    }
+    let kernel = kernel(control(0, 0, 1, 2));
+    let pass = (XDP_PASS, vec!["pass_other_port"]);
+    let over = (XDP_DROP, vec!["drop_syn_prefix_rate"]);
+    let outcomes: Vec<_> = [CLIENT, CLIENT2, DENIED_HOST, STRANGER, STRANGER]
+        .into_iter()
+        .map(|source| run(&kernel, Program::Xdp, &syn(source, PUBLIC, CONTROL)))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![pass.clone(), pass.clone(), over, pass.clone(), pass]
+    );
 }

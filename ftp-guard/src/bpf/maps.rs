@@ -33,6 +33,10 @@ pub struct ControlGuard {
     pub syn_rate: u32,
     /// SYNs one source may send at once.
     pub syn_burst: u32,
+    /// SYNs per second all sources of one /24 may send together on average; 0 = no limit.
+    pub prefix_syn_rate: u32,
+    /// SYNs all sources of one /24 may send at once.
+    pub prefix_syn_burst: u32,
 }
 
 /// What the programs protect of one service: its data range and, when given, its control
@@ -202,6 +206,8 @@ impl Bpf {
                 port: 0,
                 syn_rate: 0,
                 syn_burst: 0,
+                prefix_syn_rate: 0,
+                prefix_syn_burst: 0,
             });
             *slot = DataRange {
                 addr_be: r.public_ip.into(),
@@ -217,6 +223,8 @@ impl Bpf {
                 _pad: 0,
                 syn_interval_ns: syn_interval_ns(control.syn_rate),
                 syn_burst: control.syn_burst.max(1),
+                prefix_syn_interval_ns: syn_interval_ns(control.prefix_syn_rate),
+                prefix_syn_burst: control.prefix_syn_burst.max(1),
             };
         }
         self.filter_config

@@ -134,6 +134,8 @@ fn nat_ips_and_ranges(services: &[&Service]) -> anyhow::Result<(NatIps, Vec<Prot
             port: addresses.listen.port(),
             syn_rate: s.syn_rate_per_client,
             syn_burst: s.syn_burst_per_client,
+            prefix_syn_rate: s.syn_rate_per_prefix,
+            prefix_syn_burst: s.syn_burst_per_prefix,
         });
         if s.dataplane == DataplaneKind::Userspace {
             let range = ProtectedRange {

@@ -160,6 +160,13 @@ pub struct Service {
     /// SYNs one source address may send to the control port at once.
     #[serde(default = "defaults::syn_burst_per_client")]
     pub syn_burst_per_client: u32,
+    /// SYNs per second all source addresses of one /24 may send to the control port
+    /// together on average (a budget against floods from many addresses of one network).
+    #[serde(default = "defaults::syn_rate_per_prefix")]
+    pub syn_rate_per_prefix: u32,
+    /// SYNs all source addresses of one /24 may send to the control port at once.
+    #[serde(default = "defaults::syn_burst_per_prefix")]
+    pub syn_burst_per_prefix: u32,
 }
 
 /// [`Service::data_mss`]: MSS clamping on data connections' SYNs.
@@ -280,6 +287,13 @@ mod defaults {
     }
     pub fn syn_burst_per_client() -> u32 {
         1000
+    }
+    /// Ten clients of one network each at the per-client rate.
+    pub fn syn_rate_per_prefix() -> u32 {
+        5000
+    }
+    pub fn syn_burst_per_prefix() -> u32 {
+        10_000
     }
 }
 

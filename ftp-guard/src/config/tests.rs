@@ -382,6 +382,10 @@ fn edge_policy_knobs() {
             "syn_burst_per_client = 2000000",
             "line 2: service `ftp`: syn_burst_per_client: must be within 1..=1000000",
         ),
+        (
+            "syn_rate_per_prefix = 0",
+            "line 2: service `ftp`: syn_rate_per_prefix: must be within 1..=1000000",
+        ),
     ];
     for (line, want) in errors {
         assert_eq!(with(line).unwrap_err(), want, "{line}");

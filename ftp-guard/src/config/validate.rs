@@ -139,6 +139,8 @@ fn check_service(s: &Service) -> Result<(), Problem> {
         ("max_consecutive_errors", s.max_consecutive_errors),
         ("syn_rate_per_client", s.syn_rate_per_client as usize),
         ("syn_burst_per_client", s.syn_burst_per_client as usize),
+        ("syn_rate_per_prefix", s.syn_rate_per_prefix as usize),
+        ("syn_burst_per_prefix", s.syn_burst_per_prefix as usize),
     ];
     if let Some((key, _)) = limits
         .into_iter()
