@@ -11,7 +11,7 @@ use ftp_guard::{
     config::Cidr,
 };
 use ftp_guard_testbed::{
-    fixture::{TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS, run_tc, run_xdp_marked},
+    fixture::{Bpffs, TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS, run_tc, run_xdp_marked},
     packet::{Ipv4Frame, flags},
     require_privileged,
 };
@@ -497,5 +497,51 @@ fn control_port_syn_budget_per_prefix() {
     assert_eq!(
         outcomes,
         vec![pass.clone(), pass.clone(), over, pass.clone(), pass]
+    );
+}
+
+/// With pinning, a restarted ftp-guard adopts the policy maps with their contents: bans
+/// and ACL rules (with their counts) hold across the restart.
+#[test]
+fn bans_and_rules_outlive_a_pinned_restart() {
+    if !require_privileged() {
+        return;
+    }
+    let bpffs = Bpffs::mount_fresh();
+    let until = ftp_guard::bpf::monotonic_ns() + 60_000_000_000;
+    let service0 = ProtectedService {
+        range: ProtectedRange {
+            public_ip: PUBLIC,
+            first_port: 40000,
+            last_port: 40099,
+            nat_ip: None,
+            active_port_20: false,
+        },
+        control: Some(control(0, 0, 0, 0)),
+    };
+    {
+        let mut first = Bpf::load_pinned(MapSizes::default(), Some(&bpffs.pin())).unwrap();
+        first.set_protected_services(&[service0]).unwrap();
+        first.insert_ban(IpAddr::V4(STRANGER), until, 3).unwrap();
+        with_acl(&mut first);
+        assert_eq!(
+            run(&first, Program::Xdp, &syn(DENIED_HOST, PUBLIC, CONTROL)),
+            (XDP_DROP, vec!["drop_acl"])
+        );
+    }
+    let second = Bpf::load_pinned(MapSizes::default(), Some(&bpffs.pin())).unwrap();
+    assert_eq!(second.bans(), vec![(IpAddr::V4(STRANGER), until, 3)]);
+    assert_eq!(
+        acl_table(&second),
+        vec![
+            row("203.0.113.66/32", AclAction::Deny, 1),
+            row("203.0.113.0/24", AclAction::Allow, 0),
+            row("198.51.100.0/24", AclAction::Deny, 0),
+            row("*", AclAction::Deny, 0),
+        ]
+    );
+    assert_eq!(
+        run(&second, Program::Xdp, &syn(STRANGER, PUBLIC, CONTROL)),
+        (XDP_DROP, vec!["drop_banned"])
     );
 }
