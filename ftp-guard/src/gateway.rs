@@ -303,6 +303,8 @@ impl Gateway {
                 }
                 Some(i) => {
                     let previous = old.swap_remove(i);
+                    // Its open sessions of clients the new ACL denies close with a 421.
+                    previous.ctx.admission.set_acl(s.acl());
                     // One dataplane (one port pool) per range: new timeouts are taken in
                     // place; a new dataplane only for new ports or addresses, and it
                     // leaves the old one's leases alone.

@@ -12,7 +12,7 @@ use ftp_guard::bpf::AclAction;
 use ftp_guard_common::Counter;
 use ftp_guard_testbed::{
     ftp_servers::ServerKind,
-    netns::CLIENT,
+    netns::{self, CLIENT},
     require_privileged,
     scenario::{Control, Env, connect_from},
 };
@@ -81,4 +81,26 @@ fn denied_source_reaches_nothing_until_a_reload_lifts_the_deny() {
     BufReader::new(attacker).read_line(&mut greeting).unwrap();
     assert_eq!(&greeting[..4], "220 ", "{greeting}");
     assert_eq!(drops(&env).0, after.0, "drop_acl moved after the reload");
+}
+
+/// A reload whose ACL denies the client of an open session closes that session with a
+/// 421 (the kernel drops the client's packets from then on, so the session could only
+/// stall), and the client cannot connect again.
+#[test]
+fn reload_denying_an_open_session_closes_it_with_421() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::start("policy-421", ServerKind::Vsftpd, "kernel");
+    let mut control = Control::login(&env);
+    assert_eq!(control.cmd("NOOP"), "200 NOOP ok.\r\n");
+    let config = env.config("kernel", "40000-40099", &env.client_if, &env.origin_if);
+    env.gateway
+        .reload(&format!("{config}deny = [\"203.0.113.2/32\"]\n"))
+        .unwrap();
+    assert_eq!(
+        control.reply(),
+        "421 Access denied by policy: closing control connection.\r\n"
+    );
+    assert!(connect_from(&env, netns::CLIENT_IP, 21).is_err());
 }

@@ -18,7 +18,7 @@ mod tests;
 mod validate;
 mod values;
 
-pub use values::{Cidr, HostName, PortRange};
+pub use values::{Acl, Cidr, HostName, PortRange};
 
 /// Where `ftp-guard run` and `check` look when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/ftp-guard/ftp-guard.toml";
@@ -320,6 +320,14 @@ impl Service {
             public_ip: v4("public_ip", self.public_ip())?,
             nat_ip: self.nat_ip.map(|ip| v4("nat_ip", ip)).transpose()?,
         })
+    }
+
+    /// The service's ACL (`allow`, `deny`).
+    pub fn acl(&self) -> Acl {
+        Acl {
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+        }
     }
 
     /// Every address of the origin that must never reach a client.

@@ -391,3 +391,39 @@ fn edge_policy_knobs() {
         assert_eq!(with(line).unwrap_err(), want, "{line}");
     }
 }
+
+/// The userspace ACL decides like the kernel's trie: most specific block, deny on a tie,
+/// an allow list refuses the rest.
+#[test]
+fn acl_decisions() {
+    let acl = |allow: &[&str], deny: &[&str]| Acl {
+        allow: allow.iter().map(|b| b.parse().unwrap()).collect(),
+        deny: deny.iter().map(|b| b.parse().unwrap()).collect(),
+    };
+    let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+    let lists = acl(
+        &["203.0.113.0/24", "198.51.100.0/24", "192.0.2.128/25"],
+        &["203.0.113.66", "198.51.100.0/24", "192.0.2.0/24"],
+    );
+    let verdicts: Vec<bool> = [
+        "203.0.113.2",
+        "203.0.113.66",
+        "198.51.100.5",
+        "192.0.2.129",
+        "192.0.2.1",
+        "233.252.0.1",
+    ]
+    .into_iter()
+    .map(|a| lists.refuses(ip(a)))
+    .collect();
+    assert_eq!(verdicts, [false, true, true, false, true, true]);
+    let deny_only = acl(&[], &["203.0.113.66/32"]);
+    assert_eq!(
+        (
+            deny_only.refuses(ip("203.0.113.66")),
+            deny_only.refuses(ip("233.252.0.1"))
+        ),
+        (true, false)
+    );
+    assert!(!Acl::default().refuses(ip("203.0.113.66")));
+}

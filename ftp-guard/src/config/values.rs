@@ -220,3 +220,31 @@ pub(super) fn allow_blocks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>,
 pub(super) fn deny_blocks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
     blocks(d, "deny")
 }
+
+/// A service's ACL as userspace applies it to sessions already open (the kernel programs
+/// apply the same rules to packets): the most specific block containing the address
+/// decides, `deny` winning a tie; with an `allow` list, an address in no block is refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Acl {
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+}
+
+impl Acl {
+    /// True when `ip` may not reach the service.
+    pub fn refuses(&self, ip: std::net::IpAddr) -> bool {
+        let most_specific = |blocks: &[Cidr]| {
+            blocks
+                .iter()
+                .filter(|b| b.contains(ip))
+                .map(|b| b.prefix)
+                .max()
+        };
+        match (most_specific(&self.deny), most_specific(&self.allow)) {
+            (Some(deny), Some(allow)) => deny >= allow,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => !self.allow.is_empty(),
+        }
+    }
+}

@@ -358,6 +358,19 @@ impl Session {
         }
     }
 
+    /// The gateway's policy no longer admits the client (a reload denied its address):
+    /// tell it, then close.
+    pub fn close_by_policy(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.say(Reply::new(
+            421,
+            "Access denied by policy: closing control connection.",
+        ));
+        self.close();
+    }
+
     /// The client's connection ended: nothing more can be said to it.
     pub fn client_closed(&mut self) {
         self.close();

@@ -1,7 +1,9 @@
 //! Whether a connection is admitted, in one place: the address-family gate, the global
 //! session limit ([`SessionSlots`]), per-client-address caps on sessions and data leases
 //! ([`ClientUse`]), and the refusals with their replies and rate-limited log lines.
-//! ACLs and per-client policy plug in here ([`Admission::admit`]).
+//! ACLs and per-client policy plug in here ([`Admission::admit`]); the service's ACL is
+//! also watched by its open sessions ([`Admission::acl_watch`]), which a reload that
+//! denies their client closes with a 421.
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -16,7 +18,7 @@ use tokio::{
 use tracing::warn;
 
 use super::stream;
-use crate::config::Service;
+use crate::config::{Acl, Service};
 use crate::sync::LockUnpoisoned as _;
 
 /// How often refusals are logged at most.
@@ -34,6 +36,9 @@ pub struct Admission {
     /// Refusals (session limits) are logged at most once a second: a client hammering
     /// the port at its limit must not turn each connection into a log line.
     refusals: Mutex<LogBudget>,
+    /// The ACL in force: the kernel programs drop the packets of a client it refuses, and
+    /// its sessions already open close when a reload makes it refuse them.
+    acl: tokio::sync::watch::Sender<Acl>,
 }
 
 /// Why a connection is turned away: each gets a 421 ([`Refusal::reply`]).
@@ -112,7 +117,18 @@ impl Admission {
             max_leases_per_client: service.max_leases_per_client,
             clients: Mutex::default(),
             refusals: Mutex::new(LogBudget::new(REFUSAL_LOG_EVERY)),
+            acl: tokio::sync::watch::Sender::new(service.acl()),
         }
+    }
+
+    /// The ACL as it changes: an open session closes when it comes to refuse its client.
+    pub fn acl_watch(&self) -> tokio::sync::watch::Receiver<Acl> {
+        self.acl.subscribe()
+    }
+
+    /// A reload's new ACL for the sessions admitted here.
+    pub fn set_acl(&self, acl: Acl) {
+        self.acl.send_replace(acl);
     }
 
     /// Decides whether a connection from `peer` is served.
