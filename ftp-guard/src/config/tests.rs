@@ -390,6 +390,14 @@ fn edge_policy_knobs() {
     for (line, want) in errors {
         assert_eq!(with(line).unwrap_err(), want, "{line}");
     }
+    let relay = MINIMAL.replace(
+        "client_interface = \"eth0\"",
+        "dataplane = \"userspace\"\ndeny = [\"192.0.2.0/24\"]",
+    );
+    assert_eq!(
+        Config::parse(&relay).unwrap_err(),
+        "line 2: service `ftp`: deny: needs client_interface (the XDP/TC programs attached there enforce the ACL)"
+    );
 }
 
 /// The userspace ACL decides like the kernel's trie: most specific block, deny on a tie,

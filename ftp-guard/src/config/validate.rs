@@ -158,6 +158,13 @@ fn check_edge_policy(s: &Service) -> Result<(), Problem> {
             return Err((key, format!("{block}: IPv6 is not supported yet")));
         }
     }
+    if s.client_interface.is_none() && !(s.allow.is_empty() && s.deny.is_empty()) {
+        let key = if s.allow.is_empty() { "deny" } else { "allow" };
+        return Err((
+            key,
+            "needs client_interface (the XDP/TC programs attached there enforce the ACL)".into(),
+        ));
+    }
     let rules = s.allow.len() + s.deny.len() + 1;
     if rules > ftp_guard_common::MAX_ACL_RULES as usize {
         return Err((
