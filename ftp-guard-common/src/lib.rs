@@ -8,10 +8,12 @@
 #![no_std]
 
 mod addr;
+mod policy;
 #[cfg(any(feature = "user", test))]
 mod sockets;
 
 pub use addr::IpAddrBe;
+pub use policy::*;
 
 /// Names of the programs and maps in the eBPF object, so userspace never spells them twice.
 pub mod names {
@@ -37,12 +39,23 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Device hash map: interfaces an XDP program may redirect to.
     pub const TX_PORTS: &str = "TX_PORTS";
+    /// LPM trie `Key<`[`AclKeyData`](super::AclKeyData)`>` → [`AclValue`](super::AclValue):
+    /// every service's allow and deny rules.
+    pub const ACL: &str = "ACL";
+    /// Per-CPU array of `u64`, indexed by [`AclValue::rule_id`](super::AclValue): packets
+    /// each ACL rule decided.
+    pub const ACL_HITS: &str = "ACL_HITS";
+    /// Hash map [`IpAddrBe`](super::IpAddrBe) → [`BanValue`](super::BanValue): banned sources.
+    pub const BANS: &str = "BANS";
+    /// LRU hash map [`SynKey`](super::SynKey) → [`SynBucket`](super::SynBucket): the
+    /// control port's SYN rate per source.
+    pub const SYN_BUCKETS: &str = "SYN_BUCKETS";
 }
 
 /// Version of what pinned maps hold and mean (types, flags, field meanings). Raise it
 /// with any change a process of the other version would misread: ftp-guard adopts pinned
 /// maps only of its own version (and asks the operator to `unpin` others).
-pub const PIN_LAYOUT_VERSION: u32 = 3;
+pub const PIN_LAYOUT_VERSION: u32 = 4;
 
 /// How many (public address, data-port range) pairs the guard can protect.
 pub const MAX_DATA_RANGES: usize = 16;
@@ -52,8 +65,10 @@ pub const DEFAULT_MAX_LEASES: u32 = 65_536;
 /// Default capacity of the flow map: two entries (one per direction) per lease.
 pub const DEFAULT_MAX_FLOWS: u32 = 2 * DEFAULT_MAX_LEASES;
 
-/// One protected range: TCP to `addr_be` with a destination port in `port_lo..=port_hi`
-/// (clients' side), and the same ports on `nat_addr_be` (the origin's side).
+/// One protected service: TCP to `addr_be` with a destination port in `port_lo..=port_hi`
+/// (clients' side), the same ports on `nat_addr_be` (the origin's side), and its control
+/// port on `addr_be`. Its index in [`FilterConfig::ranges`] is the service index of the
+/// policy maps (ACL rules, SYN buckets).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DataRange {
@@ -68,6 +83,18 @@ pub struct DataRange {
     pub port_hi: u16,
     /// [`RANGE_ACTIVE_PORT_20`]…
     pub flags: u32,
+    /// The service's control port on `addr_be`, host order; 0 = none guarded.
+    pub control_port: u16,
+    pub _pad: u16,
+    /// Control port: nanoseconds between SYNs one source may send on average (the SYN
+    /// token bucket's refill interval); 0 = no limit.
+    pub syn_interval_ns: u32,
+    /// Control port: SYNs one source may send at once (the bucket's depth).
+    pub syn_burst: u32,
+    /// Control port: the same for all sources of one /24 together (a budget per source
+    /// prefix against floods from many addresses); 0 = no limit.
+    pub prefix_syn_interval_ns: u32,
+    pub prefix_syn_burst: u32,
 }
 
 /// [`DataRange::flags`]: active-mode data connections reach clients from port 20 of the
@@ -345,10 +372,19 @@ pub enum Counter {
     /// A connection's flow key (either direction) is held by another connection still
     /// open: it cannot be NATed without hijacking that one (its lease stays).
     DropTupleTaken = 28,
+    /// From a client to a protected endpoint (control port or data range) of a service
+    /// whose ACL refuses the source: a deny rule, or no allow rule while it has some.
+    DropAcl = 29,
+    /// From a banned source to any protected endpoint, before its ban expired.
+    DropBanned = 30,
+    /// A SYN to a control port over its source's rate (`syn_rate_per_client`).
+    DropSynRate = 31,
+    /// A SYN to a control port over its source's /24's rate (`syn_rate_per_prefix`).
+    DropSynPrefixRate = 32,
 }
 
 /// Number of [`Counter`] values: the size of the counter map.
-pub const COUNTER_COUNT: u32 = 29;
+pub const COUNTER_COUNT: u32 = 33;
 
 impl Counter {
     /// Every counter in index order.
@@ -382,6 +418,10 @@ impl Counter {
         Counter::DropWrongSourcePort,
         Counter::DropUnconfirmed,
         Counter::DropTupleTaken,
+        Counter::DropAcl,
+        Counter::DropBanned,
+        Counter::DropSynRate,
+        Counter::DropSynPrefixRate,
     ];
 
     /// Stable snake_case name, used in logs and metric labels.
@@ -416,6 +456,10 @@ impl Counter {
             Counter::DropWrongSourcePort => "drop_wrong_source_port",
             Counter::DropUnconfirmed => "drop_unconfirmed",
             Counter::DropTupleTaken => "drop_tuple_taken",
+            Counter::DropAcl => "drop_acl",
+            Counter::DropBanned => "drop_banned",
+            Counter::DropSynRate => "drop_syn_rate",
+            Counter::DropSynPrefixRate => "drop_syn_prefix_rate",
         }
     }
 
@@ -427,8 +471,8 @@ impl Counter {
 
 // Layouts the kernel and userspace must agree on, with no hidden padding.
 const _: () = assert!(core::mem::size_of::<IpAddrBe>() == 16);
-const _: () = assert!(core::mem::size_of::<DataRange>() == 40);
-const _: () = assert!(core::mem::size_of::<FilterConfig>() == 4 + 40 * MAX_DATA_RANGES);
+const _: () = assert!(core::mem::size_of::<DataRange>() == 60);
+const _: () = assert!(core::mem::size_of::<FilterConfig>() == 4 + 60 * MAX_DATA_RANGES);
 const _: () = assert!(core::mem::size_of::<LeaseKey>() == 36);
 const _: () = assert!(core::mem::size_of::<LeaseValue>() == 64);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);

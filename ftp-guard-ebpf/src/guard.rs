@@ -11,7 +11,10 @@
 //! 4. TCP to neither a protected public address nor a NAT address → pass;
 //! 5. a later fragment (offset ≠ 0) → pass: no ports in it, and it cannot reassemble
 //!    without the first fragment, which rule 6 checks;
-//! 6. TCP header unreadable → drop; port outside every data range → pass;
+//! 6. TCP header unreadable → drop; port outside every data range and control port → pass;
+//!    from a client to a service's control port or data range: the policy (`policy`:
+//!    bans, the service's ACL, the control port's SYN rate) may drop it; a control-port
+//!    packet it lets through → pass (the proxy listens there);
 //! 7. a first fragment aimed at the data range → drop (the data path never fragments);
 //! 8. a packet of a known flow → NAT it (either direction) and forward;
 //! 9. a lease for (source, destination, port) — passive leases on the client side, active
@@ -31,7 +34,7 @@
 //! The guard only decides; rewriting and sending are the entry points' job (`forward`),
 //! because XDP and TC differ in what they can send and how checksums must be updated.
 use ftp_guard_common::{
-    Counter, FLOW_TENTATIVE, FilterConfig, FlowKey, FlowValue, IpAddrBe, LEASE_ADMIT,
+    Counter, DataRange, FLOW_TENTATIVE, FilterConfig, FlowKey, FlowValue, IpAddrBe, LEASE_ADMIT,
 };
 use network_types::{
     ip::{IpProto, Ipv4Hdr},
@@ -43,7 +46,8 @@ use crate::{
     icmp, ipv6, keys,
     maps::{FILTER_CONFIG, FLOWS, LEASES},
     packet::{self, L3, Packet},
-    ranges::{PortClass, Side, classify_port, side_of},
+    policy,
+    ranges::{Judge, NoJudge, PortClass, Side, classify_port, side_of},
 };
 
 /// IPv4 "more fragments" flag within the 3-bit flags field.
@@ -140,8 +144,20 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { *ports };
     let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-    let port_class = classify_port(config, side, &dst, dst_port);
+    let policy = PolicyJudge {
+        p,
+        ip,
+        l4_offset: hdr.l4_offset,
+        client: side == Side::Client,
+    };
+    let (port_class, refused) = classify_port(config, side, &dst, dst_port, &policy);
     if port_class == PortClass::Other {
+        return (Verdict::Pass, Counter::PassOtherPort);
+    }
+    if let Some(reason) = refused {
+        return (Verdict::Drop, reason);
+    }
+    if port_class == PortClass::Control {
         return (Verdict::Pass, Counter::PassOtherPort);
     }
     if ip.frag_flags() & IP_MF != 0 {
@@ -226,6 +242,33 @@ pub fn process<P: Packet>(p: &P, ingress_ifindex: u32, hook: Hook) -> (Verdict, 
     }
 }
 
+/// The policy's verdict on a client's packet to a service's control port or data range
+/// (see `policy`); the origin's side (the NAT address) is not subject to it. Only a
+/// control-port SYN counts against the SYN rate; a truncated control-port packet is left
+/// to the stack, which drops it.
+struct PolicyJudge<'a, P> {
+    p: &'a P,
+    ip: &'a Ipv4Hdr,
+    l4_offset: usize,
+    client: bool,
+}
+
+impl<P: Packet> Judge for PolicyJudge<'_, P> {
+    #[inline(always)]
+    fn judge(&self, service: u32, range: &DataRange, class: PortClass) -> Option<Counter> {
+        if !self.client {
+            return None;
+        }
+        let control_syn = class == PortClass::Control
+            && packet::ptr_at::<TcpHdr, P>(self.p, self.l4_offset).is_some_and(|tcp| {
+                // SAFETY: bounds checked by ptr_at.
+                let t = unsafe { &*tcp };
+                t.syn() != 0 && t.ack() == 0
+            });
+        policy::refuses(service, range, keys::addr_v4(self.ip.src_addr), control_syn)
+    }
+}
+
 /// UDP, SCTP… to a public address's data range: dropped (only leased TCP belongs there).
 #[inline(always)]
 fn not_tcp<P: Packet>(
@@ -249,7 +292,7 @@ fn not_tcp<P: Packet>(
     // SAFETY: bounds checked by ptr_at.
     let ports = unsafe { *ports };
     let port = u16::from_be_bytes([ports[2], ports[3]]);
-    if classify_port(config, side, dst, port) == PortClass::Data {
+    if classify_port(config, side, dst, port, &NoJudge).0 == PortClass::Data {
         return (Verdict::Drop, Counter::DropNotTcp);
     }
     (Verdict::Pass, Counter::PassNotTcp)

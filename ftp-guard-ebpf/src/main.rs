@@ -14,6 +14,7 @@ mod keys;
 mod maps;
 mod nat;
 mod packet;
+mod policy;
 mod ranges;
 
 use aya_ebpf::{

@@ -2,11 +2,12 @@
 //! names in `ftp_guard_common::names`; sizes given here are defaults it may override.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use ftp_guard_common::{
-    COUNTER_COUNT, Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES, FilterConfig, FlowKey,
-    FlowValue, LeaseKey, LeaseValue,
+    AclKeyData, AclValue, BanValue, COUNTER_COUNT, Counter, DEFAULT_MAX_FLOWS, DEFAULT_MAX_LEASES,
+    FilterConfig, FlowKey, FlowValue, IpAddrBe, LeaseKey, LeaseValue, MAX_ACL_RULES, MAX_BANS,
+    MAX_SYN_SOURCES, SynBucket, SynKey,
 };
 
 /// What the guard protects: the public addresses and their data-port ranges (one entry).
@@ -70,6 +71,36 @@ pub fn notify(kind: u32, key: &FlowKey, reverse: &FlowKey) {
 /// Interfaces the XDP program may redirect to (those whose driver can transmit XDP frames).
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// Every service's allow and deny rules, longest prefix first: (service, source) → rule.
+#[map(name = "ACL")]
+pub static ACL: LpmTrie<AclKeyData, AclValue> = LpmTrie::with_max_entries(MAX_ACL_RULES, 0);
+
+/// Packets each ACL rule decided, per CPU, indexed by its rule id.
+#[map(name = "ACL_HITS")]
+pub static ACL_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_ACL_RULES, 0);
+
+/// Banned sources (written by userspace): dropped at every protected endpoint until expiry.
+#[map(name = "BANS")]
+pub static BANS: HashMap<IpAddrBe, BanValue> = HashMap::with_max_entries(MAX_BANS, 0);
+
+/// Control-port SYN token buckets per (service, source); the least recently used go first.
+#[map(name = "SYN_BUCKETS")]
+pub static SYN_BUCKETS: LruHashMap<SynKey, SynBucket> =
+    LruHashMap::with_max_entries(MAX_SYN_SOURCES, 0);
+
+/// Per-CPU scratch space for the policy's map keys (the stack has no room for them).
+#[map(name = "POLICY_SCRATCH")]
+pub static POLICY_SCRATCH: PerCpuArray<PolicyScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The keys one packet's policy look-ups use.
+#[repr(C)]
+pub struct PolicyScratch {
+    /// The packet's source: the ban key.
+    pub source: IpAddrBe,
+    pub acl: aya_ebpf::maps::lpm_trie::Key<AclKeyData>,
+    pub syn: SynKey,
+}
 
 /// Packets seen per verdict reason, per CPU (no atomics needed on the hot path).
 #[map(name = "COUNTERS")]

@@ -1,7 +1,9 @@
 //! What the guard's configuration (`FILTER_CONFIG`: public and NAT addresses with their
 //! data-port ranges) says about a packet's destination address and port.
 
-use ftp_guard_common::{FilterConfig, IpAddrBe, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20};
+use ftp_guard_common::{
+    Counter, DataRange, FilterConfig, IpAddrBe, MAX_DATA_RANGES, RANGE_ACTIVE_PORT_20,
+};
 
 /// Which side of the gateway a destination address belongs to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -55,12 +57,42 @@ pub enum PortClass {
     Data,
     /// Port 20 of a public address whose range sends active data from it: flows only.
     ActiveSource,
-    /// Anything else (the control port…): not the guard's business.
+    /// A service's control port on its public address: the policy judges, the stack serves.
+    Control,
+    /// Anything else: not the guard's business.
     Other,
 }
 
+/// A verdict on a packet to a service's data range or control port, given the service's
+/// index and range (a trait, not a closure: closures cannot be forced inline, and an
+/// outlined call's frame does not fit beside the guard's).
+pub trait Judge {
+    fn judge(&self, service: u32, range: &DataRange, class: PortClass) -> Option<Counter>;
+}
+
+/// Judges nothing.
+pub struct NoJudge;
+
+impl Judge for NoJudge {
+    #[inline(always)]
+    fn judge(&self, _: u32, _: &DataRange, _: PortClass) -> Option<Counter> {
+        None
+    }
+}
+
+/// What `port` on `addr` is, and what `judge` says of a packet to it: `judge` is asked
+/// with the service's index and range when the port is its data range or control port.
+///
+/// The index never leaves the loop: a result that carried it would give the verifier one
+/// state per service for everything after (it walked eight times as many instructions).
 #[inline(always)]
-pub fn classify_port(config: &FilterConfig, side: Side, addr: &IpAddrBe, port: u16) -> PortClass {
+pub fn classify_port<J: Judge>(
+    config: &FilterConfig,
+    side: Side,
+    addr: &IpAddrBe,
+    port: u16,
+    judge: &J,
+) -> (PortClass, Option<Counter>) {
     let mut class = PortClass::Other;
     let mut i = 0;
     while i < MAX_DATA_RANGES {
@@ -74,7 +106,16 @@ pub fn classify_port(config: &FilterConfig, side: Side, addr: &IpAddrBe, port: u
         };
         if range_addr == *addr {
             if range.contains(port) {
-                return PortClass::Data;
+                return (
+                    PortClass::Data,
+                    judge.judge(i as u32, range, PortClass::Data),
+                );
+            }
+            if side == Side::Client && range.control_port != 0 && port == range.control_port {
+                return (
+                    PortClass::Control,
+                    judge.judge(i as u32, range, PortClass::Control),
+                );
             }
             if side == Side::Client && port == 20 && range.flags & RANGE_ACTIVE_PORT_20 != 0 {
                 class = PortClass::ActiveSource;
@@ -82,5 +123,5 @@ pub fn classify_port(config: &FilterConfig, side: Side, addr: &IpAddrBe, port: u
         }
         i += 1;
     }
-    class
+    (class, None)
 }

@@ -21,7 +21,7 @@ use crate::{
         userspace::{RelaySettings, UserspaceRelay},
     },
     metrics::{Metrics, Sources},
-    policy::bans::{BanSink, Bans, ListSink},
+    policy::bans::{BanReason, BanSink, Bans, ktime_ns},
     proxy::{self, ServiceContext, SessionSlots},
     sync::{LockUnpoisoned as _, RwLockUnpoisoned as _},
 };
@@ -38,10 +38,32 @@ fn warn_if_admin_exposed(listen: std::net::SocketAddr, config: &Config) {
     }
 }
 
-/// The sink bans are mirrored into once the kernel path is set up: the place for the
-/// kernel's ban map (XDP drops a banned address's packets). Until it has one, a list.
-fn kernel_ban_sink(_kernel: &Provisioned) -> Box<dyn BanSink> {
-    Box::new(ListSink::default())
+/// The sink bans are mirrored into once the kernel path is set up: the programs' ban
+/// map, so a banned address's packets to every protected endpoint are dropped in XDP/TC.
+fn kernel_ban_sink(kernel: &Provisioned) -> Box<dyn BanSink> {
+    Box::new(KernelBanSink(kernel.bpf.clone()))
+}
+
+/// Bans written to the programs' `BANS` map. Called with the ban tracker's lock held: the
+/// BPF lock is taken after it (and never the other way round).
+struct KernelBanSink(bpf::Handle);
+
+impl BanSink for KernelBanSink {
+    fn ban(&mut self, address: std::net::IpAddr, until: std::time::Instant, reason: BanReason) {
+        let written = self
+            .0
+            .lock()
+            .insert_ban(address, ktime_ns(until), reason.code());
+        if let Err(e) = written {
+            warn!(%address, error = %e, "cannot write a ban to the kernel's map: refused in userspace only");
+        }
+    }
+
+    fn unban(&mut self, address: std::net::IpAddr) {
+        if let Err(e) = self.0.lock().remove_ban(address) {
+            warn!(%address, error = %e, "cannot remove a ban from the kernel's map");
+        }
+    }
 }
 
 /// One service accepting clients.
@@ -325,6 +347,8 @@ impl Gateway {
                 }
                 Some(i) => {
                     let previous = old.swap_remove(i);
+                    // Its open sessions of clients the new ACL denies close with a 421.
+                    previous.ctx.admission.set_acl(s.acl());
                     // One dataplane (one port pool) per range: new timeouts are taken in
                     // place; a new dataplane only for new ports or addresses, and it
                     // leaves the old one's leases alone.

@@ -342,6 +342,25 @@ impl Control {
     pub fn epsv(&mut self) -> u16 {
         self.ftp.epsv().unwrap_or_else(|e| panic!("{e:#}"))
     }
+
+    /// RETR of `name` over the waiting lease on `port` (vsftpd's replies): the bytes the
+    /// client received.
+    pub fn retr_over(&mut self, env: &Env, port: u16, name: &str) -> Vec<u8> {
+        use std::io::Read as _;
+        let mut data = connect_from(env, netns::CLIENT_IP, port)
+            .unwrap_or_else(|e| panic!("data connection to {port}: {e}"));
+        let size = std::fs::metadata(env.server.root().join(name))
+            .unwrap()
+            .len();
+        assert_eq!(
+            self.cmd(&format!("RETR {name}")),
+            format!("150 Opening BINARY mode data connection for {name} ({size} bytes).\r\n")
+        );
+        let mut got = Vec::new();
+        data.read_to_end(&mut got).unwrap();
+        assert_eq!(self.reply(), "226 Transfer complete.\r\n");
+        got
+    }
 }
 
 /// Connects from the client namespace, from `source` (an address of the client host).

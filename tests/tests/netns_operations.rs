@@ -15,7 +15,7 @@ use ftp_guard_testbed::{
     ftp_servers::ServerKind,
     netns::{self, CLIENT, GATEWAY, Topology},
     require_privileged,
-    scenario::{Control, Env, connect_from, origin_server, standard_topology},
+    scenario::{Control, Env, origin_server, standard_topology},
 };
 
 const ADMIN: &str = "127.0.0.1:9640";
@@ -552,24 +552,6 @@ fn restart_with_pinning(hook: &str, link: &str, adopted: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// RETR of `name` over the waiting lease on `port`: the bytes the client received.
-fn retr_over(env: &Env, control: &mut Control, port: u16, name: &str) -> Vec<u8> {
-    use std::io::Read as _;
-    let mut data = connect_from(env, netns::CLIENT_IP, port)
-        .unwrap_or_else(|e| panic!("data connection to {port}: {e}"));
-    let size = std::fs::metadata(env.server.root().join(name))
-        .unwrap()
-        .len();
-    assert_eq!(
-        control.cmd(&format!("RETR {name}")),
-        format!("150 Opening BINARY mode data connection for {name} ({size} bytes).\r\n")
-    );
-    let mut got = Vec::new();
-    data.read_to_end(&mut got).unwrap();
-    assert_eq!(control.reply(), "226 Transfer complete.\r\n");
-    got
-}
-
 /// A reload that changes only timeouts keeps the service's dataplane (one port pool per
 /// range) and so the leases waiting in it: before, it started a second dataplane whose
 /// start-up deleted them (kernel path), or a second pool on the same ports (relay).
@@ -595,7 +577,7 @@ fn reload_changing_timeouts_keeps_the_dataplane_and_its_waiting_lease() {
         env.gateway.reload(&changed).unwrap();
         let after = env.gateway.dataplanes();
         assert_eq!(
-            retr_over(&env, &mut control, port, "ttl.bin"),
+            control.retr_over(&env, port, "ttl.bin"),
             std::fs::read(&remote).unwrap(),
             "{dataplane}"
         );
@@ -654,8 +636,8 @@ fn reload_to_an_overlapping_range_never_shares_a_port() {
     assert_eq!(keys, (40000..=40003).map(leased).collect::<Vec<_>>());
     // Both dataplanes' leases carry their own transfers.
     let (control, port) = &mut old[0];
-    assert_eq!(retr_over(&env, control, *port, "range.bin"), content);
-    assert_eq!(retr_over(&env, &mut new, 40003, "range.bin"), content);
+    assert_eq!(control.retr_over(&env, *port, "range.bin"), content);
+    assert_eq!(new.retr_over(&env, 40003, "range.bin"), content);
 }
 
 /// With `pin_path`, a relay's admit leases outlive a process that dies without cleaning up

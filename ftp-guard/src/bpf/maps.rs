@@ -24,6 +24,30 @@ pub struct ProtectedRange {
     pub active_port_20: bool,
 }
 
+/// A service's control endpoint as the programs guard it: its port on the range's public
+/// address, and the SYN rate one source may open connections to it at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControlGuard {
+    pub port: u16,
+    /// SYNs per second one source may send on average; 0 = no limit.
+    pub syn_rate: u32,
+    /// SYNs one source may send at once.
+    pub syn_burst: u32,
+    /// SYNs per second all sources of one /24 may send together on average; 0 = no limit.
+    pub prefix_syn_rate: u32,
+    /// SYNs all sources of one /24 may send at once.
+    pub prefix_syn_burst: u32,
+}
+
+/// What the programs protect of one service: its data range and, when given, its control
+/// endpoint. Its position in the list given to [`Bpf::set_protected_services`] is its
+/// service index in the policy maps (ACL rules, SYN buckets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProtectedService {
+    pub range: ProtectedRange,
+    pub control: Option<ControlGuard>,
+}
+
 /// What a lease lets through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseAction {
@@ -151,16 +175,40 @@ pub(super) fn flow_key((src, dst): FlowTuple) -> FlowKey {
 }
 
 impl Bpf {
-    /// Replaces the set of protected ranges (atomically for the program: one map value).
+    /// Replaces the set of protected ranges, without control endpoints (see
+    /// [`Bpf::set_protected_services`]).
     pub fn set_protected_ranges(&mut self, ranges: &[ProtectedRange]) -> Result<(), BpfError> {
-        if ranges.len() > MAX_DATA_RANGES {
-            return Err(BpfError::TooManyRanges(ranges.len()));
+        let services: Vec<ProtectedService> = ranges
+            .iter()
+            .map(|&range| ProtectedService {
+                range,
+                control: None,
+            })
+            .collect();
+        self.set_protected_services(&services)
+    }
+
+    /// Replaces the set of protected services (atomically for the program: one map value).
+    pub fn set_protected_services(
+        &mut self,
+        services: &[ProtectedService],
+    ) -> Result<(), BpfError> {
+        if services.len() > MAX_DATA_RANGES {
+            return Err(BpfError::TooManyRanges(services.len()));
         }
         let mut config = FilterConfig {
-            range_count: ranges.len() as u32,
+            range_count: services.len() as u32,
             ..Default::default()
         };
-        for (slot, r) in config.ranges.iter_mut().zip(ranges) {
+        for (slot, service) in config.ranges.iter_mut().zip(services) {
+            let r = &service.range;
+            let control = service.control.unwrap_or(ControlGuard {
+                port: 0,
+                syn_rate: 0,
+                syn_burst: 0,
+                prefix_syn_rate: 0,
+                prefix_syn_burst: 0,
+            });
             *slot = DataRange {
                 addr_be: r.public_ip.into(),
                 nat_addr_be: r.nat_ip.map_or(IpAddrBe::UNSPECIFIED, IpAddrBe::from),
@@ -171,6 +219,12 @@ impl Bpf {
                 } else {
                     0
                 },
+                control_port: control.port,
+                _pad: 0,
+                syn_interval_ns: syn_interval_ns(control.syn_rate),
+                syn_burst: control.syn_burst.max(1),
+                prefix_syn_interval_ns: syn_interval_ns(control.prefix_syn_rate),
+                prefix_syn_burst: control.prefix_syn_burst.max(1),
             };
         }
         self.filter_config
@@ -297,7 +351,12 @@ impl Bpf {
     }
 }
 
-fn is_absent(e: &MapError) -> bool {
+/// The SYN bucket's refill interval for `rate` SYNs per second (0: no limit).
+fn syn_interval_ns(rate: u32) -> u32 {
+    1_000_000_000u32.checked_div(rate).map_or(0, |ns| ns.max(1))
+}
+
+pub(super) fn is_absent(e: &MapError) -> bool {
     match e {
         MapError::KeyNotFound => true,
         MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),

@@ -8,6 +8,8 @@
 //! - [`maps`]: typed access to the lease, range, local-IPv6 and counter maps, and the key
 //!   conversions between userspace addresses and map keys;
 //! - [`flows`]: typed access to the flow map (the NATed data connections);
+//! - [`policy`]: typed access to the protection policy's maps (ACLs with their per-rule
+//!   counters, bans, the control port's SYN buckets);
 //! - [`events`]: the programs' ring-buffer events;
 //! - [`host`]: interface look-ups (index, MTU, driver, addresses), sysctls;
 //! - [`provision`]: the kernel data path for a set of services (load, attach, protect
@@ -21,6 +23,7 @@ pub mod flows;
 pub mod host;
 pub mod maps;
 pub mod pins;
+pub mod policy;
 pub mod provision;
 
 use std::{
@@ -31,12 +34,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, xdp::DevMapHash},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, xdp::DevMapHash},
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use ftp_guard_common::{
-    FilterConfig, FlowKey, FlowValue, LeaseKey, LeaseValue, MAX_DATA_RANGES, PIN_LAYOUT_VERSION,
-    names,
+    AclKeyData, AclValue, BanValue, FilterConfig, FlowKey, FlowValue, IpAddrBe, LeaseKey,
+    LeaseValue, MAX_DATA_RANGES, PIN_LAYOUT_VERSION, SynBucket, SynKey, names,
 };
 
 pub use attach::{AttachedMode, XdpAttach, XdpPlan};
@@ -47,9 +50,11 @@ pub use host::{
     origin_side_ip,
 };
 pub use maps::{
-    Counters, FlowTuple, Lease, LeaseAction, MapSizes, ProtectedRange, lease_key, monotonic_ns,
+    ControlGuard, Counters, FlowTuple, Lease, LeaseAction, MapSizes, ProtectedRange,
+    ProtectedService, lease_key, monotonic_ns,
 };
 pub use pins::unpin;
+pub use policy::{AclAction, AclRuleCount};
 pub use provision::Provisioned;
 
 use crate::sync::LockUnpoisoned as _;
@@ -101,6 +106,8 @@ pub enum BpfError {
     TxPorts(#[from] aya::maps::xdp::XdpMapError),
     #[error("pinning under {path}: {message}")]
     Pin { path: PathBuf, message: String },
+    #[error("the ACL map is full ({0} rules over all services)")]
+    AclFull(u32),
 }
 
 /// The loaded eBPF object with its maps. Dropping it detaches every program it attached.
@@ -114,6 +121,10 @@ pub struct Bpf {
     /// The programs' event ring, until [`Bpf::take_events`] hands it to a reader.
     events: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
+    acl: LpmTrie<MapData, AclKeyData, AclValue>,
+    acl_hits: PerCpuArray<MapData, u64>,
+    bans: HashMap<MapData, IpAddrBe, BanValue>,
+    syn_buckets: HashMap<MapData, SynKey, SynBucket>,
     max_leases: u32,
     attachments: Vec<(String, AttachedMode)>,
     /// Where maps and links are pinned, when they must outlive the process.
@@ -168,6 +179,10 @@ impl Bpf {
             tx_ports: take_map(&mut ebpf, names::TX_PORTS)?,
             events: Some(take_map(&mut ebpf, names::EVENTS)?),
             counters: take_map(&mut ebpf, names::COUNTERS)?,
+            acl: take_map(&mut ebpf, names::ACL)?,
+            acl_hits: take_map(&mut ebpf, names::ACL_HITS)?,
+            bans: take_map(&mut ebpf, names::BANS)?,
+            syn_buckets: take_map(&mut ebpf, names::SYN_BUCKETS)?,
             ebpf,
             max_leases: sizes.max_leases,
             attachments: Vec::new(),

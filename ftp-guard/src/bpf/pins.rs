@@ -5,7 +5,8 @@ use std::path::Path;
 
 use aya::maps::{MapInfo, MapType};
 use ftp_guard_common::{
-    FilterConfig, FlowKey, FlowValue, LeaseKey, LeaseValue, PIN_LAYOUT_VERSION, names,
+    AclKeyData, AclValue, BanValue, FilterConfig, FlowKey, FlowValue, LeaseKey, LeaseValue,
+    MAX_ACL_RULES, MAX_BANS, MAX_SYN_SOURCES, PIN_LAYOUT_VERSION, SynBucket, SynKey, names,
 };
 
 use super::{BpfError, MapSizes};
@@ -18,13 +19,17 @@ pub(super) fn pin_error(path: &Path, e: impl std::fmt::Display) -> BpfError {
 }
 
 /// Maps that outlive the process when pinning is on (everything the programs use).
-pub(super) const PINNED_MAPS: [&str; 6] = [
+pub(super) const PINNED_MAPS: [&str; 10] = [
     names::FILTER_CONFIG,
     names::LEASES,
     names::LOCAL_V6,
     names::FLOWS,
     names::TX_PORTS,
     names::COUNTERS,
+    names::ACL,
+    names::ACL_HITS,
+    names::BANS,
+    names::SYN_BUCKETS,
 ];
 
 /// BPF_FS_MAGIC from linux/magic.h: pins only work on a bpffs.
@@ -80,7 +85,7 @@ pub(super) fn prepare_pin_dir(dir: &Path) -> Result<(), BpfError> {
 
 /// What each pinned map must be for this build to adopt it: (name, type, key size,
 /// value size, max entries).
-fn pinned_map_specs(sizes: MapSizes) -> [(&'static str, MapType, u32, u32, u32); 6] {
+fn pinned_map_specs(sizes: MapSizes) -> [(&'static str, MapType, u32, u32, u32); 10] {
     use core::mem::size_of;
     let size = |n: usize| n as u32;
     [
@@ -114,6 +119,28 @@ fn pinned_map_specs(sizes: MapSizes) -> [(&'static str, MapType, u32, u32, u32);
             4,
             8,
             ftp_guard_common::COUNTER_COUNT,
+        ),
+        (
+            names::ACL,
+            MapType::LpmTrie,
+            size(4 + size_of::<AclKeyData>()),
+            size(size_of::<AclValue>()),
+            MAX_ACL_RULES,
+        ),
+        (names::ACL_HITS, MapType::PerCpuArray, 4, 8, MAX_ACL_RULES),
+        (
+            names::BANS,
+            MapType::Hash,
+            16,
+            size(size_of::<BanValue>()),
+            MAX_BANS,
+        ),
+        (
+            names::SYN_BUCKETS,
+            MapType::LruHash,
+            size(size_of::<SynKey>()),
+            size(size_of::<SynBucket>()),
+            MAX_SYN_SOURCES,
         ),
     ]
 }

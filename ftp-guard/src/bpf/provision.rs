@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tracing::{debug, info, warn};
 
 use super::{
-    Bpf, Handle, MapSizes, ProtectedRange, WeakHandle,
+    Bpf, ControlGuard, Handle, MapSizes, ProtectedRange, ProtectedService, WeakHandle,
     events::{EventRouter, read_events},
     host::{host_addresses, local_ipv6_addresses, origin_side_ip, reserve_ports, set_sysctl},
 };
@@ -104,7 +104,14 @@ impl Provisioned {
                 set_sysctl(&format!("net/ipv4/conf/{interface}/accept_local"), "1");
             }
         }
-        bpf.set_protected_ranges(&ranges)?;
+        // Each service's ACL before the ranges that give it its index, and rules of
+        // services gone after (see `Bpf::set_acl` for the order within one service).
+        for (index, s) in services.iter().enumerate() {
+            bpf.set_acl(index as u32, &s.allow, &s.deny)
+                .with_context(|| format!("service `{}`: writing its ACL", s.name))?;
+        }
+        bpf.set_protected_services(&ranges)?;
+        bpf.clear_acl_from(services.len() as u32)?;
         // IPv6 is not carried: the programs drop IPv6 to the data ports of these addresses.
         bpf.set_local_ipv6(&local_ipv6_addresses())?;
         drop(bpf);
@@ -115,21 +122,30 @@ impl Provisioned {
 }
 
 /// Each kernel service's NAT address (configured, or the gateway's address towards its
-/// origin) and every service's protected range. Refuses two services whose data ports
+/// origin) and every service's protected range and control endpoint, in the order of
+/// `services` (their index in the policy maps). Refuses two services whose data ports
 /// overlap on one NAT address.
-fn nat_ips_and_ranges(services: &[&Service]) -> anyhow::Result<(NatIps, Vec<ProtectedRange>)> {
+fn nat_ips_and_ranges(services: &[&Service]) -> anyhow::Result<(NatIps, Vec<ProtectedService>)> {
     let mut nat_ips = Vec::new();
     let mut ranges = Vec::new();
     for s in services {
         let addresses = s.ipv4()?;
+        let control = Some(ControlGuard {
+            port: addresses.listen.port(),
+            syn_rate: s.syn_rate_per_client,
+            syn_burst: s.syn_burst_per_client,
+            prefix_syn_rate: s.syn_rate_per_prefix,
+            prefix_syn_burst: s.syn_burst_per_prefix,
+        });
         if s.dataplane == DataplaneKind::Userspace {
-            ranges.push(ProtectedRange {
+            let range = ProtectedRange {
                 public_ip: addresses.public_ip,
                 first_port: s.data_ports.first,
                 last_port: s.data_ports.last,
                 nat_ip: None,
                 active_port_20: false,
-            });
+            };
+            ranges.push(ProtectedService { range, control });
             continue;
         }
         let nat_ip = match addresses.nat_ip {
@@ -145,13 +161,14 @@ fn nat_ips_and_ranges(services: &[&Service]) -> anyhow::Result<(NatIps, Vec<Prot
             check_origin_side_attached(s, nat_ip)?;
         }
         nat_ips.push((s.name.clone(), nat_ip));
-        ranges.push(ProtectedRange {
+        let range = ProtectedRange {
             public_ip: addresses.public_ip,
             first_port: s.data_ports.first,
             last_port: s.data_ports.last,
             nat_ip: Some(nat_ip),
             active_port_20: s.active_mode && s.active_from_port_20,
-        });
+        };
+        ranges.push(ProtectedService { range, control });
     }
     // Leases and flows on a NAT address are keyed by its ports: two services sharing one
     // must not share ports (each keeps its own books).

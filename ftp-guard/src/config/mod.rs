@@ -20,7 +20,7 @@ mod tests;
 mod validate;
 mod values;
 
-pub use values::{HostName, PortRange};
+pub use values::{Acl, Cidr, HostName, PortRange};
 
 /// Where `ftp-guard run` and `check` look when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/ftp-guard/ftp-guard.toml";
@@ -163,6 +163,28 @@ pub struct Service {
     /// Seconds a ban lasts.
     #[serde(default = "defaults::ban_secs")]
     pub ban_secs: u64,
+    // Protection at the edge (enforced by the XDP/TC programs on the control port and the
+    // data range; see the README's "Protection").
+    /// Only sources in these blocks may reach the service (empty: everyone not denied).
+    #[serde(default, deserialize_with = "values::allow_blocks")]
+    pub allow: Vec<Cidr>,
+    /// Sources in these blocks are dropped; the most specific matching block of `allow`
+    /// and `deny` decides, and `deny` wins over the same block in `allow`.
+    #[serde(default, deserialize_with = "values::deny_blocks")]
+    pub deny: Vec<Cidr>,
+    /// SYNs per second one source address may send to the control port on average.
+    #[serde(default = "defaults::syn_rate_per_client")]
+    pub syn_rate_per_client: u32,
+    /// SYNs one source address may send to the control port at once.
+    #[serde(default = "defaults::syn_burst_per_client")]
+    pub syn_burst_per_client: u32,
+    /// SYNs per second all source addresses of one /24 may send to the control port
+    /// together on average (a budget against floods from many addresses of one network).
+    #[serde(default = "defaults::syn_rate_per_prefix")]
+    pub syn_rate_per_prefix: u32,
+    /// SYNs all source addresses of one /24 may send to the control port at once.
+    #[serde(default = "defaults::syn_burst_per_prefix")]
+    pub syn_burst_per_prefix: u32,
 }
 
 /// [`Service::data_mss`]: MSS clamping on data connections' SYNs.
@@ -282,6 +304,21 @@ mod defaults {
     pub fn ban_secs() -> u64 {
         900
     }
+    /// Far above what one client does: a script opening sessions back to back reaches
+    /// ~300 a second against a fast origin on this machine (the bench's `sessions`).
+    pub fn syn_rate_per_client() -> u32 {
+        500
+    }
+    pub fn syn_burst_per_client() -> u32 {
+        1000
+    }
+    /// Ten clients of one network each at the per-client rate.
+    pub fn syn_rate_per_prefix() -> u32 {
+        5000
+    }
+    pub fn syn_burst_per_prefix() -> u32 {
+        10_000
+    }
 }
 
 impl Service {
@@ -307,6 +344,14 @@ impl Service {
             public_ip: v4("public_ip", self.public_ip())?,
             nat_ip: self.nat_ip.map(|ip| v4("nat_ip", ip)).transpose()?,
         })
+    }
+
+    /// The service's ACL (`allow`, `deny`).
+    pub fn acl(&self) -> Acl {
+        Acl {
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+        }
     }
 
     /// Every address of the origin that must never reach a client.

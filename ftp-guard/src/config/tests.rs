@@ -366,3 +366,114 @@ fn the_audit_log_is_off_stderr_or_an_absolute_file() {
         "line 1: unknown variant `csv`, expected `json` or `xferlog`"
     );
 }
+/// The edge policy's knobs: defaults that never bite, ACL blocks parsed, and each wrong
+/// value refused with the whole message naming line and key.
+#[test]
+fn edge_policy_knobs() {
+    let s = Config::parse(MINIMAL).unwrap().services[0]
+        .get_ref()
+        .clone();
+    assert_eq!(
+        (
+            s.allow,
+            s.deny,
+            s.syn_rate_per_client,
+            s.syn_burst_per_client
+        ),
+        (vec![], vec![], 500, 1000)
+    );
+    let with = |lines: &str| Config::parse(&format!("{MINIMAL}{lines}\n"));
+    let s = with("allow = [\"192.0.2.0/24\", \"198.51.100.7\"]\ndeny = [\"0.0.0.0/0\"]")
+        .unwrap()
+        .services[0]
+        .get_ref()
+        .clone();
+    let block = |addr: [u8; 4], prefix| Cidr {
+        addr: IpAddr::from(addr),
+        prefix,
+    };
+    assert_eq!(
+        (s.allow, s.deny),
+        (
+            vec![block([192, 0, 2, 0], 24), block([198, 51, 100, 7], 32)],
+            vec![block([0, 0, 0, 0], 0)]
+        )
+    );
+    let errors = [
+        (
+            "allow = [\"192.0.2.1/24\"]",
+            "line 8: allow: `192.0.2.1/24`: host bits are set below the /24 prefix (the block starts lower)",
+        ),
+        (
+            "deny = [\"192.0.2.0/33\"]",
+            "line 8: deny: `192.0.2.0/33`: the prefix length must be 0..=32",
+        ),
+        (
+            "deny = [\"bogus\"]",
+            "line 8: deny: `bogus`: expected ADDRESS/PREFIX, e.g. \"192.0.2.0/24\"",
+        ),
+        (
+            "allow = [\"2001:db8::/32\"]",
+            "line 2: service `ftp`: allow: 2001:db8::/32: IPv6 is not supported yet",
+        ),
+        (
+            "syn_rate_per_client = 0",
+            "line 2: service `ftp`: syn_rate_per_client: must be within 1..=1000000",
+        ),
+        (
+            "syn_burst_per_client = 2000000",
+            "line 2: service `ftp`: syn_burst_per_client: must be within 1..=1000000",
+        ),
+        (
+            "syn_rate_per_prefix = 0",
+            "line 2: service `ftp`: syn_rate_per_prefix: must be within 1..=1000000",
+        ),
+    ];
+    for (line, want) in errors {
+        assert_eq!(with(line).unwrap_err(), want, "{line}");
+    }
+    let relay = MINIMAL.replace(
+        "client_interface = \"eth0\"",
+        "dataplane = \"userspace\"\ndeny = [\"192.0.2.0/24\"]",
+    );
+    assert_eq!(
+        Config::parse(&relay).unwrap_err(),
+        "line 2: service `ftp`: deny: needs client_interface (the XDP/TC programs attached there enforce the ACL)"
+    );
+}
+
+/// The userspace ACL decides like the kernel's trie: most specific block, deny on a tie,
+/// an allow list refuses the rest.
+#[test]
+fn acl_decisions() {
+    let acl = |allow: &[&str], deny: &[&str]| Acl {
+        allow: allow.iter().map(|b| b.parse().unwrap()).collect(),
+        deny: deny.iter().map(|b| b.parse().unwrap()).collect(),
+    };
+    let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+    let lists = acl(
+        &["203.0.113.0/24", "198.51.100.0/24", "192.0.2.128/25"],
+        &["203.0.113.66", "198.51.100.0/24", "192.0.2.0/24"],
+    );
+    let verdicts: Vec<bool> = [
+        "203.0.113.2",
+        "203.0.113.66",
+        "198.51.100.5",
+        "192.0.2.129",
+        "192.0.2.1",
+        "233.252.0.1",
+    ]
+    .into_iter()
+    .map(|a| lists.refuses(ip(a)))
+    .collect();
+    assert_eq!(verdicts, [false, true, true, false, true, true]);
+    let deny_only = acl(&[], &["203.0.113.66/32"]);
+    assert_eq!(
+        (
+            deny_only.refuses(ip("203.0.113.66")),
+            deny_only.refuses(ip("233.252.0.1"))
+        ),
+        (true, false)
+    );
+    assert!(!Acl::default().refuses(ip("203.0.113.66")));
+}

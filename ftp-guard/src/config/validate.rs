@@ -142,10 +142,15 @@ fn check_service(s: &Service) -> Result<(), Problem> {
     if let Some((key, _)) = timeouts.into_iter().find(|(_, value)| *value == 0) {
         return Err((key, "must be at least 1".into()));
     }
+    check_edge_policy(s)?;
     let limits = [
         ("max_sessions_per_client", s.max_sessions_per_client),
         ("max_leases_per_client", s.max_leases_per_client),
         ("max_consecutive_errors", s.max_consecutive_errors),
+        ("syn_rate_per_client", s.syn_rate_per_client as usize),
+        ("syn_burst_per_client", s.syn_burst_per_client as usize),
+        ("syn_rate_per_prefix", s.syn_rate_per_prefix as usize),
+        ("syn_burst_per_prefix", s.syn_burst_per_prefix as usize),
     ];
     if let Some((key, _)) = limits
         .into_iter()
@@ -172,6 +177,34 @@ fn check_bans(s: &Service) -> Result<(), Problem> {
         if !(1..=WEEK).contains(&value) {
             return Err((key, format!("must be within 1..={WEEK} (a week)")));
         }
+    }
+    Ok(())
+}
+
+/// ACLs (the kernel programs enforce them).
+fn check_edge_policy(s: &Service) -> Result<(), Problem> {
+    for (key, blocks) in [("allow", &s.allow), ("deny", &s.deny)] {
+        if let Some(block) = blocks.iter().find(|b| b.addr.is_ipv6()) {
+            return Err((key, format!("{block}: IPv6 is not supported yet")));
+        }
+    }
+    if s.client_interface.is_none() && !(s.allow.is_empty() && s.deny.is_empty()) {
+        let key = if s.allow.is_empty() { "deny" } else { "allow" };
+        return Err((
+            key,
+            "needs client_interface (the XDP/TC programs attached there enforce the ACL)".into(),
+        ));
+    }
+    let rules = s.allow.len() + s.deny.len() + 1;
+    if rules > ftp_guard_common::MAX_ACL_RULES as usize {
+        return Err((
+            "allow",
+            format!(
+                "{} rules in allow and deny: at most {} fit",
+                rules - 1,
+                ftp_guard_common::MAX_ACL_RULES - 1
+            ),
+        ));
     }
     Ok(())
 }

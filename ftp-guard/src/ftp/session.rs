@@ -412,6 +412,12 @@ impl Session {
         }
     }
 
+    /// The gateway's policy no longer admits the client (a reload denied its address):
+    /// tell it, then close.
+    pub fn close_by_policy(&mut self) {
+        self.close_with_421("Access denied by policy: closing control connection.");
+    }
+
     /// The client's connection ended: nothing more can be said to it.
     pub fn client_closed(&mut self) {
         self.close();
@@ -419,13 +425,15 @@ impl Session {
 
     /// The origin's connection ended: tell the client why, then close.
     pub fn origin_closed(&mut self) {
+        self.close_with_421("Service not available: the server closed the connection.");
+    }
+
+    /// Tells the client `text` with a 421 and closes, unless closed already.
+    fn close_with_421(&mut self, text: &'static str) {
         if self.closed {
             return;
         }
-        self.say(Reply::new(
-            421,
-            "Service not available: the server closed the connection.",
-        ));
+        self.say(Reply::new(421, text));
         self.close();
     }
 

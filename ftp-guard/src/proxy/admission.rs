@@ -3,7 +3,8 @@
 //! ([`SessionSlots`]), per-client-address caps on sessions and data leases ([`ClientUse`]),
 //! and the refusals with their replies and rate-limited log lines. Login failures are
 //! reported here too ([`Admission::login_failed`]): the service's ban policy applies.
-//! ACLs and per-client policy plug in here ([`Admission::admit`]).
+//! The service's ACL (enforced in XDP/TC) is also watched by its open sessions
+//! ([`Admission::acl_watch`]): a reload that denies their client closes them with a 421.
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -18,7 +19,7 @@ use tokio::{
 use tracing::warn;
 
 use super::stream;
-use crate::config::Service;
+use crate::config::{Acl, Service};
 use crate::policy::bans::{Ban, BanPolicy, Bans};
 use crate::sync::LockUnpoisoned as _;
 
@@ -41,6 +42,9 @@ pub struct Admission {
     /// Refusals (session limits) are logged at most once a second: a client hammering
     /// the port at its limit must not turn each connection into a log line.
     refusals: Mutex<LogBudget>,
+    /// The ACL in force: the kernel programs drop the packets of a client it refuses, and
+    /// its sessions already open close when a reload makes it refuse them.
+    acl: tokio::sync::watch::Sender<Acl>,
 }
 
 /// Why a connection is turned away: each gets a 421 ([`Refusal::reply`]).
@@ -132,7 +136,18 @@ impl Admission {
             service_name: service.name.clone(),
             clients: Mutex::default(),
             refusals: Mutex::new(LogBudget::new(REFUSAL_LOG_EVERY)),
+            acl: tokio::sync::watch::Sender::new(service.acl()),
         }
+    }
+
+    /// The ACL as it changes: an open session closes when it comes to refuse its client.
+    pub fn acl_watch(&self) -> tokio::sync::watch::Receiver<Acl> {
+        self.acl.subscribe()
+    }
+
+    /// A reload's new ACL for the sessions admitted here.
+    pub fn set_acl(&self, acl: Acl) {
+        self.acl.send_replace(acl);
     }
 
     /// Decides whether a connection from `peer` is served, at `now`.

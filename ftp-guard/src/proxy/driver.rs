@@ -207,6 +207,8 @@ impl Driver {
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        let mut acl = self.ctx.admission.acl_watch();
+        let mut acl_open = true;
         loop {
             if let Some(end) = self.perform_actions().await {
                 return end;
@@ -226,6 +228,13 @@ impl Driver {
                 r = self.client.readable(), if read_client => Ready::Client(r),
                 r = self.origin.readable() => Ready::Origin(r),
                 () = &mut timer, if armed.is_some() => Ready::Timer,
+                r = acl.changed(), if acl_open => match r {
+                    Ok(()) => Ready::Acl,
+                    Err(_) => {
+                        acl_open = false;
+                        continue;
+                    }
+                },
             };
             let now = now();
             // The buffer lives on the stack only while a read runs, not in the task: an
@@ -256,6 +265,12 @@ impl Driver {
                 Ready::Timer => {
                     armed = None;
                     self.session.handle_timeout(now);
+                }
+                Ready::Acl => {
+                    if acl.borrow_and_update().refuses(self.client_ip) {
+                        info!("the reloaded ACL denies this client");
+                        self.session.close_by_policy();
+                    }
                 }
             }
         }
@@ -445,4 +460,6 @@ enum Ready {
     Origin(io::Result<()>),
     /// The session's next deadline (or an earlier one it moved from).
     Timer,
+    /// The service's ACL changed (a reload).
+    Acl,
 }
