@@ -178,6 +178,24 @@ pub fn render(status: &Status) -> String {
             })
             .collect(),
     );
+    let acl_rules = status.kernel.as_ref().map_or(&[][..], |k| &k.acl_rules);
+    if !acl_rules.is_empty() {
+        out += "\nACL RULES\n";
+        out += &table(
+            &["SERVICE", "BLOCK", "ACTION", "PACKETS"],
+            acl_rules
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.service.clone(),
+                        r.block.clone(),
+                        r.action.clone(),
+                        r.packets.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+    }
     if let Some(k) = &status.kernel {
         out += "\nKERNEL PATH\n";
         out += &table(
@@ -246,9 +264,18 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 mod tests {
     use super::*;
     use crate::{
-        admin::{BanStatus, KernelStatus, SessionStatus},
+        admin::{AclRuleStatus, BanStatus, KernelStatus, SessionStatus},
         dataplane::{LeaseInfo, Snapshot},
     };
+
+    fn acl_rule(service: &str, block: &str, action: &str, packets: u64) -> AclRuleStatus {
+        AclRuleStatus {
+            service: service.into(),
+            block: block.into(),
+            action: action.into(),
+            packets,
+        }
+    }
 
     fn status() -> Status {
         Status {
@@ -321,6 +348,11 @@ mod tests {
                     ("dropped_stranger".into(), 0),
                     ("nat_to_origin".into(), 42),
                 ],
+                acl_rules: vec![
+                    acl_rule("ftp", "192.0.2.0/24", "allow", 1200),
+                    acl_rule("ftp", "*", "deny", 7),
+                    acl_rule("archive", "2001:db8::/32", "deny", 0),
+                ],
             }),
         }
     }
@@ -349,6 +381,12 @@ BANS
 ADDRESS       SERVICE  REMAINING_S  REASON
 192.0.2.66    ftp      900          login_failures
 2001:db8::66  archive  12           login_failures
+
+ACL RULES
+SERVICE  BLOCK          ACTION  PACKETS
+ftp      192.0.2.0/24   allow   1200
+ftp      *              deny    7
+archive  2001:db8::/32  deny    0
 
 KERNEL PATH
 INTERFACE  MODE
@@ -386,6 +424,45 @@ SERVICE  MODE  PORT  PEER  TARGET  STATE  AGE_S  BYTES->CLIENT  BYTES->ORIGIN
 BANS
 ADDRESS  SERVICE  REMAINING_S  REASON
 (none)
+";
+        assert_eq!(render(&status), expected);
+    }
+
+    /// A kernel path without ACL rules: no ACL RULES table at all.
+    #[test]
+    fn no_acl_rules_table_without_rules() {
+        let mut status = status();
+        status.services.truncate(1);
+        status.services[0].sessions.clear();
+        status.services[0].leases.clear();
+        status.bans.clear();
+        let kernel = status.kernel.as_mut().unwrap();
+        kernel.acl_rules.clear();
+        kernel.attachments.truncate(1);
+        kernel.counters.truncate(1);
+        let expected = "\
+ftp-guard 1.2.3 up 61 s
+
+SERVICE  LISTEN          ORIGIN           PUBLIC       DATAPLANE  SESSIONS  LEASES  BYTES->CLIENT  BYTES->ORIGIN
+ftp      203.0.113.1:21  198.51.100.2:21  203.0.113.1  kernel     0         0       2097152        512
+
+SESSIONS
+SERVICE  ID  CLIENT  AGE_S
+(none)
+
+LEASES AND DATA CONNECTIONS
+SERVICE  MODE  PORT  PEER  TARGET  STATE  AGE_S  BYTES->CLIENT  BYTES->ORIGIN
+(none)
+
+BANS
+ADDRESS  SERVICE  REMAINING_S  REASON
+(none)
+
+KERNEL PATH
+INTERFACE  MODE
+eth0       tc
+COUNTER  PACKETS
+passed   1500
 ";
         assert_eq!(render(&status), expected);
     }
