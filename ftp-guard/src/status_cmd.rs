@@ -399,8 +399,10 @@ nat_to_origin  42
         assert_eq!(render(&status()), expected);
     }
 
+    /// Empty tables; no KERNEL PATH without a kernel path, and no ACL RULES with one
+    /// whose services have no rules.
     #[test]
-    fn renders_empty_tables_and_no_kernel_section() {
+    fn renders_empty_tables_and_no_kernel_or_acl_section() {
         let mut status = status();
         status.services.truncate(1);
         status.services[0].sessions.clear();
@@ -426,45 +428,19 @@ ADDRESS  SERVICE  REMAINING_S  REASON
 (none)
 ";
         assert_eq!(render(&status), expected);
-    }
-
-    /// A kernel path without ACL rules: no ACL RULES table at all.
-    #[test]
-    fn no_acl_rules_table_without_rules() {
-        let mut status = status();
-        status.services.truncate(1);
-        status.services[0].sessions.clear();
-        status.services[0].leases.clear();
-        status.bans.clear();
-        let kernel = status.kernel.as_mut().unwrap();
-        kernel.acl_rules.clear();
-        kernel.attachments.truncate(1);
-        kernel.counters.truncate(1);
-        let expected = "\
-ftp-guard 1.2.3 up 61 s
-
-SERVICE  LISTEN          ORIGIN           PUBLIC       DATAPLANE  SESSIONS  LEASES  BYTES->CLIENT  BYTES->ORIGIN
-ftp      203.0.113.1:21  198.51.100.2:21  203.0.113.1  kernel     0         0       2097152        512
-
-SESSIONS
-SERVICE  ID  CLIENT  AGE_S
-(none)
-
-LEASES AND DATA CONNECTIONS
-SERVICE  MODE  PORT  PEER  TARGET  STATE  AGE_S  BYTES->CLIENT  BYTES->ORIGIN
-(none)
-
-BANS
-ADDRESS  SERVICE  REMAINING_S  REASON
-(none)
-
+        status.kernel = Some(KernelStatus {
+            attachments: vec![("eth0".into(), "tc".into())],
+            counters: vec![("passed".into(), 1500)],
+            acl_rules: vec![],
+        });
+        let kernel_path = "
 KERNEL PATH
 INTERFACE  MODE
 eth0       tc
 COUNTER  PACKETS
 passed   1500
 ";
-        assert_eq!(render(&status), expected);
+        assert_eq!(render(&status), format!("{expected}{kernel_path}"));
     }
 
     #[test]
