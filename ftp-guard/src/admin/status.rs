@@ -149,9 +149,10 @@ fn ban_status(state: &AdminState) -> Vec<BanStatus> {
         .collect()
 }
 
-/// The kernel data path's attachments and packet counters, if it is set up.
+/// The kernel data path's attachments, packet counters and ACL rules, if it is set up.
 fn kernel_status(state: &AdminState) -> Option<KernelStatus> {
     let kernel = state.kernel()?;
+    let names = crate::gateway::policy_service_names(&state.services());
     let k = kernel.lock();
     Some(KernelStatus {
         attachments: k
@@ -163,7 +164,6 @@ fn kernel_status(state: &AdminState) -> Option<KernelStatus> {
             .counters()
             .map(|c| c.0.iter().map(|(c, v)| (c.name().to_owned(), *v)).collect())
             .unwrap_or_default(),
-        acl_rules: acl_rules(&k, &crate::gateway::policy_service_names(&state.services()))
-            .unwrap_or_default(),
+        acl_rules: acl_rules(&k, &names).unwrap_or_default(),
     })
 }
