@@ -299,6 +299,7 @@ impl Gateway {
             .iter()
             .map(|c| (c.service.name.clone(), Arc::downgrade(&c.dataplane)))
             .collect();
+        *self.sources.policy_services.lock_unpoisoned() = policy_service_names(&ctxs);
         let bpf = self.bpf().cloned();
         *self.sources.kernel.lock_unpoisoned() = bpf.as_ref().map(bpf::Handle::downgrade);
         *self.admin.kernel.lock_unpoisoned() = bpf;
@@ -460,6 +461,16 @@ fn same_data_path(a: &Service, b: &Service) -> bool {
 }
 
 /// A kernel dataplane, or a userspace relay with a client interface to guard.
+/// The names of the services by their index in the kernel's policy maps (the services
+/// using the kernel path, in the configuration's order: see `setup_kernel`).
+pub(crate) fn policy_service_names(services: &[Arc<ServiceContext>]) -> Vec<String> {
+    services
+        .iter()
+        .filter(|c| uses_kernel(&c.service))
+        .map(|c| c.service.name.clone())
+        .collect()
+}
+
 fn uses_kernel(service: &Service) -> bool {
     match service.dataplane {
         DataplaneKind::Kernel => true,

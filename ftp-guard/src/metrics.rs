@@ -1,6 +1,6 @@
 //! Prometheus metrics: counters the proxy updates as things happen, plus values read at
-//! scrape time (dataplane totals, the ban list, the kernel's packet counters). Every name is listed in
-//! README.md ("Metrics").
+//! scrape time (dataplane totals, the ban list, the kernel's packet counters and ACL rule
+//! counters). Every name is listed in README.md ("Metrics").
 use std::{
     sync::{Arc, Mutex, Weak},
     time::Duration,
@@ -20,6 +20,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    admin::{AclRuleStatus, acl_rules},
     bpf::{self, Counters},
     dataplane::Dataplane,
     policy::bans::Bans,
@@ -180,6 +181,9 @@ pub struct Sources {
     pub services: Mutex<Vec<(String, Weak<dyn Dataplane>)>>,
     pub bans: Mutex<Option<Arc<Bans>>>,
     pub kernel: Mutex<Option<bpf::WeakHandle>>,
+    /// The services' names by their index in the kernel's policy maps (the ACL rules'
+    /// `service` label).
+    pub policy_services: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -255,7 +259,8 @@ impl Collector for Sources {
         if let Some(bans) = bans {
             encode_bans(&bans, &mut encoder)?;
         }
-        if let Some(counters) = self.kernel_counters() {
+        let (counters, rules) = self.kernel_counts();
+        if let Some(counters) = counters {
             let help = "Packets seen by the XDP/TC programs, by reason and verdict";
             let mut family =
                 encoder.encode_descriptor("kernel_packets", help, None, MetricType::Counter)?;
@@ -270,8 +275,31 @@ impl Collector for Sources {
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
+        if let Some(rules) = rules {
+            encode_acl_rules(&rules, &mut encoder)?;
+        }
         Ok(())
     }
+}
+
+/// `acl_packets_total{service,block,action}`: one sample per rule in the kernel (at most
+/// `MAX_ACL_RULES`), the catch-all's block `*`.
+fn encode_acl_rules(
+    rules: &[AclRuleStatus],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let help =
+        "Packets each ACL rule decided in XDP/TC (deny: dropped), by service, block and action";
+    let mut family = encoder.encode_descriptor("acl_packets", help, None, MetricType::Counter)?;
+    for rule in rules {
+        let labels: Labels = vec![
+            ("service", rule.service.clone()),
+            ("block", rule.block.clone()),
+            ("action", rule.action.clone()),
+        ];
+        ConstCounter::new(rule.packets).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// `bans_active` (gateway-wide: the list is one) and `bans_total{reason}`.
@@ -291,15 +319,20 @@ fn encode_bans(bans: &Bans, encoder: &mut DescriptorEncoder) -> Result<(), std::
 }
 
 impl Sources {
-    /// The kernel programs' packet counters, when the kernel path is set up and readable.
-    fn kernel_counters(&self) -> Option<Counters> {
-        let kernel = self
+    /// The kernel programs' packet counters and ACL rules, each when the kernel path is
+    /// set up and the map readable.
+    fn kernel_counts(&self) -> (Option<Counters>, Option<Vec<AclRuleStatus>>) {
+        let Some(kernel) = self
             .kernel
             .lock_unpoisoned()
             .as_ref()
-            .and_then(bpf::WeakHandle::upgrade)?;
-        let counters = kernel.lock().counters();
-        counters.ok()
+            .and_then(bpf::WeakHandle::upgrade)
+        else {
+            return (None, None);
+        };
+        let names = self.policy_services.lock_unpoisoned().clone();
+        let kernel = kernel.lock();
+        (kernel.counters().ok(), acl_rules(&kernel, &names).ok())
     }
 }
 
@@ -350,6 +383,39 @@ mod tests {
         assert!(
             text.contains("ftp_guard_sessions_active{service=\"ftp\"} 1\n"),
             "{text}"
+        );
+    }
+
+    /// The ACL family, whole: one sample per rule, labelled like `/status` shows it.
+    #[test]
+    fn acl_rules_are_one_counter_each() {
+        #[derive(Debug)]
+        struct Rules(Vec<AclRuleStatus>);
+        impl Collector for Rules {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                encode_acl_rules(&self.0, &mut encoder)
+            }
+        }
+        let rule = |service: &str, block: &str, action: &str, packets| AclRuleStatus {
+            service: service.into(),
+            block: block.into(),
+            action: action.into(),
+            packets,
+        };
+        let mut registry = Registry::with_prefix("ftp_guard");
+        registry.register_collector(Box::new(Rules(vec![
+            rule("ftp", "192.0.2.0/24", "allow", 12),
+            rule("ftp", "*", "deny", 3),
+        ])));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert_eq!(
+            text,
+            "# HELP ftp_guard_acl_packets Packets each ACL rule decided in XDP/TC (deny: dropped), by service, block and action\n\
+             # TYPE ftp_guard_acl_packets counter\n\
+             ftp_guard_acl_packets_total{service=\"ftp\",block=\"192.0.2.0/24\",action=\"allow\"} 12\n\
+             ftp_guard_acl_packets_total{service=\"ftp\",block=\"*\",action=\"deny\"} 3\n\
+             # EOF\n"
         );
     }
 

@@ -178,6 +178,24 @@ pub fn render(status: &Status) -> String {
             })
             .collect(),
     );
+    let acl_rules = status.kernel.as_ref().map_or(&[][..], |k| &k.acl_rules);
+    if !acl_rules.is_empty() {
+        out += "\nACL RULES\n";
+        out += &table(
+            &["SERVICE", "BLOCK", "ACTION", "PACKETS"],
+            acl_rules
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.service.clone(),
+                        r.block.clone(),
+                        r.action.clone(),
+                        r.packets.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+    }
     if let Some(k) = &status.kernel {
         out += "\nKERNEL PATH\n";
         out += &table(
@@ -246,9 +264,18 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 mod tests {
     use super::*;
     use crate::{
-        admin::{BanStatus, KernelStatus, SessionStatus},
+        admin::{AclRuleStatus, BanStatus, KernelStatus, SessionStatus},
         dataplane::{LeaseInfo, Snapshot},
     };
+
+    fn acl_rule(service: &str, block: &str, action: &str, packets: u64) -> AclRuleStatus {
+        AclRuleStatus {
+            service: service.into(),
+            block: block.into(),
+            action: action.into(),
+            packets,
+        }
+    }
 
     fn status() -> Status {
         Status {
@@ -321,6 +348,11 @@ mod tests {
                     ("dropped_stranger".into(), 0),
                     ("nat_to_origin".into(), 42),
                 ],
+                acl_rules: vec![
+                    acl_rule("ftp", "192.0.2.0/24", "allow", 1200),
+                    acl_rule("ftp", "*", "deny", 7),
+                    acl_rule("archive", "2001:db8::/32", "deny", 0),
+                ],
             }),
         }
     }
@@ -350,6 +382,12 @@ ADDRESS       SERVICE  REMAINING_S  REASON
 192.0.2.66    ftp      900          login_failures
 2001:db8::66  archive  12           login_failures
 
+ACL RULES
+SERVICE  BLOCK          ACTION  PACKETS
+ftp      192.0.2.0/24   allow   1200
+ftp      *              deny    7
+archive  2001:db8::/32  deny    0
+
 KERNEL PATH
 INTERFACE  MODE
 eth0       tc
@@ -361,8 +399,10 @@ nat_to_origin  42
         assert_eq!(render(&status()), expected);
     }
 
+    /// Empty tables; no KERNEL PATH without a kernel path, and no ACL RULES with one
+    /// whose services have no rules.
     #[test]
-    fn renders_empty_tables_and_no_kernel_section() {
+    fn renders_empty_tables_and_no_kernel_or_acl_section() {
         let mut status = status();
         status.services.truncate(1);
         status.services[0].sessions.clear();
@@ -388,6 +428,19 @@ ADDRESS  SERVICE  REMAINING_S  REASON
 (none)
 ";
         assert_eq!(render(&status), expected);
+        status.kernel = Some(KernelStatus {
+            attachments: vec![("eth0".into(), "tc".into())],
+            counters: vec![("passed".into(), 1500)],
+            acl_rules: vec![],
+        });
+        let kernel_path = "
+KERNEL PATH
+INTERFACE  MODE
+eth0       tc
+COUNTER  PACKETS
+passed   1500
+";
+        assert_eq!(render(&status), format!("{expected}{kernel_path}"));
     }
 
     #[test]

@@ -60,16 +60,10 @@ impl SynFlood {
                 let src_ip = Ipv4Addr::from(base + 1 + i % count);
                 let src_port = 1024 + (i % 60_000) as u16;
                 let dst_port = first + (i % ports) as u16;
-                let mut frame = Ipv4Frame::tcp(
-                    SocketAddrV4::new(src_ip, src_port),
-                    SocketAddrV4::new(self.dst, dst_port),
-                    flags::SYN,
-                    &[],
+                syn_frame(
+                    (self.src_mac, SocketAddrV4::new(src_ip, src_port)),
+                    (self.dst_mac, SocketAddrV4::new(self.dst, dst_port)),
                 )
-                .build();
-                frame[..6].copy_from_slice(&self.dst_mac);
-                frame[6..12].copy_from_slice(&self.src_mac);
-                frame
             })
             .collect()
     }
@@ -139,6 +133,29 @@ impl SynFlood {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// An Ethernet frame with a TCP SYN from `src` (MAC, address) to `dst`, checksums correct.
+pub fn syn_frame(src: ([u8; 6], SocketAddrV4), dst: ([u8; 6], SocketAddrV4)) -> Vec<u8> {
+    let mut frame = Ipv4Frame::tcp(src.1, dst.1, flags::SYN, &[]).build();
+    frame[..6].copy_from_slice(&dst.0);
+    frame[6..12].copy_from_slice(&src.0);
+    frame
+}
+
+/// Writes each of `frames` once to `ifname` (in the calling thread's namespace): an exact
+/// number of packets, for tests that count them. Fails if the device refuses one.
+pub fn send_frames(ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
+    let socket = packet_socket(ifname)?;
+    for frame in frames {
+        // SAFETY: `frame` is a valid buffer of the length passed, alive for the call.
+        let sent = unsafe { libc::send(socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if sent != frame.len() as isize {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("send on {ifname}"));
+        }
+    }
+    Ok(())
 }
 
 /// An AF_PACKET raw socket bound to `ifname` for sending only (protocol 0: it receives

@@ -2,19 +2,25 @@
 //! and an attacker 203.0.113.66 on the client's host — gateway — origin running vsftpd):
 //! an ACL keeps the attacker off the control port and the data range while an allowed
 //! client transfers, and a reload that lifts the deny lets it in without disturbing the
-//! allowed client's session.
+//! allowed client's session; each rule's packet count, as operators read it, is exactly
+//! the packets it decided.
 use std::{
     io::{BufRead as _, BufReader},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
 };
 
-use ftp_guard::bpf::AclAction;
+use ftp_guard::{
+    admin::{AclRuleStatus, Status},
+    bpf::AclAction,
+};
 use ftp_guard_common::Counter;
 use ftp_guard_testbed::{
+    flood::{mac_address, send_frames, syn_frame},
     ftp_servers::ServerKind,
-    netns::{self, CLIENT},
+    netns::{self, CLIENT, GATEWAY, GATEWAY_PUBLIC_IF, HOST_IF},
     require_privileged,
-    scenario::{Control, Env, connect_from},
+    scenario::{Control, Env, VIP, connect_from},
 };
 
 const ATTACKER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
@@ -103,4 +109,101 @@ fn reload_denying_an_open_session_closes_it_with_421() {
         "421 Access denied by policy: closing control connection.\r\n"
     );
     assert!(connect_from(&env, netns::CLIENT_IP, 21).is_err());
+}
+
+/// What the gateway's admin endpoint (its default `admin_listen`, in its namespace) answers
+/// on `path`.
+fn admin_get(env: &Env, path: &str) -> String {
+    let url = format!("http://127.0.0.1:9640{path}");
+    let out = env.topo.run(GATEWAY, &["curl", "-sSf", &url]).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The ACL rules' packet counts in `/status`, `ftp-guard status` and `/metrics` are
+/// exactly the SYNs sent (raw frames: no retransmits): a denied block's SYNs to the
+/// control port and the data range, a source in no `allow` block counted by the
+/// catch-all, and nothing on the allow rule (the allowed client sent nothing).
+#[test]
+fn acl_rule_counts_are_exactly_the_packets_sent() {
+    if !require_privileged() {
+        return;
+    }
+    let mut env = Env::start("policy-counts", ServerKind::Vsftpd, "kernel");
+    env.reconfigure(
+        "kernel",
+        "allow = [\"203.0.113.0/24\"]\ndeny = [\"203.0.113.64/26\"]\n",
+    );
+    let client_mac = mac_address(&env.topo, CLIENT, HOST_IF).unwrap();
+    let gateway_mac = mac_address(&env.topo, GATEWAY, GATEWAY_PUBLIC_IF).unwrap();
+    // One SYN to each of `ports`, each from its own source port.
+    let syns = |source: Ipv4Addr, ports: &[u16]| -> Vec<Vec<u8>> {
+        (50_000..)
+            .zip(ports)
+            .map(|(source_port, port)| {
+                syn_frame(
+                    (client_mac, SocketAddrV4::new(source, source_port)),
+                    (gateway_mac, SocketAddrV4::new(VIP, *port)),
+                )
+            })
+            .collect()
+    };
+    // 5 to the control port and 3 into the data range from the denied block; 4 to the
+    // control port from a source outside the allow list.
+    let frames = [
+        syns(ATTACKER, &[21, 21, 21, 21, 21, 40000, 40001, 40002]),
+        syns(Ipv4Addr::new(192, 0, 2, 10), &[21, 21, 21, 21]),
+    ]
+    .concat();
+    let sent = frames.len() as u64;
+    env.topo
+        .thread_in_ns(CLIENT, move || send_frames(HOST_IF, &frames))
+        .join()
+        .unwrap()
+        .unwrap();
+    // The frames cross the veth asynchronously: wait until XDP has seen them all.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.gateway.counters().get(Counter::DropAcl) < sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(env.gateway.counters().get(Counter::DropAcl), sent);
+
+    let status: Status = serde_json::from_str(&admin_get(&env, "/status")).unwrap();
+    let rule = |block: &str, action: &str, packets| AclRuleStatus {
+        service: "e2e".into(),
+        block: block.into(),
+        action: action.into(),
+        packets,
+    };
+    assert_eq!(
+        status.kernel.as_ref().unwrap().acl_rules,
+        [
+            rule("203.0.113.64/26", "deny", 8),
+            rule("203.0.113.0/24", "allow", 0),
+            rule("*", "deny", 4),
+        ]
+    );
+    let rendered = ftp_guard::status_cmd::render(&status);
+    let table =
+        &rendered[rendered.find("ACL RULES\n").unwrap()..rendered.find("\nKERNEL PATH").unwrap()];
+    assert_eq!(
+        table,
+        "ACL RULES\n\
+         SERVICE  BLOCK            ACTION  PACKETS\n\
+         e2e      203.0.113.64/26  deny    8\n\
+         e2e      203.0.113.0/24   allow   0\n\
+         e2e      *                deny    4\n"
+    );
+    let metrics = admin_get(&env, "/metrics");
+    let samples: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("ftp_guard_acl_packets_total"))
+        .collect();
+    assert_eq!(
+        samples,
+        [
+            "ftp_guard_acl_packets_total{service=\"e2e\",block=\"203.0.113.64/26\",action=\"deny\"} 8",
+            "ftp_guard_acl_packets_total{service=\"e2e\",block=\"203.0.113.0/24\",action=\"allow\"} 0",
+            "ftp_guard_acl_packets_total{service=\"e2e\",block=\"*\",action=\"deny\"} 4",
+        ]
+    );
 }

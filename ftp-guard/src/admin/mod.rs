@@ -47,7 +47,10 @@ pub use auth::{exposure_warning, read_token};
 pub use client::{get, post};
 pub use readiness::READY_CACHE;
 pub use routes::UNBAN as UNBAN_PATH;
-pub use status::{BanStatus, KernelStatus, ServiceStatus, SessionStatus, Status};
+pub use status::{
+    AclRuleStatus, BanStatus, CATCH_ALL, KernelStatus, ServiceStatus, SessionStatus, Status,
+    acl_rules,
+};
 
 /// The largest request head taken (hyper's smallest read buffer); a larger one gets 431.
 const MAX_REQUEST: usize = 8192;

@@ -1,9 +1,13 @@
 //! `/status`: the model (what `ftp-guard status` deserializes and renders) and how it is
-//! read from the running gateway.
+//! read from the running gateway; also the ACL rules as operators see them (by service
+//! name), which `/metrics` reads the same way.
 use serde::{Deserialize, Serialize};
 
 use super::AdminState;
-use crate::dataplane::{LeaseInfo, Snapshot};
+use crate::{
+    bpf::{AclAction, Bpf, BpfError},
+    dataplane::{LeaseInfo, Snapshot},
+};
 
 /// `/status`, also the input of `ftp-guard status`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +55,49 @@ pub struct KernelStatus {
     pub attachments: Vec<(String, String)>,
     /// (counter, packets)
     pub counters: Vec<(String, u64)>,
+    /// Every service's ACL rules with the packets each decided.
+    #[serde(default)]
+    pub acl_rules: Vec<AclRuleStatus>,
+}
+
+/// One ACL rule in the kernel with the packets it decided (dropped for `deny`, passed on
+/// to the other checks for `allow`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclRuleStatus {
+    pub service: String,
+    /// The source block; `*` for the catch-all deny of a service with an `allow` list.
+    pub block: String,
+    /// `allow` or `deny`.
+    pub action: String,
+    pub packets: u64,
+}
+
+/// The block column of the catch-all rule.
+pub const CATCH_ALL: &str = "*";
+
+/// The kernel's ACL rules, by service, most specific first. `services` names the services
+/// by their index in the policy maps; a rule of an index not (or no longer) named shows
+/// as `#INDEX` (a reload between writing the maps and publishing the new services).
+pub fn acl_rules(kernel: &Bpf, services: &[String]) -> Result<Vec<AclRuleStatus>, BpfError> {
+    Ok(kernel
+        .acl_counts()?
+        .into_iter()
+        .map(|rule| AclRuleStatus {
+            service: services
+                .get(rule.service as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", rule.service)),
+            block: rule
+                .block
+                .map_or_else(|| CATCH_ALL.to_owned(), |b| b.to_string()),
+            action: match rule.action {
+                AclAction::Allow => "allow",
+                AclAction::Deny => "deny",
+            }
+            .to_owned(),
+            packets: rule.packets,
+        })
+        .collect())
 }
 
 /// The gateway as of now.
@@ -102,9 +149,10 @@ fn ban_status(state: &AdminState) -> Vec<BanStatus> {
         .collect()
 }
 
-/// The kernel data path's attachments and packet counters, if it is set up.
+/// The kernel data path's attachments, packet counters and ACL rules, if it is set up.
 fn kernel_status(state: &AdminState) -> Option<KernelStatus> {
     let kernel = state.kernel()?;
+    let names = crate::gateway::policy_service_names(&state.services());
     let k = kernel.lock();
     Some(KernelStatus {
         attachments: k
@@ -116,5 +164,6 @@ fn kernel_status(state: &AdminState) -> Option<KernelStatus> {
             .counters()
             .map(|c| c.0.iter().map(|(c, v)| (c.name().to_owned(), *v)).collect())
             .unwrap_or_default(),
+        acl_rules: acl_rules(&k, &names).unwrap_or_default(),
     })
 }

@@ -505,3 +505,24 @@ async fn unban_lifts_a_ban_behind_the_token() {
     );
     assert_eq!(bans.list(now), vec![]);
 }
+
+/// A ban's remaining seconds in `/status` count down from its length, and
+/// `ftp-guard status` rounds them up: banned 100.8 s ago for 600 s shows 500.
+#[test]
+fn a_bans_remaining_seconds_count_down() {
+    let banned_at = tokio::time::Instant::now().into_std() - Duration::from_millis(100_800);
+    let bans =
+        crate::policy::bans::banned_for_tests(&["192.0.2.7"], Duration::from_secs(600), banned_at);
+    let state = AdminState::new(Registry::default(), limits());
+    *state.bans.lock().unwrap() = Some(bans);
+    let status = super::status::status(&state);
+    let remaining = status.bans[0].remaining_secs;
+    assert!((499.0..=499.2).contains(&remaining), "{remaining}");
+    let rendered = crate::status_cmd::render(&status);
+    assert_eq!(
+        &rendered[rendered.find("BANS\n").unwrap()..],
+        "BANS\n\
+         ADDRESS    SERVICE  REMAINING_S  REASON\n\
+         192.0.2.7  ftp      500          login_failures\n"
+    );
+}
