@@ -131,13 +131,15 @@ fuzz_target!(|data: &[u8]| {
     let mut issued = BTreeSet::new();
     let mut closed = false;
     let mut largest_read = 0;
+    // Login failures reported and not answered with a ban yet.
+    let mut failed_logins = 0usize;
     while let [kind, len, tail @ ..] = rest {
         let n = usize::from(*len).min(tail.len());
         let (chunk, next) = tail.split_at(n);
         rest = next;
         // Lines an event can complete: what bounds the actions it may cause.
         let lines = chunk.iter().filter(|&&b| b == b'\n').count() * 2 + 2;
-        match kind % 12 {
+        match kind % 13 {
             // The driver reads the client only while the session wants input
             // (backpressure at the pipelining bound).
             0 | 1 if session.wants_client_input() => {
@@ -227,6 +229,11 @@ fuzz_target!(|data: &[u8]| {
                     session.handle_timeout(now);
                 }
             }
+            // The driver's ban policy answers a login failure (or, out of turn, anything).
+            12 if failed_logins > 0 || len % 2 == 1 => {
+                failed_logins = failed_logins.saturating_sub(1);
+                session.handle(now, Event::Banned);
+            }
             _ => {}
         }
         let mut actions = 0;
@@ -262,6 +269,26 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Action::RevokeLease { ticket } => {
                     assert!(issued.contains(&ticket), "{ticket:?} revoked, never asked for");
+                }
+                Action::LoginFailed { user } => {
+                    assert!(user.as_ref().is_none_or(|u| u.len() <= 64), "{user:?}");
+                    failed_logins += 1;
+                }
+                Action::TransferDone(transfer) => {
+                    assert!(
+                        transfer.reply_code == 0 || (100..600).contains(&transfer.reply_code),
+                        "{transfer:?}"
+                    );
+                    assert!(transfer.started <= transfer.ended, "{transfer:?}");
+                    assert!(
+                        transfer.ticket.is_none_or(|t| issued.contains(&t)),
+                        "a transfer on a lease never asked for: {transfer:?}"
+                    );
+                    assert!(
+                        transfer.user.as_ref().is_none_or(|u| u.len() <= 64)
+                            && transfer.path.as_ref().is_none_or(|p| p.len() <= max_command_line),
+                        "{transfer:?}"
+                    );
                 }
                 Action::Close => closed = true,
                 _ => {}
